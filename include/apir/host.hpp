@@ -1,0 +1,100 @@
+// The host: the other end of an APIR link.
+//
+// A Host parses command buffers the way the virtio-gpu renderer's APIR component
+// does, answers HANDSHAKE, loads an APIR backend library on LOADLIBRARY (through the
+// ABI in apir/backend_abi.h) and hands it every FORWARD. It is what the loopback
+// transport and the simulated virtio-gpu device run; it can load ggml's own
+// libggml-virtgpu-backend.so as well as any other library with that ABI.
+//
+//     apir::HostOptions opts;
+//     opts.config["apir.load_library.path"] = "/usr/lib/libggml-virtgpu-backend.so";
+//     opts.config["ggml.library.path"] = "/usr/lib/libggml-vulkan.so";
+//     opts.config["ggml.library.reg"] = "ggml_backend_vk_reg";
+//     apir::LoopbackTransport t({.host = opts});
+//
+// Guest input is untrusted: an unknown reply resource, a truncated command, an
+// unknown command type or a reply page too small get no reply (and a log line and
+// a counter), never a crash or a write outside the page.
+#pragma once
+
+#include "apir/error.hpp"
+#include "apir/log.hpp"
+#include "apir/protocol.hpp"
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace apir {
+
+/// Where the host finds guest memory and how it tells the guest a reply is ready.
+/// Implemented by the loopback transport and the simulated device.
+class HostMemory {
+public:
+    /// The mapping of a shared-memory resource (its full size), or empty if unknown.
+    virtual std::span<std::byte> resource(uint32_t res_id) noexcept = 0;
+    /// Counter of waiters blocked on notification words, for a futex wake; null when
+    /// the guest cannot be woken (it polls).
+    virtual std::atomic<uint32_t>* sleepers() noexcept { return nullptr; }
+
+protected:
+    ~HostMemory() = default;
+};
+
+struct HostOptions {
+    /// Configuration the backend reads through get_config (apir.load_library.path,
+    /// ggml.library.path, ggml.library.reg, ...).
+    std::map<std::string, std::string, std::less<>> config;
+    /// The version this host reports in HANDSHAKE.
+    uint32_t version_major = protocol_major;
+    uint32_t version_minor = protocol_minor;
+    /// Subtracted from command types (331 in Venus transition mode).
+    int32_t command_type_offset = 0;
+    Logger logger;
+};
+
+/// What the host has seen; counters only grow.
+struct HostStats {
+    uint64_t commands = 0;
+    uint64_t handshakes = 0;
+    uint64_t load_library = 0;
+    uint64_t forwards = 0;
+    /// Commands dropped without a reply: truncated, unknown type, bad reply page.
+    uint64_t rejected = 0;
+    /// Backends that reported a reply end outside their reply region.
+    uint64_t bad_reply_end = 0;
+};
+
+class Host {
+public:
+    Host(HostOptions options, HostMemory& memory);
+    ~Host(); // runs apir_backend_deinit and unloads the library
+    Host(const Host&) = delete;
+    Host& operator=(const Host&) = delete;
+
+    /// Executes one command buffer and, where the protocol says so, writes the reply
+    /// into the reply page and notifies. Serialized: one command at a time. Returns
+    /// why a command got no reply (for logs and tests); the guest sees only the page.
+    Expected<void> execute(std::span<const std::byte> command);
+
+    /// The context id the backend library sees.
+    [[nodiscard]] uint32_t context_id() const noexcept;
+    [[nodiscard]] bool library_loaded() const noexcept;
+    [[nodiscard]] HostStats stats() const noexcept;
+    /// Checked look-up: the resource's mapping with its size, or UNKNOWN_RESOURCE;
+    /// backends linked against this project can use it instead of get_shmem_ptr.
+    [[nodiscard]] Expected<std::span<std::byte>> shmem(uint32_t res_id) const;
+    /// Same, for the host serving context ctx_id (what a backend has in hand).
+    [[nodiscard]] static Expected<std::span<std::byte>> shmem_for_context(uint32_t ctx_id,
+                                                                         uint32_t res_id);
+
+    struct Impl; // opaque
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+} // namespace apir

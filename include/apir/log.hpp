@@ -1,0 +1,65 @@
+// Logging through fmt with a pluggable sink.
+//
+// Each Session and Host holds a Logger (copied from its options); the default sink
+// writes to stderr. A ggml fork routes messages into ggml's logger:
+//
+//     apir::Logger log{[](apir::LogLevel l, std::string_view msg) { my_log(l, msg); },
+//                      apir::LogLevel::info};
+#pragma once
+
+#include <cstdio>
+#include <functional>
+#include <string_view>
+
+#include <fmt/format.h>
+
+namespace apir {
+
+enum class LogLevel : uint8_t { debug, info, warn, error, off };
+
+[[nodiscard]] constexpr std::string_view log_level_name(LogLevel l) noexcept {
+    switch (l) {
+    case LogLevel::debug: return "debug";
+    case LogLevel::info: return "info";
+    case LogLevel::warn: return "warn";
+    case LogLevel::error: return "error";
+    case LogLevel::off: return "off";
+    }
+    return "?";
+}
+
+using LogSink = std::function<void(LogLevel, std::string_view)>;
+
+/// Writes "apir: <level>: <message>" to stderr.
+inline void stderr_sink(LogLevel level, std::string_view msg) {
+    fmt::print(stderr, "apir: {}: {}\n", log_level_name(level), msg);
+}
+
+class Logger {
+public:
+    Logger() = default;
+    Logger(LogSink sink, LogLevel min_level = LogLevel::info)
+        : sink_(std::move(sink)), min_(min_level) {}
+
+    [[nodiscard]] bool enabled(LogLevel l) const noexcept { return l >= min_ && sink_; }
+    void set_level(LogLevel l) noexcept { min_ = l; }
+
+    template <class... A>
+    void log(LogLevel l, fmt::format_string<A...> f, A&&... args) const {
+        if (enabled(l)) sink_(l, fmt::vformat(f, fmt::make_format_args(args...)));
+    }
+    template <class... A>
+    void debug(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::debug, f, std::forward<A>(a)...); }
+    template <class... A>
+    void info(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::info, f, std::forward<A>(a)...); }
+    template <class... A>
+    void warn(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::warn, f, std::forward<A>(a)...); }
+    template <class... A>
+    void error(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::error, f, std::forward<A>(a)...); }
+
+private:
+    LogSink sink_ = stderr_sink;
+    LogLevel min_ = LogLevel::warn;
+};
+
+} // namespace apir

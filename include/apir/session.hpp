@@ -1,0 +1,313 @@
+// Session: handshake, load the backend library, then typed calls from any thread.
+//
+//     apir::Session s(apir::LoopbackTransport(opts));        // any Transport
+//     if (auto c = s.connect(); !c) return fail(c.error());  // handshake + LOADLIBRARY
+//     auto sum = s.call<Add>(AddRequest{2, 3});               // Expected<AddReply>
+//
+// Each in-flight call has its own reply page and command buffer, taken from a pool,
+// so threads never share a reply. The steady-state call path allocates nothing.
+#pragma once
+
+#include "apir/call.hpp"
+#include "apir/log.hpp"
+#include "apir/transport.hpp"
+#include "apir/wire.hpp"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+namespace apir {
+
+struct SessionOptions {
+    std::chrono::nanoseconds handshake_timeout = std::chrono::milliseconds(default_handshake_timeout_ms);
+    std::chrono::nanoseconds load_library_timeout =
+        std::chrono::milliseconds(default_load_library_timeout_ms);
+    /// Deadline of FORWARD calls; none waits forever (as ggml does).
+    std::optional<std::chrono::nanoseconds> forward_timeout;
+    WaitPolicy wait;
+    /// Size of each command buffer (ggml uses 4 KiB); a larger request fails with
+    /// ENCODE_OVERFLOW before anything is sent.
+    size_t command_buffer_size = 4096;
+    /// Whether connect() sends LOADLIBRARY after the handshake.
+    bool load_library = true;
+    /// Cap on what one reply may make the guest allocate (strings, vectors).
+    size_t max_reply_alloc = reply_page_size;
+    Logger logger;
+};
+
+/// Per-call options.
+struct CallOptions {
+    /// Overrides the session's deadline for this call.
+    std::optional<Deadline> deadline;
+    /// Receives the call's duration (submit to decoded reply), if set.
+    std::chrono::nanoseconds* duration = nullptr;
+};
+
+/// Counters of one command (HANDSHAKE, LOADLIBRARY, or one FORWARD id).
+struct CommandStats {
+    CommandType type = CommandType::forward;
+    uint32_t id = 0;
+    uint64_t calls = 0;
+    uint64_t failures = 0;
+    std::chrono::nanoseconds total{0};
+    std::chrono::nanoseconds max{0};
+    [[nodiscard]] std::chrono::nanoseconds mean() const {
+        return calls ? total / static_cast<int64_t>(calls) : std::chrono::nanoseconds{0};
+    }
+};
+
+/// Staged bulk data: a reused shared-memory blob, held (locked) until destroyed.
+/// Send res_id() in the request; the host resolves it with get_shmem_ptr.
+class Staging {
+public:
+    Staging(std::unique_lock<std::mutex> lock, uint32_t res_id, std::span<std::byte> bytes)
+        : lock_(std::move(lock)), res_id_(res_id), bytes_(bytes) {}
+    [[nodiscard]] uint32_t res_id() const noexcept { return res_id_; }
+    /// Write here (zero-copy), or let Session::stage(Bytes) copy.
+    [[nodiscard]] std::span<std::byte> bytes() const noexcept { return bytes_; }
+    [[nodiscard]] size_t size() const noexcept { return bytes_.size(); }
+
+private:
+    std::unique_lock<std::mutex> lock_;
+    uint32_t res_id_;
+    std::span<std::byte> bytes_;
+};
+
+template <Transport T>
+class Session {
+public:
+    explicit Session(T transport, SessionOptions options = {})
+        : transport_(std::move(transport)), options_(std::move(options)) {}
+    ~Session() = default;
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+
+    /// HANDSHAKE (a different major version is an error, a different minor version a
+    /// warning), then LOADLIBRARY unless options say otherwise.
+    [[nodiscard]] Expected<HandshakeReply> connect() {
+        CallOptions hs;
+        hs.deadline = Deadline::after(options_.handshake_timeout);
+        auto reply = call<Handshake>(HandshakeRequest{}, hs);
+        if (!reply) return reply;
+        if (reply->major != protocol_major)
+            return fail(Errc::version_mismatch,
+                        fmt::format("guest speaks APIR {}.{}, host {}.{}", protocol_major, protocol_minor,
+                                    reply->major, reply->minor));
+        if (reply->minor != protocol_minor)
+            options_.logger.warn("host speaks APIR {}.{}, guest {}.{}: minor versions differ",
+                                 reply->major, reply->minor, protocol_major, protocol_minor);
+        host_version_ = *reply;
+        if (options_.load_library) {
+            CallOptions ll;
+            ll.deadline = Deadline::after(options_.load_library_timeout);
+            auto loaded = call<LoadLibrary>(Empty{}, ll);
+            if (!loaded) return Unexpected{std::move(loaded).error()};
+        }
+        return reply;
+    }
+
+    /// Makes one typed call. Thread-safe.
+    template <class C, class Req>
+    [[nodiscard]] Expected<typename C::response> call(const Req& request, const CallOptions& opts = {}) {
+        static_assert(is_call_v<C>, "Session::call<C>: C must be an apir::Call (e.g. apir::Forward<Id, Req, Resp>)");
+        static_assert(std::is_same_v<Req, typename C::request>,
+                      "Session::call<C>(request): the request type does not match the Call's request type");
+        const auto start = Clock::now();
+        Deadline deadline = opts.deadline ? *opts.deadline : default_deadline<C>();
+        auto result = call_impl<C>(request, deadline);
+        const auto took = Clock::now() - start;
+        if (opts.duration) *opts.duration = took;
+        record(C::type, C::flags, took, result.has_value());
+        return result;
+    }
+
+    /// A reused shared-memory blob of at least n bytes to fill in place (zero-copy).
+    /// Held exclusively until the Staging is destroyed.
+    [[nodiscard]] Expected<Staging> stage(size_t n) {
+        std::unique_lock lk(staging_mu_);
+        if (staging_.size() < n) {
+            staging_.reset();
+            auto blob = transport_.create_shmem(std::max(n, min_staging_size));
+            if (!blob) return Unexpected{std::move(blob).error()};
+            staging_ = std::move(*blob);
+            ++staging_creates_;
+        }
+        return Staging(std::move(lk), staging_.res_id(), staging_.bytes().first(n));
+    }
+    /// Copies data into the staging blob.
+    [[nodiscard]] Expected<Staging> stage(Bytes data) {
+        auto s = stage(data.size());
+        if (s && !data.empty()) std::memcpy(s->bytes().data(), data.data(), data.size());
+        return s;
+    }
+
+    [[nodiscard]] T& transport() noexcept { return transport_; }
+    [[nodiscard]] const SessionOptions& options() const noexcept { return options_; }
+    [[nodiscard]] std::optional<HandshakeReply> host_version() const { return host_version_; }
+    /// How many times the staging blob was (re)created.
+    [[nodiscard]] uint64_t staging_creates() const noexcept { return staging_creates_; }
+
+    /// Counters of every command called so far.
+    [[nodiscard]] std::vector<CommandStats> stats() const {
+        std::vector<CommandStats> out;
+        for (size_t i = 0; i < slots_.size(); ++i) {
+            const Slot& s = slots_[i];
+            uint64_t n = s.calls.load(std::memory_order_relaxed);
+            if (n == 0) continue;
+            CommandStats c;
+            if (i == handshake_slot) {
+                c.type = CommandType::handshake;
+            } else if (i == load_library_slot) {
+                c.type = CommandType::load_library;
+            } else {
+                c.type = CommandType::forward;
+                c.id = static_cast<uint32_t>(i - first_forward_slot);
+            }
+            c.calls = n;
+            c.failures = s.failures.load(std::memory_order_relaxed);
+            c.total = std::chrono::nanoseconds(s.total_ns.load(std::memory_order_relaxed));
+            c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
+            out.push_back(c);
+        }
+        return out;
+    }
+
+private:
+    // A reply page and a command buffer: what one in-flight call needs.
+    struct Channel {
+        Shmem page;
+        std::unique_ptr<std::byte[]> cmd;
+    };
+
+    struct Slot {
+        std::atomic<uint64_t> calls{0}, failures{0}, total_ns{0}, max_ns{0};
+    };
+    static constexpr size_t max_forward_ids = 256;
+    static constexpr size_t handshake_slot = 0, load_library_slot = 1, first_forward_slot = 2;
+    static constexpr size_t overflow_slot = first_forward_slot + max_forward_ids;
+    static constexpr size_t min_staging_size = size_t{1} << 20;
+    // Timed-out channels may still receive a late reply; keep at most this many aside.
+    static constexpr size_t max_stale = 64;
+
+    template <class C>
+    Deadline default_deadline() const {
+        if constexpr (C::type == CommandType::handshake)
+            return Deadline::after(options_.handshake_timeout);
+        else if constexpr (C::type == CommandType::load_library)
+            return Deadline::after(options_.load_library_timeout);
+        else
+            return options_.forward_timeout ? Deadline::after(*options_.forward_timeout)
+                                            : Deadline::never();
+    }
+
+    template <class C>
+    Expected<typename C::response> call_impl(const typename C::request& request, Deadline deadline) {
+        auto ch = acquire();
+        if (!ch) return Unexpected{std::move(ch).error()};
+        Channel& c = **ch;
+        Encoder e(std::span<std::byte>(c.cmd.get(), options_.command_buffer_size));
+        encode_command<C>(e, transport_.command_type_offset(), c.page.res_id(), request);
+        if (!e.ok()) {
+            release(std::move(*ch));
+            return Unexpected{e.status().error()};
+        }
+        reset_notification(c.page);
+        if (auto s = transport_.submit(e.written()); !s) {
+            release(std::move(*ch));
+            return Unexpected{std::move(s).error()};
+        }
+        auto code = transport_.wait_reply(c.page, options_.wait, deadline);
+        if (!code) {
+            // The host may still answer into this page later: never reuse it blindly.
+            retire(std::move(*ch));
+            return Unexpected{std::move(code).error()};
+        }
+        Expected<typename C::response> out = typename C::response{};
+        if (auto ok = C::check(*code); !ok) {
+            out = Unexpected{std::move(ok).error()};
+        } else {
+            Decoder d(reply_payload(c.page), options_.max_reply_alloc);
+            if (!d.get_into(*out)) out = Unexpected{d.status().error()};
+        }
+        release(std::move(*ch));
+        return out;
+    }
+
+    Expected<std::unique_ptr<Channel>> acquire() {
+        {
+            std::lock_guard lk(pool_mu_);
+            if (!free_.empty()) {
+                auto c = std::move(free_.back());
+                free_.pop_back();
+                return c;
+            }
+            // A timed-out channel whose late reply has arrived is safe again.
+            for (auto it = stale_.begin(); it != stale_.end(); ++it) {
+                if (notification_word((*it)->page.bytes()).load(std::memory_order_acquire) != 0) {
+                    auto c = std::move(*it);
+                    stale_.erase(it);
+                    return c;
+                }
+            }
+        }
+        auto page = transport_.create_shmem(reply_page_size);
+        if (!page) return Unexpected{std::move(page).error()};
+        auto c = std::make_unique<Channel>();
+        c->page = std::move(*page);
+        c->cmd = std::make_unique<std::byte[]>(options_.command_buffer_size);
+        std::lock_guard lk(pool_mu_);
+        // Room for every channel, so release() never allocates.
+        free_.reserve(++channels_);
+        return c;
+    }
+    void release(std::unique_ptr<Channel> c) {
+        std::lock_guard lk(pool_mu_);
+        free_.push_back(std::move(c));
+    }
+    void retire(std::unique_ptr<Channel> c) {
+        std::lock_guard lk(pool_mu_);
+        if (stale_.size() < max_stale) {
+            stale_.push_back(std::move(c));
+        } else {
+            --channels_; // dropped: its page is released (a late reply finds no resource)
+        }
+    }
+
+    void record(CommandType type, uint32_t id, std::chrono::nanoseconds took, bool ok) {
+        size_t i = type == CommandType::handshake      ? handshake_slot
+                   : type == CommandType::load_library ? load_library_slot
+                   : id < max_forward_ids              ? first_forward_slot + id
+                                                       : overflow_slot;
+        Slot& s = slots_[i];
+        const auto ns = static_cast<uint64_t>(took.count());
+        s.calls.fetch_add(1, std::memory_order_relaxed);
+        if (!ok) s.failures.fetch_add(1, std::memory_order_relaxed);
+        s.total_ns.fetch_add(ns, std::memory_order_relaxed);
+        uint64_t prev = s.max_ns.load(std::memory_order_relaxed);
+        while (prev < ns && !s.max_ns.compare_exchange_weak(prev, ns, std::memory_order_relaxed)) {
+        }
+    }
+
+    T transport_;
+    SessionOptions options_;
+    std::optional<HandshakeReply> host_version_;
+
+    std::mutex pool_mu_;
+    std::vector<std::unique_ptr<Channel>> free_;
+    std::vector<std::unique_ptr<Channel>> stale_;
+    size_t channels_ = 0;
+
+    std::mutex staging_mu_;
+    Shmem staging_;
+    uint64_t staging_creates_ = 0;
+
+    std::array<Slot, overflow_slot + 1> slots_{};
+};
+
+} // namespace apir

@@ -1,0 +1,244 @@
+// The Transport concept, shared memory, waiting policy, and AnyTransport.
+//
+// A transport moves one APIR call: the guest creates host-visible shared memory
+// (a resource id plus a mapping), writes 0 into the notification word of a reply
+// page, submits a command buffer naming that page, and waits until the host stores
+// (return code + 1) into the word. These are separate steps so that the loopback and
+// the virtio-gpu DRM transport satisfy the same concept:
+//
+//     template <apir::Transport T>
+//     apir::Expected<uint32_t> ping(T& t, apir::Shmem& page, std::span<const std::byte> cmd) {
+//         apir::reset_notification(page);
+//         APIR_TRY(t.submit(cmd));
+//         return t.wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(std::chrono::seconds(2)));
+//     }
+#pragma once
+
+#include "apir/error.hpp"
+#include "apir/protocol.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <utility>
+
+namespace apir {
+
+using Clock = std::chrono::steady_clock;
+
+/// A point in time after which a wait gives up; Deadline::never() waits forever.
+class Deadline {
+public:
+    constexpr Deadline() = default;
+    static constexpr Deadline never() noexcept { return Deadline{}; }
+    static Deadline at(Clock::time_point t) noexcept { return Deadline{t}; }
+    template <class Rep, class Period>
+    static Deadline after(std::chrono::duration<Rep, Period> d) noexcept {
+        return Deadline{Clock::now() + std::chrono::duration_cast<Clock::duration>(d)};
+    }
+    [[nodiscard]] bool is_never() const noexcept { return at_ == Clock::time_point::max(); }
+    [[nodiscard]] bool expired(Clock::time_point now = Clock::now()) const noexcept {
+        return !is_never() && now >= at_;
+    }
+    [[nodiscard]] Clock::time_point time() const noexcept { return at_; }
+
+private:
+    constexpr explicit Deadline(Clock::time_point t) : at_(t) {}
+    Clock::time_point at_ = Clock::time_point::max();
+};
+
+/// What owns shared memory and takes it back. Implemented by the transports.
+class ShmemOwner {
+public:
+    virtual void release_shmem(uint32_t res_id) noexcept = 0;
+
+protected:
+    ~ShmemOwner() = default;
+};
+
+/// One host-visible shared-memory blob: its resource id and its mapping.
+/// Move-only; releases the blob (unmap, close) when destroyed. Must not outlive the
+/// transport that created it.
+class Shmem {
+public:
+    Shmem() = default;
+    Shmem(ShmemOwner* owner, uint32_t res_id, std::span<std::byte> bytes) noexcept
+        : owner_(owner), res_id_(res_id), bytes_(bytes) {}
+    Shmem(Shmem&& o) noexcept
+        : owner_(std::exchange(o.owner_, nullptr)), res_id_(std::exchange(o.res_id_, 0)),
+          bytes_(std::exchange(o.bytes_, {})) {}
+    Shmem& operator=(Shmem&& o) noexcept {
+        if (this != &o) {
+            reset();
+            owner_ = std::exchange(o.owner_, nullptr);
+            res_id_ = std::exchange(o.res_id_, 0);
+            bytes_ = std::exchange(o.bytes_, {});
+        }
+        return *this;
+    }
+    Shmem(const Shmem&) = delete;
+    Shmem& operator=(const Shmem&) = delete;
+    ~Shmem() { reset(); }
+
+    void reset() noexcept {
+        if (owner_) owner_->release_shmem(res_id_);
+        owner_ = nullptr;
+        res_id_ = 0;
+        bytes_ = {};
+    }
+
+    [[nodiscard]] uint32_t res_id() const noexcept { return res_id_; }
+    [[nodiscard]] std::span<std::byte> bytes() const noexcept { return bytes_; }
+    [[nodiscard]] size_t size() const noexcept { return bytes_.size(); }
+    [[nodiscard]] std::byte* data() const noexcept { return bytes_.data(); }
+    explicit operator bool() const noexcept { return owner_ != nullptr; }
+
+private:
+    ShmemOwner* owner_ = nullptr;
+    uint32_t res_id_ = 0;
+    std::span<std::byte> bytes_;
+};
+
+/// The notification word at the start of a reply page.
+[[nodiscard]] inline std::atomic_ref<uint32_t> notification_word(std::span<std::byte> page) noexcept {
+    return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page.data()));
+}
+/// The guest stores 0 before submitting.
+inline void reset_notification(const Shmem& page) noexcept {
+    notification_word(page.bytes()).store(0, std::memory_order_relaxed);
+}
+/// The reply payload: everything after the notification word.
+[[nodiscard]] inline std::span<std::byte> reply_payload(const Shmem& page) noexcept {
+    return page.bytes().subspan(reply_header_size);
+}
+
+/// How a guest thread waits for the notification word.
+///
+/// adaptive (the default): spin for spin_for, then block (futex) where the transport
+/// can be woken, otherwise sleep with exponential back-off up to max_sleep.
+/// fixed_poll: sleep poll_interval between checks, as ggml does (a baseline).
+struct WaitPolicy {
+    enum class Kind : uint8_t { adaptive, fixed_poll };
+    Kind kind = Kind::adaptive;
+    std::chrono::nanoseconds spin_for = std::chrono::microseconds(50);
+    std::chrono::nanoseconds max_sleep = std::chrono::microseconds(200);
+    std::chrono::nanoseconds poll_interval = std::chrono::microseconds(15);
+
+    static WaitPolicy adaptive() noexcept { return {}; }
+    static WaitPolicy spin_only() noexcept {
+        WaitPolicy p;
+        p.spin_for = std::chrono::nanoseconds::max();
+        return p;
+    }
+    static WaitPolicy fixed_poll(std::chrono::nanoseconds every = std::chrono::microseconds(15)) noexcept {
+        WaitPolicy p;
+        p.kind = Kind::fixed_poll;
+        p.poll_interval = every;
+        return p;
+    }
+};
+
+/// How a transport helps the wait: a host in this process can wake a blocked waiter
+/// and report that it died. A remote host (DRM) offers neither.
+struct WaitHooks {
+    /// Non-null when the host wakes sleepers with a futex on the notification word
+    /// after storing it; the waiter counts itself here while blocked.
+    std::atomic<uint32_t>* sleepers = nullptr;
+    /// Non-null when the transport knows whether its host is still running.
+    const std::atomic<bool>* host_alive = nullptr;
+};
+
+/// Waits until the notification word is non-zero (acquire), then returns the
+/// return code (word - 1). TIMEOUT on deadline, DISCONNECTED when the host died.
+/// The one wait loop every transport shares (src/transport/wait.cpp).
+[[nodiscard]] Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& policy,
+                                                Deadline deadline, const WaitHooks& hooks = {});
+
+/// Host side: stores (code + 1) with release ordering, after the reply payload.
+/// If a waiter may be blocked on the word, wakes it.
+void notify_reply(std::span<std::byte> page, uint32_t code, std::atomic<uint32_t>* sleepers) noexcept;
+
+/// A transport: creates shared memory, submits command buffers, waits for replies.
+template <class T>
+concept Transport = requires(T& t, const T& ct, size_t n, std::span<const std::byte> cmd,
+                             const Shmem& page, const WaitPolicy& policy, Deadline deadline) {
+    /// Host-visible shared memory of at least n bytes (rounded to 16 KiB).
+    { t.create_shmem(n) } -> std::same_as<Expected<Shmem>>;
+    /// Hands one command buffer to the host (the bytes are copied before returning).
+    { t.submit(cmd) } -> std::same_as<Expected<void>>;
+    /// Waits for the reply notification of a page; returns the return code.
+    { t.wait_reply(page, policy, deadline) } -> std::same_as<Expected<uint32_t>>;
+    /// Added to the command type on the wire (0, or 331 in Venus transition mode).
+    { ct.command_type_offset() } -> std::same_as<int32_t>;
+    { ct.name() } -> std::convertible_to<std::string_view>;
+};
+
+/// A transport chosen at run time. Itself a Transport.
+///
+///     apir::AnyTransport t = use_vm ? apir::AnyTransport(std::move(drm))
+///                                   : apir::AnyTransport(apir::LoopbackTransport(opts));
+class AnyTransport {
+public:
+    template <Transport T>
+        requires(!std::same_as<std::remove_cvref_t<T>, AnyTransport>)
+    AnyTransport(T t) : impl_(std::make_unique<Model<T>>(std::move(t))) {}
+    /// Takes ownership of a transport that is not movable.
+    template <Transport T>
+    explicit AnyTransport(std::unique_ptr<T> t) : impl_(std::make_unique<Owned<T>>(std::move(t))) {}
+
+    AnyTransport(AnyTransport&&) noexcept = default;
+    AnyTransport& operator=(AnyTransport&&) noexcept = default;
+
+    [[nodiscard]] Expected<Shmem> create_shmem(size_t n) { return impl_->create_shmem(n); }
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> cmd) { return impl_->submit(cmd); }
+    [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& p, Deadline d) {
+        return impl_->wait_reply(page, p, d);
+    }
+    [[nodiscard]] int32_t command_type_offset() const { return impl_->command_type_offset(); }
+    [[nodiscard]] std::string_view name() const { return impl_->name(); }
+
+private:
+    struct Concept {
+        virtual ~Concept() = default;
+        virtual Expected<Shmem> create_shmem(size_t n) = 0;
+        virtual Expected<void> submit(std::span<const std::byte> cmd) = 0;
+        virtual Expected<uint32_t> wait_reply(const Shmem&, const WaitPolicy&, Deadline) = 0;
+        virtual int32_t command_type_offset() const = 0;
+        virtual std::string_view name() const = 0;
+    };
+    template <class T, class Holder>
+    struct Forwarding : Concept {
+        explicit Forwarding(Holder h) : held(std::move(h)) {}
+        T& t() { return *held_ptr(); }
+        const T& t() const { return *const_cast<Forwarding*>(this)->held_ptr(); }
+        T* held_ptr() {
+            if constexpr (std::is_same_v<Holder, T>)
+                return &held;
+            else
+                return held.get();
+        }
+        Expected<Shmem> create_shmem(size_t n) override { return t().create_shmem(n); }
+        Expected<void> submit(std::span<const std::byte> cmd) override { return t().submit(cmd); }
+        Expected<uint32_t> wait_reply(const Shmem& p, const WaitPolicy& w, Deadline d) override {
+            return t().wait_reply(p, w, d);
+        }
+        int32_t command_type_offset() const override { return t().command_type_offset(); }
+        std::string_view name() const override { return t().name(); }
+        Holder held;
+    };
+    template <class T>
+    using Model = Forwarding<T, T>;
+    template <class T>
+    using Owned = Forwarding<T, std::unique_ptr<T>>;
+
+    std::unique_ptr<Concept> impl_;
+};
+
+static_assert(Transport<AnyTransport>);
+
+} // namespace apir

@@ -1,0 +1,277 @@
+// The host: command parsing, HANDSHAKE, LOADLIBRARY (dlopen) and FORWARD dispatch.
+#include "apir/host.hpp"
+
+#include "apir/backend_abi.h"
+#include "apir/transport.hpp"
+#include "apir/wire.hpp"
+
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include <dlfcn.h>
+#include <sys/stat.h>
+
+namespace apir {
+namespace {
+
+// The ABI callbacks carry only a context id, so the hosts of this process are found
+// through one registry. It is the only process-wide state: each host registers under
+// its own id, so hosts do not interfere.
+struct Registry {
+    std::mutex mu;
+    std::unordered_map<uint32_t, Host::Impl*> hosts;
+    uint32_t next_id = 1;
+};
+Registry& registry() {
+    static Registry r;
+    return r;
+}
+
+/// A dlopen handle, closed on destruction.
+class Library {
+public:
+    Library() = default;
+    explicit Library(void* h) : h_(h) {}
+    Library(Library&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+    Library& operator=(Library&& o) noexcept {
+        std::swap(h_, o.h_);
+        return *this;
+    }
+    ~Library() {
+        if (h_) dlclose(h_);
+    }
+    template <class Fn>
+    Fn symbol(const char* name) const {
+        return reinterpret_cast<Fn>(dlsym(h_, name));
+    }
+    explicit operator bool() const { return h_ != nullptr; }
+
+private:
+    void* h_ = nullptr;
+};
+
+} // namespace
+
+struct Host::Impl {
+    Impl(HostOptions o, HostMemory& m) : options(std::move(o)), memory(m) {
+        auto& r = registry();
+        std::lock_guard lk(r.mu);
+        ctx_id = r.next_id++;
+        r.hosts.emplace(ctx_id, this);
+    }
+    ~Impl() {
+        unload();
+        auto& r = registry();
+        std::lock_guard lk(r.mu);
+        r.hosts.erase(ctx_id);
+    }
+
+    void unload() {
+        if (deinit) deinit(ctx_id);
+        deinit = nullptr;
+        dispatcher = nullptr;
+        library = Library{};
+    }
+
+    static Impl* find(uint32_t ctx) {
+        auto& r = registry();
+        std::lock_guard lk(r.mu);
+        auto it = r.hosts.find(ctx);
+        return it == r.hosts.end() ? nullptr : it->second;
+    }
+
+    static const char* get_config(uint32_t ctx, const char* key) {
+        Impl* h = find(ctx);
+        if (!h || !key) return nullptr;
+        auto it = h->options.config.find(std::string_view(key));
+        return it == h->options.config.end() ? nullptr : it->second.c_str();
+    }
+    static void* get_shmem_ptr(uint32_t ctx, uint32_t res_id) {
+        Impl* h = find(ctx);
+        if (!h) return nullptr;
+        auto s = h->memory.resource(res_id);
+        return s.empty() ? nullptr : s.data();
+    }
+
+    static void* get_shmem_sized(uint32_t ctx, uint32_t res_id, uint64_t* size) {
+        Impl* h = find(ctx);
+        auto s = h ? h->memory.resource(res_id) : std::span<std::byte>{};
+        if (size) *size = s.size();
+        return s.empty() ? nullptr : s.data();
+    }
+
+    Expected<void> execute(std::span<const std::byte> cmd);
+    uint32_t load_library();
+    uint32_t forward(uint32_t cmd_id, std::span<const std::byte> payload, std::span<std::byte> page);
+    void reply(std::span<std::byte> page, uint32_t code) { notify_reply(page, code, memory.sleepers()); }
+    Expected<void> reject(Errc e, std::string why) {
+        ++stats.rejected;
+        options.logger.warn("host: dropped a command: {}", why);
+        return fail(e, std::move(why));
+    }
+
+    HostOptions options;
+    HostMemory& memory;
+    uint32_t ctx_id = 0;
+    mutable std::mutex mu; // one command at a time, like a renderer context
+    HostStats stats;
+    std::vector<std::byte> scratch; // writable copy of the payload for the backend
+    virgl_apir_callbacks callbacks{&Impl::get_config, &Impl::get_shmem_ptr};
+    Library library;
+    apir_backend_deinit_fn deinit = nullptr;
+    apir_backend_dispatcher_fn dispatcher = nullptr;
+};
+
+Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
+    std::lock_guard lk(mu);
+    ++stats.commands;
+    if (cmd.size() < command_header_size)
+        return reject(Errc::decode_overrun, fmt::format("{} byte command, header needs 12", cmd.size()));
+
+    Decoder dec(cmd);
+    const auto raw_type = static_cast<int32_t>(dec.read_u32());
+    const auto flags = dec.read_u32();
+    const auto reply_id = dec.read_u32();
+    const auto payload = dec.rest();
+
+    std::span<std::byte> page = memory.resource(reply_id);
+    if (page.empty())
+        return reject(Errc::unknown_resource, fmt::format("reply resource {} unknown", reply_id));
+    if (page.size() < reply_header_size || (reinterpret_cast<uintptr_t>(page.data()) & 3) != 0)
+        return reject(Errc::reply_too_large, fmt::format("reply resource {} unusable as a page", reply_id));
+
+    const int64_t type = int64_t{raw_type} - options.command_type_offset;
+    switch (type) {
+    case static_cast<int32_t>(CommandType::handshake): {
+        ++stats.handshakes;
+        Decoder p(payload);
+        uint32_t guest_major = p.read_u32();
+        uint32_t guest_minor = p.read_u32();
+        if (!p.ok()) {
+            // A handshake we cannot read gets a reply that is not the magic.
+            reply(page, 0);
+            return reject(Errc::decode_overrun, "truncated HANDSHAKE payload");
+        }
+        if (guest_major != options.version_major || guest_minor != options.version_minor)
+            options.logger.info("host: guest speaks APIR {}.{}, host {}.{}", guest_major, guest_minor,
+                                options.version_major, options.version_minor);
+        Encoder out(page.subspan(reply_header_size));
+        out.write_u32(options.version_major);
+        out.write_u32(options.version_minor);
+        reply(page, handshake_magic);
+        return {};
+    }
+    case static_cast<int32_t>(CommandType::load_library):
+        ++stats.load_library;
+        reply(page, load_library());
+        return {};
+    case static_cast<int32_t>(CommandType::forward):
+        ++stats.forwards;
+        reply(page, forward(flags, payload, page));
+        return {};
+    default:
+        return reject(Errc::unknown_command, fmt::format("command type {}", raw_type));
+    }
+}
+
+uint32_t Host::Impl::load_library() {
+    constexpr auto code = [](LoadLibraryCode c) { return static_cast<uint32_t>(c); };
+    auto& log = options.logger;
+    if (library) {
+        log.warn("host: LOADLIBRARY: a library is already loaded");
+        return code(LoadLibraryCode::already_loaded);
+    }
+    auto it = options.config.find(config_library_path);
+    if (it == options.config.end()) {
+        log.error("host: LOADLIBRARY: configuration key '{}' is not set", config_library_path);
+        return code(LoadLibraryCode::config_missing);
+    }
+    const std::string& path = it->second;
+    struct stat st{};
+    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
+        log.error("host: LOADLIBRARY: '{}' is not a regular file", path);
+        return code(LoadLibraryCode::cannot_open);
+    }
+    Library lib(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
+    if (!lib) {
+        const char* why = dlerror();
+        log.error("host: LOADLIBRARY: dlopen('{}') failed: {}", path, why ? why : "?");
+        return code(LoadLibraryCode::cannot_open);
+    }
+    auto init = lib.symbol<apir_backend_initialize_fn>(APIR_BACKEND_INITIALIZE_SYMBOL);
+    auto disp = lib.symbol<apir_backend_dispatcher_fn>(APIR_BACKEND_DISPATCHER_SYMBOL);
+    if (!init || !disp) {
+        log.error("host: LOADLIBRARY: '{}' lacks {}", path,
+                  !init ? APIR_BACKEND_INITIALIZE_SYMBOL : APIR_BACKEND_DISPATCHER_SYMBOL);
+        return code(LoadLibraryCode::symbol_missing);
+    }
+    if (auto bind = lib.symbol<apir_backend_set_shmem_sized_fn>(APIR_BACKEND_SET_SHMEM_SIZED_SYMBOL))
+        bind(ctx_id, &Impl::get_shmem_sized);
+    const uint32_t r = init(ctx_id, &callbacks);
+    // 0 and base+success both mean success; anything else travels as base + r.
+    if (r != 0 && r != code(LoadLibraryCode::base_index)) {
+        log.error("host: LOADLIBRARY: apir_backend_initialize returned {}", r);
+        if (r > UINT32_MAX - code(LoadLibraryCode::base_index) - 1)
+            return code(LoadLibraryCode::base_index) + 1; // keep the word non-zero
+        return code(LoadLibraryCode::base_index) + r;
+    }
+    deinit = lib.symbol<apir_backend_deinit_fn>(APIR_BACKEND_DEINIT_SYMBOL);
+    dispatcher = disp;
+    library = std::move(lib);
+    log.info("host: loaded '{}' in context {}", path, ctx_id);
+    return code(LoadLibraryCode::success);
+}
+
+uint32_t Host::Impl::forward(uint32_t cmd_id, std::span<const std::byte> payload,
+                             std::span<std::byte> page) {
+    if (!dispatcher) return static_cast<uint32_t>(ForwardCode::no_dispatch);
+    // The ABI hands the backend a mutable decode region: give it our own copy.
+    scratch.assign(payload.begin(), payload.end());
+    char* dec = reinterpret_cast<char*>(scratch.data());
+    char* enc = reinterpret_cast<char*>(page.data() + reply_header_size);
+    const char* enc_end = reinterpret_cast<const char*>(page.data() + page.size());
+    char* enc_after = enc;
+    uint32_t ret =
+        dispatcher(ctx_id, &callbacks, cmd_id, dec, dec + scratch.size(), enc, enc_end, &enc_after);
+    if (enc_after < enc || enc_after > enc_end) {
+        ++stats.bad_reply_end;
+        options.logger.error("host: backend command {} reported its reply ending outside the page",
+                             cmd_id);
+    }
+    constexpr uint32_t base = static_cast<uint32_t>(ForwardCode::base_index);
+    if (ret > UINT32_MAX - base - 1) ret = UINT32_MAX - base - 1; // keep the word non-zero
+    return base + ret;
+}
+
+Host::Host(HostOptions options, HostMemory& memory)
+    : impl_(std::make_unique<Impl>(std::move(options), memory)) {}
+Host::~Host() = default;
+
+Expected<void> Host::execute(std::span<const std::byte> command) { return impl_->execute(command); }
+uint32_t Host::context_id() const noexcept { return impl_->ctx_id; }
+bool Host::library_loaded() const noexcept {
+    std::lock_guard lk(impl_->mu);
+    return impl_->dispatcher != nullptr;
+}
+HostStats Host::stats() const noexcept {
+    std::lock_guard lk(impl_->mu);
+    return impl_->stats;
+}
+
+Expected<std::span<std::byte>> Host::shmem(uint32_t res_id) const {
+    auto s = impl_->memory.resource(res_id);
+    if (s.empty()) return fail(Errc::unknown_resource, fmt::format("resource {}", res_id));
+    return s;
+}
+
+Expected<std::span<std::byte>> Host::shmem_for_context(uint32_t ctx_id, uint32_t res_id) {
+    Impl* h = Impl::find(ctx_id);
+    if (!h) return fail(Errc::invalid_argument, fmt::format("no host context {}", ctx_id));
+    auto s = h->memory.resource(res_id);
+    if (s.empty()) return fail(Errc::unknown_resource, fmt::format("resource {}", res_id));
+    return s;
+}
+
+} // namespace apir
