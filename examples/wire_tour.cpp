@@ -13,7 +13,8 @@ int main() {
         return 1;
     }
     fmt::print("HANDSHAKE command, {} bytes:\n ", enc.size());
-    for (auto b : enc.written()) fmt::print(" {:02x}", static_cast<unsigned>(b));
+    for (auto b : enc.written())
+        fmt::print(" {:02x}", static_cast<unsigned>(b));
     fmt::print("\n");
 
     apir::Decoder dec(enc.written());

@@ -24,28 +24,27 @@ namespace {
 using namespace std::chrono;
 
 void usage() {
-    fmt::print(
-        "usage: apir-demo [options]\n"
-        "\n"
-        "Runs an APIR session over the loopback transport: handshake, LOADLIBRARY,\n"
-        "a few typed FORWARD calls, a bulk transfer through shared memory, and a\n"
-        "latency summary.\n"
-        "\n"
-        "options:\n"
-        "  --backend PATH     APIR backend library for the host to load\n"
-        "                     (default: the demo backend, {})\n"
-        "  --config KEY=VAL   host configuration passed to the backend through get_config\n"
-        "                     (repeatable; e.g. ggml.library.path=/path/libggml-vulkan.so)\n"
-        "  --inline           run the host inside submit() instead of on a host thread\n"
-        "  --calls N          number of timed echo calls (default 20000)\n"
-        "  --bulk-mib N       size of the bulk transfer in MiB (default 64)\n"
-        "  -v, --verbose      log host and session messages\n"
-        "  -h, --help         this text\n"
-        "\n"
-        "With another backend library (e.g. ggml's libggml-virtgpu-backend.so) the demo\n"
-        "stops after LOADLIBRARY: its calls belong to that backend.\n"
-        "exit codes: 0 success, 1 a call failed, 2 bad arguments\n",
-        APIR_DEMO_BACKEND_PATH);
+    fmt::print("usage: apir-demo [options]\n"
+               "\n"
+               "Runs an APIR session over the loopback transport: handshake, LOADLIBRARY,\n"
+               "a few typed FORWARD calls, a bulk transfer through shared memory, and a\n"
+               "latency summary.\n"
+               "\n"
+               "options:\n"
+               "  --backend PATH     APIR backend library for the host to load\n"
+               "                     (default: the demo backend, {})\n"
+               "  --config KEY=VAL   host configuration passed to the backend through get_config\n"
+               "                     (repeatable; e.g. ggml.library.path=/path/libggml-vulkan.so)\n"
+               "  --inline           run the host inside submit() instead of on a host thread\n"
+               "  --calls N          number of timed echo calls (default 20000)\n"
+               "  --bulk-mib N       size of the bulk transfer in MiB (default 64)\n"
+               "  -v, --verbose      log host and session messages\n"
+               "  -h, --help         this text\n"
+               "\n"
+               "With another backend library (e.g. ggml's libggml-virtgpu-backend.so) the demo\n"
+               "stops after LOADLIBRARY: its calls belong to that backend.\n"
+               "exit codes: 0 success, 1 a call failed, 2 bad arguments\n",
+               APIR_DEMO_BACKEND_PATH);
 }
 
 double percentile(std::vector<double>& v, double p) {
@@ -169,9 +168,10 @@ int main(int argc, char** argv) {
     if (!check(sumr, "checksum")) return 1;
     const double copy_s = duration<double>(t1 - t0).count();
     const double total_s = duration<double>(t2 - t0).count();
-    fmt::print("bulk: {} MiB staged in {:.1f} ms ({:.2f} GB/s); host checksum {} ({:.1f} ms total)\n",
-               bulk_mib, copy_s * 1e3, static_cast<double>(bytes) / copy_s / 1e9,
-               sumr->checksum == expected ? "matches" : "MISMATCH", total_s * 1e3);
+    fmt::print(
+        "bulk: {} MiB staged in {:.1f} ms ({:.2f} GB/s); host checksum {} ({:.1f} ms total)\n",
+        bulk_mib, copy_s * 1e3, static_cast<double>(bytes) / copy_s / 1e9,
+        sumr->checksum == expected ? "matches" : "MISMATCH", total_s * 1e3);
     if (sumr->checksum != expected) return 1;
 
     // 5. Per-command counters kept by the session.

@@ -46,18 +46,18 @@ bool decode(apir::Decoder& d, Req& req) {
 
 extern "C" {
 
-__attribute__((visibility("default"))) void apir_backend_set_shmem_sized(uint32_t ctx_id,
-                                                                          apir_get_shmem_sized_fn fn) {
+__attribute__((visibility("default"))) void
+apir_backend_set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
     std::lock_guard lk(g_mu);
     g_contexts[ctx_id].shmem_sized = fn;
 }
 
 __attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t ctx_id,
-                                                                       virgl_apir_callbacks* cbs) {
+                                                                        virgl_apir_callbacks* cbs) {
     if (!cbs || !cbs->get_config || !cbs->get_shmem_ptr) return 6 + 5; // backend failed
     std::lock_guard lk(g_mu);
     g_contexts[ctx_id]; // the sized look-up may not have been offered
-    return 6; // base index + success
+    return 6;           // base index + success
 }
 
 __attribute__((visibility("default"))) void apir_backend_deinit(uint32_t ctx_id) {
@@ -66,8 +66,8 @@ __attribute__((visibility("default"))) void apir_backend_deinit(uint32_t ctx_id)
 }
 
 __attribute__((visibility("default"))) uint32_t
-apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd_type, char* dec_cur,
-                        const char* dec_end, char* enc_cur, const char* enc_end,
+apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd_type,
+                        char* dec_cur, const char* dec_end, char* enc_cur, const char* enc_end,
                         char** enc_cur_after) {
     using namespace demo;
     apir::Decoder d(std::span<const std::byte>(reinterpret_cast<const std::byte*>(dec_cur),
@@ -91,7 +91,8 @@ apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd
     case cmd_add: {
         AddRequest req;
         if (!decode(d, req)) return error_bad_request;
-        e.put(AddReply{static_cast<int64_t>(static_cast<uint64_t>(req.a) + static_cast<uint64_t>(req.b))});
+        e.put(AddReply{
+            static_cast<int64_t>(static_cast<uint64_t>(req.a) + static_cast<uint64_t>(req.b))});
         return finish();
     }
     case cmd_checksum: {

@@ -96,7 +96,8 @@ inline uint64_t checksum(const std::byte* p, size_t n) {
         std::memcpy(&w, p + i, 8);
         h = (h ^ w) * 1099511628211ull;
     }
-    for (; i < n; ++i) h = (h ^ static_cast<uint8_t>(p[i])) * 1099511628211ull;
+    for (; i < n; ++i)
+        h = (h ^ static_cast<uint8_t>(p[i])) * 1099511628211ull;
     return h;
 }
 

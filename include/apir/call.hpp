@@ -40,8 +40,9 @@ struct Call {
     [[nodiscard]] static Expected<void> check(uint32_t code) {
         if constexpr (Type == CommandType::handshake) {
             if (code == handshake_magic) return {};
-            return fail(Error(Errc::handshake_failed, "the host did not answer the APIR magic 0xab1e")
-                            .with_wire_code(code));
+            return fail(
+                Error(Errc::handshake_failed, "the host did not answer the APIR magic 0xab1e")
+                    .with_wire_code(code));
         } else if constexpr (Type == CommandType::load_library) {
             if (code == static_cast<uint32_t>(LoadLibraryCode::success)) return {};
             return fail(load_library_error(code));

@@ -37,14 +37,22 @@ enum class Category : uint8_t {
 
 [[nodiscard]] constexpr std::string_view category_name(Category c) noexcept {
     switch (c) {
-    case Category::protocol: return "protocol";
-    case Category::timeout: return "timeout";
-    case Category::device: return "device";
-    case Category::backend: return "backend";
-    case Category::version: return "version";
-    case Category::invalid_argument: return "invalid_argument";
-    case Category::exhausted: return "exhausted";
-    case Category::unsupported: return "unsupported";
+    case Category::protocol:
+        return "protocol";
+    case Category::timeout:
+        return "timeout";
+    case Category::device:
+        return "device";
+    case Category::backend:
+        return "backend";
+    case Category::version:
+        return "version";
+    case Category::invalid_argument:
+        return "invalid_argument";
+    case Category::exhausted:
+        return "exhausted";
+    case Category::unsupported:
+        return "unsupported";
     }
     return "unknown";
 }
@@ -126,7 +134,8 @@ struct ErrcInfo {
         return {"DECODE_BAD_VALUE", C::protocol, "field holds a value outside its range"};
     case Errc::invalid_argument:
         return {"INVALID_ARGUMENT", C::invalid_argument, "invalid argument"};
-    case Errc::timeout: return {"TIMEOUT", C::timeout, "no reply before the deadline"};
+    case Errc::timeout:
+        return {"TIMEOUT", C::timeout, "no reply before the deadline"};
     case Errc::disconnected:
         return {"DISCONNECTED", C::device, "the other side is gone"};
     case Errc::unknown_resource:
@@ -141,10 +150,12 @@ struct ErrcInfo {
         return {"UNKNOWN_COMMAND", C::protocol, "unknown APIR command type"};
     case Errc::no_device:
         return {"NO_DEVICE", C::device, "no usable virtio-gpu device"};
-    case Errc::device_error: return {"DEVICE_ERROR", C::device, "device request failed"};
+    case Errc::device_error:
+        return {"DEVICE_ERROR", C::device, "device request failed"};
     case Errc::out_of_memory:
         return {"OUT_OF_MEMORY", C::exhausted, "out of memory or shared-memory space"};
-    case Errc::unsupported: return {"UNSUPPORTED", C::unsupported, "not supported"};
+    case Errc::unsupported:
+        return {"UNSUPPORTED", C::unsupported, "not supported"};
     case Errc::library_error:
         return {"LIBRARY_ERROR", C::backend, "the backend library misbehaved"};
     case Errc::load_hypercall_init_error:
@@ -197,7 +208,8 @@ struct ErrcInfo {
                 "the backend has no command with this id"};
     case Errc::forward_backend_error:
         return {"FORWARD_BACKEND_ERROR", C::backend, "the backend function returned an error"};
-    case Errc::count_: break;
+    case Errc::count_:
+        break;
     }
     return {"UNKNOWN_ERROR", C::protocol, "unknown error"};
 }
@@ -260,7 +272,9 @@ struct Unexpected {
 [[nodiscard]] inline Unexpected fail(Errc code, std::string detail = {}) {
     return Unexpected{Error(code, std::move(detail))};
 }
-[[nodiscard]] inline Unexpected fail(Error e) { return Unexpected{std::move(e)}; }
+[[nodiscard]] inline Unexpected fail(Error e) {
+    return Unexpected{std::move(e)};
+}
 
 /// A value or an Error. Small and allocation-free on the success path.
 template <class T>
@@ -268,9 +282,7 @@ class [[nodiscard]] Expected {
 public:
     using value_type = T;
 
-    Expected()
-        requires std::is_default_constructible_v<T>
-        : v_(std::in_place_index<0>) {}
+    Expected() requires std::is_default_constructible_v<T> : v_(std::in_place_index<0>) {}
     Expected(T value) : v_(std::in_place_index<0>, std::move(value)) {}
     Expected(Unexpected u) : v_(std::in_place_index<1>, std::move(u.error)) {}
     Expected(Error e) : v_(std::in_place_index<1>, std::move(e)) {}

@@ -89,7 +89,7 @@ public:
     [[nodiscard]] Expected<std::span<std::byte>> shmem(uint32_t res_id) const;
     /// Same, for the host serving context ctx_id (what a backend has in hand).
     [[nodiscard]] static Expected<std::span<std::byte>> shmem_for_context(uint32_t ctx_id,
-                                                                         uint32_t res_id);
+                                                                          uint32_t res_id);
 
     struct Impl; // opaque
 

@@ -19,11 +19,16 @@ enum class LogLevel : uint8_t { debug, info, warn, error, off };
 
 [[nodiscard]] constexpr std::string_view log_level_name(LogLevel l) noexcept {
     switch (l) {
-    case LogLevel::debug: return "debug";
-    case LogLevel::info: return "info";
-    case LogLevel::warn: return "warn";
-    case LogLevel::error: return "error";
-    case LogLevel::off: return "off";
+    case LogLevel::debug:
+        return "debug";
+    case LogLevel::info:
+        return "info";
+    case LogLevel::warn:
+        return "warn";
+    case LogLevel::error:
+        return "error";
+    case LogLevel::off:
+        return "off";
     }
     return "?";
 }
@@ -49,13 +54,21 @@ public:
         if (enabled(l)) sink_(l, fmt::vformat(f, fmt::make_format_args(args...)));
     }
     template <class... A>
-    void debug(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::debug, f, std::forward<A>(a)...); }
+    void debug(fmt::format_string<A...> f, A&&... a) const {
+        log(LogLevel::debug, f, std::forward<A>(a)...);
+    }
     template <class... A>
-    void info(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::info, f, std::forward<A>(a)...); }
+    void info(fmt::format_string<A...> f, A&&... a) const {
+        log(LogLevel::info, f, std::forward<A>(a)...);
+    }
     template <class... A>
-    void warn(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::warn, f, std::forward<A>(a)...); }
+    void warn(fmt::format_string<A...> f, A&&... a) const {
+        log(LogLevel::warn, f, std::forward<A>(a)...);
+    }
     template <class... A>
-    void error(fmt::format_string<A...> f, A&&... a) const { log(LogLevel::error, f, std::forward<A>(a)...); }
+    void error(fmt::format_string<A...> f, A&&... a) const {
+        log(LogLevel::error, f, std::forward<A>(a)...);
+    }
 
 private:
     LogSink sink_ = stderr_sink;

@@ -97,60 +97,80 @@ struct CodeInfo {
 
 [[nodiscard]] constexpr std::string_view command_type_name(int32_t type) noexcept {
     switch (type) {
-    case 0: return "HANDSHAKE";
-    case 1: return "LOADLIBRARY";
-    case 2: return "FORWARD";
-    default: return "UNKNOWN_COMMAND";
+    case 0:
+        return "HANDSHAKE";
+    case 1:
+        return "LOADLIBRARY";
+    case 2:
+        return "FORWARD";
+    default:
+        return "UNKNOWN_COMMAND";
     }
 }
 
 /// First-level LOADLIBRARY code (0..5); codes >= 6 are decoded by the error layer.
 [[nodiscard]] constexpr CodeInfo load_library_code_info(uint32_t code) noexcept {
     switch (code) {
-    case 0: return {"LOAD_SUCCESS", "library loaded"};
-    case 1: return {"LOAD_HYPERCALL_INIT_ERROR", "the host could not initialize its hypercall layer"};
-    case 2: return {"LOAD_ALREADY_LOADED", "a backend library is already loaded in this context"};
+    case 0:
+        return {"LOAD_SUCCESS", "library loaded"};
+    case 1:
+        return {"LOAD_HYPERCALL_INIT_ERROR", "the host could not initialize its hypercall layer"};
+    case 2:
+        return {"LOAD_ALREADY_LOADED", "a backend library is already loaded in this context"};
     case 3:
-        return {"LOAD_CONFIG_MISSING",
-                "the host configuration lacks 'apir.load_library.path'"};
-    case 4: return {"LOAD_CANNOT_OPEN", "the host cannot open the APIR backend library"};
+        return {"LOAD_CONFIG_MISSING", "the host configuration lacks 'apir.load_library.path'"};
+    case 4:
+        return {"LOAD_CANNOT_OPEN", "the host cannot open the APIR backend library"};
     case 5:
-        return {"LOAD_SYMBOL_MISSING",
-                "the APIR backend library lacks apir_backend_initialize or "
-                "apir_backend_dispatcher"};
-    default: return {"LOAD_UNKNOWN", "unknown LOADLIBRARY code"};
+        return {"LOAD_SYMBOL_MISSING", "the APIR backend library lacks apir_backend_initialize or "
+                                       "apir_backend_dispatcher"};
+    default:
+        return {"LOAD_UNKNOWN", "unknown LOADLIBRARY code"};
     }
 }
 
 [[nodiscard]] constexpr CodeInfo backend_init_code_info(uint32_t code) noexcept {
     switch (code) {
-    case 0: return {"BACKEND_SUCCESS", "backend initialized"};
-    case 1: return {"BACKEND_CANNOT_OPEN_BACKEND_LIBRARY", "cannot open the backend library"};
+    case 0:
+        return {"BACKEND_SUCCESS", "backend initialized"};
+    case 1:
+        return {"BACKEND_CANNOT_OPEN_BACKEND_LIBRARY", "cannot open the backend library"};
     case 2:
         return {"BACKEND_CANNOT_OPEN_GGML_LIBRARY",
                 "cannot open the ggml library (check 'ggml.library.path')"};
-    case 3: return {"BACKEND_MISSING_BACKEND_SYMBOLS", "the backend library lacks symbols"};
+    case 3:
+        return {"BACKEND_MISSING_BACKEND_SYMBOLS", "the backend library lacks symbols"};
     case 4:
         return {"BACKEND_MISSING_GGML_SYMBOLS",
                 "the ggml library lacks symbols (check 'ggml.library.reg')"};
-    case 5: return {"BACKEND_FAILED", "the backend failed"};
-    case 6: return {"BACKEND_REGISTRATION_FAILED", "backend registration failed"};
-    case 7: return {"BACKEND_ALREADY_INITIALIZED", "the backend is already initialized"};
-    case 8: return {"BACKEND_NO_DEVICE", "the backend found no device"};
-    case 9: return {"BACKEND_INIT_FAILED", "backend initialization failed"};
-    default: return {"BACKEND_UNKNOWN", "unknown backend initialization code"};
+    case 5:
+        return {"BACKEND_FAILED", "the backend failed"};
+    case 6:
+        return {"BACKEND_REGISTRATION_FAILED", "backend registration failed"};
+    case 7:
+        return {"BACKEND_ALREADY_INITIALIZED", "the backend is already initialized"};
+    case 8:
+        return {"BACKEND_NO_DEVICE", "the backend found no device"};
+    case 9:
+        return {"BACKEND_INIT_FAILED", "backend initialization failed"};
+    default:
+        return {"BACKEND_UNKNOWN", "unknown backend initialization code"};
     }
 }
 
 [[nodiscard]] constexpr CodeInfo forward_code_info(uint32_t code) noexcept {
     switch (code) {
-    case 0: return {"FORWARD_SUCCESS", "call succeeded"};
+    case 0:
+        return {"FORWARD_SUCCESS", "call succeeded"};
     case 1:
         return {"FORWARD_NO_DISPATCH",
                 "the host has no dispatch function (LOADLIBRARY has not succeeded)"};
-    case 2: return {"FORWARD_TIMEOUT", "the host timed out"};
-    case 3: return {"FORWARD_SYNC_STREAMS_FAILED", "the host failed to sync streams"};
-    default: return {"FORWARD_BACKEND_ERROR", "the backend function returned an error"};
+    case 2:
+        return {"FORWARD_TIMEOUT", "the host timed out"};
+    case 3:
+        return {"FORWARD_SYNC_STREAMS_FAILED", "the host failed to sync streams"};
+    default:
+        return {"FORWARD_BACKEND_ERROR", "the backend function returned an error"};
     }
 }
 

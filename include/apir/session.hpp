@@ -25,7 +25,8 @@
 namespace apir {
 
 struct SessionOptions {
-    std::chrono::nanoseconds handshake_timeout = std::chrono::milliseconds(default_handshake_timeout_ms);
+    std::chrono::nanoseconds handshake_timeout =
+        std::chrono::milliseconds(default_handshake_timeout_ms);
     std::chrono::nanoseconds load_library_timeout =
         std::chrono::milliseconds(default_load_library_timeout_ms);
     /// Deadline of FORWARD calls; none waits forever (as ggml does).
@@ -97,8 +98,8 @@ public:
         if (!reply) return reply;
         if (reply->major != protocol_major)
             return fail(Errc::version_mismatch,
-                        fmt::format("guest speaks APIR {}.{}, host {}.{}", protocol_major, protocol_minor,
-                                    reply->major, reply->minor));
+                        fmt::format("guest speaks APIR {}.{}, host {}.{}", protocol_major,
+                                    protocol_minor, reply->major, reply->minor));
         if (reply->minor != protocol_minor)
             options_.logger.warn("host speaks APIR {}.{}, guest {}.{}: minor versions differ",
                                  reply->major, reply->minor, protocol_major, protocol_minor);
@@ -114,10 +115,14 @@ public:
 
     /// Makes one typed call. Thread-safe.
     template <class C, class Req>
-    [[nodiscard]] Expected<typename C::response> call(const Req& request, const CallOptions& opts = {}) {
-        static_assert(is_call_v<C>, "Session::call<C>: C must be an apir::Call (e.g. apir::Forward<Id, Req, Resp>)");
-        static_assert(std::is_same_v<Req, typename C::request>,
-                      "Session::call<C>(request): the request type does not match the Call's request type");
+    [[nodiscard]] Expected<typename C::response> call(const Req& request,
+                                                      const CallOptions& opts = {}) {
+        static_assert(
+            is_call_v<C>,
+            "Session::call<C>: C must be an apir::Call (e.g. apir::Forward<Id, Req, Resp>)");
+        static_assert(
+            std::is_same_v<Req, typename C::request>,
+            "Session::call<C>(request): the request type does not match the Call's request type");
         const auto start = Clock::now();
         Deadline deadline = opts.deadline ? *opts.deadline : default_deadline<C>();
         auto result = call_impl<C>(request, deadline);
@@ -207,7 +212,8 @@ private:
     }
 
     template <class C>
-    Expected<typename C::response> call_impl(const typename C::request& request, Deadline deadline) {
+    Expected<typename C::response> call_impl(const typename C::request& request,
+                                             Deadline deadline) {
         auto ch = acquire();
         if (!ch) return Unexpected{std::move(ch).error()};
         Channel& c = **ch;

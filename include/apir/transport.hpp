@@ -10,7 +10,8 @@
 //     apir::Expected<uint32_t> ping(T& t, apir::Shmem& page, std::span<const std::byte> cmd) {
 //         apir::reset_notification(page);
 //         APIR_TRY(t.submit(cmd));
-//         return t.wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(std::chrono::seconds(2)));
+//         return t.wait_reply(page, apir::WaitPolicy{},
+//         apir::Deadline::after(std::chrono::seconds(2)));
 //     }
 #pragma once
 
@@ -105,7 +106,8 @@ private:
 };
 
 /// The notification word at the start of a reply page.
-[[nodiscard]] inline std::atomic_ref<uint32_t> notification_word(std::span<std::byte> page) noexcept {
+[[nodiscard]] inline std::atomic_ref<uint32_t>
+notification_word(std::span<std::byte> page) noexcept {
     return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page.data()));
 }
 /// The guest stores 0 before submitting.
@@ -135,7 +137,8 @@ struct WaitPolicy {
         p.spin_for = std::chrono::nanoseconds::max();
         return p;
     }
-    static WaitPolicy fixed_poll(std::chrono::nanoseconds every = std::chrono::microseconds(15)) noexcept {
+    static WaitPolicy
+    fixed_poll(std::chrono::nanoseconds every = std::chrono::microseconds(15)) noexcept {
         WaitPolicy p;
         p.kind = Kind::fixed_poll;
         p.poll_interval = every;
@@ -161,7 +164,8 @@ struct WaitHooks {
 
 /// Host side: stores (code + 1) with release ordering, after the reply payload.
 /// If a waiter may be blocked on the word, wakes it.
-void notify_reply(std::span<std::byte> page, uint32_t code, std::atomic<uint32_t>* sleepers) noexcept;
+void notify_reply(std::span<std::byte> page, uint32_t code,
+                  std::atomic<uint32_t>* sleepers) noexcept;
 
 /// A transport: creates shared memory, submits command buffers, waits for replies.
 template <class T>
@@ -185,8 +189,8 @@ concept Transport = requires(T& t, const T& ct, size_t n, std::span<const std::b
 class AnyTransport {
 public:
     template <Transport T>
-        requires(!std::same_as<std::remove_cvref_t<T>, AnyTransport>)
-    AnyTransport(T t) : impl_(std::make_unique<Model<T>>(std::move(t))) {}
+    requires(!std::same_as<std::remove_cvref_t<T>, AnyTransport>) AnyTransport(T t)
+        : impl_(std::make_unique<Model<T>>(std::move(t))) {}
     /// Takes ownership of a transport that is not movable.
     template <Transport T>
     explicit AnyTransport(std::unique_ptr<T> t) : impl_(std::make_unique<Owned<T>>(std::move(t))) {}
@@ -195,8 +199,11 @@ public:
     AnyTransport& operator=(AnyTransport&&) noexcept = default;
 
     [[nodiscard]] Expected<Shmem> create_shmem(size_t n) { return impl_->create_shmem(n); }
-    [[nodiscard]] Expected<void> submit(std::span<const std::byte> cmd) { return impl_->submit(cmd); }
-    [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& p, Deadline d) {
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> cmd) {
+        return impl_->submit(cmd);
+    }
+    [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& p,
+                                                Deadline d) {
         return impl_->wait_reply(page, p, d);
     }
     [[nodiscard]] int32_t command_type_offset() const { return impl_->command_type_offset(); }

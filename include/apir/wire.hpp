@@ -53,7 +53,9 @@ namespace apir {
 /// Decodes in place (a view into the decoder's buffer).
 using Bytes = std::span<const std::byte>;
 
-[[nodiscard]] constexpr size_t wire_align(size_t n) noexcept { return (n + 3) & ~size_t{3}; }
+[[nodiscard]] constexpr size_t wire_align(size_t n) noexcept {
+    return (n + 3) & ~size_t{3};
+}
 
 template <class T, class Enable = void>
 struct wire_traits; // specialize to teach the codec a type
@@ -162,8 +164,8 @@ public:
     /// The first error, with the offset where it happened.
     [[nodiscard]] Expected<void> status() const {
         if (!failed_) return {};
-        return fail(err_, fmt::format("at byte {} of {}", err_offset_,
-                                      static_cast<size_t>(end_ - begin_)));
+        return fail(
+            err_, fmt::format("at byte {} of {}", err_offset_, static_cast<size_t>(end_ - begin_)));
     }
     /// Records an error (the first one wins) and stops further reads.
     void set_error(Errc e) noexcept {
@@ -243,11 +245,11 @@ private:
 
 namespace detail {
 template <class T>
-inline constexpr bool is_scalar_wire_v =
-    (std::is_arithmetic_v<T> || std::is_enum_v<T>) && !std::is_const_v<T>;
+inline constexpr bool is_scalar_wire_v = (std::is_arithmetic_v<T> ||
+                                          std::is_enum_v<T>)&&!std::is_const_v<T>;
 template <class T>
-inline constexpr bool is_byte_like_v = sizeof(T) == 1 && (std::is_integral_v<T> ||
-                                                          std::is_same_v<T, std::byte>);
+inline constexpr bool is_byte_like_v = sizeof(T) == 1 &&
+                                       (std::is_integral_v<T> || std::is_same_v<T, std::byte>);
 } // namespace detail
 
 /// Scalars: 1- and 4-byte types take 4 bytes, 8-byte types 8.
@@ -300,14 +302,16 @@ struct wire_traits<std::array<T, N>> {
         if constexpr (detail::is_byte_like_v<T>)
             e.write_bytes(a.data(), N);
         else
-            for (const T& x : a) e.put(x);
+            for (const T& x : a)
+                e.put(x);
     }
     static void decode(Decoder& d, std::array<T, N>& a) noexcept {
         if constexpr (detail::is_byte_like_v<T>) {
             Bytes b = d.read_bytes(N);
             if (d.ok() && N) std::memcpy(a.data(), b.data(), N);
         } else {
-            for (T& x : a) d.get_into(x);
+            for (T& x : a)
+                d.get_into(x);
         }
     }
 };
@@ -335,7 +339,8 @@ struct wire_traits<std::vector<T>> {
         if constexpr (detail::is_byte_like_v<T>)
             e.write_bytes(v.data(), v.size());
         else
-            for (const T& x : v) e.put(x);
+            for (const T& x : v)
+                e.put(x);
     }
     static void decode(Decoder& d, std::vector<T>& v) {
         // Every element takes at least one byte (4 for non-byte types) on the wire.
@@ -435,8 +440,8 @@ struct FieldList {
 
 /// Lists a struct's members in wire order (see the example at the top).
 template <class... M>
-    requires(std::is_member_object_pointer_v<M> && ...)
-constexpr FieldList<M...> fields(M... m) noexcept {
+requires(std::is_member_object_pointer_v<M>&&...) constexpr FieldList<M...> fields(
+    M... m) noexcept {
     return {std::tuple<M...>{m...}};
 }
 
@@ -447,7 +452,9 @@ struct Empty {
 };
 
 template <class T>
-concept WireStruct = requires { T::wire_fields.members; };
+concept WireStruct = requires {
+    T::wire_fields.members;
+};
 
 template <WireStruct T>
 struct wire_traits<T> {
@@ -474,8 +481,7 @@ constexpr bool wire_has_view() {
     } else if constexpr (WireStruct<T>) {
         return std::apply(
             [](auto... m) {
-                return (false || ... ||
-                        wire_has_view<typename member_type<decltype(m)>::type>());
+                return (false || ... || wire_has_view<typename member_type<decltype(m)>::type>());
             },
             T::wire_fields.members);
     } else {

@@ -104,8 +104,11 @@ struct Host::Impl {
 
     Expected<void> execute(std::span<const std::byte> cmd);
     uint32_t load_library();
-    uint32_t forward(uint32_t cmd_id, std::span<const std::byte> payload, std::span<std::byte> page);
-    void reply(std::span<std::byte> page, uint32_t code) { notify_reply(page, code, memory.sleepers()); }
+    uint32_t forward(uint32_t cmd_id, std::span<const std::byte> payload,
+                     std::span<std::byte> page);
+    void reply(std::span<std::byte> page, uint32_t code) {
+        notify_reply(page, code, memory.sleepers());
+    }
     Expected<void> reject(Errc e, std::string why) {
         ++stats.rejected;
         options.logger.warn("host: dropped a command: {}", why);
@@ -128,7 +131,8 @@ Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
     std::lock_guard lk(mu);
     ++stats.commands;
     if (cmd.size() < command_header_size)
-        return reject(Errc::decode_overrun, fmt::format("{} byte command, header needs 12", cmd.size()));
+        return reject(Errc::decode_overrun,
+                      fmt::format("{} byte command, header needs 12", cmd.size()));
 
     Decoder dec(cmd);
     const auto raw_type = static_cast<int32_t>(dec.read_u32());
@@ -140,7 +144,8 @@ Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
     if (page.empty())
         return reject(Errc::unknown_resource, fmt::format("reply resource {} unknown", reply_id));
     if (page.size() < reply_header_size || (reinterpret_cast<uintptr_t>(page.data()) & 3) != 0)
-        return reject(Errc::reply_too_large, fmt::format("reply resource {} unusable as a page", reply_id));
+        return reject(Errc::reply_too_large,
+                      fmt::format("reply resource {} unusable as a page", reply_id));
 
     const int64_t type = int64_t{raw_type} - options.command_type_offset;
     switch (type) {
@@ -155,8 +160,8 @@ Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
             return reject(Errc::decode_overrun, "truncated HANDSHAKE payload");
         }
         if (guest_major != options.version_major || guest_minor != options.version_minor)
-            options.logger.info("host: guest speaks APIR {}.{}, host {}.{}", guest_major, guest_minor,
-                                options.version_major, options.version_minor);
+            options.logger.info("host: guest speaks APIR {}.{}, host {}.{}", guest_major,
+                                guest_minor, options.version_major, options.version_minor);
         Encoder out(page.subspan(reply_header_size));
         out.write_u32(options.version_major);
         out.write_u32(options.version_minor);
@@ -189,7 +194,7 @@ uint32_t Host::Impl::load_library() {
         return code(LoadLibraryCode::config_missing);
     }
     const std::string& path = it->second;
-    struct stat st{};
+    struct stat st {};
     if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
         log.error("host: LOADLIBRARY: '{}' is not a regular file", path);
         return code(LoadLibraryCode::cannot_open);
@@ -207,7 +212,8 @@ uint32_t Host::Impl::load_library() {
                   !init ? APIR_BACKEND_INITIALIZE_SYMBOL : APIR_BACKEND_DISPATCHER_SYMBOL);
         return code(LoadLibraryCode::symbol_missing);
     }
-    if (auto bind = lib.symbol<apir_backend_set_shmem_sized_fn>(APIR_BACKEND_SET_SHMEM_SIZED_SYMBOL))
+    if (auto bind =
+            lib.symbol<apir_backend_set_shmem_sized_fn>(APIR_BACKEND_SET_SHMEM_SIZED_SYMBOL))
         bind(ctx_id, &Impl::get_shmem_sized);
     const uint32_t r = init(ctx_id, &callbacks);
     // 0 and base+success both mean success; anything else travels as base + r.
@@ -249,8 +255,12 @@ Host::Host(HostOptions options, HostMemory& memory)
     : impl_(std::make_unique<Impl>(std::move(options), memory)) {}
 Host::~Host() = default;
 
-Expected<void> Host::execute(std::span<const std::byte> command) { return impl_->execute(command); }
-uint32_t Host::context_id() const noexcept { return impl_->ctx_id; }
+Expected<void> Host::execute(std::span<const std::byte> command) {
+    return impl_->execute(command);
+}
+uint32_t Host::context_id() const noexcept {
+    return impl_->ctx_id;
+}
 bool Host::library_loaded() const noexcept {
     std::lock_guard lk(impl_->mu);
     return impl_->dispatcher != nullptr;

@@ -27,7 +27,8 @@ struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         stop();
         host.reset(); // the backend's deinit may still look at shared memory
         std::lock_guard lk(mem_mu);
-        for (auto& [id, b] : blobs) munmap(b.data(), b.size());
+        for (auto& [id, b] : blobs)
+            munmap(b.data(), b.size());
     }
 
     // --- HostMemory
@@ -68,11 +69,13 @@ struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
                                         bytes_alive, rounded, options.max_shmem_bytes));
             bytes_alive += rounded;
         }
-        void* p = mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        void* p =
+            mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
         std::lock_guard lk(mem_mu);
         if (p == MAP_FAILED) {
             bytes_alive -= rounded;
-            return fail(Error(Errc::out_of_memory, "mmap of shared memory failed").with_errno(errno));
+            return fail(
+                Error(Errc::out_of_memory, "mmap of shared memory failed").with_errno(errno));
         }
         const uint32_t id = next_id++;
         std::span<std::byte> bytes(static_cast<std::byte*>(p), rounded);
@@ -158,7 +161,8 @@ struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         }
         // Wake guests blocked on any page so they see the host is gone.
         std::lock_guard lk(mem_mu);
-        for (auto& [id, b] : blobs) detail::futex_wake_all(b.data());
+        for (auto& [id, b] : blobs)
+            detail::futex_wake_all(b.data());
     }
 
     LoopbackOptions options;
@@ -189,7 +193,9 @@ LoopbackTransport::LoopbackTransport(LoopbackTransport&&) noexcept = default;
 LoopbackTransport& LoopbackTransport::operator=(LoopbackTransport&&) noexcept = default;
 LoopbackTransport::~LoopbackTransport() = default;
 
-Expected<Shmem> LoopbackTransport::create_shmem(size_t size) { return impl_->create_shmem(size); }
+Expected<Shmem> LoopbackTransport::create_shmem(size_t size) {
+    return impl_->create_shmem(size);
+}
 Expected<void> LoopbackTransport::submit(std::span<const std::byte> command) {
     return impl_->submit(command);
 }
@@ -204,8 +210,12 @@ std::string_view LoopbackTransport::name() const noexcept {
     return impl_->options.mode == LoopbackOptions::Mode::threaded ? "loopback-threaded"
                                                                   : "loopback-inline";
 }
-Host& LoopbackTransport::host() noexcept { return *impl_->host; }
-void LoopbackTransport::stop_host() { impl_->stop(); }
+Host& LoopbackTransport::host() noexcept {
+    return *impl_->host;
+}
+void LoopbackTransport::stop_host() {
+    impl_->stop();
+}
 size_t LoopbackTransport::shmem_count() const noexcept {
     std::lock_guard lk(impl_->mem_mu);
     return impl_->blobs.size();

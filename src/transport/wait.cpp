@@ -19,21 +19,27 @@ namespace {
 
 using namespace std::chrono;
 
-uint32_t* word_ptr(std::span<std::byte> page) { return reinterpret_cast<uint32_t*>(page.data()); }
+uint32_t* word_ptr(std::span<std::byte> page) {
+    return reinterpret_cast<uint32_t*>(page.data());
+}
 
 Expected<uint32_t> timed_out(Clock::time_point start) {
-    return fail(Errc::timeout,
-                fmt::format("waited {} µs", duration_cast<microseconds>(Clock::now() - start).count()));
+    return fail(
+        Errc::timeout,
+        fmt::format("waited {} µs", duration_cast<microseconds>(Clock::now() - start).count()));
 }
 
 } // namespace
 
-Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& policy, Deadline deadline,
-                                  const WaitHooks& hooks) {
-    if (page.size() < reply_header_size) return fail(Errc::invalid_argument, "reply page too small");
+Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& policy,
+                                  Deadline deadline, const WaitHooks& hooks) {
+    if (page.size() < reply_header_size)
+        return fail(Errc::invalid_argument, "reply page too small");
     auto word = notification_word(page);
     auto done = [&]() -> bool { return word.load(std::memory_order_acquire) != 0; };
-    auto host_gone = [&] { return hooks.host_alive && !hooks.host_alive->load(std::memory_order_acquire); };
+    auto host_gone = [&] {
+        return hooks.host_alive && !hooks.host_alive->load(std::memory_order_acquire);
+    };
     const auto start = Clock::now();
 
     if (policy.kind == WaitPolicy::Kind::fixed_poll) {
@@ -77,7 +83,8 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             if (word.load(std::memory_order_seq_cst) == 0) {
                 // Wake up now and then to check liveness and the deadline.
                 nanoseconds slice = milliseconds(50);
-                if (!deadline.is_never()) slice = std::min(slice, duration_cast<nanoseconds>(deadline.time() - now));
+                if (!deadline.is_never())
+                    slice = std::min(slice, duration_cast<nanoseconds>(deadline.time() - now));
                 detail::futex_wait(word_ptr(page), 0, std::max(slice, nanoseconds(1000)));
             }
             hooks.sleepers->fetch_sub(1, std::memory_order_seq_cst);
@@ -89,9 +96,11 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     return word.load(std::memory_order_acquire) - 1;
 }
 
-void notify_reply(std::span<std::byte> page, uint32_t code, std::atomic<uint32_t>* sleepers) noexcept {
+void notify_reply(std::span<std::byte> page, uint32_t code,
+                  std::atomic<uint32_t>* sleepers) noexcept {
     notification_word(page).store(code + 1, std::memory_order_seq_cst);
-    if (sleepers && sleepers->load(std::memory_order_seq_cst) != 0) detail::futex_wake_all(word_ptr(page));
+    if (sleepers && sleepers->load(std::memory_order_seq_cst) != 0)
+        detail::futex_wake_all(word_ptr(page));
 }
 
 } // namespace apir

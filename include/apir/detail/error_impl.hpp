@@ -37,18 +37,21 @@ inline Error load_library_error(uint32_t code) {
                 .with_wire_code(code);
         }
     }
-    return Error(Errc::library_error,
-                 fmt::format("unexpected LOADLIBRARY code {}", code))
+    return Error(Errc::library_error, fmt::format("unexpected LOADLIBRARY code {}", code))
         .with_wire_code(code);
 }
 
 inline Error forward_error(uint32_t code) {
     constexpr auto base = static_cast<uint32_t>(ForwardCode::base_index);
     switch (code) {
-    case 1: return Error(Errc::forward_no_dispatch).with_wire_code(code);
-    case 2: return Error(Errc::forward_timeout).with_wire_code(code);
-    case 3: return Error(Errc::forward_sync_streams_failed).with_wire_code(code);
-    default: break;
+    case 1:
+        return Error(Errc::forward_no_dispatch).with_wire_code(code);
+    case 2:
+        return Error(Errc::forward_timeout).with_wire_code(code);
+    case 3:
+        return Error(Errc::forward_sync_streams_failed).with_wire_code(code);
+    default:
+        break;
     }
     if (code >= base) {
         uint32_t ret = code - base;

@@ -1,0 +1,36 @@
+// A test backend whose apir_backend_initialize returns whatever the host
+// configuration key "test.init_result" says (a decimal number; default 6 = success).
+// It lets the tests drive every LOADLIBRARY outcome a backend can produce.
+#include <apir/backend_abi.h>
+
+#include <atomic>
+#include <cstdlib>
+
+namespace {
+std::atomic<int> g_deinit_calls{0};
+}
+
+extern "C" {
+
+__attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t ctx_id,
+                                                                        virgl_apir_callbacks* cbs) {
+    const char* v = cbs && cbs->get_config ? cbs->get_config(ctx_id, "test.init_result") : nullptr;
+    return v ? static_cast<uint32_t>(std::strtoul(v, nullptr, 10)) : 6;
+}
+
+__attribute__((visibility("default"))) void apir_backend_deinit(uint32_t) {
+    g_deinit_calls.fetch_add(1);
+}
+
+/// For the tests: how many times the host ran deinit.
+__attribute__((visibility("default"))) int failing_backend_deinit_calls() {
+    return g_deinit_calls.load();
+}
+
+__attribute__((visibility("default"))) uint32_t
+apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t, char*, const char*,
+                        char* enc_cur, const char*, char** enc_cur_after) {
+    *enc_cur_after = enc_cur;
+    return 0;
+}
+}
