@@ -114,15 +114,12 @@ public:
     }
 
     /// Makes one typed call. Thread-safe.
-    template <class C, class Req>
-    [[nodiscard]] Expected<typename C::response> call(const Req& request,
+    template <class C>
+    [[nodiscard]] Expected<typename C::response> call(const typename C::request& request,
                                                       const CallOptions& opts = {}) {
         static_assert(
             is_call_v<C>,
             "Session::call<C>: C must be an apir::Call (e.g. apir::Forward<Id, Req, Resp>)");
-        static_assert(
-            std::is_same_v<Req, typename C::request>,
-            "Session::call<C>(request): the request type does not match the Call's request type");
         const auto start = Clock::now();
         Deadline deadline = opts.deadline ? *opts.deadline : default_deadline<C>();
         auto result = call_impl<C>(request, deadline);
@@ -130,6 +127,15 @@ public:
         if (opts.duration) *opts.duration = took;
         record(C::type, C::flags, took, result.has_value());
         return result;
+    }
+    /// A request of another type than the Call's: a readable compile error.
+    template <class C, class Other>
+    requires(!std::is_same_v<std::remove_cvref_t<Other>, typename C::request>)
+        Expected<typename C::response> call(const Other&, const CallOptions& = {}) {
+        static_assert(std::is_same_v<std::remove_cvref_t<Other>, typename C::request>,
+                      "Session::call<C>(request): the request type does not match the Call's "
+                      "request type (C::request)");
+        return fail(Errc::invalid_argument);
     }
 
     /// A reused shared-memory blob of at least n bytes to fill in place (zero-copy).
