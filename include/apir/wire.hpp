@@ -308,7 +308,10 @@ struct wire_traits<std::array<T, N>> {
     static void decode(Decoder& d, std::array<T, N>& a) noexcept {
         if constexpr (detail::is_byte_like_v<T>) {
             Bytes b = d.read_bytes(N);
-            if (d.ok() && N) std::memcpy(a.data(), b.data(), N);
+            if (d.ok() && N)
+                std::memcpy(a.data(), b.data(), N);
+            else
+                a.fill(T{}); // like every other read after an error: zeros
         } else {
             for (T& x : a)
                 d.get_into(x);
@@ -484,6 +487,10 @@ constexpr bool wire_has_view() {
                 return (false || ... || wire_has_view<typename member_type<decltype(m)>::type>());
             },
             T::wire_fields.members);
+    } else if constexpr (requires { typename T::value_type; }) {
+        // Containers (std::optional, std::vector, std::array) hold views if their
+        // elements do.
+        return wire_has_view<std::remove_cv_t<typename T::value_type>>();
     } else {
         return false;
     }
