@@ -1,0 +1,785 @@
+// The simulated virtio-gpu device: Linux's answers to each ioctl, memfd-backed blobs,
+// and an apir::Host per APIR/Venus context.
+#include "sim_device.hpp"
+
+#include "virtgpu_uapi.hpp"
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <optional>
+#include <thread>
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace apir_test {
+namespace {
+
+namespace uapi = apir::uapi;
+
+constexpr uint64_t page_size = 4096;
+// Fake mmap offsets start at 4 GiB, as DRM's on 64-bit.
+constexpr uint64_t first_mmap_offset = uint64_t{1} << 32;
+// Fake fds: never real descriptors, so a transport that bypasses the seam fails loudly.
+constexpr int first_fd = 1000;
+// Resource ids come from one device-wide counter starting at 2 and are never reused.
+constexpr uint32_t first_res_id = 2;
+constexpr uint64_t max_capset_id = 63;
+constexpr uint64_t max_rings = 64;
+
+uint64_t page_align(uint64_t n) {
+    return (n + page_size - 1) & ~(page_size - 1);
+}
+
+// EXECBUFFER as Linux 6.12 has it; a caller's 40-byte struct arrives zero-extended.
+struct KernelExecbuffer {
+    uint32_t flags;
+    uint32_t size;
+    uint64_t command;
+    uint64_t bo_handles;
+    uint32_t num_bo_handles;
+    int32_t fence_fd;
+    uint32_t ring_idx;
+    uint32_t syncobj_stride;
+    uint32_t num_in_syncobjs;
+    uint32_t num_out_syncobjs;
+    uint64_t in_syncobjs;
+    uint64_t out_syncobjs;
+};
+static_assert(sizeof(KernelExecbuffer) == 64);
+static_assert(offsetof(KernelExecbuffer, ring_idx) == offsetof(uapi::execbuffer, ring_idx));
+
+// Host-side memory of a blob: a memfd and the host's own mapping of it. The guest's
+// mmap maps the same pages a second time, as a VM's would.
+struct Memory {
+    int fd = -1;
+    std::byte* host = nullptr;
+    size_t size = 0;
+    Memory() = default;
+    Memory(const Memory&) = delete;
+    Memory& operator=(const Memory&) = delete;
+    ~Memory() {
+        if (host) ::munmap(host, size);
+        if (fd >= 0) ::close(fd);
+    }
+};
+
+// The host end of one guest context: an apir::Host on its own thread. A thread, like
+// the real device: EXECBUFFER returns once the command is queued and the host answers
+// later, so the guest really waits on the notification word (an inline host would
+// answer before submit() returns and hide ordering bugs in the wait). Blob releases go
+// through the same queue, so a command always finds the memory it was sent with.
+class Context final : public apir::HostMemory {
+public:
+    Context(apir::HostOptions options, const std::atomic<bool>& alive,
+            std::atomic<uint64_t>& executed)
+        : alive_(alive), executed_(executed) {
+        host_.emplace(std::move(options), *this);
+        thread_ = std::thread([this] { serve(); });
+    }
+    ~Context() {
+        {
+            std::lock_guard lk(q_mu_);
+            stopping_ = true;
+        }
+        cv_.notify_all();
+        thread_.join();
+        host_.reset(); // the backend's deinit may still look at shared memory
+        std::lock_guard lk(mu_);
+        resources_.clear();
+    }
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+
+    std::span<std::byte> resource(uint32_t res_id) noexcept override {
+        std::lock_guard lk(mu_);
+        auto it = resources_.find(res_id);
+        if (it == resources_.end()) return {};
+        return {it->second->host, it->second->size};
+    }
+
+    void attach(uint32_t res_id, std::shared_ptr<Memory> mem) {
+        std::lock_guard lk(mu_);
+        resources_[res_id] = std::move(mem);
+    }
+    void execute(std::vector<std::byte> command) { push(Item{std::move(command), 0}); }
+    void detach(uint32_t res_id) { push(Item{{}, res_id}); }
+    void drain() {
+        std::unique_lock lk(q_mu_);
+        idle_cv_.wait(lk, [&] { return (items_.empty() && !busy_) || stopping_; });
+    }
+
+private:
+    struct Item {
+        std::vector<std::byte> command; // empty: a detach
+        uint32_t detach = 0;
+    };
+    void push(Item it) {
+        {
+            std::lock_guard lk(q_mu_);
+            items_.push_back(std::move(it));
+        }
+        cv_.notify_one();
+    }
+    void serve() {
+        std::unique_lock lk(q_mu_);
+        for (;;) {
+            cv_.wait(lk, [&] { return stopping_ || !items_.empty(); });
+            if (stopping_) return;
+            Item it = std::move(items_.front());
+            items_.pop_front();
+            busy_ = true;
+            lk.unlock();
+            if (it.detach != 0) {
+                std::lock_guard mk(mu_);
+                resources_.erase(it.detach);
+            } else if (alive_.load(std::memory_order_acquire)) {
+                (void)host_->execute(it.command); // a rejected command gets no reply
+                executed_.fetch_add(1, std::memory_order_relaxed);
+            }
+            lk.lock();
+            busy_ = false;
+            if (items_.empty()) idle_cv_.notify_all();
+        }
+    }
+
+    const std::atomic<bool>& alive_;
+    std::atomic<uint64_t>& executed_;
+    std::mutex mu_; // resources_
+    std::map<uint32_t, std::shared_ptr<Memory>> resources_;
+    std::mutex q_mu_; // items_, busy_, stopping_
+    std::condition_variable cv_, idle_cv_;
+    std::deque<Item> items_;
+    bool busy_ = false;
+    bool stopping_ = false;
+    std::optional<apir::Host> host_;
+    std::thread thread_;
+};
+
+// A GEM object: alive while a handle or a mapping refers to it.
+struct Object {
+    uint32_t res_id = 0;
+    uint64_t size = 0;
+    bool host_visible = false; // counted in the host-visible region
+    uint64_t offset = 0;       // fake mmap offset, 0 until MAP
+    std::shared_ptr<Memory> mem;
+    std::weak_ptr<Context> ctx;
+    uint32_t handles = 0;
+    uint32_t maps = 0;
+};
+
+struct File {
+    int fd = -1;
+    const SimNode* node = nullptr;
+    bool virtio = false;
+    // Context state: CONTEXT_INIT sets these one parameter at a time and does not undo
+    // them when a later parameter fails.
+    bool context_created = false;
+    bool capset_set = false;
+    uint32_t capset = 0;
+    uint64_t num_rings = 0;
+    uint64_t ring_mask = 0;
+    std::map<uint32_t, std::shared_ptr<Object>> handles;
+    std::shared_ptr<Context> ctx;
+
+    uint32_t lowest_free_handle() const {
+        uint32_t h = 1;
+        for (const auto& [k, v] : handles) {
+            if (k != h) break;
+            ++h;
+        }
+        return h;
+    }
+};
+
+struct Fault {
+    int err = 0;
+    unsigned after = 0;
+    unsigned times = 0;
+};
+
+template <class T, class F>
+int with_struct(std::byte* k, F&& f) {
+    T t;
+    std::memcpy(&t, k, sizeof(T));
+    int r = f(t);
+    std::memcpy(k, &t, sizeof(T));
+    return r;
+}
+
+void copy_field(const std::string& value, char* buf, size_t& len) {
+    // drm_copy_field: copy what fits, report the full length.
+    const size_t n = std::min(len, value.size());
+    if (buf && n) std::memcpy(buf, value.data(), n);
+    len = value.size();
+}
+
+} // namespace
+
+std::vector<SimCapset> SimConfig::default_capsets() {
+    SimCapset virgl2{2, 2, std::vector<std::byte>(8, std::byte{1})};
+    // Venus capset data starts with its wire-format and XML versions (both non-zero).
+    SimCapset venus{uint32_t(apir::capset_venus), 0, std::vector<std::byte>(64, std::byte{1})};
+    return {virgl2, venus, apir_capset()};
+}
+
+SimCapset SimConfig::apir_capset(uint32_t supports_blob, size_t size) {
+    uapi::apir_capset data{};
+    data.apir_version = 1;
+    data.supports_blob_resources = supports_blob;
+    SimCapset c{apir::capset_apir, 0, std::vector<std::byte>(size)};
+    std::memcpy(c.data.data(), &data, std::min(size, sizeof(data)));
+    return c;
+}
+
+struct SimDevice::State {
+    explicit State(SimConfig c) : cfg(std::move(c)) {}
+
+    SimConfig cfg;
+    mutable std::mutex mu;
+    std::map<int, std::unique_ptr<File>> files;
+    int next_fd = first_fd;
+    std::map<uint32_t, std::shared_ptr<Object>> objects; // by resource id
+    uint32_t next_res_id = first_res_id;
+    uint64_t next_offset = first_mmap_offset;
+    uint64_t visible_used = 0;
+    struct Map {
+        std::shared_ptr<Object> obj;
+        size_t length;
+    };
+    std::map<void*, Map> maps;
+    std::array<Fault, size_t(SimOp::count_)> faults{};
+    std::array<uint64_t, size_t(SimOp::count_)> calls{};
+    uint64_t fenced = 0;
+    uint64_t bad_munmaps = 0;
+    uint64_t contexts = 0;
+    uint32_t last_capset = 0;
+    std::atomic<uint64_t> dropped{0};
+    std::atomic<uint64_t> executed{0};
+    std::vector<std::weak_ptr<Context>> all_contexts;
+
+    // Counts the call; returns the injected error (negative) or 0.
+    int injected(SimOp op) {
+        ++calls[size_t(op)];
+        Fault& f = faults[size_t(op)];
+        if (f.times == 0) return 0;
+        if (f.after > 0) {
+            --f.after;
+            return 0;
+        }
+        if (f.times != ~0u) --f.times;
+        return -f.err;
+    }
+
+    File* file(int fd) {
+        auto it = files.find(fd);
+        return it == files.end() ? nullptr : it->second.get();
+    }
+
+    uint64_t capset_mask() const {
+        uint64_t m = 0;
+        for (const auto& c : cfg.capsets)
+            if (c.id <= max_capset_id) m |= uint64_t{1} << c.id;
+        return m;
+    }
+
+    // A context made by CONTEXT_INIT, or implicitly (capset 0) by a blob or execbuffer.
+    void create_context(File& f, const std::atomic<bool>& alive) {
+        f.context_created = true;
+        ++contexts;
+        last_capset = f.capset;
+        if (f.capset != apir::capset_apir && f.capset != apir::capset_venus) return;
+        apir::HostOptions o = cfg.host;
+        o.command_type_offset = f.capset == apir::capset_venus ? apir::venus_command_offset : 0;
+        f.ctx = std::make_shared<Context>(std::move(o), alive, executed);
+        all_contexts.push_back(f.ctx);
+    }
+
+    // Frees an object nothing refers to any more; its host memory goes when the host
+    // has processed everything sent before.
+    void maybe_free(const std::shared_ptr<Object>& obj) {
+        if (obj->handles != 0 || obj->maps != 0) return;
+        objects.erase(obj->res_id);
+        if (obj->host_visible) visible_used -= obj->size;
+        if (auto c = obj->ctx.lock()) c->detach(obj->res_id);
+    }
+};
+
+SimDevice::SimDevice(SimConfig config) : s_(std::make_unique<State>(std::move(config))) {}
+
+SimDevice::~SimDevice() {
+    // Whatever a test leaked goes now; hosts stop before their memory.
+    std::vector<std::shared_ptr<Context>> ctxs;
+    {
+        std::lock_guard lk(s_->mu);
+        for (auto& [addr, m] : s_->maps)
+            ::munmap(addr, m.length);
+        s_->maps.clear();
+        for (auto& [fd, f] : s_->files)
+            if (f->ctx) ctxs.push_back(std::move(f->ctx));
+        s_->files.clear();
+        s_->objects.clear();
+    }
+    ctxs.clear();
+}
+
+int SimDevice::render_nodes(std::vector<apir::DrmNode>& nodes) {
+    std::lock_guard lk(s_->mu);
+    if (int e = s_->injected(SimOp::enumerate)) return e;
+    for (const auto& n : s_->cfg.nodes)
+        nodes.push_back({n.path, n.bus});
+    return 0;
+}
+
+int SimDevice::open(const std::string& path) {
+    std::lock_guard lk(s_->mu);
+    if (int e = s_->injected(SimOp::open)) return e;
+    auto it = std::find_if(s_->cfg.nodes.begin(), s_->cfg.nodes.end(),
+                           [&](const SimNode& n) { return n.path == path; });
+    if (it == s_->cfg.nodes.end()) return -ENOENT;
+    if (it->open_errno) return -it->open_errno;
+    auto f = std::make_unique<File>();
+    f->fd = s_->next_fd++;
+    f->node = &*it;
+    f->virtio = it->driver == "virtio_gpu";
+    const int fd = f->fd;
+    s_->files.emplace(fd, std::move(f));
+    return fd;
+}
+
+int SimDevice::close(int fd) {
+    std::shared_ptr<Context> ctx; // destroyed (host thread joined) outside the lock
+    int result = 0;
+    {
+        std::lock_guard lk(s_->mu);
+        // Like close(2), the descriptor is gone even when an error is reported.
+        result = s_->injected(SimOp::close);
+        auto it = s_->files.find(fd);
+        if (it == s_->files.end()) return -EBADF;
+        std::unique_ptr<File> f = std::move(it->second);
+        s_->files.erase(it);
+        for (auto& [h, obj] : f->handles) {
+            --obj->handles;
+            s_->maybe_free(obj);
+        }
+        ctx = std::move(f->ctx);
+    }
+    return result;
+}
+
+int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
+    // The DRM core: dispatch on the number, copy the caller's struct in (zero-extended
+    // to the kernel's size), run, copy it back out — even when the ioctl failed.
+    if (_IOC_TYPE(request) != DRM_IOCTL_BASE) return -ENOTTY;
+    const unsigned nr = _IOC_NR(request);
+    const size_t usize = _IOC_SIZE(request);
+    size_t ksize = 0;
+    SimOp op{};
+    switch (nr) {
+    case 0x00:
+        ksize = sizeof(uapi::version), op = SimOp::version;
+        break;
+    case 0x09:
+        ksize = sizeof(uapi::gem_close), op = SimOp::gem_close;
+        break;
+    case DRM_COMMAND_BASE + 0x01:
+        ksize = sizeof(uapi::map), op = SimOp::map;
+        break;
+    case DRM_COMMAND_BASE + 0x02:
+        ksize = s_->cfg.kernel == SimKernel::linux_6_1 ? 40 : sizeof(KernelExecbuffer);
+        op = SimOp::execbuffer;
+        break;
+    case DRM_COMMAND_BASE + 0x03:
+        ksize = sizeof(uapi::getparam), op = SimOp::getparam;
+        break;
+    case DRM_COMMAND_BASE + 0x09:
+        ksize = sizeof(uapi::get_caps), op = SimOp::get_caps;
+        break;
+    case DRM_COMMAND_BASE + 0x0a:
+        ksize = sizeof(uapi::resource_create_blob), op = SimOp::create_blob;
+        break;
+    case DRM_COMMAND_BASE + 0x0b:
+        ksize = sizeof(uapi::context_init), op = SimOp::context_init;
+        break;
+    default:
+        return -EINVAL;
+    }
+    alignas(8) std::byte k[64] = {};
+    const size_t n = std::min(usize, ksize);
+    if ((_IOC_DIR(request) & _IOC_WRITE) && n) std::memcpy(k, arg, n);
+
+    std::unique_lock lk(s_->mu);
+    int r = s_->injected(op);
+    File* f = r ? nullptr : s_->file(fd);
+    if (r == 0 && !f) r = -EBADF;
+    if (r == 0 && !f->virtio && op != SimOp::version) r = -EINVAL; // another driver's ioctl
+    State& s = *s_;
+    const SimConfig& cfg = s.cfg;
+
+    if (r == 0) switch (op) {
+        case SimOp::version:
+            r = with_struct<uapi::version>(k, [&](uapi::version& v) {
+                v.version_major = f->node->driver_major;
+                v.version_minor = f->virtio ? 1 : 0;
+                v.version_patchlevel = 0;
+                copy_field(f->node->driver, v.name, v.name_len);
+                copy_field("0", v.date, v.date_len);
+                copy_field(f->virtio ? "virtio GPU" : "another GPU", v.desc, v.desc_len);
+                return 0;
+            });
+            break;
+
+        case SimOp::getparam:
+            r = with_struct<uapi::getparam>(k, [&](uapi::getparam& p) {
+                uint64_t v = 0;
+                switch (static_cast<uapi::Param>(p.param)) {
+                case uapi::Param::features_3d:
+                    v = cfg.has_3d;
+                    break;
+                case uapi::Param::capset_query_fix:
+                    v = 1;
+                    break;
+                case uapi::Param::resource_blob:
+                    v = cfg.has_blob;
+                    break;
+                case uapi::Param::host_visible:
+                    v = cfg.host_visible_bytes != 0;
+                    break;
+                case uapi::Param::cross_device:
+                    v = 0;
+                    break;
+                case uapi::Param::context_init:
+                    v = cfg.has_context_init;
+                    break;
+                case uapi::Param::supported_capset_ids:
+                    v = s.capset_mask();
+                    break;
+                case uapi::Param::explicit_debug_name:
+                    if (cfg.kernel == SimKernel::linux_6_1) return -EINVAL;
+                    v = 1;
+                    break;
+                default:
+                    return -EINVAL;
+                }
+                if (p.value == 0) return -EFAULT;
+                // The kernel copies an int: 4 bytes, whatever the caller's variable.
+                const auto v32 = static_cast<uint32_t>(v);
+                std::memcpy(reinterpret_cast<void*>(p.value), &v32, sizeof(v32));
+                return 0;
+            });
+            break;
+
+        case SimOp::get_caps:
+            r = with_struct<uapi::get_caps>(k, [&](uapi::get_caps& g) {
+                if (cfg.capsets.empty()) return -ENOSYS;
+                if (g.size == 0) return -EINVAL;
+                auto c =
+                    std::find_if(cfg.capsets.begin(), cfg.capsets.end(), [&](const SimCapset& c) {
+                        return c.id == g.cap_set_id && c.max_version >= g.cap_set_ver;
+                    });
+                if (c == cfg.capsets.end()) return -EINVAL;
+                if (g.addr == 0) return -EFAULT;
+                std::memcpy(reinterpret_cast<void*>(g.addr), c->data.data(),
+                            std::min<size_t>(g.size, c->data.size()));
+                return 0;
+            });
+            break;
+
+        case SimOp::context_init:
+            r = with_struct<uapi::context_init>(k, [&](uapi::context_init& ci) {
+                if (!cfg.has_context_init || !cfg.has_3d) return -EINVAL;
+                const uint32_t max_params = cfg.kernel == SimKernel::linux_6_1 ? 3 : 4;
+                if (ci.num_params > max_params) return -EINVAL;
+                if (ci.num_params && ci.ctx_set_params == 0) return -EFAULT;
+                std::vector<uapi::context_set_param> params(ci.num_params);
+                if (ci.num_params)
+                    std::memcpy(params.data(), reinterpret_cast<const void*>(ci.ctx_set_params),
+                                params.size() * sizeof(params[0]));
+                if (f->context_created) return -EEXIST;
+                bool rings_seen = false;
+                for (const auto& p : params) {
+                    switch (p.param) {
+                    case uapi::context_param_capset_id:
+                        if (p.value > max_capset_id) return -EINVAL;
+                        if ((s.capset_mask() >> p.value & 1) == 0) return -EINVAL;
+                        if (f->capset_set) return -EINVAL; // also after a failed attempt
+                        f->capset = static_cast<uint32_t>(p.value);
+                        f->capset_set = true;
+                        break;
+                    case uapi::context_param_num_rings:
+                        if (p.value > max_rings || rings_seen) return -EINVAL;
+                        rings_seen = true;
+                        f->num_rings = p.value;
+                        break;
+                    case uapi::context_param_poll_rings_mask:
+                        if (f->ring_mask != 0) return -EINVAL;
+                        f->ring_mask = p.value;
+                        break;
+                    case uapi::context_param_debug_name:
+                        if (cfg.kernel == SimKernel::linux_6_1) return -EINVAL;
+                        break;
+                    default:
+                        return -EINVAL;
+                    }
+                }
+                const uint64_t valid =
+                    f->num_rings >= 64 ? ~uint64_t{0} : (uint64_t{1} << f->num_rings) - 1;
+                if (f->ring_mask & ~valid) return -EINVAL;
+                s.create_context(*f, host_alive_);
+                return 0;
+            });
+            break;
+
+        case SimOp::create_blob:
+            r = with_struct<uapi::resource_create_blob>(k, [&](uapi::resource_create_blob& b) {
+                if (!cfg.has_blob) return -EINVAL;
+                if (b.blob_flags & ~uapi::blob_flags_known) return -EINVAL;
+                if (b.cmd_size % 4 != 0) return -EINVAL;
+                bool host3d = false;
+                switch (b.blob_mem) {
+                case uapi::blob_mem_guest:
+                    break;
+                case uapi::blob_mem_host3d:
+                case uapi::blob_mem_host3d_guest:
+                    host3d = true;
+                    break;
+                default:
+                    return -EINVAL;
+                }
+                if (host3d && !cfg.has_3d) return -EINVAL;
+                if (!host3d && (b.blob_id != 0 || b.cmd_size != 0)) return -EINVAL;
+                const bool visible = b.blob_mem == uapi::blob_mem_host3d &&
+                                     (b.blob_flags & uapi::blob_flag_use_mappable);
+                if (visible && cfg.host_visible_bytes == 0) return -EINVAL;
+                if (!f->context_created) s.create_context(*f, host_alive_);
+                const uint64_t size = page_align(b.size);
+                if (size == 0) return -ENOSPC;
+                if (visible && s.visible_used + size > cfg.host_visible_bytes) return -ENOSPC;
+
+                auto mem = std::make_shared<Memory>();
+                mem->fd = memfd_create("apir-sim-blob", MFD_CLOEXEC);
+                if (mem->fd < 0 || ftruncate(mem->fd, static_cast<off_t>(size)) != 0)
+                    return -ENOMEM;
+                void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, mem->fd, 0);
+                if (p == MAP_FAILED) return -ENOMEM;
+                mem->host = static_cast<std::byte*>(p);
+                mem->size = size;
+
+                auto obj = std::make_shared<Object>();
+                obj->res_id = s.next_res_id++;
+                obj->size = size;
+                obj->host_visible = visible;
+                obj->mem = mem;
+                obj->handles = 1;
+                if (host3d && f->ctx) {
+                    obj->ctx = f->ctx;
+                    f->ctx->attach(obj->res_id, mem);
+                }
+                if (visible) s.visible_used += size;
+                const uint32_t handle = f->lowest_free_handle();
+                f->handles.emplace(handle, obj);
+                s.objects.emplace(obj->res_id, obj);
+                b.bo_handle = handle;
+                b.res_handle = obj->res_id;
+                return 0;
+            });
+            break;
+
+        case SimOp::map:
+            r = with_struct<uapi::map>(k, [&](uapi::map& m) {
+                auto it = f->handles.find(m.handle);
+                if (it == f->handles.end()) return -ENOENT;
+                Object& o = *it->second;
+                if (o.offset == 0) {
+                    o.offset = s.next_offset;
+                    s.next_offset += o.size;
+                }
+                m.offset = o.offset;
+                return 0;
+            });
+            break;
+
+        case SimOp::gem_close:
+            r = with_struct<uapi::gem_close>(k, [&](uapi::gem_close& g) {
+                auto it = f->handles.find(g.handle);
+                if (g.handle == 0 || it == f->handles.end()) return -EINVAL;
+                auto obj = std::move(it->second);
+                f->handles.erase(it);
+                --obj->handles;
+                s.maybe_free(obj);
+                return 0;
+            });
+            break;
+
+        case SimOp::execbuffer:
+            r = with_struct<KernelExecbuffer>(k, [&](KernelExecbuffer& e) {
+                constexpr uint32_t known =
+                    uapi::execbuf_fence_fd_in | uapi::execbuf_fence_fd_out | uapi::execbuf_ring_idx;
+                if (!cfg.has_3d) return -ENOSYS;
+                if (e.flags & ~known) return -EINVAL;
+                uint32_t ring = 0;
+                if (e.flags & uapi::execbuf_ring_idx) {
+                    if (e.ring_idx >= f->num_rings) return -EINVAL;
+                    ring = e.ring_idx;
+                }
+                if (e.size > INT_MAX) return -ENOMEM;
+                // No fences in the simulation: an in-fence or in-syncobj is refused.
+                if ((e.flags & uapi::execbuf_fence_fd_in) || e.num_in_syncobjs) return -EINVAL;
+                std::vector<uint32_t> bos(e.num_bo_handles);
+                if (!bos.empty()) {
+                    if (e.bo_handles == 0) return -EFAULT;
+                    std::memcpy(bos.data(), reinterpret_cast<const void*>(e.bo_handles),
+                                bos.size() * sizeof(uint32_t));
+                }
+                for (size_t i = 0; i < bos.size(); ++i) {
+                    if (!f->handles.count(bos[i])) return -ENOENT;
+                    if (std::find(bos.begin(), bos.begin() + long(i), bos[i]) !=
+                        bos.begin() + long(i))
+                        return -EALREADY;
+                }
+                if (!f->context_created) s.create_context(*f, host_alive_);
+                if ((e.flags & uapi::execbuf_fence_fd_out) || e.num_out_syncobjs || !bos.empty() ||
+                    (f->ring_mask >> ring & 1)) {
+                    ++s.fenced;
+                    if (e.flags & uapi::execbuf_fence_fd_out) e.fence_fd = -1;
+                }
+                if (e.size && e.command == 0) return -EFAULT;
+                const auto* p = reinterpret_cast<const std::byte*>(e.command);
+                std::vector<std::byte> command(p, p + e.size); // the kernel's copy
+                std::shared_ptr<Context> ctx = f->ctx;
+                lk.unlock(); // the host and the deliver hook run without the device lock
+                if ((cfg.deliver && !cfg.deliver(command)) || !ctx)
+                    s.dropped.fetch_add(1, std::memory_order_relaxed);
+                else
+                    ctx->execute(std::move(command));
+                return 0;
+            });
+            break;
+
+        default:
+            r = -EINVAL;
+        }
+    if (lk.owns_lock()) lk.unlock();
+    if ((_IOC_DIR(request) & _IOC_READ) && n) std::memcpy(arg, k, n);
+    return r;
+}
+
+int SimDevice::mmap(int fd, uint64_t offset, size_t length, void** addr) {
+    std::lock_guard lk(s_->mu);
+    if (int e = s_->injected(SimOp::mmap)) return e;
+    File* f = s_->file(fd);
+    if (!f) return -EBADF;
+    std::shared_ptr<Object> obj;
+    for (const auto& [id, o] : s_->objects)
+        if (o->offset != 0 && o->offset == offset) obj = o;
+    if (!obj) return -EINVAL; // not exactly an object's offset
+    // The file must hold a handle to the object (DRM's per-file offset permission).
+    bool allowed = false;
+    for (const auto& [h, o] : f->handles)
+        allowed = allowed || o == obj;
+    if (!allowed) return -EACCES;
+    if (length == 0 || length > obj->size) return -EINVAL;
+    void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, obj->mem->fd, 0);
+    if (p == MAP_FAILED) return -errno;
+    ++obj->maps;
+    s_->maps.emplace(p, State::Map{obj, length});
+    *addr = p;
+    return 0;
+}
+
+int SimDevice::munmap(void* addr, size_t length) {
+    std::lock_guard lk(s_->mu);
+    if (int e = s_->injected(SimOp::munmap)) return e;
+    auto it = s_->maps.find(addr);
+    if (it == s_->maps.end() || it->second.length != length) {
+        ++s_->bad_munmaps;
+        return -EINVAL;
+    }
+    ::munmap(addr, length);
+    auto obj = std::move(it->second.obj);
+    s_->maps.erase(it);
+    --obj->maps;
+    s_->maybe_free(obj);
+    return 0;
+}
+
+void SimDevice::fail(SimOp op, int err, unsigned after, unsigned times) {
+    std::lock_guard lk(s_->mu);
+    s_->faults[size_t(op)] = Fault{err, after, times};
+}
+
+void SimDevice::clear_faults() {
+    std::lock_guard lk(s_->mu);
+    s_->faults = {};
+}
+
+void SimDevice::stop_host() {
+    host_alive_.store(false, std::memory_order_release);
+}
+
+size_t SimDevice::open_files() const {
+    std::lock_guard lk(s_->mu);
+    return s_->files.size();
+}
+size_t SimDevice::gem_handles() const {
+    std::lock_guard lk(s_->mu);
+    size_t n = 0;
+    for (const auto& [fd, f] : s_->files)
+        n += f->handles.size();
+    return n;
+}
+size_t SimDevice::mappings() const {
+    std::lock_guard lk(s_->mu);
+    return s_->maps.size();
+}
+size_t SimDevice::objects() const {
+    std::lock_guard lk(s_->mu);
+    return s_->objects.size();
+}
+uint64_t SimDevice::host_visible_used() const {
+    std::lock_guard lk(s_->mu);
+    return s_->visible_used;
+}
+uint64_t SimDevice::calls(SimOp op) const {
+    std::lock_guard lk(s_->mu);
+    return s_->calls[size_t(op)];
+}
+uint64_t SimDevice::fenced_submits() const {
+    std::lock_guard lk(s_->mu);
+    return s_->fenced;
+}
+uint64_t SimDevice::dropped_commands() const {
+    return s_->dropped.load();
+}
+uint64_t SimDevice::executed_commands() const {
+    return s_->executed.load();
+}
+uint64_t SimDevice::bad_munmaps() const {
+    std::lock_guard lk(s_->mu);
+    return s_->bad_munmaps;
+}
+uint64_t SimDevice::contexts_created() const {
+    std::lock_guard lk(s_->mu);
+    return s_->contexts;
+}
+uint32_t SimDevice::last_context_capset() const {
+    std::lock_guard lk(s_->mu);
+    return s_->last_capset;
+}
+
+void SimDevice::drain() {
+    std::vector<std::shared_ptr<Context>> ctxs;
+    {
+        std::lock_guard lk(s_->mu);
+        for (auto& w : s_->all_contexts)
+            if (auto c = w.lock()) ctxs.push_back(std::move(c));
+    }
+    for (auto& c : ctxs)
+        c->drain();
+}
+
+} // namespace apir_test

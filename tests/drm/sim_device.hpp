@@ -1,0 +1,158 @@
+// A simulated virtio-gpu device behind the DrmDevice seam, for tests without a VM.
+//
+// It answers every ioctl the transport uses the way Linux's virtio-gpu driver does
+// (PROTOCOL.md §6), including its error returns: GETPARAM writes 4 bytes, CONTEXT_INIT
+// must come first and is not rolled back, resource ids are global from 2, GEM handles
+// are per file from 1 (lowest free reused), MAP gives fake offsets from 4 GiB, mmap
+// wants the exact offset. Blobs are backed by memfd memory: the guest's mmap is a
+// second mapping of the pages the host writes. Each context created with the APIR or
+// Venus capset runs an apir::Host on its own thread, fed by EXECBUFFER.
+//
+// Every step can be made to fail (fail()), and what is alive is counted (open files,
+// GEM handles, mappings, objects) so that tests can prove nothing leaks.
+//
+//     auto dev = std::make_shared<apir_test::SimDevice>(apir_test::SimConfig{});
+//     apir::VirtgpuOptions o;
+//     o.device = dev;
+//     dev->fail(apir_test::SimOp::create_blob, ENOMEM);
+//     auto t = apir::VirtgpuTransport::open(o);     // works
+//     auto page = t->create_shmem(4096);            // OUT_OF_MEMORY, nothing leaked
+#pragma once
+
+#include <apir/host.hpp>
+#include <apir/virtgpu.hpp>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace apir_test {
+
+/// The steps of the simulated device, each of which can be made to fail.
+enum class SimOp : uint8_t {
+    enumerate,
+    open,
+    close,
+    version,
+    getparam,
+    get_caps,
+    context_init,
+    create_blob,
+    map,
+    gem_close,
+    execbuffer,
+    mmap,
+    munmap,
+    count_
+};
+
+struct SimNode {
+    std::string path = "/dev/dri/renderD128";
+    std::string driver = "virtio_gpu";
+    int driver_major = 0;
+    /// open() fails with this errno (e.g. EACCES) when non-zero.
+    int open_errno = 0;
+    std::string bus = "pci 0000:00:02.0 [1af4:1050]";
+};
+
+struct SimCapset {
+    uint32_t id = 0;
+    uint32_t max_version = 0;
+    std::vector<std::byte> data;
+};
+
+/// Which kernel the device imitates where they differ (CONTEXT_INIT takes at most 3
+/// params on 6.1 and 4 on 6.12; 6.12 knows GETPARAM 8).
+enum class SimKernel : uint8_t { linux_6_1, linux_6_12 };
+
+struct SimConfig {
+    std::vector<SimNode> nodes = {SimNode{}};
+    SimKernel kernel = SimKernel::linux_6_12;
+    bool has_3d = true;
+    bool has_blob = true;
+    bool has_context_init = true;
+    /// Size of the host-visible memory region; 0: none (no mappable HOST3D blobs).
+    uint64_t host_visible_bytes = uint64_t{4} << 30;
+    /// Default: VIRGL2, VENUS and APIR (blob support reported).
+    std::vector<SimCapset> capsets = default_capsets();
+    /// Options of the host each APIR/Venus context runs (the command-type offset is
+    /// set from the context's capset).
+    apir::HostOptions host;
+    /// Called with each submitted command; false drops it (the host never sees it).
+    std::function<bool(std::span<const std::byte>)> deliver;
+
+    static std::vector<SimCapset> default_capsets();
+    /// An APIR capset of the given bytes (apir_version, supports_blob_resources).
+    static SimCapset apir_capset(uint32_t supports_blob = 1, size_t size = 24);
+};
+
+class SimDevice final : public apir::DrmDevice {
+public:
+    explicit SimDevice(SimConfig config = {});
+    ~SimDevice() override;
+    SimDevice(const SimDevice&) = delete;
+    SimDevice& operator=(const SimDevice&) = delete;
+
+    // --- apir::DrmDevice
+    int render_nodes(std::vector<apir::DrmNode>& nodes) override;
+    int open(const std::string& path) override;
+    int close(int fd) override;
+    int ioctl(int fd, unsigned long request, void* arg) override;
+    int mmap(int fd, uint64_t offset, size_t length, void** addr) override;
+    int munmap(void* addr, size_t length) override;
+    [[nodiscard]] const std::atomic<bool>* host_alive() const noexcept override {
+        return &host_alive_;
+    }
+
+    // --- fault injection
+    /// The calls of op after the next `after` ones fail with err, `times` times.
+    void fail(SimOp op, int err, unsigned after = 0, unsigned times = 1);
+    /// Like fail(), for every later call.
+    void fail_always(SimOp op, int err, unsigned after = 0) { fail(op, err, after, ~0u); }
+    void clear_faults();
+    /// The host dies: commands are no longer executed, and host_alive() turns false.
+    void stop_host();
+
+    // --- what is alive (the guest's view)
+    [[nodiscard]] size_t open_files() const;
+    [[nodiscard]] size_t gem_handles() const;
+    [[nodiscard]] size_t mappings() const;
+    [[nodiscard]] size_t objects() const;
+    /// Bytes of the host-visible region in use.
+    [[nodiscard]] uint64_t host_visible_used() const;
+    [[nodiscard]] bool nothing_alive() const {
+        return open_files() == 0 && gem_handles() == 0 && mappings() == 0 && objects() == 0;
+    }
+
+    // --- what happened
+    [[nodiscard]] uint64_t calls(SimOp op) const;
+    /// Submissions that would have produced an out fence (fence fd, syncobj, BOs,
+    /// polled ring): the APIR host cannot signal them.
+    [[nodiscard]] uint64_t fenced_submits() const;
+    /// Commands dropped by SimConfig::deliver, or sent to a context without a host.
+    [[nodiscard]] uint64_t dropped_commands() const;
+    /// Commands the hosts executed.
+    [[nodiscard]] uint64_t executed_commands() const;
+    /// munmap calls that matched no mapping of the device.
+    [[nodiscard]] uint64_t bad_munmaps() const;
+    /// Contexts created (CONTEXT_INIT or implicit) and the capset of the last one.
+    [[nodiscard]] uint64_t contexts_created() const;
+    [[nodiscard]] uint32_t last_context_capset() const;
+    /// Blocks until every host has executed what was submitted to it.
+    void drain();
+
+    struct State; // opaque
+
+private:
+    std::unique_ptr<State> s_;
+    std::atomic<bool> host_alive_{true};
+};
+
+} // namespace apir_test
