@@ -337,6 +337,9 @@ struct wire_traits<Bytes> {
 /// allocation capped by the decoder's max_alloc and the remaining bytes).
 template <class T>
 struct wire_traits<std::vector<T>> {
+    static_assert(!std::is_same_v<T, bool>, "std::vector<bool> has no wire layout; use "
+                                            "std::vector<uint8_t>");
+    static_assert(!std::is_empty_v<T>, "a vector of empty elements has no wire layout");
     static void encode(Encoder& e, const std::vector<T>& v) noexcept {
         e.write_u64(v.size());
         if constexpr (detail::is_byte_like_v<T>)
