@@ -21,6 +21,11 @@
 
 #include <unistd.h>
 
+#if defined(APIR_PROBE_HAVE_DRM) && defined(APIR_PROBE_TEST_DEVICE)
+// The tests build this probe a second time against a simulated device (tests/drm).
+std::shared_ptr<apir::DrmDevice> apir_probe_test_device();
+#endif
+
 namespace {
 
 using namespace std::chrono;
@@ -347,13 +352,21 @@ private:
         }
         if (n.capset) {
             const auto& c = *n.capset;
-            say(fmt::format("      capset: {} ({}), {}; apir_version {}, blob resources {}", c.id,
-                            apir::capset_name(c.id), c.reason, c.apir_version,
-                            c.supports_blob_resources ? "yes" : "no"));
+            // Only the APIR capset's first word is a version; Venus data is laid out otherwise.
+            const std::string version =
+                c.id == apir::capset_apir ? fmt::format("; apir_version {}", c.apir_version) : "";
+            const std::string blobs =
+                !c.queried ? std::string("not queried")
+                : c.error
+                    ? fmt::format("GET_CAPS failed ({})", strerrorname_np(c.error))
+                    : fmt::format("blob resources {}", c.supports_blob_resources ? "yes" : "no");
+            say(fmt::format("      capset: {} ({}), {}{}; {}", c.id, apir::capset_name(c.id),
+                            c.reason, version, blobs));
             j.raw("capset", JsonObject()
                                 .num("id", c.id)
                                 .str("name", apir::capset_name(c.id))
                                 .str("reason", c.reason)
+                                .boolean("queried", c.queried)
                                 .num("errno", c.error)
                                 .num("apir_version", c.apir_version)
                                 .num("supports_blob_resources", c.supports_blob_resources)
@@ -370,6 +383,9 @@ private:
                                              : apir::CapsetChoice::automatic;
         o.node = args_.node;
         o.logger = logger();
+#ifdef APIR_PROBE_TEST_DEVICE
+        o.device = apir_probe_test_device();
+#endif
         report_.str("capset_option", args_.capset)
             .boolean("capset_env_set", std::getenv(apir::capset_env_var) != nullptr);
 

@@ -117,6 +117,7 @@ struct VirtgpuParamValue {
 struct VirtgpuCapsetReport {
     uint32_t id = 0;
     std::string_view reason; ///< why this capset (see the precedence)
+    bool queried = false;    ///< GET_CAPS was asked (the device offers the capset)
     int error = 0;           ///< errno of GET_CAPS, or 0
     uint32_t apir_version = 0;
     uint32_t supports_blob_resources = 0;

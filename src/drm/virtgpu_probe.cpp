@@ -206,6 +206,7 @@ UniqueFd probe_node(DrmDevice& dev, const DrmNode& node, const VirtgpuOptions& o
     // Zeroed: the kernel copies min(size, capset size) bytes and does not say how many,
     // so a short capset reads as "no blob support" rather than as garbage.
     uapi::apir_capset data{};
+    report.capset->queried = true;
     if (int r = ioctl_get_caps(dev, fd.get(), choice.id, 0, &data, sizeof(data)); r < 0) {
         report.capset->error = -r;
         return skip(
@@ -244,7 +245,7 @@ Error no_usable_node(const std::vector<VirtgpuNodeReport>& reports) {
     if (best) {
         Error e = *best->error;
         std::string detail = fmt::format("{}: {}", best->node.path, e.detail());
-        if (!others.empty()) detail += fmt::format(" (also skipped: {})", others);
+        if (!others.empty()) detail += fmt::format("; also skipped: {}", others);
         Error out(e.code(), std::move(detail));
         return std::move(out.with_errno(e.sys_errno()));
     }

@@ -20,10 +20,10 @@ struct Run {
     double seconds = 0;
 };
 
-Run probe(const std::string& args) {
+Run probe_on(const std::string& program, const std::string& args) {
     const auto start = std::chrono::steady_clock::now();
     Run r;
-    const std::string cmd = std::string(APIR_PROBE_PATH) + " " + args + " 2>&1";
+    const std::string cmd = program + " " + args + " 2>&1";
     FILE* p = ::popen(cmd.c_str(), "r");
     REQUIRE(p);
     std::array<char, 4096> buf;
@@ -34,6 +34,10 @@ Run probe(const std::string& args) {
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return r;
+}
+
+Run probe(const std::string& args) {
+    return probe_on(APIR_PROBE_PATH, args);
 }
 
 bool has(const Run& r, std::string_view s) {
@@ -102,4 +106,64 @@ TEST_CASE("apir-probe --transport drm without virtio-gpu: one line, non-zero, pr
     CHECK(j.code == 1);
     CHECK(has(j, "\"ok\": false"));
     CHECK(has(j, "\"failed_step\": \"discovery\""));
+}
+
+// The same probe, built against the simulated device (test-probe-sim).
+namespace {
+
+Run probe_sim(const std::string& machine, const std::string& args) {
+    return probe_on("APIR_PROBE_SIM=" + machine + " " + APIR_PROBE_SIM_PATH, args);
+}
+
+} // namespace
+
+TEST_CASE("apir-probe on a virtio-gpu VM lists nodes, parameters, capsets and latencies",
+          "[probe][sim]") {
+    auto r = probe_sim("ok", "--transport drm --echo demo --calls 100");
+    INFO(r.out);
+    CHECK(r.code == 0);
+    CHECK(has(r, "DRM render nodes: 2"));
+    CHECK(has(r, "/dev/dri/renderD128 (pci 0000:00:02.0 [8086:46a6]): i915 1.0.0: skipped: "
+                 "driven by i915"));
+    CHECK(has(r, "/dev/dri/renderD129 (pci 0000:00:02.0 [1af4:1050]): virtio_gpu 0.1.0: usable"));
+    CHECK(has(r, "parameters: 3D_FEATURES=1 CAPSET_QUERY_FIX=1 RESOURCE_BLOB=1 HOST_VISIBLE=1 "
+                 "CROSS_DEVICE=0 CONTEXT_INIT=1 SUPPORTED_CAPSET_IDs=0x414"));
+    CHECK(has(r, "capsets offered: VIRGL2 (2), VENUS (4), APIR (10)"));
+    CHECK(has(r, "capset: 10 (APIR), default: the device offers APIR; apir_version 1; blob "
+                 "resources yes"));
+    CHECK(has(r, "transport: virtgpu on /dev/dri/renderD129, capset 10 (APIR)"));
+    CHECK(has(r, "handshake: host APIR 0.2, guest 0.2"));
+    CHECK(has(r, "load library: ok"));
+    CHECK(has(r, "echo (demo Echo) x100: mean"));
+    CHECK(has(r, "result: ok"));
+
+    auto h = probe_sim("ok", "--transport drm --calls 20 --json");
+    INFO(h.out);
+    CHECK(h.code == 0);
+    CHECK(has(h, "\"kind\": \"HANDSHAKE\""));
+    CHECK(has(h, "\"CONTEXT_INIT\": 1"));
+    CHECK(has(h, "\"capsets_offered\": [2, 4, 10]"));
+}
+
+TEST_CASE("apir-probe exit codes on simulated machines", "[probe][sim]") {
+    struct Case {
+        const char* machine;
+        const char* args;
+        int code;
+        const char* says;
+    };
+    const Case cases[] = {
+        {"no-virtio", "--transport drm", 1, "apir-probe: no virtio-gpu device: NO_DEVICE"},
+        {"no-context-init", "--transport drm", 2, "lacks CONTEXT_INIT"},
+        {"context-init-fails", "--transport drm", 2, "result: open failed: UNSUPPORTED"},
+        {"venus-only", "--transport drm --capset apir", 2, "does not offer capset 10 (APIR)"},
+        {"venus-only", "--transport drm --echo demo --calls 10", 0, "capset 4 (VENUS)"},
+        {"silent-host", "--transport drm --timeout-ms 100", 3, "handshake failed: TIMEOUT"},
+    };
+    for (const auto& k : cases) {
+        auto r = probe_sim(k.machine, k.args);
+        INFO(k.machine << " " << k.args << "\n" << r.out);
+        CHECK(r.code == k.code);
+        CHECK(has(r, k.says));
+    }
 }
