@@ -12,9 +12,9 @@
 //     opts.config["ggml.library.reg"] = "ggml_backend_vk_reg";
 //     apir::LoopbackTransport t({.host = opts});
 //
-// Guest input is untrusted: an unknown reply resource, a truncated command, an
-// unknown command type or a reply page too small get no reply (and a log line and
-// a counter), never a crash or a write outside the page.
+// Guest input is untrusted: an unknown reply resource, a truncated or oversized
+// command, an unknown command type or a reply page too small get no reply (and a log
+// line and a counter), never a crash or a write outside the page.
 #pragma once
 
 #include "apir/error.hpp"
@@ -53,6 +53,10 @@ struct HostOptions {
     uint32_t version_minor = protocol_minor;
     /// Subtracted from command types (331 in Venus transition mode).
     int32_t command_type_offset = 0;
+    /// Largest command buffer the host accepts; a larger one is dropped unread, so that
+    /// a guest cannot make the host copy an arbitrary amount (ggml sends 4 KiB; bulk
+    /// data travels in shared memory).
+    size_t max_command_size = size_t{1} << 20;
     Logger logger;
 };
 
@@ -62,7 +66,7 @@ struct HostStats {
     uint64_t handshakes = 0;
     uint64_t load_library = 0;
     uint64_t forwards = 0;
-    /// Commands dropped without a reply: truncated, unknown type, bad reply page.
+    /// Commands dropped without a reply: truncated, oversized, unknown type, bad reply page.
     uint64_t rejected = 0;
     /// Backends that reported a reply end outside their reply region.
     uint64_t bad_reply_end = 0;

@@ -133,6 +133,10 @@ Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
     if (cmd.size() < command_header_size)
         return reject(Errc::decode_overrun,
                       fmt::format("{} byte command, header needs 12", cmd.size()));
+    if (cmd.size() > options.max_command_size)
+        return reject(Errc::decode_size_too_large,
+                      fmt::format("{} byte command, the host accepts at most {}", cmd.size(),
+                                  options.max_command_size));
 
     Decoder dec(cmd);
     const auto raw_type = static_cast<int32_t>(dec.read_u32());

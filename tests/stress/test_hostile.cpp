@@ -277,3 +277,19 @@ TEST_CASE("a backend that reports its reply end outside the region is counted; t
     CHECK(full.error() == Errc::decode_size_too_large);
     CHECK(s.transport().host().stats().bad_reply_end == 2);
 }
+
+TEST_CASE("a command larger than the host's cap is dropped unread", "[hostile][host]") {
+    apir::LoopbackOptions o;
+    o.mode = apir::LoopbackOptions::Mode::inline_host;
+    o.host.config[std::string(apir::config_library_path)] = apir_test::backend_path("demo");
+    o.host.logger = apir::Logger(nullptr);
+    o.host.max_command_size = 256;
+    apir::Session s(apir::LoopbackTransport(std::move(o)), quiet());
+    REQUIRE(s.connect());
+    CHECK(s.call<demo::Echo>(demo::EchoRequest{1, std::string(200, 'x')}));
+    auto r = s.call<demo::Echo>(demo::EchoRequest{2, std::string(300, 'x')});
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout); // no reply, as for every dropped command
+    CHECK(s.transport().host().stats().rejected == 1);
+    CHECK(s.call<demo::Echo>(demo::EchoRequest{3, "after"}));
+}
