@@ -3,9 +3,9 @@
 // A scripted transport plays a hostile host: the input decides, call by call,
 // whether shared memory can be created, whether a submission fails, and what the
 // reply page holds when the guest looks (the notification word, i.e. return code + 1,
-// and the reply payload bytes: lying sizes, strings without NUL, anything). The wait
-// itself is the library's wait_for_reply on that page, with an expired deadline so
-// that a silent host times out at once.
+// and the reply payload bytes: lying sizes, strings without NUL, anything). A reply
+// is read by the library's wait_for_reply on that page; a silent host times out at
+// once.
 //
 // Input: byte 0 picks session options; then, per call, one byte picks the call
 // (connect, HANDSHAKE, LOADLIBRARY, demo calls, staging) and the transport reads what
@@ -107,14 +107,14 @@ public:
         require(page.res_id() == last_reply_, "the session waits on another page than it sent");
         auto bytes = page.bytes();
         switch (script_->u8() & 3) {
-        case 0: // silent: the wait times out
-            break;
+        case 0: // silent: the wait times out (wait_for_reply would spin a while first)
+            return apir::fail(apir::Errc::timeout, "scripted");
         case 1: // the host died
             return apir::fail(apir::Errc::disconnected, "scripted");
         case 2: { // late replies land in every other page, this one stays silent
             for (auto& [id, b] : blobs_->live)
                 if (id != page.res_id() && b.size() >= 4) apir::notification_word(b).store(1);
-            break;
+            return apir::fail(apir::Errc::timeout, "scripted");
         }
         default: { // a reply: fuzzer word and payload
             const uint32_t word = script_->u32();

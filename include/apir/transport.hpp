@@ -38,9 +38,16 @@ public:
     constexpr Deadline() = default;
     static constexpr Deadline never() noexcept { return Deadline{}; }
     static Deadline at(Clock::time_point t) noexcept { return Deadline{t}; }
+    /// A duration past the clock's range (e.g. nanoseconds::max()) means no deadline.
     template <class Rep, class Period>
     static Deadline after(std::chrono::duration<Rep, Period> d) noexcept {
-        return Deadline{Clock::now() + std::chrono::duration_cast<Clock::duration>(d)};
+        const auto now = Clock::now();
+        // Summed in floating point first: the cast and the sum must not overflow.
+        using Secs = std::chrono::duration<double>;
+        const Secs total = Secs(now.time_since_epoch()) + Secs(d);
+        if (total >= Secs(Clock::duration::max())) return never();
+        if (total <= Secs(Clock::duration::min())) return Deadline{Clock::time_point::min()};
+        return Deadline{now + std::chrono::duration_cast<Clock::duration>(d)};
     }
     [[nodiscard]] bool is_never() const noexcept { return at_ == Clock::time_point::max(); }
     [[nodiscard]] bool expired(Clock::time_point now = Clock::now()) const noexcept {

@@ -171,3 +171,18 @@ TEST_CASE("wait_for_reply: deadline, liveness and the notification word", "[wait
         CHECK(r.error() == Errc::invalid_argument);
     }
 }
+
+TEST_CASE("a deadline beyond the clock's range means no deadline", "[wait]") {
+    CHECK(apir::Deadline::after(std::chrono::nanoseconds::max()).is_never());
+    CHECK(apir::Deadline::after(std::chrono::hours(24 * 365 * 1000)).is_never());
+    CHECK(apir::Deadline::after(std::chrono::nanoseconds::min()).expired());
+    CHECK_FALSE(apir::Deadline::after(1h).expired());
+    // "Wait as long as it takes", said with the largest duration: calls get their replies.
+    auto so = quiet_session();
+    so.forward_timeout = std::chrono::nanoseconds::max();
+    apir::Session s(apir::LoopbackTransport(options()), so);
+    REQUIRE(s.connect());
+    auto r = s.call<demo::Add>(demo::AddRequest{1, 2});
+    REQUIRE(r);
+    CHECK(r->sum == 3);
+}
