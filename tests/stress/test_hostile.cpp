@@ -293,3 +293,26 @@ TEST_CASE("a command larger than the host's cap is dropped unread", "[hostile][h
     CHECK(s.transport().host().stats().rejected == 1);
     CHECK(s.call<demo::Echo>(demo::EchoRequest{3, "after"}));
 }
+
+TEST_CASE("a request the backend cannot decode comes back as the backend's own error",
+          "[hostile][host]") {
+    for (auto& t : apir_test::test_transports()) {
+        DYNAMIC_SECTION(t.name) {
+            apir_test::TransportSetup ts;
+            ts.host.config[std::string(apir::config_library_path)] =
+                apir_test::backend_path("demo");
+            ts.host.logger = apir::Logger(nullptr);
+            apir::Session s(t.make(std::move(ts)), quiet());
+            REQUIRE(s.connect());
+            // Echo with no payload at all, and with a string lacking its NUL.
+            auto empty = s.call<apir::Forward<demo::cmd_echo, apir::Empty>>(apir::Empty{});
+            REQUIRE_FALSE(empty);
+            CHECK(empty.error().wire_code() == 4 + demo::error_bad_request);
+            using RawEcho = apir::Forward<demo::cmd_echo, std::array<uint32_t, 5>>;
+            auto no_nul = s.call<RawEcho>(std::array<uint32_t, 5>{7, 0, 4, 0, 0x64636261});
+            REQUIRE_FALSE(no_nul);
+            CHECK(no_nul.error().wire_code() == 4 + demo::error_bad_request);
+            CHECK(s.call<demo::Echo>(demo::EchoRequest{7, "abcd"}));
+        }
+    }
+}
