@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -136,7 +138,7 @@ private:
     std::vector<std::pair<std::string, std::string>> fields_;
 };
 
-std::string json_array(const std::vector<std::string>& items) {
+[[maybe_unused]] std::string json_array(const std::vector<std::string>& items) {
     std::string s = "[";
     for (size_t i = 0; i < items.size(); ++i)
         s += (i ? ", " : "") + items[i];
@@ -435,7 +437,7 @@ private:
 #else
     int open_drm(std::optional<apir::AnyTransport>&) {
         const apir::Error e(apir::Errc::unsupported,
-                            "this build has no DRM transport (libdrm was not found)");
+                            "this build has no DRM transport (built without libdrm)");
         if (!args_.json) {
             fmt::print("apir-probe: no virtio-gpu device: {}\n", e);
             return exit_no_device;
