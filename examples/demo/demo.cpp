@@ -110,6 +110,7 @@ int main(int argc, char** argv) {
     lo.host.logger = apir::Logger(apir::stderr_sink, level);
     apir::SessionOptions so;
     so.logger = apir::Logger(apir::stderr_sink, level);
+    so.time_calls = true; // the summary below shows mean and max times
 
     apir::Session session(apir::LoopbackTransport(std::move(lo)), so);
     fmt::print("transport: {}\n", session.transport().name());

@@ -15,11 +15,26 @@
 namespace apir {
 
 struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
+    // The command ring: one producer at a time (submit_mu), one consumer (the host
+    // thread), no lock between them. Command number p goes to slot p % slot_count,
+    // published by storing seq = p + 1 after the bytes. The host thread only reads
+    // slots; it reports how many commands it has run in `consumed`, which the guest
+    // reads only when the ring looks full. A small command sits beside its sequence
+    // word, so it reaches the host thread in one cache-line transfer.
+    struct alignas(64) Slot {
+        static constexpr size_t inline_capacity = 240;
+        std::atomic<uint64_t> seq{0};
+        size_t size = 0;
+        std::byte small[inline_capacity];
+        std::vector<std::byte> large; // commands that do not fit inline
+    };
+
     explicit Impl(LoopbackOptions o) : options(std::move(o)) {
         host.emplace(options.host, *this);
         if (options.queue_depth == 0) options.queue_depth = 1;
         if (options.mode == LoopbackOptions::Mode::threaded) {
-            slots.resize(options.queue_depth);
+            slot_count = options.queue_depth;
+            slots = std::make_unique<Slot[]>(slot_count);
             thread = std::thread([this] { serve(); });
         }
     }
@@ -92,16 +107,37 @@ struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             (void)host->execute(cmd); // a dropped command simply gets no reply
             return {};
         }
-        {
-            std::unique_lock lk(q_mu);
-            space_cv.wait(lk, [&] { return count < slots.size() || !running; });
-            if (!running) return fail(Errc::disconnected, "the loopback host has stopped");
-            slots[tail].assign(cmd.begin(), cmd.end()); // reuses the slot's capacity
-            tail = (tail + 1) % slots.size();
-            ++count;
+        // Producers (guest threads) take turns; the host thread never takes this lock.
+        std::unique_lock lk(submit_mu);
+        if (tail - consumed_seen >= slot_count) {
+            // The ring looks full: look at the host's progress, wait if it is full.
+            consumed_seen = consumed.load(std::memory_order_acquire);
+            if (tail - consumed_seen >= slot_count) {
+                producers_waiting.fetch_add(1, std::memory_order_seq_cst);
+                space_cv.wait(lk, [&] {
+                    consumed_seen = consumed.load(std::memory_order_seq_cst);
+                    return tail - consumed_seen < slot_count ||
+                           !running.load(std::memory_order_acquire);
+                });
+                producers_waiting.fetch_sub(1, std::memory_order_relaxed);
+            }
         }
-        pending.fetch_add(1, std::memory_order_seq_cst);
-        if (host_sleeping.load(std::memory_order_seq_cst)) detail::futex_wake_all(&pending);
+        if (!running.load(std::memory_order_acquire))
+            return fail(Errc::disconnected, "the loopback host has stopped");
+        Slot& s = slots[tail % slot_count];
+        s.size = cmd.size();
+        if (cmd.size() <= Slot::inline_capacity)
+            std::memcpy(s.small, cmd.data(), cmd.size());
+        else
+            s.large.assign(cmd.begin(), cmd.end()); // reuses the slot's capacity
+        // Publish last; seq_cst pairs with the host's announcement that it sleeps.
+        s.seq.store(tail + 1, std::memory_order_seq_cst);
+        ++tail;
+        lk.unlock();
+        if (host_sleeping.load(std::memory_order_seq_cst)) {
+            wake.fetch_add(1, std::memory_order_seq_cst);
+            detail::futex_wake_all(&wake);
+        }
         return {};
     }
 
@@ -116,47 +152,55 @@ struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         return wait_for_reply(page.bytes(), policy, deadline, WaitHooks{&waiters, &alive});
     }
 
-    // The host thread: take a command, execute it; spin briefly when idle, then sleep.
+    // The host thread: execute the commands of the ring in order, without a lock. When
+    // the next slot is empty, spin briefly on its sequence word, then sleep.
     void serve() {
-        std::vector<std::byte> cmd;
+        uint64_t head = 0;
         while (running.load(std::memory_order_acquire)) {
-            if (pending.load(std::memory_order_acquire) == 0) {
+            Slot& s = slots[head % slot_count];
+            if (s.seq.load(std::memory_order_acquire) != head + 1) {
+                // Look at the clock only now and then: a read costs more than a look
+                // at the slot, and would delay noticing the command.
                 const auto spin_until = Clock::now() + options.host_spin;
-                while (pending.load(std::memory_order_acquire) == 0 && Clock::now() < spin_until &&
-                       running.load(std::memory_order_relaxed)) {
-                }
-                if (pending.load(std::memory_order_acquire) == 0) {
+                for (uint32_t i = 1; s.seq.load(std::memory_order_acquire) != head + 1; ++i)
+                    if ((i & 63) == 0 &&
+                        (Clock::now() >= spin_until || !running.load(std::memory_order_relaxed)))
+                        break;
+                if (s.seq.load(std::memory_order_acquire) != head + 1) {
                     host_sleeping.store(1, std::memory_order_seq_cst);
-                    if (pending.load(std::memory_order_seq_cst) == 0 && running.load())
-                        detail::futex_wait(&pending, 0, std::chrono::milliseconds(100));
-                    host_sleeping.store(0, std::memory_order_seq_cst);
+                    const uint32_t w = wake.load(std::memory_order_seq_cst);
+                    if (s.seq.load(std::memory_order_seq_cst) != head + 1 && running.load())
+                        detail::futex_wait(&wake, w, std::chrono::milliseconds(100));
+                    host_sleeping.store(0, std::memory_order_relaxed);
                 }
                 continue;
             }
             {
-                std::lock_guard lk(q_mu);
-                if (count == 0) continue; // the wake-up of stop()
-                std::swap(cmd, slots[head]);
-                head = (head + 1) % slots.size();
-                --count;
+                std::lock_guard ex(exec_mu);
+                (void)host->execute(s.size <= Slot::inline_capacity
+                                        ? std::span<const std::byte>(s.small, s.size)
+                                        : std::span<const std::byte>(s.large));
             }
-            space_cv.notify_one();
-            pending.fetch_sub(1, std::memory_order_acq_rel);
-            std::lock_guard ex(exec_mu);
-            (void)host->execute(cmd);
+            // Report progress after the reply is out, off the guest's critical path, on
+            // a line of its own: the guest reads it only when the ring looks full.
+            consumed.store(++head, std::memory_order_seq_cst);
+            if (producers_waiting.load(std::memory_order_seq_cst) != 0) {
+                { std::lock_guard lk(submit_mu); }
+                space_cv.notify_all();
+            }
         }
     }
 
     void stop() {
         if (!alive.exchange(false)) return;
         {
-            std::lock_guard lk(q_mu);
+            std::lock_guard lk(submit_mu);
             running = false;
         }
         space_cv.notify_all();
         if (thread.joinable()) {
-            pending.fetch_add(1); // wake the host thread so it notices
-            detail::futex_wake_all(&pending);
+            wake.fetch_add(1); // wake the host thread so it notices
+            detail::futex_wake_all(&wake);
             thread.join();
         }
         // Wake guests blocked on any page so they see the host is gone.
@@ -165,25 +209,31 @@ struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             detail::futex_wake_all(b.data());
     }
 
-    LoopbackOptions options;
-    // Memory first: the host (and its backend's deinit) goes before the blobs.
-    mutable std::mutex mem_mu;
-    std::unordered_map<uint32_t, std::span<std::byte>> blobs;
-    size_t bytes_alive = 0;
-    uint32_t next_id = 2; // like the kernel: ids start at 2 and are never reused
-    std::mutex exec_mu;   // held while the host executes a command
-    std::atomic<uint32_t> waiters{0};
+    // What the guest and the host thread each write on every call lives on cache lines
+    // of its own: a line written by both would travel between the cores twice a call.
+    LoopbackOptions options; // read by both, written by neither
+    std::unique_ptr<Slot[]> slots;
+    size_t slot_count = 0;
+    std::atomic<uint32_t> waiters{0}; // guests blocked on a notification word
     std::atomic<bool> alive{true};
     std::atomic<bool> running{true};
-
-    std::mutex q_mu;
-    std::condition_variable space_cv;
-    std::vector<std::vector<std::byte>> slots;
-    size_t head = 0, tail = 0, count = 0;
-    std::atomic<uint32_t> pending{0};
+    std::atomic<uint32_t> producers_waiting{0}; // guests waiting for a free slot
     std::atomic<uint32_t> host_sleeping{0};
+    std::atomic<uint32_t> wake{0}; // futex word the sleeping host thread waits on
 
-    std::optional<Host> host;
+    // Memory first: the host (and its backend's deinit) goes before the blobs.
+    alignas(64) mutable std::mutex mem_mu; // taken by the host on every command
+    std::unordered_map<uint32_t, std::span<std::byte>> blobs;
+    size_t bytes_alive = 0;
+    uint32_t next_id = 2;           // like the kernel: ids start at 2 and are never reused
+    alignas(64) std::mutex exec_mu; // held while the host executes a command
+    alignas(64) std::atomic<uint64_t> consumed{0}; // commands the host thread has run
+    alignas(64) std::mutex submit_mu;              // the guest side of the ring
+    std::condition_variable space_cv;
+    uint64_t tail = 0;          // commands submitted; under submit_mu
+    uint64_t consumed_seen = 0; // the last value of `consumed` read; under submit_mu
+
+    alignas(64) std::optional<Host> host; // not beside tail: the host reads it every command
     std::thread thread;
 };
 

@@ -40,9 +40,11 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     auto host_gone = [&] {
         return hooks.host_alive && !hooks.host_alive->load(std::memory_order_acquire);
     };
-    const auto start = Clock::now();
+    // Read lazily: a clock read costs more than a fast host takes to answer.
+    auto start = Clock::time_point::min();
 
     if (policy.kind == WaitPolicy::Kind::fixed_poll) {
+        start = Clock::now();
         // ggml's strategy: sleep a fixed interval between looks.
         while (!done()) {
             if (deadline.expired()) return timed_out(start);
@@ -53,13 +55,18 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
         return fail(Errc::disconnected, "the host stopped before replying");
     }
 
-    // Phase 1: spin. A fast host answers within a few hundred nanoseconds.
+    // Phase 1: spin. A fast host answers within a few hundred nanoseconds; the clock
+    // is first read after 64 looks, and the spin lasts spin_for from there.
     const bool spin_forever = policy.spin_for == nanoseconds::max();
-    const auto spin_until = spin_forever ? Clock::time_point::max() : start + policy.spin_for;
+    auto spin_until = Clock::time_point::max();
     for (uint32_t i = 1;; ++i) {
         if (done()) return word.load(std::memory_order_acquire) - 1;
         if ((i & 63) == 0) {
             auto now = Clock::now();
+            if (start == Clock::time_point::min()) {
+                start = now;
+                if (!spin_forever) spin_until = start + policy.spin_for;
+            }
             if (deadline.expired(now)) return timed_out(start);
             if (now >= spin_until) break;
             if (host_gone()) break;
