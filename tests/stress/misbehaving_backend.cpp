@@ -6,7 +6,15 @@
 //   3  write a reply filling the region to its last byte, and report it exactly
 #include <apir/backend_abi.h>
 
+#include <cstdint>
 #include <cstring>
+
+namespace {
+// A pointer outside the region, made without pointer arithmetic past the object.
+char* beside(const char* p, intptr_t delta) {
+    return reinterpret_cast<char*>(reinterpret_cast<uintptr_t>(p) + static_cast<uintptr_t>(delta));
+}
+} // namespace
 
 extern "C" {
 
@@ -29,10 +37,10 @@ apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t cmd, char* dec
         return ret;
     }
     case 1:
-        *enc_cur_after = const_cast<char*>(enc_end) + 64;
+        *enc_cur_after = beside(enc_end, 64);
         return 0;
     case 2:
-        *enc_cur_after = enc_cur - 8;
+        *enc_cur_after = beside(enc_cur, -8);
         return 0;
     case 3:
         std::memset(enc_cur, 0x5a, static_cast<size_t>(enc_end - enc_cur));
