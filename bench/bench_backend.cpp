@@ -3,7 +3,7 @@
 // call, a set_tensor that copies out of shared memory, a slow host).
 #include "bench_protocol.hpp"
 
-#include <apir/backend_abi.h>
+#include <apir/backend.hpp>
 #include <apir/wire.hpp>
 
 #include <cstring>
@@ -34,11 +34,7 @@ Context* context(uint32_t ctx) {
 
 // The blob range a request names, bounds-checked, or an empty span.
 std::span<std::byte> resolve(uint32_t ctx, const Context& c, const bench::BlobRange& r) {
-    if (!c.shmem_sized) return {}; // no sized look-up: we cannot bounds-check, so refuse
-    uint64_t size = 0;
-    void* p = c.shmem_sized(ctx, r.res_id, &size);
-    if (!p || r.offset > size || r.size > size - r.offset) return {};
-    return {static_cast<std::byte*>(p) + r.offset, static_cast<size_t>(r.size)};
+    return apir::resolve_shmem_range(c.shmem_sized, ctx, r.res_id, r.offset, r.size);
 }
 
 bench::RangeEnds ends(const std::byte* p, size_t n) {
@@ -89,16 +85,10 @@ apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd
                         char** enc_cur_after) {
     using namespace bench;
     (void)cbs;
-    apir::Decoder d(std::span<const std::byte>(reinterpret_cast<const std::byte*>(dec_cur),
-                                               static_cast<size_t>(dec_end - dec_cur)));
-    apir::Encoder e(std::span<std::byte>(reinterpret_cast<std::byte*>(enc_cur),
-                                         static_cast<size_t>(enc_end - enc_cur)));
-    *enc_cur_after = enc_cur;
-    auto finish = [&]() -> uint32_t {
-        if (!e.ok()) return error_reply_overflow;
-        *enc_cur_after = enc_cur + e.size();
-        return 0;
-    };
+    apir::BackendFrame frame(dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
+    apir::Decoder& d = frame.request();
+    apir::Encoder& e = frame.reply();
+    auto finish = [&] { return frame.finish(error_reply_overflow); };
 
     switch (cmd_type) {
     case cmd_nop:

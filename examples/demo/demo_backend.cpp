@@ -2,7 +2,7 @@
 // The host dlopens it on LOADLIBRARY; it decodes requests with apir's own Decoder.
 #include "demo_protocol.hpp"
 
-#include <apir/backend_abi.h>
+#include <apir/backend.hpp>
 
 #include <chrono>
 #include <mutex>
@@ -18,23 +18,15 @@ struct Context {
 std::mutex g_mu;
 std::unordered_map<uint32_t, Context> g_contexts;
 
-// The blob range a request names, or an empty span if it is not inside the blob.
-std::span<std::byte> resolve(uint32_t ctx, virgl_apir_callbacks* cbs, const demo::BlobRange& r) {
+// The blob range a request names, bounds-checked, or an empty span.
+std::span<std::byte> resolve(uint32_t ctx, const demo::BlobRange& r) {
     apir_get_shmem_sized_fn sized = nullptr;
     {
         std::lock_guard lk(g_mu);
         auto it = g_contexts.find(ctx);
         if (it != g_contexts.end()) sized = it->second.shmem_sized;
     }
-    uint64_t size = 0;
-    void* p = sized ? sized(ctx, r.res_id, &size) : nullptr;
-    if (!sized) {
-        // A host without the sized look-up: we cannot bounds-check, so refuse.
-        (void)cbs;
-        return {};
-    }
-    if (!p || r.offset > size || r.size > size - r.offset) return {};
-    return {static_cast<std::byte*>(p) + r.offset, static_cast<size_t>(r.size)};
+    return apir::resolve_shmem_range(sized, ctx, r.res_id, r.offset, r.size);
 }
 
 template <class Req>
@@ -66,20 +58,14 @@ __attribute__((visibility("default"))) void apir_backend_deinit(uint32_t ctx_id)
 }
 
 __attribute__((visibility("default"))) uint32_t
-apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd_type,
-                        char* dec_cur, const char* dec_end, char* enc_cur, const char* enc_end,
+apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks*, uint32_t cmd_type, char* dec_cur,
+                        const char* dec_end, char* enc_cur, const char* enc_end,
                         char** enc_cur_after) {
     using namespace demo;
-    apir::Decoder d(std::span<const std::byte>(reinterpret_cast<const std::byte*>(dec_cur),
-                                               static_cast<size_t>(dec_end - dec_cur)));
-    apir::Encoder e(std::span<std::byte>(reinterpret_cast<std::byte*>(enc_cur),
-                                         static_cast<size_t>(enc_end - enc_cur)));
-    *enc_cur_after = enc_cur;
-    auto finish = [&]() -> uint32_t {
-        if (!e.ok()) return error_reply_overflow;
-        *enc_cur_after = enc_cur + e.size();
-        return 0;
-    };
+    apir::BackendFrame frame(dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
+    apir::Decoder& d = frame.request();
+    apir::Encoder& e = frame.reply();
+    auto finish = [&] { return frame.finish(error_reply_overflow); };
 
     switch (cmd_type) {
     case cmd_echo: {
@@ -98,7 +84,7 @@ apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd
     case cmd_checksum: {
         BlobRange req;
         if (!decode(d, req)) return error_bad_request;
-        auto blob = resolve(ctx_id, cbs, req);
+        auto blob = resolve(ctx_id, req);
         if (blob.data() == nullptr && req.size != 0) return error_bad_resource;
         e.put(ChecksumReply{checksum(blob.data(), blob.size())});
         return finish();
@@ -106,7 +92,7 @@ apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd
     case cmd_fill: {
         BlobRange req;
         if (!decode(d, req)) return error_bad_request;
-        auto blob = resolve(ctx_id, cbs, req);
+        auto blob = resolve(ctx_id, req);
         if (blob.data() == nullptr && req.size != 0) return error_bad_resource;
         fill_pattern(blob.data(), blob.size(), req.seed);
         return finish();
