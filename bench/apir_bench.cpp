@@ -217,6 +217,14 @@ private:
     std::thread thread_;
 };
 
+/// Between batches of different setups: every helper thread of the last batch goes
+/// to sleep (an idle loopback host spins 50 µs first). A thread the next batch wakes
+/// then finds a free CPU, as in a program that runs one setup; otherwise the
+/// scheduler may put it beside the caller, and both halves of a call share one CPU.
+void settle() {
+    std::this_thread::sleep_for(microseconds(200));
+}
+
 /// Nanoseconds per empty FORWARD over n calls, after `warmup` untimed ones.
 template <class S>
 double nop_batch(S& s, size_t warmup, size_t n) {
@@ -236,8 +244,11 @@ Result bench_roundtrip(const Plan& p, Sessions& sessions) {
     std::vector<double> ours_ns, spin_ns, poll_ns;
     for (size_t r = 0; r < p.rt_rounds; ++r) {
         ours_ns.push_back(nop_batch(ours, p.rt_warmup, p.rt_batch));
+        settle();
         spin_ns.push_back(spin.run(p.rt_warmup, p.rt_batch));
+        settle();
         poll_ns.push_back(nop_batch(poll, 2, p.rt_poll_batch));
+        settle();
     }
     const double o = median(ours_ns), s = median(spin_ns), q = median(poll_ns);
     Result res("roundtrip", "empty FORWARD over the threaded loopback, median ns per call");
@@ -499,6 +510,7 @@ Result bench_wait_cpu(const Plan& p, Sessions& sessions) {
         take(x.s->call<bench::Work>(bench::WorkRequest{10}), "work call");
     for (size_t i = 0; i < p.wait_calls; ++i) {
         for (auto& x : samples) {
+            settle();
             const double c0 = thread_cpu_ns();
             const auto w0 = BenchClock::now();
             take(x.s->call<bench::Work>(bench::WorkRequest{work_us}), "work call");
@@ -588,7 +600,9 @@ Result bench_roundtrip_drm_sim(const Plan& p, Sessions& sessions) {
     std::vector<double> drm_ns, loop_ns;
     for (size_t r = 0; r < p.drm_rounds; ++r) {
         drm_ns.push_back(nop_batch(drm, p.rt_warmup, p.drm_batch));
+        settle();
         loop_ns.push_back(nop_batch(loop, p.rt_warmup, p.drm_batch));
+        settle();
     }
     const double d = median(drm_ns), l = median(loop_ns);
     Result res("roundtrip_drm_sim",
