@@ -343,3 +343,59 @@ TEST_CASE("threads x mixed calls: no lost, duplicated or crossed replies, nothin
         }
     }
 }
+
+TEST_CASE("threads x calls with deadlines shorter than the host: late replies never cross",
+          "[stress][timeout]") {
+    const size_t threads = 8;
+    const size_t calls = env_size("APIR_STRESS_CALLS", 2000) / 10 + 20;
+    for (auto& target : targets()) {
+        DYNAMIC_SECTION(target.name) {
+            auto counted = std::make_unique<Counted>(std::move(target.transport));
+            Tally tally;
+            std::atomic<uint64_t> timeouts{0};
+            {
+                apir::SessionOptions so;
+                so.logger = apir::Logger(nullptr);
+                Session s(Borrowed<Counted>{counted.get()}, so);
+                REQUIRE(s.connect());
+                std::vector<std::thread> pool;
+                for (uint32_t th = 0; th < threads; ++th)
+                    pool.emplace_back([&, th] {
+                        for (size_t i = 0; i < calls; ++i) {
+                            const uint64_t tag = (uint64_t{th} << 32) | i;
+                            if (i % 4 == 0) {
+                                // The host answers after the caller has given up.
+                                apir::CallOptions co;
+                                co.deadline = apir::Deadline::after(200us);
+                                auto r = s.call<demo::Sleep>(demo::SleepRequest{1}, co);
+                                if (!r && r.error() == Errc::timeout)
+                                    timeouts.fetch_add(1);
+                                else if (!r)
+                                    tally.wrong(r.error().message());
+                                continue;
+                            }
+                            const std::string text = fmt::format("{:x}", tag);
+                            auto r = s.call<demo::Echo>(demo::EchoRequest{tag, text});
+                            if (r && r->tag == tag && r->text == text)
+                                tally.ok.fetch_add(1);
+                            else
+                                tally.wrong(fmt::format("thread {} call {}: {}", th, i,
+                                                        r ? "crossed reply" : r.error().message()));
+                        }
+                    });
+                for (auto& p : pool)
+                    p.join();
+            }
+            fmt::print("stress {} with deadlines: {} threads x {} calls, {} timed out\n",
+                       target.name, threads, calls, timeouts.load());
+            for (auto& w : tally.first_bad)
+                UNSCOPED_INFO(w);
+            CHECK(tally.bad == 0);
+            CHECK(counted->live() == 0);
+            CHECK(target.leftovers_with_transport() == "");
+            counted.reset();
+            target.keep.reset();
+            CHECK(target.leftovers_after_transport() == "");
+        }
+    }
+}
