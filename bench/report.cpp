@@ -52,6 +52,12 @@ Result& Result::integer(std::string key, uint64_t value, std::string label, std:
     return *this;
 }
 
+Result& Result::flag(std::string key, bool value, std::string label) {
+    fields_.push_back(
+        {std::move(key), value ? "true" : "false", std::move(label), value ? "yes" : "no"});
+    return *this;
+}
+
 Result& Result::target(std::string name, double ratio, bool met, std::string rule) {
     targets_.push_back({std::move(name), std::move(rule), ratio, met});
     return *this;

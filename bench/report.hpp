@@ -20,6 +20,7 @@ public:
     Result& number(std::string key, double value, int decimals, std::string label = {},
                    std::string unit = {});
     Result& integer(std::string key, uint64_t value, std::string label = {}, std::string unit = {});
+    Result& flag(std::string key, bool value, std::string label = {});
     /// A target: the ratio it is judged on (NaN: none), whether it is met, the rule
     /// in words. A single target's keys are "target", "ratio" and "meets_target";
     /// with more than one, each gets "target_<name>", "ratio_<name>" and
