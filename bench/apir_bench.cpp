@@ -22,6 +22,7 @@
 #include <ctime>
 #include <fmt/format.h>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <span>
 #include <string>
@@ -255,6 +256,19 @@ void settle() {
     std::this_thread::sleep_for(microseconds(200));
 }
 
+/// Runs the steps of one round of interleaved measurements: in order on even rounds,
+/// in reverse on odd ones, so that no measurement always follows the same one
+/// (caches, the memory controller and the scheduler carry state from step to step).
+void in_turn(size_t round, std::initializer_list<std::function<void()>> steps) {
+    if (round % 2 == 0) {
+        for (const auto& step : steps)
+            step();
+    } else {
+        for (auto it = steps.end(); it != steps.begin();)
+            (*--it)();
+    }
+}
+
 /// Nanoseconds per empty FORWARD over n calls, after `warmup` untimed ones.
 template <class S>
 double nop_batch(S& s, size_t warmup, size_t n) {
@@ -273,12 +287,9 @@ Result bench_roundtrip(const Plan& p, Sessions& sessions) {
     PingPong spin;
     std::vector<double> ours_ns, spin_ns, poll_ns;
     for (size_t r = 0; r < p.rt_rounds; ++r) {
-        ours_ns.push_back(nop_batch(ours, p.rt_warmup, p.rt_batch));
-        settle();
-        spin_ns.push_back(spin.run(p.rt_warmup, p.rt_batch));
-        settle();
-        poll_ns.push_back(nop_batch(poll, 2, p.rt_poll_batch));
-        settle();
+        in_turn(r, {[&] { ours_ns.push_back(nop_batch(ours, p.rt_warmup, p.rt_batch)); }, settle,
+                    [&] { spin_ns.push_back(spin.run(p.rt_warmup, p.rt_batch)); }, settle,
+                    [&] { poll_ns.push_back(nop_batch(poll, 2, p.rt_poll_batch)); }, settle});
     }
     const double o = median(ours_ns), s = median(spin_ns), q = median(poll_ns);
     // Two threads that each have a CPU pass the word back in well under a microsecond.
@@ -366,10 +377,8 @@ Result bench_bulk(const Plan& p, Sessions& sessions) {
     const double cold = transfer(false);
     std::vector<double> ours, ref, st, ref2;
     for (size_t i = 0; i < p.bulk_reps; ++i) {
-        ours.push_back(transfer(false));
-        ref.push_back(one_memcpy());
-        st.push_back(transfer(true));
-        ref2.push_back(two_memcpy());
+        in_turn(i, {[&] { ours.push_back(transfer(false)); }, [&] { ref.push_back(one_memcpy()); },
+                    [&] { st.push_back(transfer(true)); }, [&] { ref2.push_back(two_memcpy()); }});
     }
     if (s.staging_creates() != 1 && fresh) fatal("the staging blob was not reused");
     // The fastest of the reps, each side: memory bandwidth on a shared machine comes
@@ -505,10 +514,14 @@ Result bench_codec(const Plan& p) {
 
     std::vector<double> o, h;
     for (size_t r = 0; r < p.codec_rounds; ++r) {
-        o.push_back(ours(p.codec_batch));
-        if (!(out == msg)) fatal("codec: the decoded message differs");
-        h.push_back(hand(p.codec_batch));
-        if (!(out == msg)) fatal("codec: the hand-written decoded message differs");
+        in_turn(r, {[&] {
+                        o.push_back(ours(p.codec_batch));
+                        if (!(out == msg)) fatal("codec: the decoded message differs");
+                    },
+                    [&] {
+                        h.push_back(hand(p.codec_batch));
+                        if (!(out == msg)) fatal("codec: the hand-written decoded message differs");
+                    }});
     }
     const double mo = median(o), mh = median(h);
     apir::Encoder sizer(buf);
@@ -542,16 +555,18 @@ Result bench_wait_cpu(const Plan& p, Sessions& sessions) {
         {{&sessions.adaptive()}, {&sessions.poll15()}, {&sessions.spin()}}};
     for (auto& x : samples) // warm: channels exist, host threads awake
         take(x.s->call<bench::Work>(bench::WorkRequest{10}), "work call");
+    auto measure = [&](Sample& x) {
+        settle();
+        const double c0 = thread_cpu_ns();
+        const auto w0 = BenchClock::now();
+        take(x.s->call<bench::Work>(bench::WorkRequest{work_us}), "work call");
+        const auto w1 = BenchClock::now();
+        x.cpu += thread_cpu_ns() - c0;
+        x.wall += ns_since(w0, w1);
+    };
     for (size_t i = 0; i < p.wait_calls; ++i) {
-        for (auto& x : samples) {
-            settle();
-            const double c0 = thread_cpu_ns();
-            const auto w0 = BenchClock::now();
-            take(x.s->call<bench::Work>(bench::WorkRequest{work_us}), "work call");
-            const auto w1 = BenchClock::now();
-            x.cpu += thread_cpu_ns() - c0;
-            x.wall += ns_since(w0, w1);
-        }
+        in_turn(i, {[&] { measure(samples[0]); }, [&] { measure(samples[1]); },
+                    [&] { measure(samples[2]); }});
     }
     const double ours = samples[0].cpu / samples[0].wall;
     const double calls = static_cast<double>(p.wait_calls);
@@ -633,10 +648,8 @@ Result bench_roundtrip_drm_sim(const Plan& p, Sessions& sessions) {
     Session& loop = sessions.adaptive();
     std::vector<double> drm_ns, loop_ns;
     for (size_t r = 0; r < p.drm_rounds; ++r) {
-        drm_ns.push_back(nop_batch(drm, p.rt_warmup, p.drm_batch));
-        settle();
-        loop_ns.push_back(nop_batch(loop, p.rt_warmup, p.drm_batch));
-        settle();
+        in_turn(r, {[&] { drm_ns.push_back(nop_batch(drm, p.rt_warmup, p.drm_batch)); }, settle,
+                    [&] { loop_ns.push_back(nop_batch(loop, p.rt_warmup, p.drm_batch)); }, settle});
     }
     const double d = median(drm_ns), l = median(loop_ns);
     Result res("roundtrip_drm_sim",
