@@ -160,20 +160,30 @@ int main(int argc, char** argv) {
     std::vector<std::byte> source(bytes);
     demo::fill_pattern(source.data(), source.size(), 1234);
     const uint64_t expected = demo::checksum(source.data(), source.size());
-    auto t0 = steady_clock::now();
-    auto staged = session.stage(source); // one copy into shared memory
-    if (!check(staged, "stage")) return 1;
-    auto t1 = steady_clock::now();
-    auto sumr = session.call<demo::Checksum>(demo::BlobRange{staged->res_id(), 0, bytes, 0});
-    auto t2 = steady_clock::now();
-    if (!check(sumr, "checksum")) return 1;
-    const double copy_s = duration<double>(t1 - t0).count();
-    const double total_s = duration<double>(t2 - t0).count();
-    fmt::print(
-        "bulk: {} MiB staged in {:.1f} ms ({:.2f} GB/s); host checksum {} ({:.1f} ms total)\n",
-        bulk_mib, copy_s * 1e3, static_cast<double>(bytes) / copy_s / 1e9,
-        sumr->checksum == expected ? "matches" : "MISMATCH", total_s * 1e3);
-    if (sumr->checksum != expected) return 1;
+    // The first transfer maps fresh shared memory (page faults); later ones reuse it.
+    double cold_gbps = 0, warm_gbps = 0, total_ms = 0;
+    for (int round = 0; round < 3; ++round) {
+        auto t0 = steady_clock::now();
+        auto staged = session.stage(source); // one copy into shared memory
+        if (!check(staged, "stage")) return 1;
+        auto t1 = steady_clock::now();
+        auto sumr = session.call<demo::Checksum>(demo::BlobRange{staged->res_id(), 0, bytes, 0});
+        auto t2 = steady_clock::now();
+        if (!check(sumr, "checksum")) return 1;
+        if (sumr->checksum != expected) {
+            fmt::print("bulk: host checksum MISMATCH\n");
+            return 1;
+        }
+        const double gbps = static_cast<double>(bytes) / duration<double>(t1 - t0).count() / 1e9;
+        if (round == 0)
+            cold_gbps = gbps;
+        else
+            warm_gbps = std::max(warm_gbps, gbps);
+        total_ms = duration<double, std::milli>(t2 - t0).count();
+    }
+    fmt::print("bulk: {} MiB staged at {:.2f} GB/s (first, fresh blob: {:.2f} GB/s); host checksum "
+               "matches ({:.1f} ms with the checksum)\n",
+               bulk_mib, warm_gbps, cold_gbps, total_ms);
 
     // 5. Per-command counters kept by the session.
     fmt::print("\n{:<12} {:>8} {:>8} {:>10} {:>10}\n", "command", "calls", "failed", "mean µs",
