@@ -89,10 +89,14 @@ struct Host::Impl {
         return it == h->options.config.end() ? nullptr : it->second.c_str();
     }
     static void* get_shmem_ptr(uint32_t ctx, uint32_t res_id) {
-        Impl* h = find(ctx);
-        if (!h) return nullptr;
-        auto s = h->memory.resource(res_id);
-        return s.empty() ? nullptr : s.data();
+        return get_shmem_sized(ctx, res_id, nullptr);
+    }
+
+    // The checked look-up behind Host::shmem and Host::shmem_for_context.
+    Expected<std::span<std::byte>> checked_resource(uint32_t res_id) {
+        auto s = memory.resource(res_id);
+        if (s.empty()) return fail(Errc::unknown_resource, fmt::format("resource {}", res_id));
+        return s;
     }
 
     static void* get_shmem_sized(uint32_t ctx, uint32_t res_id, uint64_t* size) {
@@ -275,17 +279,13 @@ HostStats Host::stats() const noexcept {
 }
 
 Expected<std::span<std::byte>> Host::shmem(uint32_t res_id) const {
-    auto s = impl_->memory.resource(res_id);
-    if (s.empty()) return fail(Errc::unknown_resource, fmt::format("resource {}", res_id));
-    return s;
+    return impl_->checked_resource(res_id);
 }
 
 Expected<std::span<std::byte>> Host::shmem_for_context(uint32_t ctx_id, uint32_t res_id) {
     Impl* h = Impl::find(ctx_id);
     if (!h) return fail(Errc::invalid_argument, fmt::format("no host context {}", ctx_id));
-    auto s = h->memory.resource(res_id);
-    if (s.empty()) return fail(Errc::unknown_resource, fmt::format("resource {}", res_id));
-    return s;
+    return h->checked_resource(res_id);
 }
 
 } // namespace apir
