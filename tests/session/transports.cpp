@@ -2,6 +2,14 @@
 
 #include <apir/loopback.hpp>
 
+#ifdef APIR_TEST_HAVE_SIM
+#include <apir/sim_device.hpp>
+#include <apir/virtgpu.hpp>
+
+#include <cstdio>
+#include <cstdlib>
+#endif
+
 namespace apir_test {
 
 namespace {
@@ -12,6 +20,27 @@ apir::AnyTransport make_loopback(TransportSetup s, apir::LoopbackOptions::Mode m
     o.deliver = std::move(s.deliver);
     return apir::AnyTransport(apir::LoopbackTransport(std::move(o)));
 }
+
+#ifdef APIR_TEST_HAVE_SIM
+// VirtgpuTransport on the simulated virtio-gpu device (apir-sim).
+apir::AnyTransport make_drm_sim(TransportSetup setup) {
+    const bool venus = setup.host.command_type_offset == apir::venus_command_offset;
+    apir::SimConfig config;
+    config.host = std::move(setup.host);
+    config.deliver = std::move(setup.deliver); // a rejected command never reaches the host
+    apir::VirtgpuOptions options;
+    // The transport holds the device until it is destroyed.
+    options.device = std::make_shared<apir::SimDevice>(std::move(config));
+    options.capset = venus ? apir::CapsetChoice::venus : apir::CapsetChoice::apir;
+    options.use_environment = false;
+    auto t = apir::VirtgpuTransport::open(std::move(options));
+    if (!t) {
+        std::fprintf(stderr, "drm-sim: %s\n", t.error().message().c_str());
+        std::abort(); // the simulated device is always usable: a bug
+    }
+    return apir::AnyTransport(std::move(*t));
+}
+#endif
 } // namespace
 
 const std::vector<TestTransport>& test_transports() {
@@ -26,8 +55,9 @@ const std::vector<TestTransport>& test_transports() {
                  return make_loopback(std::move(s), apir::LoopbackOptions::Mode::threaded);
              }},
         };
-        for (auto& t : extra_test_transports())
-            v.push_back(std::move(t));
+#ifdef APIR_TEST_HAVE_SIM
+        v.push_back({"drm-sim", make_drm_sim});
+#endif
         return v;
     }();
     return all;

@@ -1,6 +1,6 @@
 // The simulated virtio-gpu device: Linux's answers to each ioctl, memfd-backed blobs,
 // and an apir::Host per APIR/Venus context.
-#include "sim_device.hpp"
+#include "apir/sim_device.hpp"
 
 #include "virtgpu_uapi.hpp"
 
@@ -16,10 +16,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-namespace apir_test {
+namespace apir {
 namespace {
-
-namespace uapi = apir::uapi;
 
 constexpr uint64_t page_size = 4096;
 // Fake mmap offsets start at 4 GiB, as DRM's on 64-bit.
@@ -782,4 +780,4 @@ void SimDevice::drain() {
         c->drain();
 }
 
-} // namespace apir_test
+} // namespace apir
