@@ -114,6 +114,11 @@ public:
         return &host_alive_;
     }
 
+    /// The host options and delivery hook (SimConfig::host, SimConfig::deliver) of the
+    /// contexts created from now on; existing contexts keep theirs.
+    void set_host(apir::HostOptions host,
+                  std::function<bool(std::span<const std::byte>)> deliver = {});
+
     // --- fault injection
     /// The calls of op after the next `after` ones fail with err, `times` times.
     void fail(SimOp op, int err, unsigned after = 0, unsigned times = 1);
