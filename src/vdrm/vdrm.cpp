@@ -33,6 +33,8 @@
 #include <dirent.h>
 #include <dlfcn.h>
 #include <fcntl.h>
+#include <ftw.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
@@ -176,6 +178,27 @@ void remove_tree(Vdrm& v) {
     v.made.clear();
 }
 
+// Trees of processes that died without their exit handlers (a crash, a kill): the
+// tree is named after its process, and the next node to start removes the orphans.
+void remove_orphans(const std::string& dir) noexcept {
+    DIR* d = APIR_NEXT(opendir)(dir.c_str());
+    if (!d) return;
+    std::vector<std::string> gone;
+    while (const dirent* e = ::readdir(d)) {
+        int pid = 0;
+        if (std::sscanf(e->d_name, "apir-vdrm-%d-", &pid) != 1 || pid <= 0) continue;
+        if (::kill(pid, 0) != 0 && errno == ESRCH) gone.push_back(dir + "/" + e->d_name);
+    }
+    ::closedir(d);
+    for (const auto& g : gone)
+        ::nftw(
+            g.c_str(),
+            [](const char* p, const struct stat*, int, struct FTW*) {
+                return ::remove(p) == 0 ? 0 : 0;
+            },
+            16, FTW_DEPTH | FTW_PHYS);
+}
+
 void teardown() noexcept {
     std::lock_guard lk(g_init_mu);
     if (g_state.load() != 2) return;
@@ -217,7 +240,9 @@ bool ready() noexcept {
                 ++d.minor;
         }
         const char* tmp = std::getenv("TMPDIR");
-        std::string templ = std::string(tmp && *tmp ? tmp : "/tmp") + "/apir-vdrm.XXXXXX";
+        const std::string dir = tmp && *tmp ? tmp : "/tmp";
+        remove_orphans(dir);
+        std::string templ = dir + "/apir-vdrm-" + std::to_string(::getpid()) + "-XXXXXX";
         if (!::mkdtemp(templ.data())) {
             why = "cannot make its private directory in " +
                   std::string(tmp && *tmp ? tmp : "/tmp") + ": " + std::strerror(errno);
