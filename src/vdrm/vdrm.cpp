@@ -384,23 +384,28 @@ APIR_VDRM_EXPORT int __open_2(const char* path, int flags) {
 APIR_VDRM_EXPORT int __open64_2(const char* path, int flags) {
     return open_any(APIR_NEXT(open64), path, flags, 0);
 }
+namespace {
+template <class Real>
+int openat_any(Real real, int dirfd, const char* path, int flags, mode_t mode) noexcept {
+    if (is_node(path)) return open_node(flags);
+    std::string buf;
+    return real(dirfd, redirect(path, buf), flags, mode);
+}
+} // namespace
+
 APIR_VDRM_EXPORT int openat(int dirfd, const char* path, int flags, ...) {
     va_list ap;
     va_start(ap, flags);
     const mode_t mode = mode_arg(flags, ap);
     va_end(ap);
-    if (is_node(path)) return open_node(flags);
-    std::string buf;
-    return APIR_NEXT(openat)(dirfd, redirect(path, buf), flags, mode);
+    return openat_any(APIR_NEXT(openat), dirfd, path, flags, mode);
 }
 APIR_VDRM_EXPORT int openat64(int dirfd, const char* path, int flags, ...) {
     va_list ap;
     va_start(ap, flags);
     const mode_t mode = mode_arg(flags, ap);
     va_end(ap);
-    if (is_node(path)) return open_node(flags);
-    std::string buf;
-    return APIR_NEXT(openat64)(dirfd, redirect(path, buf), flags, mode);
+    return openat_any(APIR_NEXT(openat64), dirfd, path, flags, mode);
 }
 
 APIR_VDRM_EXPORT FILE* fopen(const char* path, const char* mode) {
