@@ -72,6 +72,8 @@ struct Vdrm {
     std::shared_ptr<apir::SimDevice> dev;
     std::mutex maps_mu;
     std::map<void*, size_t> maps; // mappings of virtual-node descriptors
+    std::mutex refs_mu;
+    std::map<int, int> refs; // descriptors (dup) per file of the device
     struct timespec born {};
 };
 
@@ -207,6 +209,7 @@ void teardown() noexcept {
     // Files the program left open go with the device (hosts stop, backends unload).
     for (int fd = 0; fd < max_fd && g_open_nodes.load() > 0; ++fd)
         if (g_fd_sim[fd].exchange(0) != 0) g_open_nodes.fetch_sub(1);
+    v->refs.clear();
     {
         std::lock_guard mk(v->maps_mu);
         v->maps.clear();
@@ -344,9 +347,45 @@ int open_node(int flags) noexcept {
         ::close(fd);
         return fail_with(-s);
     }
+    {
+        std::lock_guard lk(g_vdrm->refs_mu);
+        g_vdrm->refs[s] = 1;
+    }
     g_fd_sim[fd].store(s + 1, std::memory_order_release);
     g_open_nodes.fetch_add(1);
     return fd;
+}
+
+// fd stops being a descriptor of the node; the device's file is closed with its last
+// descriptor (what close(2) does to a DRM file shared by dup). 0, or a negative errno.
+int release_fd(int fd) noexcept {
+    const int s = g_fd_sim[fd].exchange(0) - 1;
+    if (s < 0) return 0;
+    g_open_nodes.fetch_sub(1);
+    {
+        std::lock_guard lk(g_vdrm->refs_mu);
+        auto it = g_vdrm->refs.find(s);
+        if (it != g_vdrm->refs.end() && --it->second > 0) return 0;
+        if (it != g_vdrm->refs.end()) g_vdrm->refs.erase(it);
+    }
+    return g_vdrm->dev->close(s); // like close(2): the descriptor goes even on an error
+}
+
+// newfd (a fresh descriptor from dup, dup2, dup3 or F_DUPFD of a node descriptor, s its
+// file) is the node too.
+int adopt_fd(int newfd, int s) noexcept {
+    if (newfd < 0) return newfd;
+    if (newfd >= max_fd) { // beyond the table: not the node
+        ::close(newfd);
+        return fail_with(EMFILE);
+    }
+    {
+        std::lock_guard lk(g_vdrm->refs_mu);
+        ++g_vdrm->refs[s];
+    }
+    g_fd_sim[newfd].store(s + 1, std::memory_order_release);
+    g_open_nodes.fetch_add(1);
+    return newfd;
 }
 
 template <class Real>
@@ -424,16 +463,59 @@ APIR_VDRM_EXPORT DIR* opendir(const char* path) {
 // --- close, ioctl, mmap, munmap
 
 APIR_VDRM_EXPORT int close(int fd) {
-    const int s = sim_file(fd);
-    if (s < 0) return APIR_NEXT(close)(fd);
-    int r = 0;
-    if (g_fd_sim[fd].exchange(0) != 0) {
-        g_open_nodes.fetch_sub(1);
-        r = g_vdrm->dev->close(s); // like close(2): the descriptor goes even on an error
-    }
+    if (sim_file(fd) < 0) return APIR_NEXT(close)(fd);
+    const int r = release_fd(fd);
     const int rc = APIR_NEXT(close)(fd);
     if (r < 0) return fail_with(-r);
     return rc;
+}
+
+APIR_VDRM_EXPORT int dup(int fd) noexcept {
+    const int s = sim_file(fd);
+    const int n = APIR_NEXT(dup)(fd);
+    return s < 0 ? n : adopt_fd(n, s);
+}
+
+namespace {
+template <class Real>
+int dup_onto(Real real, int fd, int newfd, int flags) noexcept {
+    const int s = sim_file(fd);
+    if (s < 0 && sim_file(newfd) < 0) return real(fd, newfd, flags);
+    if (fd == newfd) return real(fd, newfd, flags);
+    const int n = real(fd, newfd, flags);
+    if (n < 0) return n;
+    if (sim_file(n) >= 0) (void)release_fd(n); // newfd was the node: closed by dup2
+    return s < 0 ? n : adopt_fd(n, s);
+}
+} // namespace
+
+APIR_VDRM_EXPORT int dup2(int fd, int newfd) noexcept {
+    return dup_onto([](int a, int b, int) { return APIR_NEXT(dup2)(a, b); }, fd, newfd, 0);
+}
+APIR_VDRM_EXPORT int dup3(int fd, int newfd, int flags) noexcept {
+    return dup_onto(APIR_NEXT(dup3), fd, newfd, flags);
+}
+
+APIR_VDRM_EXPORT int fcntl(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    // Every command's third argument, when it has one, is an int or a pointer.
+    void* arg = va_arg(ap, void*);
+    va_end(ap);
+    const int r = APIR_NEXT(fcntl)(fd, cmd, arg);
+    if (r < 0 || (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC)) return r;
+    const int s = sim_file(fd);
+    return s < 0 ? r : adopt_fd(r, s);
+}
+APIR_VDRM_EXPORT int fcntl64(int fd, int cmd, ...) {
+    va_list ap;
+    va_start(ap, cmd);
+    void* arg = va_arg(ap, void*);
+    va_end(ap);
+    const int r = APIR_NEXT(fcntl64)(fd, cmd, arg);
+    if (r < 0 || (cmd != F_DUPFD && cmd != F_DUPFD_CLOEXEC)) return r;
+    const int s = sim_file(fd);
+    return s < 0 ? r : adopt_fd(r, s);
 }
 
 APIR_VDRM_EXPORT int ioctl(int fd, unsigned long request, ...) noexcept {

@@ -113,7 +113,8 @@ TEST_CASE("apir-probe --transport drm without virtio-gpu: one line, non-zero, pr
 namespace {
 
 Run probe_vdrm(const std::string& machine, const std::string& args) {
-    std::string env = "LD_PRELOAD=" APIR_VDRM_PATH " APIR_VDRM_BACKEND=" APIR_DEMO_BACKEND_PATH;
+    std::string env =
+        "LD_PRELOAD='" APIR_VDRM_PRELOAD "' APIR_VDRM_BACKEND=" APIR_DEMO_BACKEND_PATH;
     if (machine == "no-virtio") env += " APIR_VDRM_DEVICE=driver=i915";
     if (machine == "no-context-init") env += " APIR_VDRM_DEVICE=context_init=0";
     if (machine == "context-init-fails") env += " APIR_VDRM_FAULT=context_init=EINVAL";

@@ -17,7 +17,7 @@ if [ -z "$peer" ] || [ ! -x "$peer/bin/test-backend-ops" ]; then
     echo "skip: APIR_GGML_PEER_DIR does not name a ggml build with bin/test-backend-ops"
     exit 77
 fi
-lib=${APIR_VDRM_LIB:?APIR_VDRM_LIB names libapir-vdrm.so}
+lib=${APIR_VDRM_LIB:?APIR_VDRM_LIB names libapir-vdrm.so (and, first, a sanitizer runtime)}
 device="[virtgpu] CPU" # ggml's VirtGPU device over the host's CPU backend
 ops=(ADD MUL MUL_MAT SOFT_MAX ROPE GET_ROWS CPY)
 

@@ -104,6 +104,37 @@ TEST_CASE("the node's descriptor is a character device libdrm recognizes", "[vdr
     CHECK(counts().open_files == 0);
 }
 
+TEST_CASE("a duplicated descriptor is the same DRM file; the last close closes it", "[vdrm]") {
+    const int fd = open(node, O_RDWR | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    const int d1 = dup(fd);
+    const int d2 = fcntl(fd, F_DUPFD_CLOEXEC, 100);
+    REQUIRE(d1 >= 0);
+    REQUIRE(d2 >= 100);
+    const int d3 = open("/dev/null", O_RDONLY);
+    REQUIRE(d3 >= 0);
+    REQUIRE(dup2(fd, d3) == d3); // /dev/null replaced by the node
+    CHECK(counts().open_files == 1);
+    for (int d : {d1, d2, d3}) {
+        drmVersionPtr v = drmGetVersion(d);
+        REQUIRE(v);
+        CHECK(std::string(v->name) == "virtio_gpu");
+        drmFreeVersion(v);
+    }
+    const int other = open("/dev/null", O_RDONLY);
+    REQUIRE(other >= 0);
+    REQUIRE(dup2(other, d1) == d1); // the node replaced by /dev/null
+    CHECK(ioctl(d1, DRM_IOCTL_VERSION, nullptr) < 0);
+    CHECK(errno == ENOTTY);
+    CHECK(close(fd) == 0);
+    CHECK(close(d2) == 0);
+    CHECK(counts().open_files == 1); // d3 still holds it
+    CHECK(close(d3) == 0);
+    CHECK(counts().open_files == 0);
+    CHECK(close(d1) == 0);
+    CHECK(close(other) == 0);
+}
+
 TEST_CASE("other files, descriptors and mappings pass through", "[vdrm]") {
     struct stat st {};
     REQUIRE(stat("/dev/null", &st) == 0);
