@@ -643,6 +643,38 @@ APIR_VDRM_EXPORT int fstatat64(int dirfd, const char* path, struct stat64* st, i
     return fstatat_any(APIR_NEXT(fstatat64), dirfd, path, st, flags);
 }
 
+namespace {
+void node_statx(struct statx* sx) noexcept {
+    struct stat st;
+    node_stat(&st);
+    std::memset(sx, 0, sizeof *sx);
+    sx->stx_mask = STATX_BASIC_STATS;
+    sx->stx_blksize = uint32_t(st.st_blksize);
+    sx->stx_nlink = uint32_t(st.st_nlink);
+    sx->stx_mode = uint16_t(st.st_mode);
+    sx->stx_ino = st.st_ino;
+    sx->stx_rdev_major = major(st.st_rdev);
+    sx->stx_rdev_minor = minor(st.st_rdev);
+    sx->stx_dev_major = major(st.st_dev);
+    sx->stx_dev_minor = minor(st.st_dev);
+    for (auto* t : {&sx->stx_atime, &sx->stx_mtime, &sx->stx_ctime, &sx->stx_btime}) {
+        t->tv_sec = st.st_mtim.tv_sec;
+        t->tv_nsec = uint32_t(st.st_mtim.tv_nsec);
+    }
+}
+} // namespace
+
+APIR_VDRM_EXPORT int statx(int dirfd, const char* path, int flags, unsigned int mask,
+                           struct statx* sx) noexcept {
+    const bool self = path[0] == '\0' && (flags & AT_EMPTY_PATH) && sim_file(dirfd) >= 0;
+    if (self || is_node(path)) {
+        node_statx(sx);
+        return 0;
+    }
+    std::string buf;
+    return APIR_NEXT(statx)(dirfd, redirect(path, buf), flags, mask, sx);
+}
+
 APIR_VDRM_EXPORT int access(const char* path, int mode) noexcept {
     if (is_node(path)) return (mode & X_OK) ? fail_with(EACCES) : 0;
     std::string buf;
