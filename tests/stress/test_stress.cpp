@@ -14,7 +14,7 @@
 #include "demo_protocol.hpp"
 
 #ifdef APIR_STRESS_SIM
-#include "sim_device.hpp"
+#include <apir/sim_device.hpp>
 #endif
 
 #include <algorithm>
@@ -152,9 +152,9 @@ Target loopback(apir::LoopbackOptions::Mode mode) {
 
 #ifdef APIR_STRESS_SIM
 Target drm_sim() {
-    apir_test::SimConfig cfg;
+    apir::SimConfig cfg;
     cfg.host = host_options();
-    auto dev = std::make_shared<apir_test::SimDevice>(std::move(cfg));
+    auto dev = std::make_shared<apir::SimDevice>(std::move(cfg));
     apir::VirtgpuOptions o;
     o.device = dev;
     o.capset = apir::CapsetChoice::apir;
