@@ -16,6 +16,7 @@
 #include <cstring>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 
 namespace apir::ggml {
 
@@ -162,10 +163,12 @@ struct RpcTensor {
 };
 
 static_assert(sizeof(RpcTensor) == 304, "ggml's rpc tensor is 304 bytes");
-static_assert(std::is_standard_layout_v<RpcTensor>);
+static_assert(std::is_standard_layout_v<RpcTensor> && std::is_trivially_copyable_v<RpcTensor>,
+              "the rpc tensor travels as raw bytes (memcpy)");
 static_assert(sizeof(BufferHandle) == 8);
 static_assert(offsetof(RpcTensor, id) == 0);
 static_assert(offsetof(RpcTensor, type) == 8);
+static_assert(offsetof(RpcTensor, pad0_) == 12);
 static_assert(offsetof(RpcTensor, buffer) == 16);
 static_assert(offsetof(RpcTensor, ne) == 24);
 static_assert(offsetof(RpcTensor, nb) == 40);
