@@ -18,6 +18,7 @@
 #pragma once
 
 #include "apir/error.hpp"
+#include "apir/export.hpp"
 #include "apir/log.hpp"
 #include "apir/protocol.hpp"
 
@@ -72,7 +73,7 @@ struct HostStats {
     uint64_t bad_reply_end = 0;
 };
 
-class Host {
+class APIR_EXPORT Host {
 public:
     Host(HostOptions options, HostMemory& memory);
     ~Host(); // runs apir_backend_deinit and unloads the library

@@ -11,6 +11,7 @@
 //     if (auto r = s.connect(); !r) fmt::print("{}\n", r.error());
 #pragma once
 
+#include "apir/export.hpp"
 #include "apir/host.hpp"
 #include "apir/transport.hpp"
 
@@ -35,7 +36,7 @@ struct LoopbackOptions {
     std::function<bool(std::span<const std::byte>)> deliver;
 };
 
-class LoopbackTransport final {
+class APIR_EXPORT LoopbackTransport final {
 public:
     explicit LoopbackTransport(LoopbackOptions options = {});
     LoopbackTransport(LoopbackTransport&&) noexcept;

@@ -16,6 +16,7 @@
 #pragma once
 
 #include "apir/error.hpp"
+#include "apir/export.hpp"
 #include "apir/protocol.hpp"
 
 #include <atomic>
@@ -166,13 +167,15 @@ struct WaitHooks {
 /// Waits until the notification word is non-zero (acquire), then returns the
 /// return code (word - 1). TIMEOUT on deadline, DISCONNECTED when the host died.
 /// The one wait loop every transport shares (src/transport/wait.cpp).
-[[nodiscard]] Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& policy,
-                                                Deadline deadline, const WaitHooks& hooks = {});
+[[nodiscard]] APIR_EXPORT Expected<uint32_t> wait_for_reply(std::span<std::byte> page,
+                                                            const WaitPolicy& policy,
+                                                            Deadline deadline,
+                                                            const WaitHooks& hooks = {});
 
 /// Host side: stores (code + 1) with release ordering, after the reply payload.
 /// If a waiter may be blocked on the word, wakes it.
-void notify_reply(std::span<std::byte> page, uint32_t code,
-                  std::atomic<uint32_t>* sleepers) noexcept;
+APIR_EXPORT void notify_reply(std::span<std::byte> page, uint32_t code,
+                              std::atomic<uint32_t>* sleepers) noexcept;
 
 /// A transport: creates shared memory, submits command buffers, waits for replies.
 template <class T>

@@ -23,6 +23,7 @@
 #pragma once
 
 #include "apir/error.hpp"
+#include "apir/export.hpp"
 #include "apir/log.hpp"
 #include "apir/transport.hpp"
 
@@ -47,7 +48,7 @@ struct DrmNode {
 /// The system calls the DRM transport makes: the seam between it and the kernel.
 /// Every function returns 0 (or an fd) on success and a negative errno on failure.
 /// system_drm_device() is the machine's; tests implement a simulated one.
-class DrmDevice {
+class APIR_EXPORT DrmDevice {
 public:
     virtual ~DrmDevice() = default;
     /// The render nodes of the machine.
@@ -65,7 +66,7 @@ public:
 };
 
 /// The machine's DRM devices, through libdrm (drmGetDevices2, drmIoctl) and mmap(2).
-[[nodiscard]] std::shared_ptr<DrmDevice> system_drm_device();
+[[nodiscard]] APIR_EXPORT std::shared_ptr<DrmDevice> system_drm_device();
 
 /// Which virtio-gpu capset carries APIR (see the precedence above).
 enum class CapsetChoice : uint8_t { automatic, apir, venus };
@@ -79,13 +80,13 @@ struct CapsetDecision {
     std::string_view reason;
 };
 /// Applies the precedence. offered: the SUPPORTED_CAPSET_IDs mask, when known.
-[[nodiscard]] CapsetDecision choose_capset(CapsetChoice choice, bool env_present,
-                                           std::optional<uint64_t> offered);
+[[nodiscard]] APIR_EXPORT CapsetDecision choose_capset(CapsetChoice choice, bool env_present,
+                                                       std::optional<uint64_t> offered);
 /// "APIR", "VENUS", "VIRGL2", ... or "capset N".
-[[nodiscard]] std::string capset_name(uint32_t id);
+[[nodiscard]] APIR_EXPORT std::string capset_name(uint32_t id);
 
 /// The GETPARAM ids the transport reads (Linux's VIRTGPU_PARAM_*).
-[[nodiscard]] std::string_view virtgpu_param_name(uint64_t id) noexcept;
+[[nodiscard]] APIR_EXPORT std::string_view virtgpu_param_name(uint64_t id) noexcept;
 
 struct VirtgpuOptions {
     CapsetChoice capset = CapsetChoice::automatic;
@@ -124,7 +125,7 @@ struct VirtgpuCapsetReport {
 };
 
 /// What discovery learnt about one render node and, if it was skipped, why.
-struct VirtgpuNodeReport {
+struct APIR_EXPORT VirtgpuNodeReport {
     DrmNode node;
     std::string driver; ///< DRM driver name; empty when the node could not be asked
     int driver_major = 0, driver_minor = 0, driver_patch = 0;
@@ -145,7 +146,7 @@ struct VirtgpuNodeReport {
     [[nodiscard]] std::vector<uint32_t> offered_capsets() const;
 };
 
-struct VirtgpuDiscovery {
+struct APIR_EXPORT VirtgpuDiscovery {
     std::vector<VirtgpuNodeReport> nodes;
     /// Why no node is usable (enumeration failed, no virtio-gpu node, or the reason
     /// of the virtio-gpu node that got furthest); empty when one is usable.
@@ -155,7 +156,7 @@ struct VirtgpuDiscovery {
 
 /// Inspects the render nodes without creating anything: driver, parameters, capset.
 /// Each node is opened, asked and closed; a failing node never stops the others.
-[[nodiscard]] VirtgpuDiscovery discover_virtgpu(const VirtgpuOptions& options = {});
+[[nodiscard]] APIR_EXPORT VirtgpuDiscovery discover_virtgpu(const VirtgpuOptions& options = {});
 
 /// Counters of the shared-memory blobs of one transport.
 struct VirtgpuStats {
@@ -170,7 +171,7 @@ struct VirtgpuStats {
     uint64_t submits = 0; ///< EXECBUFFER that succeeded
 };
 
-class VirtgpuTransport final {
+class APIR_EXPORT VirtgpuTransport final {
 public:
     /// Finds a usable virtio-gpu node and creates a context on it. The error names the
     /// step and system call that failed, its errno, and what to check.

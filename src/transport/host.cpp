@@ -54,7 +54,7 @@ private:
 
 } // namespace
 
-struct Host::Impl {
+struct APIR_LOCAL Host::Impl {
     Impl(HostOptions o, HostMemory& m) : options(std::move(o)), memory(m) {
         auto& r = registry();
         std::lock_guard lk(r.mu);

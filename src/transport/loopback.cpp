@@ -14,7 +14,7 @@
 
 namespace apir {
 
-struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
+struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     // The command ring: one producer at a time (submit_mu), one consumer (the host
     // thread), no lock between them. Command number p goes to slot p % slot_count,
     // published by storing seq = p + 1 after the bytes. The host thread only reads
