@@ -1,7 +1,7 @@
 // VirtgpuTransport: APIR over a virtio-gpu DRM render node, as a guest VM sees it.
 //
 // Opening finds a virtio_gpu render node (libdrm), checks the kernel parameters the
-// transport needs, reads the capset, and creates a context on it (PROTOCOL.md §5).
+// transport needs, reads the capset, and creates a context on it (docs/PROTOCOL.md §5).
 // Shared memory is a HOST3D blob mapped into the process; a call is one EXECBUFFER
 // on ring 0, and the reply is awaited on the reply page with the same wait loop as
 // the loopback transport (the remote host cannot wake us, so the wait polls).
