@@ -53,10 +53,14 @@ struct CallOptions {
     std::chrono::nanoseconds* duration = nullptr;
 };
 
-/// Counters of one command (HANDSHAKE, LOADLIBRARY, or one FORWARD id).
+/// Counters of one command (HANDSHAKE, LOADLIBRARY, or one FORWARD id). Every FORWARD
+/// id has a row of its own, up to Session::max_forward_rows distinct ids of 256 and
+/// above; ids past that bound share one row marked other_ids.
 struct CommandStats {
     CommandType type = CommandType::forward;
     uint32_t id = 0;
+    /// The row of the FORWARD ids (>= 256) that found no row of their own; id is 0.
+    bool other_ids = false;
     uint64_t calls = 0;
     uint64_t failures = 0;
     /// Time spent in the calls; zero unless SessionOptions::time_calls.
@@ -84,6 +88,14 @@ private:
     std::span<std::byte> bytes_;
 };
 
+/// A session with one host over transport T.
+///
+/// Ownership: a Session is neither copyable nor movable (in-flight calls, Staging
+/// objects and the counters refer to it), so it lives where it was made. Hold it by
+/// std::unique_ptr (std::make_unique<apir::Session<T>>(transport, options)); a C
+/// struct, such as a ggml backend's context, keeps the raw pointer and deletes it in
+/// its free function. The transport inside is a movable handle: move it in, do not
+/// share it between sessions.
 template <Transport T>
 class Session {
 public:
@@ -189,14 +201,27 @@ public:
                 c.type = CommandType::forward;
                 c.id = static_cast<uint32_t>(i - first_forward_slot);
             }
-            c.calls = n;
-            c.failures = s.failures.load(std::memory_order_relaxed);
-            c.total = std::chrono::nanoseconds(s.total_ns.load(std::memory_order_relaxed));
-            c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
-            out.push_back(c);
+            if (i == overflow_slot) {
+                c.id = 0;
+                c.other_ids = true;
+            }
+            out.push_back(row(c, s, n));
+        }
+        // Ids of 256 and above, in the order they were first called.
+        for (const auto& h : high_ids_) {
+            const uint64_t key = h.key.load(std::memory_order_acquire);
+            if (key == 0) break; // rows are claimed in order
+            uint64_t n = h.slot.calls.load(std::memory_order_relaxed);
+            if (n == 0) continue;
+            CommandStats c;
+            c.id = static_cast<uint32_t>(key - 1);
+            out.push_back(row(c, h.slot, n));
         }
         return out;
     }
+
+    /// How many distinct FORWARD ids of 256 and above get a row of their own.
+    static constexpr size_t max_forward_rows = 64;
 
 private:
     // A reply page and a command buffer: what one in-flight call needs.
@@ -207,6 +232,11 @@ private:
 
     struct Slot {
         std::atomic<uint64_t> calls{0}, failures{0}, total_ns{0}, max_ns{0};
+    };
+    // A row for one FORWARD id >= max_forward_ids: key is id + 1 once claimed, 0 before.
+    struct HighSlot {
+        std::atomic<uint64_t> key{0};
+        Slot slot;
     };
     static constexpr size_t max_forward_ids = 256;
     static constexpr size_t handshake_slot = 0, load_library_slot = 1, first_forward_slot = 2;
@@ -301,11 +331,10 @@ private:
     }
 
     void record(CommandType type, uint32_t id, std::chrono::nanoseconds took, bool ok) {
-        size_t i = type == CommandType::handshake      ? handshake_slot
-                   : type == CommandType::load_library ? load_library_slot
-                   : id < max_forward_ids              ? first_forward_slot + id
-                                                       : overflow_slot;
-        Slot& s = slots_[i];
+        Slot& s = type == CommandType::handshake      ? slots_[handshake_slot]
+                  : type == CommandType::load_library ? slots_[load_library_slot]
+                  : id < max_forward_ids              ? slots_[first_forward_slot + id]
+                                                      : high_slot(id);
         const auto ns = static_cast<uint64_t>(took.count());
         s.calls.fetch_add(1, std::memory_order_relaxed);
         if (!ok) s.failures.fetch_add(1, std::memory_order_relaxed);
@@ -314,6 +343,27 @@ private:
         uint64_t prev = s.max_ns.load(std::memory_order_relaxed);
         while (prev < ns && !s.max_ns.compare_exchange_weak(prev, ns, std::memory_order_relaxed)) {
         }
+    }
+
+    static CommandStats row(CommandStats c, const Slot& s, uint64_t calls) {
+        c.calls = calls;
+        c.failures = s.failures.load(std::memory_order_relaxed);
+        c.total = std::chrono::nanoseconds(s.total_ns.load(std::memory_order_relaxed));
+        c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
+        return c;
+    }
+
+    // The row of a FORWARD id >= max_forward_ids: found, or claimed (lock-free, in
+    // order), or the shared overflow row once all max_forward_rows are taken.
+    Slot& high_slot(uint32_t id) {
+        const uint64_t key = uint64_t{id} + 1;
+        for (auto& h : high_ids_) {
+            uint64_t seen = h.key.load(std::memory_order_acquire);
+            if (seen == 0 && h.key.compare_exchange_strong(seen, key, std::memory_order_acq_rel))
+                return h.slot;
+            if (seen == key) return h.slot;
+        }
+        return slots_[overflow_slot];
     }
 
     T transport_;
@@ -333,3 +383,4 @@ private:
 };
 
 } // namespace apir
+    std::array<HighSlot, max_forward_rows> high_ids_{};
