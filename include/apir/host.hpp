@@ -89,6 +89,9 @@ public:
     [[nodiscard]] uint32_t context_id() const noexcept;
     [[nodiscard]] bool library_loaded() const noexcept;
     [[nodiscard]] HostStats stats() const noexcept;
+    /// Why the last LOADLIBRARY failed ("'x' is not a regular file", "dlopen: ..."), the
+    /// reason the guest's return code cannot carry; empty when it succeeded.
+    [[nodiscard]] std::string load_library_failure() const;
     /// Checked look-up: the resource's mapping with its size, or UNKNOWN_RESOURCE;
     /// backends linked against this project can use it instead of get_shmem_ptr.
     [[nodiscard]] Expected<std::span<std::byte>> shmem(uint32_t res_id) const;

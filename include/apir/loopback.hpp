@@ -52,6 +52,9 @@ public:
 
     /// The host at the other end.
     [[nodiscard]] Host& host() noexcept;
+    /// The in-process host's reason for the last failed LOADLIBRARY (Session adds it to
+    /// the error's detail).
+    [[nodiscard]] std::string load_library_failure();
     /// Stops the host thread as if the host died: waits and submits then fail with
     /// DISCONNECTED. (Inline mode: later submits fail the same way.)
     void stop_host();

@@ -281,13 +281,29 @@ private:
         }
         Expected<typename C::response> out = typename C::response{};
         if (auto ok = C::check(*code); !ok) {
-            out = Unexpected{std::move(ok).error()};
+            out = Unexpected{explain<C>(std::move(ok).error())};
         } else {
             Decoder d(reply_payload(c.page), options_.max_reply_alloc);
             if (!d.get_into(*out)) out = Unexpected{d.status().error()};
         }
         release(std::move(*ch));
         return out;
+    }
+
+    // A transport whose host runs in-process knows why LOADLIBRARY failed: the detail of
+    // the error says it ("LOAD_CANNOT_OPEN: ... (dlopen: ...)").
+    template <class C>
+    Error explain(Error e) {
+        if constexpr (C::type == CommandType::load_library &&
+                      requires(T & t) { t.load_library_failure(); }) {
+            std::string why = transport_.load_library_failure();
+            if (!why.empty()) {
+                Error out(e.code(), e.detail().empty() ? why : e.detail() + "; " + why);
+                if (e.has_wire_code()) out.with_wire_code(e.wire_code());
+                return out;
+            }
+        }
+        return e;
     }
 
     Expected<std::unique_ptr<Channel>> acquire() {
@@ -330,21 +346,6 @@ private:
         }
     }
 
-    void record(CommandType type, uint32_t id, std::chrono::nanoseconds took, bool ok) {
-        Slot& s = type == CommandType::handshake      ? slots_[handshake_slot]
-                  : type == CommandType::load_library ? slots_[load_library_slot]
-                  : id < max_forward_ids              ? slots_[first_forward_slot + id]
-                                                      : high_slot(id);
-        const auto ns = static_cast<uint64_t>(took.count());
-        s.calls.fetch_add(1, std::memory_order_relaxed);
-        if (!ok) s.failures.fetch_add(1, std::memory_order_relaxed);
-        if (ns == 0) return; // not timed
-        s.total_ns.fetch_add(ns, std::memory_order_relaxed);
-        uint64_t prev = s.max_ns.load(std::memory_order_relaxed);
-        while (prev < ns && !s.max_ns.compare_exchange_weak(prev, ns, std::memory_order_relaxed)) {
-        }
-    }
-
     static CommandStats row(CommandStats c, const Slot& s, uint64_t calls) {
         c.calls = calls;
         c.failures = s.failures.load(std::memory_order_relaxed);
@@ -366,6 +367,21 @@ private:
         return slots_[overflow_slot];
     }
 
+    void record(CommandType type, uint32_t id, std::chrono::nanoseconds took, bool ok) {
+        Slot& s = type == CommandType::handshake      ? slots_[handshake_slot]
+                  : type == CommandType::load_library ? slots_[load_library_slot]
+                  : id < max_forward_ids              ? slots_[first_forward_slot + id]
+                                                      : high_slot(id);
+        const auto ns = static_cast<uint64_t>(took.count());
+        s.calls.fetch_add(1, std::memory_order_relaxed);
+        if (!ok) s.failures.fetch_add(1, std::memory_order_relaxed);
+        if (ns == 0) return; // not timed
+        s.total_ns.fetch_add(ns, std::memory_order_relaxed);
+        uint64_t prev = s.max_ns.load(std::memory_order_relaxed);
+        while (prev < ns && !s.max_ns.compare_exchange_weak(prev, ns, std::memory_order_relaxed)) {
+        }
+    }
+
     T transport_;
     SessionOptions options_;
     std::optional<HandshakeReply> host_version_;
@@ -380,7 +396,7 @@ private:
     uint64_t staging_creates_ = 0;
 
     std::array<Slot, overflow_slot + 1> slots_{};
+    std::array<HighSlot, max_forward_rows> high_ids_{};
 };
 
 } // namespace apir
-    std::array<HighSlot, max_forward_rows> high_ids_{};

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -218,6 +219,8 @@ public:
     }
     [[nodiscard]] int32_t command_type_offset() const { return impl_->command_type_offset(); }
     [[nodiscard]] std::string_view name() const { return impl_->name(); }
+    /// The held transport's load_library_failure() where it has one, else empty.
+    [[nodiscard]] std::string load_library_failure() { return impl_->load_library_failure(); }
 
 private:
     struct Concept {
@@ -227,6 +230,7 @@ private:
         virtual Expected<uint32_t> wait_reply(const Shmem&, const WaitPolicy&, Deadline) = 0;
         virtual int32_t command_type_offset() const = 0;
         virtual std::string_view name() const = 0;
+        virtual std::string load_library_failure() = 0;
     };
     template <class T, class Holder>
     struct Forwarding : Concept {
@@ -246,6 +250,12 @@ private:
         }
         int32_t command_type_offset() const override { return t().command_type_offset(); }
         std::string_view name() const override { return t().name(); }
+        std::string load_library_failure() override {
+            if constexpr (requires(T & x) { x.load_library_failure(); })
+                return t().load_library_failure();
+            else
+                return {};
+        }
         Holder held;
     };
     template <class T>

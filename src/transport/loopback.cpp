@@ -263,6 +263,10 @@ std::string_view LoopbackTransport::name() const noexcept {
 Host& LoopbackTransport::host() noexcept {
     return *impl_->host;
 }
+
+std::string LoopbackTransport::load_library_failure() {
+    return host().load_library_failure();
+}
 void LoopbackTransport::stop_host() {
     impl_->stop();
 }

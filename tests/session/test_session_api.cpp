@@ -1,5 +1,6 @@
-// What a user of the Session's API relies on: a stats row per FORWARD id (bounded) and
-// holding a Session through a pointer (it is not movable).
+// What a user of the Session's API relies on: a stats row per FORWARD id (bounded), the
+// host's reason in a failed LOADLIBRARY when the host is in-process, and holding a
+// Session through a pointer (it is not movable).
 #include "catch.hpp"
 #include "test_transports.hpp"
 
@@ -83,6 +84,43 @@ TEST_CASE("stats() keeps a row per FORWARD id, also past 255, up to a bound", "[
     CHECK(other->calls == 3);
     CHECK(row(rows, 1000 + 60));
     CHECK_FALSE(row(rows, 1000 + 61));
+}
+
+TEST_CASE("a failed LOADLIBRARY carries the in-process host's reason", "[session]") {
+    SECTION("not a regular file") {
+        apir::Session s(apir::LoopbackTransport(options("/nonexistent/libnothing.so")),
+                        quiet_session());
+        auto c = s.connect();
+        REQUIRE_FALSE(c);
+        CHECK(c.error().code() == Errc::load_cannot_open);
+        CHECK(c.error().wire_code() == 4);
+        CHECK_THAT(c.error().detail(),
+                   Catch::Contains("'/nonexistent/libnothing.so' is not a regular file"));
+    }
+    SECTION("dlopen fails, through AnyTransport too") {
+        apir::Session s(apir::AnyTransport(apir::LoopbackTransport(
+                            options(apir_test::backend_path("not-a-library")))),
+                        quiet_session());
+        auto c = s.connect();
+        REQUIRE_FALSE(c);
+        CHECK(c.error().code() == Errc::load_cannot_open);
+        CHECK_THAT(c.error().message(), Catch::Contains("(dlopen: "));
+    }
+    SECTION("a missing symbol") {
+        apir::Session s(apir::LoopbackTransport(options(apir_test::backend_path("missing-symbol"))),
+                        quiet_session());
+        auto c = s.connect();
+        REQUIRE_FALSE(c);
+        CHECK(c.error().code() == Errc::load_symbol_missing);
+        CHECK_THAT(c.error().detail(), Catch::Contains("lacks apir_backend_"));
+        CHECK_FALSE(s.transport().load_library_failure().empty());
+    }
+    SECTION("success leaves no reason") {
+        apir::Session s(apir::LoopbackTransport(options(apir_test::backend_path("demo"))),
+                        quiet_session());
+        REQUIRE(s.connect());
+        CHECK(s.transport().load_library_failure().empty());
+    }
 }
 
 TEST_CASE("a Session is held through a pointer, e.g. from a C struct", "[session]") {
