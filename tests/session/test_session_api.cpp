@@ -14,18 +14,17 @@ using apir::Errc;
 
 namespace {
 
-apir::LoopbackOptions options(std::string library) {
-    apir::LoopbackOptions o;
-    o.mode = apir::LoopbackOptions::Mode::inline_host;
-    o.host.config[std::string(apir::config_library_path)] = std::move(library);
-    o.host.logger = apir::Logger(nullptr);
-    return o;
-}
-
-apir::SessionOptions quiet_session() {
-    apir::SessionOptions s;
-    s.logger = apir::Logger(nullptr);
-    return s;
+// A session over the inline loopback whose host loads `library`, owned as the Session's
+// comment says: through a std::unique_ptr.
+template <class S = apir::Session<apir::LoopbackTransport>>
+std::unique_ptr<S> session_with(std::string library) {
+    apir::LoopbackOptions lo;
+    lo.mode = apir::LoopbackOptions::Mode::inline_host;
+    lo.host.config[std::string(apir::config_library_path)] = std::move(library);
+    lo.host.logger = apir::Logger(nullptr);
+    apir::SessionOptions so;
+    so.logger = apir::Logger(nullptr);
+    return std::make_unique<S>(apir::LoopbackTransport(std::move(lo)), std::move(so));
 }
 
 template <uint32_t Id>
@@ -47,7 +46,8 @@ const apir::CommandStats* row(const std::vector<apir::CommandStats>& rows, uint3
 
 TEST_CASE("stats() keeps a row per FORWARD id, also past 255, up to a bound", "[session]") {
     using S = apir::Session<apir::LoopbackTransport>;
-    S s(apir::LoopbackTransport(options(apir_test::backend_path("demo"))), quiet_session());
+    auto owner = session_with(apir_test::backend_path("demo"));
+    S& s = *owner;
     REQUIRE(s.connect());
     // The demo backend knows none of these: each call fails, and each is counted.
     (void)s.call<Unknown<300>>(apir::Empty{});
@@ -88,9 +88,7 @@ TEST_CASE("stats() keeps a row per FORWARD id, also past 255, up to a bound", "[
 
 TEST_CASE("a failed LOADLIBRARY carries the in-process host's reason", "[session]") {
     SECTION("not a regular file") {
-        apir::Session s(apir::LoopbackTransport(options("/nonexistent/libnothing.so")),
-                        quiet_session());
-        auto c = s.connect();
+        auto c = session_with("/nonexistent/libnothing.so")->connect();
         REQUIRE_FALSE(c);
         CHECK(c.error().code() == Errc::load_cannot_open);
         CHECK(c.error().wire_code() == 4);
@@ -98,28 +96,25 @@ TEST_CASE("a failed LOADLIBRARY carries the in-process host's reason", "[session
                    Catch::Contains("'/nonexistent/libnothing.so' is not a regular file"));
     }
     SECTION("dlopen fails, through AnyTransport too") {
-        apir::Session s(apir::AnyTransport(apir::LoopbackTransport(
-                            options(apir_test::backend_path("not-a-library")))),
-                        quiet_session());
-        auto c = s.connect();
+        auto s = session_with<apir::Session<apir::AnyTransport>>(
+            apir_test::backend_path("not-a-library"));
+        auto c = s->connect();
         REQUIRE_FALSE(c);
         CHECK(c.error().code() == Errc::load_cannot_open);
         CHECK_THAT(c.error().message(), Catch::Contains("(dlopen: "));
     }
     SECTION("a missing symbol") {
-        apir::Session s(apir::LoopbackTransport(options(apir_test::backend_path("missing-symbol"))),
-                        quiet_session());
-        auto c = s.connect();
+        auto s = session_with(apir_test::backend_path("missing-symbol"));
+        auto c = s->connect();
         REQUIRE_FALSE(c);
         CHECK(c.error().code() == Errc::load_symbol_missing);
         CHECK_THAT(c.error().detail(), Catch::Contains("lacks apir_backend_"));
-        CHECK_FALSE(s.transport().load_library_failure().empty());
+        CHECK_FALSE(s->transport().load_library_failure().empty());
     }
     SECTION("success leaves no reason") {
-        apir::Session s(apir::LoopbackTransport(options(apir_test::backend_path("demo"))),
-                        quiet_session());
-        REQUIRE(s.connect());
-        CHECK(s.transport().load_library_failure().empty());
+        auto s = session_with(apir_test::backend_path("demo"));
+        REQUIRE(s->connect());
+        CHECK(s->transport().load_library_failure().empty());
     }
 }
 
@@ -129,8 +124,7 @@ TEST_CASE("a Session is held through a pointer, e.g. from a C struct", "[session
     struct ggml_like_context { // what a ggml backend's C struct holds
         S* session;
     };
-    auto owner = std::make_unique<S>(
-        apir::LoopbackTransport(options(apir_test::backend_path("demo"))), quiet_session());
+    auto owner = session_with(apir_test::backend_path("demo"));
     ggml_like_context ctx{owner.get()};
     REQUIRE(ctx.session->connect());
     CHECK(ctx.session->host_version()->major == apir::protocol_major);
