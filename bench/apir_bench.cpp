@@ -35,8 +35,7 @@
 #include <unistd.h>
 
 #if APIR_BENCH_DRM_SIM
-#include "sim_device.hpp"
-
+#include <apir/sim_device.hpp>
 #include <apir/virtgpu.hpp>
 #endif
 
@@ -637,21 +636,21 @@ Result bench_alloc(const Plan& p, Sessions& sessions) {
 }
 
 // ---------------------------------------------------------------------------
-// roundtrip_drm_sim: the DRM transport on the session suite's simulated device
+// roundtrip_drm_sim: the DRM transport on the simulated device (apir::SimDevice)
 //
 // The same empty FORWARD as `roundtrip`, over VirtgpuTransport on the simulated
-// virtio-gpu device of tests/drm (EXECBUFFER hands the command to a host thread; the
+// virtio-gpu device of apir-sim (EXECBUFFER hands the command to a host thread; the
 // guest polls the reply page, as it must in a VM, where the host cannot wake it),
 // interleaved with the threaded loopback call. For comparison only: no target.
-// Built when the drm feature is on and tests/drm/sim_device.cpp is in the tree
-// (APIR_BENCH_DRM_SIM); otherwise the line says why it was skipped.
+// Built when the drm feature is on (APIR_BENCH_DRM_SIM); otherwise the line says why it was
+// skipped.
 
 #if APIR_BENCH_DRM_SIM
 Result bench_roundtrip_drm_sim(const Plan& p, Sessions& sessions) {
-    apir_test::SimConfig config;
+    apir::SimConfig config;
     config.host.config[std::string(apir::config_library_path)] = sessions.backend();
     apir::VirtgpuOptions options;
-    options.device = std::make_shared<apir_test::SimDevice>(std::move(config));
+    options.device = std::make_shared<apir::SimDevice>(std::move(config));
     options.capset = apir::CapsetChoice::apir;
     options.use_environment = false;
     auto t = apir::VirtgpuTransport::open(std::move(options));
@@ -677,8 +676,8 @@ Result bench_roundtrip_drm_sim(const Plan& p, Sessions& sessions) {
 #else
 Result bench_roundtrip_drm_sim(const Plan&, Sessions&) {
     return Result::skipped("roundtrip_drm_sim",
-                           "built without the DRM transport or without the simulated "
-                           "virtio-gpu device (tests/drm/sim_device.cpp)");
+                           "built without the DRM transport (and so without the simulated "
+                           "virtio-gpu device)");
 }
 #endif
 

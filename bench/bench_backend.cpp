@@ -18,7 +18,7 @@ namespace {
 constexpr uint64_t max_tensor_bytes = uint64_t{1} << 30; // the peer sizes it: cap it
 
 struct Context {
-    apir_get_shmem_sized_fn shmem_sized = nullptr;
+    apir::ShmemResolver shmem; // sized where the host offers it, else get_shmem_ptr
     // The host-side "tensor" set_tensor copies into (prefaulted when allocated).
     std::unique_ptr<std::byte[]> tensor;
     size_t tensor_size = 0;
@@ -34,7 +34,7 @@ Context* context(uint32_t ctx) {
 
 // The blob range a request names, bounds-checked, or an empty span.
 std::span<std::byte> resolve(uint32_t ctx, const Context& c, const bench::BlobRange& r) {
-    return apir::resolve_shmem_range(c.shmem_sized, ctx, r.res_id, r.offset, r.size);
+    return apir::resolve_shmem_range(c.shmem, ctx, r.res_id, r.offset, r.size);
 }
 
 bench::RangeEnds ends(const std::byte* p, size_t n) {
@@ -63,14 +63,14 @@ extern "C" {
 __attribute__((visibility("default"))) void
 apir_backend_set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
     std::lock_guard lk(g_mu);
-    g_contexts[ctx_id].shmem_sized = fn;
+    g_contexts[ctx_id].shmem.sized = fn;
 }
 
 __attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t ctx_id,
                                                                         virgl_apir_callbacks* cbs) {
     if (!cbs || !cbs->get_shmem_ptr) return 6 + 5; // backend failed
     std::lock_guard lk(g_mu);
-    g_contexts[ctx_id];
+    g_contexts[ctx_id].shmem.unsized = cbs->get_shmem_ptr;
     return 6; // base index + success
 }
 

@@ -29,11 +29,6 @@
 #include <sys/utsname.h>
 #include <unistd.h>
 
-#if defined(APIR_PROBE_HAVE_DRM) && defined(APIR_PROBE_TEST_DEVICE)
-// The tests build this probe a second time against a simulated device (tests/drm).
-std::shared_ptr<apir::DrmDevice> apir_probe_test_device();
-#endif
-
 namespace {
 
 using namespace std::chrono;
@@ -462,9 +457,6 @@ private:
                                              : apir::CapsetChoice::automatic;
         o.node = args_.node;
         o.logger = logger();
-#ifdef APIR_PROBE_TEST_DEVICE
-        o.device = apir_probe_test_device();
-#endif
         report_.str("capset_option", args_.capset)
             .boolean("capset_env_set", std::getenv(apir::capset_env_var) != nullptr);
 

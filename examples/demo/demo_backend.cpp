@@ -11,22 +11,24 @@
 
 namespace {
 
-// Per-context state: the checked shared-memory look-up the host gave us.
+// Per-context state: how the host lets us find blobs. With the sized look-up (this
+// project's hosts) a range is checked against its blob; with get_shmem_ptr alone (the
+// standard ABI) its end must be within apir::default_unsized_range_limit.
 struct Context {
-    apir_get_shmem_sized_fn shmem_sized = nullptr;
+    apir::ShmemResolver shmem;
 };
 std::mutex g_mu;
 std::unordered_map<uint32_t, Context> g_contexts;
 
 // The blob range a request names, bounds-checked, or an empty span.
 std::span<std::byte> resolve(uint32_t ctx, const demo::BlobRange& r) {
-    apir_get_shmem_sized_fn sized = nullptr;
+    apir::ShmemResolver shmem;
     {
         std::lock_guard lk(g_mu);
         auto it = g_contexts.find(ctx);
-        if (it != g_contexts.end()) sized = it->second.shmem_sized;
+        if (it != g_contexts.end()) shmem = it->second.shmem;
     }
-    return apir::resolve_shmem_range(sized, ctx, r.res_id, r.offset, r.size);
+    return apir::resolve_shmem_range(shmem, ctx, r.res_id, r.offset, r.size);
 }
 
 template <class Req>
@@ -41,15 +43,15 @@ extern "C" {
 __attribute__((visibility("default"))) void
 apir_backend_set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
     std::lock_guard lk(g_mu);
-    g_contexts[ctx_id].shmem_sized = fn;
+    g_contexts[ctx_id].shmem.sized = fn;
 }
 
 __attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t ctx_id,
                                                                         virgl_apir_callbacks* cbs) {
     if (!cbs || !cbs->get_config || !cbs->get_shmem_ptr) return 6 + 5; // backend failed
     std::lock_guard lk(g_mu);
-    g_contexts[ctx_id]; // the sized look-up may not have been offered
-    return 6;           // base index + success
+    g_contexts[ctx_id].shmem.unsized = cbs->get_shmem_ptr; // the sized one may never come
+    return 6;                                              // base index + success
 }
 
 __attribute__((visibility("default"))) void apir_backend_deinit(uint32_t ctx_id) {

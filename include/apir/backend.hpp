@@ -16,6 +16,7 @@
 #include "apir/backend_abi.h"
 #include "apir/wire.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 
@@ -54,18 +55,47 @@ private:
     char** enc_cur_after_;
 };
 
-/// [offset, offset + size) of shared-memory resource res_id through the host's sized
-/// look-up, or an empty span when the resource is unknown, the range does not lie
-/// inside it, or the host offered no sized look-up (then nothing can be checked).
+/// The end of a blob range a backend accepts when the host offered no sized look-up
+/// (the standard ABI's get_shmem_ptr gives no size): the backend cannot know a blob's
+/// size then, so it trusts ranges up to its own documented limit. The demo and bench
+/// backends use this one.
+inline constexpr uint64_t default_unsized_range_limit = uint64_t{64} << 20;
+
+/// How a backend finds the blob ranges requests name: the host's sized look-up where
+/// it offered one (this project's apir_backend_set_shmem_sized), which checks a range
+/// against the blob's real size; otherwise the standard get_shmem_ptr, which checks
+/// that the resource exists, with the range's end bounded by unsized_limit.
+struct ShmemResolver {
+    apir_get_shmem_sized_fn sized = nullptr;
+    void* (*unsized)(uint32_t ctx_id, uint32_t res_id) = nullptr; ///< callbacks->get_shmem_ptr
+    uint64_t unsized_limit = default_unsized_range_limit;
+};
+
+/// [offset, offset + size) of shared-memory resource res_id, or an empty span when the
+/// resource is unknown or the range does not lie inside it (sized look-up) or inside
+/// the backend's limit (get_shmem_ptr alone), or the host offered no look-up at all.
+[[nodiscard]] inline std::span<std::byte> resolve_shmem_range(const ShmemResolver& r,
+                                                              uint32_t ctx_id, uint32_t res_id,
+                                                              uint64_t offset,
+                                                              uint64_t size) noexcept {
+    uint64_t blob_size = 0;
+    void* p = nullptr;
+    if (r.sized) {
+        p = r.sized(ctx_id, res_id, &blob_size);
+    } else if (r.unsized) {
+        p = r.unsized(ctx_id, res_id);
+        blob_size = r.unsized_limit;
+    }
+    if (!p || offset > blob_size || size > blob_size - offset) return {};
+    return {static_cast<std::byte*>(p) + offset, static_cast<size_t>(size)};
+}
+
+/// The same through the sized look-up alone (nothing resolves without it).
 [[nodiscard]] inline std::span<std::byte> resolve_shmem_range(apir_get_shmem_sized_fn lookup,
                                                               uint32_t ctx_id, uint32_t res_id,
                                                               uint64_t offset,
                                                               uint64_t size) noexcept {
-    if (!lookup) return {};
-    uint64_t blob_size = 0;
-    void* p = lookup(ctx_id, res_id, &blob_size);
-    if (!p || offset > blob_size || size > blob_size - offset) return {};
-    return {static_cast<std::byte*>(p) + offset, static_cast<size_t>(size)};
+    return resolve_shmem_range(ShmemResolver{lookup, nullptr, 0}, ctx_id, res_id, offset, size);
 }
 
 } // namespace apir

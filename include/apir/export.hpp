@@ -2,7 +2,8 @@
 //
 // apir is compiled with hidden visibility. APIR_EXPORT marks the compiled entry points
 // (the classes and functions defined in libapir) that the shared library exports; the
-// rest of the library stays internal (APIR_LOCAL marks the private parts of exported
+// rest of the library stays internal (APIR_EXPORT_BEGIN/END mark all of a header, as
+// for apir/ggml/) (APIR_LOCAL marks the private parts of exported
 // classes, their Impl). APIR_STATIC is defined when the static library is compiled and
 // by its consumers (Meson's and CMake's apir dependencies define it for them): it
 // leaves APIR_EXPORT empty, so every symbol of libapir.a is hidden and a shared module
@@ -22,8 +23,15 @@
 
 #if defined(APIR_STATIC)
 #define APIR_EXPORT
+#define APIR_EXPORT_BEGIN
+#define APIR_EXPORT_END
 #elif defined(__GNUC__) || defined(__clang__)
 #define APIR_EXPORT __attribute__((visibility("default")))
+// A whole header's declarations at once (after its #includes).
+#define APIR_EXPORT_BEGIN _Pragma("GCC visibility push(default)")
+#define APIR_EXPORT_END _Pragma("GCC visibility pop")
 #else
 #define APIR_EXPORT
+#define APIR_EXPORT_BEGIN
+#define APIR_EXPORT_END
 #endif

@@ -23,6 +23,7 @@
 #include "apir/protocol.hpp"
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -58,6 +59,14 @@ struct HostOptions {
     /// a guest cannot make the host copy an arbitrary amount (ggml sends 4 KiB; bulk
     /// data travels in shared memory).
     size_t max_command_size = size_t{1} << 20;
+    /// Whether LOADLIBRARY offers the backend the sized shared-memory look-up (this
+    /// project's apir_backend_set_shmem_sized). false: only the three standard entry
+    /// points, as the virtio-gpu renderer does.
+    bool offer_sized_shmem = true;
+    /// A warning the guest can repeat at will (a dropped command, LOADLIBRARY again, a
+    /// backend reporting its reply end outside the page) is logged the first time,
+    /// then at most once per interval with the count held back; HostStats counts all.
+    std::chrono::nanoseconds repeated_warning_interval = std::chrono::seconds(1);
     Logger logger;
 };
 

@@ -9,6 +9,8 @@
 
 #include "apir/export.hpp"
 
+#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <functional>
 #include <string_view>
@@ -75,6 +77,38 @@ public:
 private:
     LogSink sink_ = stderr_sink;
     LogLevel min_ = LogLevel::warn;
+};
+
+/// Keeps a message that a peer can repeat at will from flooding the log: the first
+/// occurrence is logged, later ones are counted and at most one per interval is logged,
+/// carrying how many were held back. Not thread-safe: the caller serializes.
+///
+///     uint64_t held;
+///     if (dropped_.admit(held)) log.warn("dropped a command: {} ({} more)", why, held);
+class RepeatLimiter {
+public:
+    explicit RepeatLimiter(std::chrono::nanoseconds interval = std::chrono::seconds(1)) noexcept
+        : interval_(interval) {}
+    /// Whether to log this occurrence; held_back: how many were not logged since the
+    /// last one that was.
+    [[nodiscard]] bool admit(uint64_t& held_back) noexcept {
+        const auto now = std::chrono::steady_clock::now();
+        if (logged_ && now - last_ < interval_) {
+            ++held_;
+            return false;
+        }
+        logged_ = true;
+        last_ = now;
+        held_back = held_;
+        held_ = 0;
+        return true;
+    }
+
+private:
+    std::chrono::nanoseconds interval_;
+    std::chrono::steady_clock::time_point last_{};
+    bool logged_ = false;
+    uint64_t held_ = 0;
 };
 
 } // namespace apir

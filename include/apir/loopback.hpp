@@ -27,7 +27,7 @@ struct LoopbackOptions {
     HostOptions host;
     /// Most bytes of shared memory alive at once; create_shmem fails past it.
     size_t max_shmem_bytes = size_t{4} << 30;
-    /// Commands queued for the host thread before submit() blocks.
+    /// Commands queued for the host thread before submit() waits (until its deadline).
     size_t queue_depth = 64;
     /// How long the idle host thread spins before it sleeps.
     std::chrono::nanoseconds host_spin = std::chrono::microseconds(50);
@@ -36,6 +36,8 @@ struct LoopbackOptions {
     std::function<bool(std::span<const std::byte>)> deliver;
 };
 
+/// A moved-from LoopbackTransport fails every call with DISCONNECTED and is named
+/// "moved-from" (host() must not be called on it).
 class APIR_EXPORT LoopbackTransport final {
 public:
     explicit LoopbackTransport(LoopbackOptions options = {});
@@ -44,7 +46,8 @@ public:
     ~LoopbackTransport();
 
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
-    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command);
+    /// In threaded mode, waits at most until the deadline for room in the queue.
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, Deadline deadline);
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline);
     [[nodiscard]] int32_t command_type_offset() const noexcept;

@@ -17,6 +17,8 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -42,6 +44,8 @@ struct SessionOptions {
     bool time_calls = false;
     /// Cap on what one reply may make the guest allocate (strings, vectors).
     size_t max_reply_alloc = reply_page_size;
+    /// Staging blobs held at once (stage()); one more fails with STAGING_EXHAUSTED.
+    size_t staging_blobs = 4;
     Logger logger;
 };
 
@@ -71,19 +75,85 @@ struct CommandStats {
     }
 };
 
-/// Staged bulk data: a reused shared-memory blob, held (locked) until destroyed.
-/// Send res_id() in the request; the host resolves it with get_shmem_ptr.
+namespace detail {
+
+/// The staging blobs of one session: at most `capacity`, reused, each lent to one
+/// Staging at a time. Entries never move (the vector is reserved up front).
+struct StagingPool {
+    struct Entry {
+        Shmem blob;
+        bool held = false;
+        bool tainted = false; // named by a call that timed out: never lent again
+    };
+    explicit StagingPool(size_t capacity) { entries.reserve(capacity); }
+    void give_back(size_t i) noexcept {
+        Shmem doomed; // released outside the lock
+        std::lock_guard lk(mu);
+        Entry& e = entries[i];
+        e.held = false;
+        if (e.tainted) {
+            doomed = std::move(e.blob);
+            e.tainted = false;
+        }
+    }
+    // The host may still write a blob held during a call that timed out.
+    void taint_held() noexcept {
+        std::lock_guard lk(mu);
+        for (auto& e : entries)
+            if (e.held) e.tainted = true;
+    }
+    size_t held() {
+        std::lock_guard lk(mu);
+        return static_cast<size_t>(
+            std::count_if(entries.begin(), entries.end(), [](const Entry& e) { return e.held; }));
+    }
+    std::mutex mu;
+    std::vector<Entry> entries;
+    std::atomic<uint64_t> creates{0};
+};
+
+} // namespace detail
+
+/// Staged bulk data: one of the session's reused shared-memory blobs, lent until the
+/// Staging is destroyed. Send res_id() in the request; the host resolves it with
+/// get_shmem_ptr. Hold it until every call naming it has returned, and destroy it
+/// before the session: a call that fails waiting for its reply (TIMEOUT) makes the
+/// session release, never reuse, the blobs lent at that moment, since the host may
+/// still be writing them.
 class Staging {
 public:
-    Staging(std::unique_lock<std::mutex> lock, uint32_t res_id, std::span<std::byte> bytes)
-        : lock_(std::move(lock)), res_id_(res_id), bytes_(bytes) {}
+    Staging(Staging&& o) noexcept
+        : pool_(std::exchange(o.pool_, nullptr)), index_(o.index_), res_id_(o.res_id_),
+          bytes_(o.bytes_) {}
+    Staging& operator=(Staging&& o) noexcept {
+        if (this != &o) {
+            if (pool_) pool_->give_back(index_);
+            pool_ = std::exchange(o.pool_, nullptr);
+            index_ = o.index_;
+            res_id_ = o.res_id_;
+            bytes_ = o.bytes_;
+        }
+        return *this;
+    }
+    Staging(const Staging&) = delete;
+    Staging& operator=(const Staging&) = delete;
+    ~Staging() {
+        if (pool_) pool_->give_back(index_);
+    }
+
     [[nodiscard]] uint32_t res_id() const noexcept { return res_id_; }
     /// Write here (zero-copy), or let Session::stage(Bytes) copy.
     [[nodiscard]] std::span<std::byte> bytes() const noexcept { return bytes_; }
     [[nodiscard]] size_t size() const noexcept { return bytes_.size(); }
 
 private:
-    std::unique_lock<std::mutex> lock_;
+    template <Transport T>
+    friend class Session;
+    Staging(detail::StagingPool* pool, size_t index, uint32_t res_id,
+            std::span<std::byte> bytes) noexcept
+        : pool_(pool), index_(index), res_id_(res_id), bytes_(bytes) {}
+    detail::StagingPool* pool_;
+    size_t index_;
     uint32_t res_id_;
     std::span<std::byte> bytes_;
 };
@@ -100,13 +170,23 @@ template <Transport T>
 class Session {
 public:
     explicit Session(T transport, SessionOptions options = {})
-        : transport_(std::move(transport)), options_(std::move(options)) {}
-    ~Session() = default;
+        : transport_(std::move(transport)), options_(std::move(options)),
+          staging_(options_.staging_blobs) {}
+    /// Precondition: no call is in flight on another thread and no Staging is alive
+    /// (debug builds stop with a message otherwise).
+    ~Session() {
+#ifndef NDEBUG
+        if (const auto n = in_flight_.load()) misuse(n, "call(s) still in flight");
+        if (const auto n = staging_.held()) misuse(unsigned(n), "Staging(s) still alive");
+#endif
+    }
     Session(const Session&) = delete;
     Session& operator=(const Session&) = delete;
 
     /// HANDSHAKE (a different major version is an error, a different minor version a
-    /// warning), then LOADLIBRARY unless options say otherwise.
+    /// warning), then LOADLIBRARY unless options say otherwise. May be called again,
+    /// e.g. after a timeout: a session that sent LOADLIBRARY before and is told the
+    /// library is already loaded (in its own context, by its own request) is connected.
     [[nodiscard]] Expected<HandshakeReply> connect() {
         CallOptions hs;
         hs.deadline = Deadline::after(options_.handshake_timeout);
@@ -119,12 +199,17 @@ public:
         if (reply->minor != protocol_minor)
             options_.logger.warn("host speaks APIR {}.{}, guest {}.{}: minor versions differ",
                                  reply->major, reply->minor, protocol_major, protocol_minor);
-        host_version_ = *reply;
+        {
+            std::lock_guard lk(info_mu_);
+            host_version_ = *reply;
+        }
         if (options_.load_library) {
             CallOptions ll;
             ll.deadline = Deadline::after(options_.load_library_timeout);
+            const bool asked_before = load_requested_.exchange(true);
             auto loaded = call<LoadLibrary>(Empty{}, ll);
-            if (!loaded) return Unexpected{std::move(loaded).error()};
+            if (!loaded && !(asked_before && loaded.error() == Errc::load_already_loaded))
+                return Unexpected{std::move(loaded).error()};
         }
         return reply;
     }
@@ -137,6 +222,13 @@ public:
             is_call_v<C>,
             "Session::call<C>: C must be an apir::Call (e.g. apir::Forward<Id, Req, Resp>)");
         // Two clock reads cost more than the rest of a fast call: only when asked for.
+#ifndef NDEBUG
+        struct InFlight {
+            std::atomic<uint32_t>& n;
+            explicit InFlight(std::atomic<uint32_t>& c) : n(c) { n.fetch_add(1); }
+            ~InFlight() { n.fetch_sub(1); }
+        } in_flight(in_flight_);
+#endif
         const bool timed = options_.time_calls || opts.duration != nullptr;
         const auto start = timed ? Clock::now() : Clock::time_point{};
         Deadline deadline = opts.deadline ? *opts.deadline : default_deadline<C>();
@@ -159,31 +251,65 @@ public:
         return fail(Errc::invalid_argument);
     }
 
-    /// A reused shared-memory blob of at least n bytes to fill in place (zero-copy).
-    /// Held exclusively until the Staging is destroyed.
+    /// A reused shared-memory blob of at least n bytes to fill in place (zero-copy),
+    /// lent until the Staging is destroyed. Up to SessionOptions::staging_blobs may be
+    /// held at once (ggml's copy paths hold two); one more fails at once with
+    /// STAGING_EXHAUSTED, it never waits.
     [[nodiscard]] Expected<Staging> stage(size_t n) {
-        std::unique_lock lk(staging_mu_);
-        if (staging_.size() < n) {
-            staging_.reset();
+        std::lock_guard lk(staging_.mu);
+        auto& entries = staging_.entries;
+        constexpr size_t none = ~size_t{0};
+        size_t fit = none, spare = none; // the smallest free blob that fits, a free slot
+        for (size_t i = 0; i < entries.size(); ++i) {
+            const auto& e = entries[i];
+            if (e.held) continue;
+            if (e.blob && e.blob.size() >= n) {
+                if (fit == none || e.blob.size() < entries[fit].blob.size()) fit = i;
+            } else if (spare == none) {
+                spare = i;
+            }
+        }
+        if (fit == none) {
+            if (spare == none) {
+                if (entries.size() >= entries.capacity())
+                    return fail(Errc::staging_exhausted,
+                                fmt::format("{} staging blobs are held", entries.size()));
+                entries.emplace_back();
+                spare = entries.size() - 1;
+            }
+            auto& e = entries[spare];
+            e.blob.reset(); // too small: replaced
             auto blob = transport_.create_shmem(std::max(n, min_staging_size));
             if (!blob) return Unexpected{std::move(blob).error()};
-            staging_ = std::move(*blob);
-            ++staging_creates_;
+            e.blob = std::move(*blob);
+            staging_.creates.fetch_add(1, std::memory_order_relaxed);
+            fit = spare;
         }
-        return Staging(std::move(lk), staging_.res_id(), staging_.bytes().first(n));
+        auto& e = entries[fit];
+        e.held = true;
+        return Staging(&staging_, fit, e.blob.res_id(), e.blob.bytes().first(n));
     }
-    /// Copies data into the staging blob.
+    /// Copies data into a staging blob.
     [[nodiscard]] Expected<Staging> stage(Bytes data) {
         auto s = stage(data.size());
         if (s && !data.empty()) std::memcpy(s->bytes().data(), data.data(), data.size());
         return s;
     }
 
-    [[nodiscard]] T& transport() noexcept { return transport_; }
-    [[nodiscard]] const SessionOptions& options() const noexcept { return options_; }
-    [[nodiscard]] std::optional<HandshakeReply> host_version() const { return host_version_; }
-    /// How many times the staging blob was (re)created.
-    [[nodiscard]] uint64_t staging_creates() const noexcept { return staging_creates_; }
+    [[nodiscard]] T& transport() noexcept {
+        return transport_;
+    }
+    [[nodiscard]] const SessionOptions& options() const noexcept {
+        return options_;
+    }
+    [[nodiscard]] std::optional<HandshakeReply> host_version() const {
+        std::lock_guard lk(info_mu_);
+        return host_version_;
+    }
+    /// How many times a staging blob was created (or re-created larger).
+    [[nodiscard]] uint64_t staging_creates() const noexcept {
+        return staging_.creates.load(std::memory_order_relaxed);
+    }
 
     /// Counters of every command called so far.
     [[nodiscard]] std::vector<CommandStats> stats() const {
@@ -242,8 +368,21 @@ private:
     static constexpr size_t handshake_slot = 0, load_library_slot = 1, first_forward_slot = 2;
     static constexpr size_t overflow_slot = first_forward_slot + max_forward_ids;
     static constexpr size_t min_staging_size = size_t{1} << 20;
-    // Timed-out channels may still receive a late reply; keep at most this many aside.
+    // Timed-out channels may still receive a late reply: kept aside (never released,
+    // so on no transport can their page go to a new owner) until it lands. With this
+    // many unanswered, the host is hopelessly behind: calls fail with HOST_BEHIND.
     static constexpr size_t max_stale = 64;
+
+#ifndef NDEBUG
+    [[noreturn]] static void misuse(unsigned n, const char* what) {
+        std::fprintf(stderr,
+                     "apir: Session destroyed with %u %s: destroy a Session only after every "
+                     "call has returned and every Staging is gone (they would use freed "
+                     "memory)\n",
+                     n, what);
+        std::abort();
+    }
+#endif
 
     template <class C>
     Deadline default_deadline() const {
@@ -269,14 +408,16 @@ private:
             return Unexpected{e.status().error()};
         }
         reset_notification(c.page);
-        if (auto s = transport_.submit(e.written()); !s) {
+        if (auto s = transport_.submit(e.written(), deadline); !s) {
             release(std::move(*ch));
             return Unexpected{std::move(s).error()};
         }
         auto code = transport_.wait_reply(c.page, options_.wait, deadline);
         if (!code) {
-            // The host may still answer into this page later: never reuse it blindly.
+            // The host may still answer into this page, and write the blobs the
+            // request named, later: never reuse them blindly.
             retire(std::move(*ch));
+            staging_.taint_held();
             return Unexpected{std::move(code).error()};
         }
         Expected<typename C::response> out = typename C::response{};
@@ -322,6 +463,11 @@ private:
                     return c;
                 }
             }
+            if (stale_.size() >= max_stale)
+                return fail(Errc::host_behind,
+                            fmt::format("{} calls timed out and the host has answered none of "
+                                        "them yet",
+                                        stale_.size()));
         }
         auto page = transport_.create_shmem(reply_page_size);
         if (!page) return Unexpected{std::move(page).error()};
@@ -331,19 +477,18 @@ private:
         std::lock_guard lk(pool_mu_);
         // Room for every channel, so release() never allocates.
         free_.reserve(++channels_);
+        stale_.reserve(channels_);
         return c;
     }
     void release(std::unique_ptr<Channel> c) {
         std::lock_guard lk(pool_mu_);
         free_.push_back(std::move(c));
     }
+    // A channel is created only while fewer than max_stale are stale, so they stay
+    // bounded (max_stale + the caller threads) without ever releasing one.
     void retire(std::unique_ptr<Channel> c) {
         std::lock_guard lk(pool_mu_);
-        if (stale_.size() < max_stale) {
-            stale_.push_back(std::move(c));
-        } else {
-            --channels_; // dropped: its page is released (a late reply finds no resource)
-        }
+        stale_.push_back(std::move(c));
     }
 
     static CommandStats row(CommandStats c, const Slot& s, uint64_t calls) {
@@ -384,16 +529,19 @@ private:
 
     T transport_;
     SessionOptions options_;
-    std::optional<HandshakeReply> host_version_;
+    mutable std::mutex info_mu_;
+    std::optional<HandshakeReply> host_version_; // under info_mu_
+    std::atomic<bool> load_requested_{false};    // LOADLIBRARY was sent by this session
+#ifndef NDEBUG
+    std::atomic<uint32_t> in_flight_{0};
+#endif
 
     std::mutex pool_mu_;
     std::vector<std::unique_ptr<Channel>> free_;
     std::vector<std::unique_ptr<Channel>> stale_;
     size_t channels_ = 0;
 
-    std::mutex staging_mu_;
-    Shmem staging_;
-    uint64_t staging_creates_ = 0;
+    detail::StagingPool staging_;
 
     std::array<Slot, overflow_slot + 1> slots_{};
     std::array<HighSlot, max_forward_rows> high_ids_{};

@@ -9,9 +9,9 @@
 //     template <apir::Transport T>
 //     apir::Expected<uint32_t> ping(T& t, apir::Shmem& page, std::span<const std::byte> cmd) {
 //         apir::reset_notification(page);
-//         APIR_TRY(t.submit(cmd));
-//         return t.wait_reply(page, apir::WaitPolicy{},
-//         apir::Deadline::after(std::chrono::seconds(2)));
+//         const auto deadline = apir::Deadline::after(std::chrono::seconds(2));
+//         APIR_TRY(t.submit(cmd, deadline));
+//         return t.wait_reply(page, apir::WaitPolicy{}, deadline);
 //     }
 #pragma once
 
@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -68,24 +69,45 @@ public:
     virtual void release_shmem(uint32_t res_id) noexcept = 0;
 
 protected:
+    ShmemOwner() : link_(std::make_shared<Link>(this)) {}
+    // A copy is another owner: it gets a link of its own.
+    ShmemOwner(const ShmemOwner&) : link_(std::make_shared<Link>(this)) {}
+    ShmemOwner& operator=(const ShmemOwner&) noexcept { return *this; }
     ~ShmemOwner() = default;
+    /// Called first by the destructor of an owner whose Shmems may outlive it: waits
+    /// for a release in progress; destroying one of its Shmems later does nothing.
+    void disown_shmem() noexcept {
+        std::lock_guard lk(link_->mu);
+        link_->owner = nullptr;
+    }
+
+private:
+    friend class Shmem;
+    // What a Shmem holds of its owner: the owner, until it disowns its blobs.
+    struct Link {
+        explicit Link(ShmemOwner* o) : owner(o) {}
+        std::mutex mu;
+        ShmemOwner* owner;
+    };
+    std::shared_ptr<Link> link_;
 };
 
 /// One host-visible shared-memory blob: its resource id and its mapping.
-/// Move-only; releases the blob (unmap, close) when destroyed. Must not outlive the
-/// transport that created it.
+/// Move-only; releases the blob (unmap, close) when destroyed. It may outlive the
+/// transport that created it (LoopbackTransport, VirtgpuTransport): its mapping is
+/// gone with the transport, and destroying it then does nothing.
 class Shmem {
 public:
     Shmem() = default;
     Shmem(ShmemOwner* owner, uint32_t res_id, std::span<std::byte> bytes) noexcept
-        : owner_(owner), res_id_(res_id), bytes_(bytes) {}
+        : link_(owner ? owner->link_ : nullptr), res_id_(res_id), bytes_(bytes) {}
     Shmem(Shmem&& o) noexcept
-        : owner_(std::exchange(o.owner_, nullptr)), res_id_(std::exchange(o.res_id_, 0)),
+        : link_(std::move(o.link_)), res_id_(std::exchange(o.res_id_, 0)),
           bytes_(std::exchange(o.bytes_, {})) {}
     Shmem& operator=(Shmem&& o) noexcept {
         if (this != &o) {
             reset();
-            owner_ = std::exchange(o.owner_, nullptr);
+            link_ = std::move(o.link_);
             res_id_ = std::exchange(o.res_id_, 0);
             bytes_ = std::exchange(o.bytes_, {});
         }
@@ -96,8 +118,11 @@ public:
     ~Shmem() { reset(); }
 
     void reset() noexcept {
-        if (owner_) owner_->release_shmem(res_id_);
-        owner_ = nullptr;
+        if (link_) {
+            std::lock_guard lk(link_->mu);
+            if (link_->owner) link_->owner->release_shmem(res_id_);
+        }
+        link_.reset();
         res_id_ = 0;
         bytes_ = {};
     }
@@ -106,10 +131,10 @@ public:
     [[nodiscard]] std::span<std::byte> bytes() const noexcept { return bytes_; }
     [[nodiscard]] size_t size() const noexcept { return bytes_.size(); }
     [[nodiscard]] std::byte* data() const noexcept { return bytes_.data(); }
-    explicit operator bool() const noexcept { return owner_ != nullptr; }
+    explicit operator bool() const noexcept { return link_ != nullptr; }
 
 private:
-    ShmemOwner* owner_ = nullptr;
+    std::shared_ptr<ShmemOwner::Link> link_;
     uint32_t res_id_ = 0;
     std::span<std::byte> bytes_;
 };
@@ -133,6 +158,8 @@ inline void reset_notification(const Shmem& page) noexcept {
 /// adaptive (the default): spin for spin_for, then block (futex) where the transport
 /// can be woken, otherwise sleep with exponential back-off up to max_sleep.
 /// fixed_poll: sleep poll_interval between checks, as ggml does (a baseline).
+/// Every sleep of every policy is cut to the deadline, and any duration is valid
+/// (spin_for = nanoseconds::max() spins until the reply or the deadline).
 struct WaitPolicy {
     enum class Kind : uint8_t { adaptive, fixed_poll };
     Kind kind = Kind::adaptive;
@@ -185,7 +212,10 @@ concept Transport = requires(T& t, const T& ct, size_t n, std::span<const std::b
     /// Host-visible shared memory of at least n bytes (rounded to 16 KiB).
     { t.create_shmem(n) } -> std::same_as<Expected<Shmem>>;
     /// Hands one command buffer to the host (the bytes are copied before returning).
-    { t.submit(cmd) } -> std::same_as<Expected<void>>;
+    /// Where the host's queue can be full, waits for room at most until the deadline
+    /// (then TIMEOUT: the command was not sent); a transport whose submission never
+    /// blocks (DRM's EXECBUFFER) ignores it.
+    { t.submit(cmd, deadline) } -> std::same_as<Expected<void>>;
     /// Waits for the reply notification of a page; returns the return code.
     { t.wait_reply(page, policy, deadline) } -> std::same_as<Expected<uint32_t>>;
     /// Added to the command type on the wire (0, or 331 in Venus transition mode).
@@ -209,24 +239,38 @@ public:
     AnyTransport(AnyTransport&&) noexcept = default;
     AnyTransport& operator=(AnyTransport&&) noexcept = default;
 
-    [[nodiscard]] Expected<Shmem> create_shmem(size_t n) { return impl_->create_shmem(n); }
-    [[nodiscard]] Expected<void> submit(std::span<const std::byte> cmd) {
-        return impl_->submit(cmd);
+    // A moved-from AnyTransport fails every call with DISCONNECTED.
+    [[nodiscard]] Expected<Shmem> create_shmem(size_t n) {
+        if (!impl_) return moved_from();
+        return impl_->create_shmem(n);
+    }
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> cmd, Deadline d) {
+        if (!impl_) return moved_from();
+        return impl_->submit(cmd, d);
     }
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& p,
                                                 Deadline d) {
+        if (!impl_) return moved_from();
         return impl_->wait_reply(page, p, d);
     }
-    [[nodiscard]] int32_t command_type_offset() const { return impl_->command_type_offset(); }
-    [[nodiscard]] std::string_view name() const { return impl_->name(); }
+    [[nodiscard]] int32_t command_type_offset() const {
+        return impl_ ? impl_->command_type_offset() : 0;
+    }
+    [[nodiscard]] std::string_view name() const { return impl_ ? impl_->name() : "moved-from"; }
     /// The held transport's load_library_failure() where it has one, else empty.
-    [[nodiscard]] std::string load_library_failure() { return impl_->load_library_failure(); }
+    [[nodiscard]] std::string load_library_failure() {
+        return impl_ ? impl_->load_library_failure() : std::string();
+    }
 
 private:
+    static Unexpected moved_from() {
+        return fail(Errc::disconnected, "the transport was moved from");
+    }
+
     struct Concept {
         virtual ~Concept() = default;
         virtual Expected<Shmem> create_shmem(size_t n) = 0;
-        virtual Expected<void> submit(std::span<const std::byte> cmd) = 0;
+        virtual Expected<void> submit(std::span<const std::byte> cmd, Deadline d) = 0;
         virtual Expected<uint32_t> wait_reply(const Shmem&, const WaitPolicy&, Deadline) = 0;
         virtual int32_t command_type_offset() const = 0;
         virtual std::string_view name() const = 0;
@@ -244,7 +288,9 @@ private:
                 return held.get();
         }
         Expected<Shmem> create_shmem(size_t n) override { return t().create_shmem(n); }
-        Expected<void> submit(std::span<const std::byte> cmd) override { return t().submit(cmd); }
+        Expected<void> submit(std::span<const std::byte> cmd, Deadline d) override {
+            return t().submit(cmd, d);
+        }
         Expected<uint32_t> wait_reply(const Shmem& p, const WaitPolicy& w, Deadline d) override {
             return t().wait_reply(p, w, d);
         }

@@ -48,6 +48,13 @@ struct DrmNode {
 /// The system calls the DRM transport makes: the seam between it and the kernel.
 /// Every function returns 0 (or an fd) on success and a negative errno on failure.
 /// system_drm_device() is the machine's; tests implement a simulated one.
+///
+/// The contract: an ioctl or mmap may fail with -EINTR or -EAGAIN without having done
+/// anything; the transport then retries it once with the same arguments (a second
+/// such failure is reported). GET_CAPS failing with -EBUSY (the kernel's wait for the
+/// host's answer ran out) is asked again until VirtgpuOptions::open_timeout. open,
+/// close, munmap and render_nodes are not retried. An implementation need not retry
+/// by itself (libdrm's drmIoctl does, which is harmless).
 class APIR_EXPORT DrmDevice {
 public:
     virtual ~DrmDevice() = default;
@@ -101,6 +108,9 @@ struct VirtgpuOptions {
     /// Blobs smaller than this are not cached: those are reply pages, which a session
     /// pools itself, and a timed-out page may still receive a late reply.
     size_t shmem_cache_min_size = size_t{64} << 10;
+    /// How long opening a node keeps asking a host that answers GET_CAPS with EBUSY
+    /// (the kernel's 5 s wait for the host's capset ran out).
+    std::chrono::nanoseconds open_timeout = std::chrono::seconds(10);
     /// The system-call layer; null: system_drm_device().
     std::shared_ptr<DrmDevice> device;
     Logger logger;
@@ -168,9 +178,16 @@ struct VirtgpuStats {
     size_t live_bytes = 0;
     size_t cached_blobs = 0; ///< released, kept for reuse
     size_t cached_bytes = 0;
+    /// Released while a command the host may not have executed yet could name them
+    /// (a call timed out): kept, not reused, until a later reply shows the host is
+    /// past those commands; at most as many as the cache (beyond: destroyed).
+    size_t quarantined_blobs = 0;
+    size_t quarantined_bytes = 0;
     uint64_t submits = 0; ///< EXECBUFFER that succeeded
 };
 
+/// A moved-from VirtgpuTransport fails every call with DISCONNECTED and is named
+/// "moved-from" (device() must not be called on it).
 class APIR_EXPORT VirtgpuTransport final {
 public:
     /// Finds a usable virtio-gpu node and creates a context on it. The error names the
@@ -185,7 +202,8 @@ public:
     /// when a released one fits (its contents are then unspecified).
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
     /// EXECBUFFER on ring 0: no buffer objects, no fences (the kernel copies the bytes).
-    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command);
+    /// It does not wait for the host, so the deadline is not needed.
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, Deadline deadline);
     /// Polls the reply page's notification word (apir::wait_for_reply, no wake-ups).
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline);

@@ -10,10 +10,13 @@
 #include "virtgpu_uapi.hpp"
 
 #include <algorithm>
+#include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <span>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 
 namespace apir::drm {
@@ -129,6 +132,34 @@ private:
     size_t size_ = 0;
 };
 
+// --- The seam's retry: once, on EINTR or EAGAIN (see DrmDevice).
+
+[[nodiscard]] inline bool interrupted(int r) noexcept {
+    return r == -EINTR || r == -EAGAIN;
+}
+
+/// dev.ioctl, retried once with the caller's arguments restored when it fails with
+/// EINTR or EAGAIN (a signal, or a transiently busy device). Every helper below goes
+/// through it, whatever the DrmDevice: libdrm's drmIoctl restarts such calls itself,
+/// a simulated or wrapped device may not.
+template <class Args>
+int sys_ioctl(DrmDevice& dev, int fd, unsigned long request, Args& args) {
+    const Args in = args;
+    int r = dev.ioctl(fd, request, &args);
+    if (interrupted(r)) {
+        args = in;
+        r = dev.ioctl(fd, request, &args);
+    }
+    return r;
+}
+
+/// dev.mmap, retried once on EINTR or EAGAIN.
+inline int sys_mmap(DrmDevice& dev, int fd, uint64_t offset, size_t length, void** addr) {
+    int r = dev.mmap(fd, offset, length, addr);
+    if (interrupted(r)) r = dev.mmap(fd, offset, length, addr);
+    return r;
+}
+
 // --- One helper per ioctl.
 
 struct DriverVersion {
@@ -142,7 +173,7 @@ inline int ioctl_version(DrmDevice& dev, int fd, DriverVersion& out) {
     uapi::version v{};
     v.name = name;
     v.name_len = sizeof(name) - 1;
-    if (int r = dev.ioctl(fd, uapi::ioctl_version, &v); r < 0) return r;
+    if (int r = sys_ioctl(dev, fd, uapi::ioctl_version, v); r < 0) return r;
     // The kernel reports the full length and copies what fits.
     out.name.assign(name, std::min<size_t>(v.name_len, sizeof(name) - 1));
     out.major = v.version_major;
@@ -157,20 +188,31 @@ inline int ioctl_getparam(DrmDevice& dev, int fd, uint64_t param, uint64_t& valu
     uapi::getparam args{};
     args.param = param;
     args.value = reinterpret_cast<uintptr_t>(&v);
-    int r = dev.ioctl(fd, uapi::ioctl_getparam, &args);
+    int r = sys_ioctl(dev, fd, uapi::ioctl_getparam, args);
     value = r < 0 ? 0 : v;
     return r;
 }
 
 /// GET_CAPS: copies at most size bytes of the capset; the kernel does not say how many.
+/// EBUSY (the kernel's wait for the host's answer ran out) is asked again until the
+/// deadline (by default: not asked again), with a short pause between attempts.
 inline int ioctl_get_caps(DrmDevice& dev, int fd, uint32_t capset, uint32_t version, void* data,
-                          uint32_t size) {
-    uapi::get_caps args{};
-    args.cap_set_id = capset;
-    args.cap_set_ver = version;
-    args.addr = reinterpret_cast<uintptr_t>(data);
-    args.size = size;
-    return dev.ioctl(fd, uapi::ioctl_get_caps, &args);
+                          uint32_t size,
+                          Deadline busy_deadline = Deadline::at(Clock::time_point::min())) {
+    auto pause = std::chrono::milliseconds(1);
+    for (;;) {
+        uapi::get_caps args{};
+        args.cap_set_id = capset;
+        args.cap_set_ver = version;
+        args.addr = reinterpret_cast<uintptr_t>(data);
+        args.size = size;
+        const int r = sys_ioctl(dev, fd, uapi::ioctl_get_caps, args);
+        const auto now = Clock::now();
+        if (r != -EBUSY || busy_deadline.expired(now)) return r;
+        auto left = busy_deadline.is_never() ? pause : busy_deadline.time() - now;
+        std::this_thread::sleep_for(std::min<Clock::duration>(pause, left));
+        pause = std::min(pause * 2, std::chrono::milliseconds(100));
+    }
 }
 
 /// CONTEXT_INIT with the capset, num_rings rings and no polled ring (a polled ring
@@ -185,7 +227,7 @@ inline int ioctl_context_init(DrmDevice& dev, int fd, uint32_t capset, uint32_t 
     uapi::context_init args{};
     args.num_params = 3;
     args.ctx_set_params = reinterpret_cast<uintptr_t>(params);
-    return dev.ioctl(fd, uapi::ioctl_context_init, &args);
+    return sys_ioctl(dev, fd, uapi::ioctl_context_init, args);
 }
 
 /// RESOURCE_CREATE_BLOB: host memory (HOST3D, blob id 0) the guest can map.
@@ -196,7 +238,7 @@ inline int ioctl_resource_create_blob(DrmDevice& dev, int fd, uint64_t size, uin
     args.blob_flags = uapi::blob_flag_use_mappable;
     args.size = size;
     args.blob_id = 0;
-    int r = dev.ioctl(fd, uapi::ioctl_resource_create_blob, &args);
+    int r = sys_ioctl(dev, fd, uapi::ioctl_resource_create_blob, args);
     handle = r < 0 ? 0 : args.bo_handle;
     res_id = r < 0 ? 0 : args.res_handle;
     return r;
@@ -206,7 +248,7 @@ inline int ioctl_resource_create_blob(DrmDevice& dev, int fd, uint64_t size, uin
 inline int ioctl_map(DrmDevice& dev, int fd, uint32_t handle, uint64_t& offset) {
     uapi::map args{};
     args.handle = handle;
-    int r = dev.ioctl(fd, uapi::ioctl_map, &args);
+    int r = sys_ioctl(dev, fd, uapi::ioctl_map, args);
     offset = r < 0 ? 0 : args.offset;
     return r;
 }
@@ -214,7 +256,7 @@ inline int ioctl_map(DrmDevice& dev, int fd, uint32_t handle, uint64_t& offset) 
 inline int ioctl_gem_close(DrmDevice& dev, int fd, uint32_t handle) {
     uapi::gem_close args{};
     args.handle = handle;
-    return dev.ioctl(fd, uapi::ioctl_gem_close, &args);
+    return sys_ioctl(dev, fd, uapi::ioctl_gem_close, args);
 }
 
 /// EXECBUFFER on ring 0: no buffer objects, no fence fd, no syncobjs.
@@ -224,7 +266,7 @@ inline int ioctl_execbuffer(DrmDevice& dev, int fd, std::span<const std::byte> c
     args.size = static_cast<uint32_t>(command.size());
     args.command = reinterpret_cast<uintptr_t>(command.data());
     args.ring_idx = 0;
-    return dev.ioctl(fd, uapi::ioctl_execbuffer, &args);
+    return sys_ioctl(dev, fd, uapi::ioctl_execbuffer, args);
 }
 
 inline void GemHandle::reset() noexcept {

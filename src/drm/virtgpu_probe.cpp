@@ -207,7 +207,9 @@ UniqueFd probe_node(DrmDevice& dev, const DrmNode& node, const VirtgpuOptions& o
     // so a short capset reads as "no blob support" rather than as garbage.
     uapi::apir_capset data{};
     report.capset->queried = true;
-    if (int r = ioctl_get_caps(dev, fd.get(), choice.id, 0, &data, sizeof(data)); r < 0) {
+    if (int r = ioctl_get_caps(dev, fd.get(), choice.id, 0, &data, sizeof(data),
+                               Deadline::after(options.open_timeout));
+        r < 0) {
         report.capset->error = -r;
         return skip(
             sys_error(Syscall::get_caps, -r,

@@ -2,6 +2,7 @@
 #include "virtgpu_probe.hpp"
 
 #include <climits>
+#include <cstring>
 #include <deque>
 #include <mutex>
 #include <unordered_map>
@@ -16,7 +17,15 @@ struct Blob {
     drm::GemHandle gem; // destroyed last: GEM_CLOSE after munmap
     drm::Mapping mapping;
     uint32_t res_id = 0;
+    uint64_t reply_seq = 0; // the last command that named it as its reply page
     [[nodiscard]] size_t size() const noexcept { return mapping.size(); }
+};
+
+// A released blob that commands up to `tag` may still name: not reused before the host
+// is known to have executed them.
+struct Quarantined {
+    uint64_t tag = 0;
+    Blob blob;
 };
 
 } // namespace
@@ -26,6 +35,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
         : options(std::move(o)), dev(std::move(d)), fd(std::move(f)), report(std::move(r)),
           capset(report.capset->id) {}
     ~Impl() {
+        disown_shmem(); // a Shmem destroyed after the transport does nothing
         std::lock_guard lk(mu);
         if (!live.empty())
             options.logger.warn("virtgpu: {} shared-memory blobs outlive their transport",
@@ -34,6 +44,9 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
     }
 
     // --- ShmemOwner
+    // The host runs a context's commands in order, one at a time: once the reply to
+    // command k is seen, commands 1..k are done. A released blob that a command not
+    // yet known done may name (a call that timed out) is quarantined, never cached.
     void release_shmem(uint32_t res_id) noexcept override {
         std::vector<Blob> doomed; // destroyed outside the lock
         {
@@ -43,23 +56,57 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
             Blob b = std::move(it->second);
             live.erase(it);
             live_bytes -= b.size();
-            const size_t n = b.size();
-            if (n >= options.shmem_cache_min_size && n <= options.shmem_cache_bytes &&
-                options.shmem_cache_blobs > 0) {
-                cached_bytes += n;
-                cache.push_back(std::move(b)); // most recently used at the back
-                while (cached_bytes > options.shmem_cache_bytes ||
-                       cache.size() > options.shmem_cache_blobs) {
-                    cached_bytes -= cache.front().size();
-                    doomed.push_back(std::move(cache.front()));
-                    cache.pop_front();
+            if (!cacheable(b.size())) {
+                doomed.push_back(std::move(b));
+            } else if (submitted > completed) {
+                quarantined_bytes += b.size();
+                quarantine.push_back(Quarantined{submitted, std::move(b)});
+                while (quarantined_bytes > options.shmem_cache_bytes ||
+                       quarantine.size() > options.shmem_cache_blobs) {
+                    // Destroyed, not reused: the host's late write finds no mapping.
+                    quarantined_bytes -= quarantine.front().blob.size();
+                    doomed.push_back(std::move(quarantine.front().blob));
+                    quarantine.pop_front();
                     ++stats.cache_evictions;
                 }
             } else {
-                doomed.push_back(std::move(b));
+                cache_locked(std::move(b), doomed);
             }
             stats.blobs_destroyed += doomed.size();
         }
+    }
+
+    [[nodiscard]] bool cacheable(size_t n) const noexcept {
+        return n >= options.shmem_cache_min_size && n <= options.shmem_cache_bytes &&
+               options.shmem_cache_blobs > 0;
+    }
+    // Caller holds mu.
+    void cache_locked(Blob b, std::vector<Blob>& doomed) {
+        cached_bytes += b.size();
+        cache.push_back(std::move(b)); // most recently used at the back
+        while (cached_bytes > options.shmem_cache_bytes ||
+               cache.size() > options.shmem_cache_blobs) {
+            cached_bytes -= cache.front().size();
+            doomed.push_back(std::move(cache.front()));
+            cache.pop_front();
+            ++stats.cache_evictions;
+        }
+    }
+
+    // A reply arrived on a page: the host is done with every command up to the one
+    // that named it. Quarantined blobs those were the last to name are reusable.
+    void reply_seen(uint32_t page_id) noexcept {
+        std::vector<Blob> doomed;
+        std::lock_guard lk(mu);
+        auto it = live.find(page_id);
+        if (it == live.end() || it->second.reply_seq <= completed) return;
+        completed = it->second.reply_seq;
+        while (!quarantine.empty() && quarantine.front().tag <= completed) {
+            quarantined_bytes -= quarantine.front().blob.size();
+            cache_locked(std::move(quarantine.front().blob), doomed);
+            quarantine.pop_front();
+        }
+        stats.blobs_destroyed += doomed.size();
     }
 
     Expected<Shmem> create_shmem(size_t size) {
@@ -84,10 +131,19 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
             return fail(
                 Errc::invalid_argument,
                 fmt::format("{} byte command exceeds what EXECBUFFER takes", command.size()));
+        // Numbered in the order the host receives them (one EXECBUFFER at a time).
+        std::lock_guard order(submit_mu);
         if (int r = drm::ioctl_execbuffer(*dev, fd.get(), command); r < 0)
             return fail(drm::sys_error(drm::Syscall::execbuffer, -r,
                                        fmt::format("({} bytes, ring 0)", command.size())));
         submits.fetch_add(1, std::memory_order_relaxed);
+        std::lock_guard lk(mu);
+        ++submitted;
+        if (command.size() >= command_header_size) {
+            uint32_t reply_id = 0; // the header's third word
+            std::memcpy(&reply_id, command.data() + 8, sizeof reply_id);
+            if (auto it = live.find(reply_id); it != live.end()) it->second.reply_seq = submitted;
+        }
         return {};
     }
 
@@ -133,7 +189,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
             return fail(drm::sys_error(drm::Syscall::map, -r,
                                        fmt::format("(handle {}, resource {})", handle, res_id)));
         void* addr = nullptr;
-        if (int r = dev->mmap(f, offset, size, &addr); r < 0)
+        if (int r = drm::sys_mmap(*dev, f, offset, size, &addr); r < 0)
             return fail(drm::sys_error(
                 drm::Syscall::mmap, -r,
                 fmt::format("({} bytes at offset {:#x}, resource {})", size, offset, res_id)));
@@ -141,16 +197,21 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
         return b;
     }
 
+    // Destroys the cached blobs, and the quarantined ones (destroyed, not reused).
     size_t trim() noexcept {
         std::deque<Blob> doomed;
+        std::deque<Quarantined> doomed_q;
         {
             std::lock_guard lk(mu);
             doomed.swap(cache);
+            doomed_q.swap(quarantine);
             cached_bytes = 0;
-            stats.cache_evictions += doomed.size();
-            stats.blobs_destroyed += doomed.size();
+            quarantined_bytes = 0;
+            const size_t n = doomed.size() + doomed_q.size();
+            stats.cache_evictions += n;
+            stats.blobs_destroyed += n;
         }
-        return doomed.size();
+        return doomed.size() + doomed_q.size();
     }
 
     VirtgpuOptions options;
@@ -159,12 +220,17 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
     VirtgpuNodeReport report;
     uint32_t capset;
     std::atomic<uint64_t> submits{0};
+    std::mutex submit_mu; // one EXECBUFFER at a time, numbered in order
 
     mutable std::mutex mu;
     std::unordered_map<uint32_t, Blob> live;
     std::deque<Blob> cache;
+    std::deque<Quarantined> quarantine; // oldest first
     size_t live_bytes = 0;
     size_t cached_bytes = 0;
+    size_t quarantined_bytes = 0;
+    uint64_t submitted = 0; // commands handed to the host
+    uint64_t completed = 0; // commands the host is known to have executed
     VirtgpuStats stats;
 };
 
@@ -208,42 +274,57 @@ VirtgpuTransport::VirtgpuTransport(VirtgpuTransport&&) noexcept = default;
 VirtgpuTransport& VirtgpuTransport::operator=(VirtgpuTransport&&) noexcept = default;
 VirtgpuTransport::~VirtgpuTransport() = default;
 
+namespace {
+Unexpected moved_from() {
+    return fail(Errc::disconnected, "the virtgpu transport was moved from");
+}
+} // namespace
+
 Expected<Shmem> VirtgpuTransport::create_shmem(size_t size) {
+    if (!impl_) return moved_from();
     return impl_->create_shmem(size);
 }
-Expected<void> VirtgpuTransport::submit(std::span<const std::byte> command) {
+Expected<void> VirtgpuTransport::submit(std::span<const std::byte> command, Deadline) {
+    if (!impl_) return moved_from();
     return impl_->submit(command);
 }
 Expected<uint32_t> VirtgpuTransport::wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline) {
+    if (!impl_) return moved_from();
     // A remote host cannot wake this thread: no sleepers, only polling.
-    return wait_for_reply(page.bytes(), policy, deadline,
-                          WaitHooks{nullptr, impl_->dev->host_alive()});
+    auto r = wait_for_reply(page.bytes(), policy, deadline,
+                            WaitHooks{nullptr, impl_->dev->host_alive()});
+    if (r) impl_->reply_seen(page.res_id());
+    return r;
 }
 int32_t VirtgpuTransport::command_type_offset() const noexcept {
-    return impl_->capset == capset_venus ? venus_command_offset : 0;
+    return impl_ && impl_->capset == capset_venus ? venus_command_offset : 0;
 }
 std::string_view VirtgpuTransport::name() const noexcept {
+    if (!impl_) return "moved-from";
     return impl_->capset == capset_venus ? "virtgpu-venus" : "virtgpu";
 }
 const VirtgpuNodeReport& VirtgpuTransport::device() const noexcept {
     return impl_->report;
 }
 uint32_t VirtgpuTransport::capset_id() const noexcept {
-    return impl_->capset;
+    return impl_ ? impl_->capset : 0;
 }
 VirtgpuStats VirtgpuTransport::stats() const noexcept {
+    if (!impl_) return {};
     std::lock_guard lk(impl_->mu);
     VirtgpuStats s = impl_->stats;
     s.live_blobs = impl_->live.size();
     s.live_bytes = impl_->live_bytes;
     s.cached_blobs = impl_->cache.size();
     s.cached_bytes = impl_->cached_bytes;
+    s.quarantined_blobs = impl_->quarantine.size();
+    s.quarantined_bytes = impl_->quarantined_bytes;
     s.submits = impl_->submits.load(std::memory_order_relaxed);
     return s;
 }
 void VirtgpuTransport::trim_shmem_cache() noexcept {
-    (void)impl_->trim();
+    if (impl_) (void)impl_->trim();
 }
 
 } // namespace apir

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <mutex>
+#include <shared_mutex>
 #include <unordered_map>
 #include <vector>
 
@@ -19,8 +20,10 @@ namespace {
 // The ABI callbacks carry only a context id, so the hosts of this process are found
 // through one registry. It is the only process-wide state: each host registers under
 // its own id, so hosts do not interfere.
+// A look-up holds the lock (shared) for as long as it uses the host, so a host is
+// never destroyed under it.
 struct Registry {
-    std::mutex mu;
+    std::shared_mutex mu;
     std::unordered_map<uint32_t, Host::Impl*> hosts;
     uint32_t next_id = 1;
 };
@@ -75,18 +78,22 @@ struct APIR_LOCAL Host::Impl {
         library = Library{};
     }
 
-    static Impl* find(uint32_t ctx) {
+    // Calls use(host or null) with the host of context ctx kept alive meanwhile.
+    template <class F>
+    static auto with_host(uint32_t ctx, F use) {
         auto& r = registry();
-        std::lock_guard lk(r.mu);
+        std::shared_lock lk(r.mu);
         auto it = r.hosts.find(ctx);
-        return it == r.hosts.end() ? nullptr : it->second;
+        return use(it == r.hosts.end() ? nullptr : it->second);
     }
 
+    // The value stays valid while the context lives (the ABI's promise).
     static const char* get_config(uint32_t ctx, const char* key) {
-        Impl* h = find(ctx);
-        if (!h || !key) return nullptr;
-        auto it = h->options.config.find(std::string_view(key));
-        return it == h->options.config.end() ? nullptr : it->second.c_str();
+        return with_host(ctx, [key](Impl* h) -> const char* {
+            if (!h || !key) return nullptr;
+            auto it = h->options.config.find(std::string_view(key));
+            return it == h->options.config.end() ? nullptr : it->second.c_str();
+        });
     }
     static void* get_shmem_ptr(uint32_t ctx, uint32_t res_id) {
         return get_shmem_sized(ctx, res_id, nullptr);
@@ -100,8 +107,9 @@ struct APIR_LOCAL Host::Impl {
     }
 
     static void* get_shmem_sized(uint32_t ctx, uint32_t res_id, uint64_t* size) {
-        Impl* h = find(ctx);
-        auto s = h ? h->memory.resource(res_id) : std::span<std::byte>{};
+        auto s = with_host(ctx, [res_id](Impl* h) {
+            return h ? h->memory.resource(res_id) : std::span<std::byte>{};
+        });
         if (size) *size = s.size();
         return s.empty() ? nullptr : s.data();
     }
@@ -121,8 +129,12 @@ struct APIR_LOCAL Host::Impl {
     }
     Expected<void> reject(Errc e, std::string why) {
         ++stats.rejected;
-        options.logger.warn("host: dropped a command: {}", why);
+        if (uint64_t held = 0; dropped_log.admit(held))
+            options.logger.warn("host: dropped a command: {}{}", why, held_back(held));
         return fail(e, std::move(why));
+    }
+    static std::string held_back(uint64_t n) {
+        return n ? fmt::format(" ({} more since the last report)", n) : std::string();
     }
 
     HostOptions options;
@@ -136,6 +148,10 @@ struct APIR_LOCAL Host::Impl {
     apir_backend_deinit_fn deinit = nullptr;
     apir_backend_dispatcher_fn dispatcher = nullptr;
     std::string load_failure; // why the last LOADLIBRARY failed
+    // Warnings the guest can repeat at will; under mu.
+    RepeatLimiter dropped_log{options.repeated_warning_interval};
+    RepeatLimiter reload_log{options.repeated_warning_interval};
+    RepeatLimiter reply_end_log{options.repeated_warning_interval};
 };
 
 Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
@@ -208,7 +224,8 @@ uint32_t Host::Impl::load_library_once() {
     constexpr auto code = [](LoadLibraryCode c) { return static_cast<uint32_t>(c); };
     auto& log = options.logger;
     if (library) {
-        log.warn("host: LOADLIBRARY: a library is already loaded");
+        if (uint64_t held = 0; reload_log.admit(held))
+            log.warn("host: LOADLIBRARY: a library is already loaded{}", held_back(held));
         load_failure = "a library is already loaded";
         return code(LoadLibraryCode::already_loaded);
     }
@@ -238,7 +255,8 @@ uint32_t Host::Impl::load_library_once() {
         return code(LoadLibraryCode::symbol_missing);
     }
     if (auto bind =
-            lib.symbol<apir_backend_set_shmem_sized_fn>(APIR_BACKEND_SET_SHMEM_SIZED_SYMBOL))
+            lib.symbol<apir_backend_set_shmem_sized_fn>(APIR_BACKEND_SET_SHMEM_SIZED_SYMBOL);
+        bind && options.offer_sized_shmem)
         bind(ctx_id, &Impl::get_shmem_sized);
     const uint32_t r = init(ctx_id, &callbacks);
     // 0 and base+success both mean success; anything else travels as base + r.
@@ -268,8 +286,10 @@ uint32_t Host::Impl::forward(uint32_t cmd_id, std::span<const std::byte> payload
         dispatcher(ctx_id, &callbacks, cmd_id, dec, dec + scratch.size(), enc, enc_end, &enc_after);
     if (enc_after < enc || enc_after > enc_end) {
         ++stats.bad_reply_end;
-        options.logger.error("host: backend command {} reported its reply ending outside the page",
-                             cmd_id);
+        if (uint64_t held = 0; reply_end_log.admit(held))
+            options.logger.error(
+                "host: backend command {} reported its reply ending outside the page{}", cmd_id,
+                held_back(held));
     }
     constexpr uint32_t base = static_cast<uint32_t>(ForwardCode::base_index);
     if (ret > UINT32_MAX - base - 1) ret = UINT32_MAX - base - 1; // keep the word non-zero
@@ -305,9 +325,10 @@ Expected<std::span<std::byte>> Host::shmem(uint32_t res_id) const {
 }
 
 Expected<std::span<std::byte>> Host::shmem_for_context(uint32_t ctx_id, uint32_t res_id) {
-    Impl* h = Impl::find(ctx_id);
-    if (!h) return fail(Errc::invalid_argument, fmt::format("no host context {}", ctx_id));
-    return h->checked_resource(res_id);
+    return Impl::with_host(ctx_id, [&](Impl* h) -> Expected<std::span<std::byte>> {
+        if (!h) return fail(Errc::invalid_argument, fmt::format("no host context {}", ctx_id));
+        return h->checked_resource(res_id);
+    });
 }
 
 } // namespace apir

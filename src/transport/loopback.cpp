@@ -39,10 +39,13 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         }
     }
     ~Impl() {
+        disown_shmem(); // a Shmem destroyed after the transport does nothing
         stop();
         host.reset(); // the backend's deinit may still look at shared memory
         std::lock_guard lk(mem_mu);
         for (auto& [id, b] : blobs)
+            munmap(b.data(), b.size());
+        for (auto b : unmap_later)
             munmap(b.data(), b.size());
     }
 
@@ -55,6 +58,9 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     std::atomic<uint32_t>* sleepers() noexcept override { return &waiters; }
 
     // --- ShmemOwner
+    // Never waits for the host: the id is forgotten at once (a later command finds no
+    // resource, and ids are never reused), and the mapping goes when no command that
+    // may have looked it up is executing.
     void release_shmem(uint32_t res_id) noexcept override {
         std::span<std::byte> b;
         {
@@ -64,10 +70,28 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             b = it->second;
             bytes_alive -= b.size();
             blobs.erase(it);
+            if (executing != 0) {
+                unmap_later.push_back(b); // the executing command may hold the mapping
+                return;
+            }
         }
-        // A command already executing may still hold the mapping: let it finish.
-        std::lock_guard ex(exec_mu);
         munmap(b.data(), b.size());
+    }
+
+    // Runs one command on the host; the caller holds exec_mu.
+    void execute(std::span<const std::byte> cmd) {
+        {
+            std::lock_guard lk(mem_mu);
+            ++executing;
+        }
+        (void)host->execute(cmd); // a dropped command simply gets no reply
+        std::vector<std::span<std::byte>> doomed;
+        {
+            std::lock_guard lk(mem_mu);
+            if (--executing == 0) doomed.swap(unmap_later);
+        }
+        for (auto b : doomed)
+            munmap(b.data(), b.size());
     }
 
     Expected<Shmem> create_shmem(size_t size) {
@@ -98,13 +122,13 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         return Shmem(this, id, bytes);
     }
 
-    Expected<void> submit(std::span<const std::byte> cmd) {
+    Expected<void> submit(std::span<const std::byte> cmd, Deadline deadline) {
         if (!alive.load(std::memory_order_acquire))
             return fail(Errc::disconnected, "the loopback host has stopped");
         if (options.deliver && !options.deliver(cmd)) return {};
         if (options.mode == LoopbackOptions::Mode::inline_host) {
             std::lock_guard ex(exec_mu);
-            (void)host->execute(cmd); // a dropped command simply gets no reply
+            execute(cmd);
             return {};
         }
         // Producers (guest threads) take turns; the host thread never takes this lock.
@@ -114,12 +138,22 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             consumed_seen = consumed.load(std::memory_order_acquire);
             if (tail - consumed_seen >= slot_count) {
                 producers_waiting.fetch_add(1, std::memory_order_seq_cst);
-                space_cv.wait(lk, [&] {
+                auto room = [&] {
                     consumed_seen = consumed.load(std::memory_order_seq_cst);
                     return tail - consumed_seen < slot_count ||
                            !running.load(std::memory_order_acquire);
-                });
+                };
+                bool ok = true;
+                if (deadline.is_never())
+                    space_cv.wait(lk, room);
+                else
+                    ok = space_cv.wait_until(lk, deadline.time(), room);
                 producers_waiting.fetch_sub(1, std::memory_order_relaxed);
+                if (!ok)
+                    return fail(Errc::timeout,
+                                fmt::format("the host's queue of {} commands stayed full; the "
+                                            "command was not sent",
+                                            slot_count));
             }
         }
         if (!running.load(std::memory_order_acquire))
@@ -177,9 +211,9 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             }
             {
                 std::lock_guard ex(exec_mu);
-                (void)host->execute(s.size <= Slot::inline_capacity
-                                        ? std::span<const std::byte>(s.small, s.size)
-                                        : std::span<const std::byte>(s.large));
+                execute(s.size <= Slot::inline_capacity
+                            ? std::span<const std::byte>(s.small, s.size)
+                            : std::span<const std::byte>(s.large));
             }
             // Report progress after the reply is out, off the guest's critical path, on
             // a line of its own: the guest reads it only when the ring looks full.
@@ -225,6 +259,8 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     alignas(64) mutable std::mutex mem_mu; // taken by the host on every command
     std::unordered_map<uint32_t, std::span<std::byte>> blobs;
     size_t bytes_alive = 0;
+    uint32_t executing = 0;                        // commands running on the host
+    std::vector<std::span<std::byte>> unmap_later; // released while one was running
     uint32_t next_id = 2;           // like the kernel: ids start at 2 and are never reused
     alignas(64) std::mutex exec_mu; // held while the host executes a command
     alignas(64) std::atomic<uint64_t> consumed{0}; // commands the host thread has run
@@ -243,20 +279,30 @@ LoopbackTransport::LoopbackTransport(LoopbackTransport&&) noexcept = default;
 LoopbackTransport& LoopbackTransport::operator=(LoopbackTransport&&) noexcept = default;
 LoopbackTransport::~LoopbackTransport() = default;
 
+namespace {
+Unexpected moved_from() {
+    return fail(Errc::disconnected, "the loopback transport was moved from");
+}
+} // namespace
+
 Expected<Shmem> LoopbackTransport::create_shmem(size_t size) {
+    if (!impl_) return moved_from();
     return impl_->create_shmem(size);
 }
-Expected<void> LoopbackTransport::submit(std::span<const std::byte> command) {
-    return impl_->submit(command);
+Expected<void> LoopbackTransport::submit(std::span<const std::byte> command, Deadline deadline) {
+    if (!impl_) return moved_from();
+    return impl_->submit(command, deadline);
 }
 Expected<uint32_t> LoopbackTransport::wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                  Deadline deadline) {
+    if (!impl_) return moved_from();
     return impl_->wait_reply(page, policy, deadline);
 }
 int32_t LoopbackTransport::command_type_offset() const noexcept {
-    return impl_->options.host.command_type_offset;
+    return impl_ ? impl_->options.host.command_type_offset : 0;
 }
 std::string_view LoopbackTransport::name() const noexcept {
+    if (!impl_) return "moved-from";
     return impl_->options.mode == LoopbackOptions::Mode::threaded ? "loopback-threaded"
                                                                   : "loopback-inline";
 }
@@ -268,13 +314,15 @@ std::string LoopbackTransport::load_library_failure() {
     return host().load_library_failure();
 }
 void LoopbackTransport::stop_host() {
-    impl_->stop();
+    if (impl_) impl_->stop();
 }
 size_t LoopbackTransport::shmem_count() const noexcept {
+    if (!impl_) return 0;
     std::lock_guard lk(impl_->mem_mu);
     return impl_->blobs.size();
 }
 size_t LoopbackTransport::shmem_bytes() const noexcept {
+    if (!impl_) return 0;
     std::lock_guard lk(impl_->mem_mu);
     return impl_->bytes_alive;
 }

@@ -23,6 +23,22 @@ uint32_t* word_ptr(std::span<std::byte> page) {
     return reinterpret_cast<uint32_t*>(page.data());
 }
 
+// now + d, saturated at the clock's end (d may be anything up to nanoseconds::max()).
+Clock::time_point saturating_add(Clock::time_point now, nanoseconds d) {
+    if (d <= nanoseconds::zero()) return now;
+    const auto room = Clock::time_point::max() - now;
+    if (d >= room) return Clock::time_point::max();
+    return now + duration_cast<Clock::duration>(d);
+}
+
+// A sleep of at most `want`, cut to what is left before the deadline (at least 1 µs,
+// so that a deadline just passed is noticed by the next look).
+nanoseconds clamped(nanoseconds want, Deadline deadline, Clock::time_point now) {
+    if (deadline.is_never()) return want;
+    const auto left = duration_cast<nanoseconds>(deadline.time() - now);
+    return std::max(std::min(want, left), nanoseconds(1000));
+}
+
 Expected<uint32_t> timed_out(Clock::time_point start) {
     return fail(
         Errc::timeout,
@@ -47,9 +63,10 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
         start = Clock::now();
         // ggml's strategy: sleep a fixed interval between looks.
         while (!done()) {
-            if (deadline.expired()) return timed_out(start);
+            const auto now = Clock::now();
+            if (deadline.expired(now)) return timed_out(start);
             if (host_gone()) break;
-            std::this_thread::sleep_for(policy.poll_interval);
+            std::this_thread::sleep_for(clamped(policy.poll_interval, deadline, now));
         }
         if (done()) return word.load(std::memory_order_acquire) - 1;
         return fail(Errc::disconnected, "the host stopped before replying");
@@ -57,7 +74,6 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
 
     // Phase 1: spin. A fast host answers within a few hundred nanoseconds; the clock
     // is first read after 64 looks, and the spin lasts spin_for from there.
-    const bool spin_forever = policy.spin_for == nanoseconds::max();
     auto spin_until = Clock::time_point::max();
     for (uint32_t i = 1;; ++i) {
         if (done()) return word.load(std::memory_order_acquire) - 1;
@@ -65,7 +81,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             auto now = Clock::now();
             if (start == Clock::time_point::min()) {
                 start = now;
-                if (!spin_forever) spin_until = start + policy.spin_for;
+                spin_until = saturating_add(start, policy.spin_for);
             }
             if (deadline.expired(now)) return timed_out(start);
             if (now >= spin_until) break;
@@ -89,15 +105,12 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             hooks.sleepers->fetch_add(1, std::memory_order_seq_cst);
             if (word.load(std::memory_order_seq_cst) == 0) {
                 // Wake up now and then to check liveness and the deadline.
-                nanoseconds slice = milliseconds(50);
-                if (!deadline.is_never())
-                    slice = std::min(slice, duration_cast<nanoseconds>(deadline.time() - now));
-                detail::futex_wait(word_ptr(page), 0, std::max(slice, nanoseconds(1000)));
+                detail::futex_wait(word_ptr(page), 0, clamped(milliseconds(50), deadline, now));
             }
             hooks.sleepers->fetch_sub(1, std::memory_order_seq_cst);
         } else {
-            std::this_thread::sleep_for(sleep);
-            sleep = std::min(sleep * 2, policy.max_sleep);
+            std::this_thread::sleep_for(clamped(sleep, deadline, now));
+            sleep = sleep > policy.max_sleep / 2 ? policy.max_sleep : sleep * 2;
         }
     }
     return word.load(std::memory_order_acquire) - 1;

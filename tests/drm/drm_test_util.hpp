@@ -1,8 +1,7 @@
 // Helpers shared by the DRM tests: a simulated device, transport options, counters.
 #pragma once
 
-#include "sim_device.hpp"
-
+#include <apir/sim_device.hpp>
 #include <apir/virtgpu.hpp>
 
 #include <filesystem>
@@ -10,6 +9,14 @@
 #include <string>
 
 namespace apir_test {
+
+// The simulated device is apir's (include/apir/sim_device.hpp); the tests name it here.
+using apir::SimCapset;
+using apir::SimConfig;
+using apir::SimDevice;
+using apir::SimKernel;
+using apir::SimNode;
+using apir::SimOp;
 
 inline apir::Logger quiet_logger() {
     return apir::Logger(apir::stderr_sink, apir::LogLevel::off);

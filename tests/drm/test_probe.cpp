@@ -108,36 +108,48 @@ TEST_CASE("apir-probe --transport drm without virtio-gpu: one line, non-zero, pr
     CHECK(has(j, "\"failed_step\": \"discovery\""));
 }
 
-// The same probe, built against the simulated device (test-probe-sim).
+// The same probe on the virtual render node (libapir-vdrm.so), each machine made by
+// the node's environment variables.
 namespace {
 
-Run probe_sim(const std::string& machine, const std::string& args) {
-    return probe_on("APIR_PROBE_SIM=" + machine + " " + APIR_PROBE_SIM_PATH, args);
+Run probe_vdrm(const std::string& machine, const std::string& args) {
+    std::string env =
+        "LD_PRELOAD='" APIR_VDRM_PRELOAD "' APIR_VDRM_BACKEND=" APIR_DEMO_BACKEND_PATH;
+    if (machine == "no-virtio") env += " APIR_VDRM_DEVICE=driver=i915";
+    if (machine == "no-context-init") env += " APIR_VDRM_DEVICE=context_init=0";
+    if (machine == "context-init-fails") env += " APIR_VDRM_FAULT=context_init=EINVAL";
+    if (machine == "venus-only") env += " APIR_VDRM_CAPSETS=venus";
+    if (machine == "silent-host") env += " APIR_VDRM_FAULT=silent-host";
+    if (machine == "bad-config") env += " APIR_VDRM_FAULT=frobnicate";
+    if (machine == "no-blob") env += " APIR_VDRM_DEVICE=blob=0";
+    if (machine == "get-caps-fails") env += " APIR_VDRM_FAULT=get_caps=EIO";
+    if (machine == "execbuffer-fails") env += " APIR_VDRM_FAULT=execbuffer=EINVAL";
+    if (machine == "no-host-memory") env += " APIR_VDRM_FAULT=create_blob=ENOMEM";
+    return probe_on("env -u " + std::string(apir::capset_env_var) + " " + env + " " APIR_PROBE_PATH,
+                    args);
 }
 
 } // namespace
 
-TEST_CASE("apir-probe on a virtio-gpu VM lists nodes, parameters, capsets and latencies",
-          "[probe][sim]") {
-    auto r = probe_sim("ok", "--transport drm --echo demo --calls 100");
+TEST_CASE("apir-probe on the virtual node lists it, its parameters, capsets and latencies",
+          "[probe][vdrm]") {
+    auto r = probe_vdrm("ok", "--transport drm --echo demo --calls 100");
     INFO(r.out);
     CHECK(r.code == 0);
-    CHECK(has(r, "DRM render nodes: 2"));
-    CHECK(has(r, "/dev/dri/renderD128 (pci 0000:00:02.0 [8086:46a6]): i915 1.0.0: skipped: "
-                 "driven by i915"));
-    CHECK(has(r, "/dev/dri/renderD129 (pci 0000:00:02.0 [1af4:1050]): virtio_gpu 0.1.0: usable"));
+    CHECK(has(r, "DRM render nodes: 1"));
+    CHECK(has(r, "/dev/dri/renderD128 (pci 0000:00:02.0 [1af4:1050]): virtio_gpu 0.1.0: usable"));
     CHECK(has(r, "parameters: 3D_FEATURES=1 CAPSET_QUERY_FIX=1 RESOURCE_BLOB=1 HOST_VISIBLE=1 "
                  "CROSS_DEVICE=0 CONTEXT_INIT=1 SUPPORTED_CAPSET_IDs=0x414"));
     CHECK(has(r, "capsets offered: VIRGL2 (2), VENUS (4), APIR (10)"));
     CHECK(has(r, "capset: 10 (APIR), default: the device offers APIR; apir_version 1; blob "
                  "resources yes"));
-    CHECK(has(r, "transport: virtgpu on /dev/dri/renderD129, capset 10 (APIR)"));
+    CHECK(has(r, "transport: virtgpu on /dev/dri/renderD128, capset 10 (APIR)"));
     CHECK(has(r, "handshake: host APIR 0.2, guest 0.2"));
     CHECK(has(r, "load library: ok"));
     CHECK(has(r, "echo (demo Echo) x100: mean"));
     CHECK(has(r, "result: ok"));
 
-    auto h = probe_sim("ok", "--transport drm --calls 20 --json");
+    auto h = probe_vdrm("ok", "--transport drm --calls 20 --json");
     INFO(h.out);
     CHECK(h.code == 0);
     CHECK(has(h, "\"kind\": \"HANDSHAKE\""));
@@ -145,7 +157,7 @@ TEST_CASE("apir-probe on a virtio-gpu VM lists nodes, parameters, capsets and la
     CHECK(has(h, "\"capsets_offered\": [2, 4, 10]"));
 }
 
-TEST_CASE("apir-probe exit codes on simulated machines", "[probe][sim]") {
+TEST_CASE("apir-probe exit codes on virtual nodes", "[probe][vdrm]") {
     struct Case {
         const char* machine;
         const char* args;
@@ -154,14 +166,25 @@ TEST_CASE("apir-probe exit codes on simulated machines", "[probe][sim]") {
     };
     const Case cases[] = {
         {"no-virtio", "--transport drm", 1, "apir-probe: no virtio-gpu device: NO_DEVICE"},
+        {"no-virtio", "--transport drm -v", 1, "i915 1.0.0: skipped: driven by i915"},
         {"no-context-init", "--transport drm", 2, "lacks CONTEXT_INIT"},
         {"context-init-fails", "--transport drm", 2, "result: open failed: UNSUPPORTED"},
         {"venus-only", "--transport drm --capset apir", 2, "does not offer capset 10 (APIR)"},
         {"venus-only", "--transport drm --echo demo --calls 10", 0, "capset 4 (VENUS)"},
         {"silent-host", "--transport drm --timeout-ms 100", 3, "handshake failed: TIMEOUT"},
+        {"bad-config", "--transport drm", 1, "apir-vdrm: APIR_VDRM_FAULT: 'frobnicate' is not"},
+        // The faults of the issue, each a named error of the transport.
+        {"no-blob", "--transport drm", 2, "discovery failed: UNSUPPORTED"},
+        {"no-blob", "--transport drm", 2, "lacks RESOURCE_BLOB"},
+        {"get-caps-fails", "--transport drm", 2, "discovery failed: DISCONNECTED"},
+        {"get-caps-fails", "--transport drm", 2,
+         "VIRTGPU_GET_CAPS capset 10 (APIR) version 0 failed"},
+        {"execbuffer-fails", "--transport drm", 3, "handshake failed: DEVICE_ERROR"},
+        {"execbuffer-fails", "--transport drm", 3, "VIRTGPU_EXECBUFFER (20 bytes, ring 0) failed"},
+        {"no-host-memory", "--transport drm", 3, "handshake failed: OUT_OF_MEMORY"},
     };
     for (const auto& k : cases) {
-        auto r = probe_sim(k.machine, k.args);
+        auto r = probe_vdrm(k.machine, k.args);
         INFO(k.machine << " " << k.args << "\n" << r.out);
         CHECK(r.code == k.code);
         CHECK(has(r, k.says));

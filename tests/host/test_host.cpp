@@ -13,8 +13,11 @@
 #include <dlfcn.h>
 
 #include <array>
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -294,4 +297,68 @@ TEST_CASE("two hosts in one process keep their own contexts", "[host]") {
     b.host.reset();
     CHECK(a.send<demo::Add>(demo::AddRequest{2, 2}) == 5);
     CHECK(decode_reply<demo::AddReply>(a.mem).sum == 4);
+}
+
+// Reliability regression (RELIABILITY.md, bugs found): the registry's look-up returned
+// a raw pointer that another thread's host destruction could free while in use.
+TEST_CASE("looking a host up by context while hosts come and go never touches a destroyed host",
+          "[host][reliability]") {
+    std::atomic<uint32_t> latest{0};
+    std::atomic<bool> stop{false};
+    std::atomic<uint64_t> found{0};
+    std::thread looker([&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+            const uint32_t ctx = latest.load(std::memory_order_relaxed);
+            if (apir::Host::shmem_for_context(ctx, page_id)) found.fetch_add(1);
+        }
+    });
+    // A few hosts alive at a time, the oldest destroyed as each new one comes.
+    struct Live {
+        TestMemory mem;
+        std::unique_ptr<apir::Host> host;
+    };
+    std::array<Live, 4> ring;
+    for (int i = 0; i < 20000; ++i) {
+        Live& l = ring[static_cast<size_t>(i) % ring.size()];
+        l.host.reset();
+        l.mem.add(page_id, apir::reply_page_size);
+        apir::HostOptions o;
+        o.logger = apir::Logger(nullptr);
+        l.host = std::make_unique<apir::Host>(o, l.mem);
+        latest.store(l.host->context_id(), std::memory_order_relaxed);
+    }
+    stop = true;
+    looker.join();
+    CHECK(found.load() > 0);
+}
+
+// Reliability regression: one warning per dropped command let a guest fill the log.
+TEST_CASE("100,000 dropped commands are all counted and logged a few times, not 100,000",
+          "[host][reliability]") {
+    Fixture f;
+    std::atomic<size_t> lines{0};
+    std::string last;
+    f.options.logger = apir::Logger(
+        [&](apir::LogLevel, std::string_view m) {
+            ++lines;
+            last = m;
+        },
+        apir::LogLevel::debug);
+    const std::array<std::byte, 4> truncated{};
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < 100000; ++i)
+        (void)f.h().execute(truncated);
+    const auto took = std::chrono::steady_clock::now() - start;
+    CHECK(f.h().stats().rejected == 100000);
+    // The first, then at most one per interval (1 s by default) with the count since.
+    const auto seconds = std::chrono::duration_cast<std::chrono::seconds>(took).count();
+    INFO(lines.load() << " lines in " << seconds << " s; last: " << last);
+    CHECK(lines.load() >= 1);
+    CHECK(lines.load() <= static_cast<size_t>(2 + seconds));
+    // A bogus LOADLIBRARY flood is limited the same way.
+    REQUIRE(f.load() == 1);
+    lines = 0;
+    for (int i = 0; i < 1000; ++i)
+        CHECK(f.load() == 1 + static_cast<uint32_t>(apir::LoadLibraryCode::already_loaded));
+    CHECK(lines.load() <= 3);
 }

@@ -1,7 +1,7 @@
 // What only the loopback transport can show: a host thread that dies, shared-memory
 // accounting and limits, the wait policies.
 #include "catch.hpp"
-#include "test_transports.hpp"
+#include "session_helpers.hpp"
 
 #include <apir/loopback.hpp>
 #include <apir/session.hpp>
@@ -13,23 +13,13 @@
 using namespace std::chrono_literals;
 using apir::Errc;
 
-namespace {
+using apir_test::quiet_session;
 
+namespace {
 apir::LoopbackOptions
 options(apir::LoopbackOptions::Mode mode = apir::LoopbackOptions::Mode::threaded) {
-    apir::LoopbackOptions o;
-    o.mode = mode;
-    o.host.config[std::string(apir::config_library_path)] = apir_test::backend_path("demo");
-    o.host.logger = apir::Logger(nullptr);
-    return o;
+    return apir_test::loopback_options(mode);
 }
-
-apir::SessionOptions quiet_session() {
-    apir::SessionOptions s;
-    s.logger = apir::Logger(nullptr);
-    return s;
-}
-
 } // namespace
 
 TEST_CASE("a host thread that exits mid-call: the waiting call fails DISCONNECTED", "[loopback]") {

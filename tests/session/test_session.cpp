@@ -1,6 +1,6 @@
 // The session suite: a whole APIR session, once over every transport of the build.
 #include "catch.hpp"
-#include "test_transports.hpp"
+#include "session_helpers.hpp"
 
 #include <apir/session.hpp>
 
@@ -13,52 +13,12 @@
 
 using namespace std::chrono_literals;
 using apir::Errc;
-using Session = apir::Session<apir::AnyTransport>;
-
-namespace {
-
-struct Setup {
-    std::string backend = "demo";
-    std::map<std::string, std::string> config;
-    uint32_t host_major = apir::protocol_major;
-    uint32_t host_minor = apir::protocol_minor;
-    std::function<bool(std::span<const std::byte>)> deliver;
-    apir::SessionOptions session;
-};
-
-apir::Logger quiet() {
-    return apir::Logger(nullptr);
-}
-
-std::unique_ptr<Session> open(const apir_test::TestTransport& t, Setup s = {}) {
-    apir_test::TransportSetup ts;
-    ts.host.config[std::string(apir::config_library_path)] = apir_test::backend_path(s.backend);
-    for (auto& [k, v] : s.config)
-        ts.host.config[k] = v;
-    ts.host.version_major = s.host_major;
-    ts.host.version_minor = s.host_minor;
-    ts.host.logger = quiet();
-    ts.deliver = s.deliver;
-    if (!s.session.logger.enabled(apir::LogLevel::error)) s.session.logger = quiet();
-    return std::make_unique<Session>(t.make(std::move(ts)), s.session);
-}
-
-std::unique_ptr<Session> connected(const apir_test::TestTransport& t, Setup s = {}) {
-    auto session = open(t, std::move(s));
-    auto c = session->connect();
-    INFO((c ? std::string("connected") : c.error().message()));
-    REQUIRE(c);
-    return session;
-}
-
-// Drops FORWARD commands (type 2, or 2 + 331): the host never sees them.
-bool drop_forward(std::span<const std::byte> cmd) {
-    apir::Decoder d(cmd);
-    auto type = static_cast<int32_t>(d.read_u32());
-    return type != 2 && type != 2 + apir::venus_command_offset;
-}
-
-} // namespace
+using apir_test::connected;
+using apir_test::drop_forward;
+using apir_test::open;
+using apir_test::quiet;
+using apir_test::Session;
+using apir_test::Setup;
 
 TEST_CASE("connect: handshake then LOADLIBRARY", "[session]") {
     for (auto& t : apir_test::test_transports()) {

@@ -27,10 +27,6 @@ struct TestTransport {
 /// All transports of this build.
 const std::vector<TestTransport>& test_transports();
 
-/// Transports contributed by other parts of the suite (the DRM simulated device);
-/// defined in tests/session/no_extra_transports.cpp when there are none.
-std::vector<TestTransport> extra_test_transports();
-
 /// Path of a test backend library built by tests/backends (by short name: "demo",
 /// "failing", "missing-symbol", "not-a-library").
 std::string backend_path(const std::string& name);

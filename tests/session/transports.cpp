@@ -2,6 +2,22 @@
 
 #include <apir/loopback.hpp>
 
+#include <cstdlib>
+#include <string>
+
+#ifdef APIR_TEST_HAVE_SIM
+#include <apir/sim_device.hpp>
+#include <apir/vdrm.h>
+#include <apir/virtgpu.hpp>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+
+#include <dlfcn.h>
+#endif
+
 namespace apir_test {
 
 namespace {
@@ -12,6 +28,68 @@ apir::AnyTransport make_loopback(TransportSetup s, apir::LoopbackOptions::Mode m
     o.deliver = std::move(s.deliver);
     return apir::AnyTransport(apir::LoopbackTransport(std::move(o)));
 }
+
+#ifdef APIR_TEST_HAVE_SIM
+// VirtgpuTransport on the simulated virtio-gpu device (apir-sim).
+apir::AnyTransport make_drm_sim(TransportSetup setup) {
+    const bool venus = setup.host.command_type_offset == apir::venus_command_offset;
+    apir::SimConfig config;
+    config.host = std::move(setup.host);
+    config.deliver = std::move(setup.deliver); // a rejected command never reaches the host
+    apir::VirtgpuOptions options;
+    // The transport holds the device until it is destroyed.
+    options.device = std::make_shared<apir::SimDevice>(std::move(config));
+    options.capset = venus ? apir::CapsetChoice::venus : apir::CapsetChoice::apir;
+    options.use_environment = false;
+    auto t = apir::VirtgpuTransport::open(std::move(options));
+    if (!t) {
+        std::fprintf(stderr, "drm-sim: %s\n", t.error().message().c_str());
+        std::abort(); // the simulated device is always usable: a bug
+    }
+    return apir::AnyTransport(std::move(*t));
+}
+
+// VirtgpuTransport on the machine's devices (libdrm, real ioctl and mmap), where the
+// machine is the virtual render node of libapir-vdrm.so: present only when the test
+// runs with it preloaded. Each test's host is set through apir_vdrm_set_host.
+using SetHost = int (*)(const apir_vdrm_host_setup*);
+
+SetHost vdrm_set_host() {
+    return reinterpret_cast<SetHost>(dlsym(RTLD_DEFAULT, "apir_vdrm_set_host"));
+}
+
+apir::AnyTransport make_drm_vdrm(TransportSetup setup) {
+    using Deliver = std::function<bool(std::span<const std::byte>)>;
+    std::string config;
+    for (const auto& [k, v] : setup.host.config)
+        config += k + "=" + v + "\n";
+    apir_vdrm_host_setup hs{};
+    hs.config = config.c_str();
+    hs.version_major = setup.host.version_major;
+    hs.version_minor = setup.host.version_minor;
+    if (setup.deliver) {
+        hs.user = new Deliver(std::move(setup.deliver));
+        hs.deliver = [](void* user, const void* cmd, size_t size) {
+            return (*static_cast<Deliver*>(user))({static_cast<const std::byte*>(cmd), size}) ? 1
+                                                                                              : 0;
+        };
+        hs.release = [](void* user) { delete static_cast<Deliver*>(user); };
+    }
+    if (int r = vdrm_set_host()(&hs); r != 0) {
+        std::fprintf(stderr, "drm-vdrm: apir_vdrm_set_host: %s\n", std::strerror(-r));
+        std::abort();
+    }
+    apir::VirtgpuOptions options; // the system device: the virtual node
+    options.use_environment = false;
+    options.logger = apir::Logger(nullptr);
+    auto t = apir::VirtgpuTransport::open(std::move(options));
+    if (!t) {
+        std::fprintf(stderr, "drm-vdrm: %s\n", t.error().message().c_str());
+        std::abort(); // the node is configured by the test: a bug
+    }
+    return apir::AnyTransport(std::move(*t));
+}
+#endif
 } // namespace
 
 const std::vector<TestTransport>& test_transports() {
@@ -26,8 +104,17 @@ const std::vector<TestTransport>& test_transports() {
                  return make_loopback(std::move(s), apir::LoopbackOptions::Mode::threaded);
              }},
         };
-        for (auto& t : extra_test_transports())
-            v.push_back(std::move(t));
+#ifdef APIR_TEST_HAVE_SIM
+        v.push_back({"drm-sim", make_drm_sim});
+        if (vdrm_set_host()) v.push_back({"drm-vdrm", make_drm_vdrm});
+#endif
+        // APIR_TEST_TRANSPORTS=a,b keeps only those (e.g. drm-vdrm under the virtual node).
+        if (const char* only = std::getenv("APIR_TEST_TRANSPORTS"); only && *only) {
+            const std::string list = std::string(",") + only + ",";
+            std::erase_if(v, [&](const TestTransport& t) {
+                return list.find("," + t.name + ",") == std::string::npos;
+            });
+        }
         return v;
     }();
     return all;

@@ -36,7 +36,7 @@ public:
         m.assign(rounded, std::byte{0});
         return apir::Shmem(this, id, m);
     }
-    apir::Expected<void> submit(std::span<const std::byte>) {
+    apir::Expected<void> submit(std::span<const std::byte>, apir::Deadline) {
         ++submits;
         return {};
     }
@@ -76,7 +76,9 @@ private:
 struct Borrowed {
     ScriptedHost* h;
     apir::Expected<apir::Shmem> create_shmem(size_t n) { return h->create_shmem(n); }
-    apir::Expected<void> submit(std::span<const std::byte> c) { return h->submit(c); }
+    apir::Expected<void> submit(std::span<const std::byte> c, apir::Deadline d) {
+        return h->submit(c, d);
+    }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {
         return h->wait_reply(p, w, d);

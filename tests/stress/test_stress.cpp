@@ -14,7 +14,7 @@
 #include "demo_protocol.hpp"
 
 #ifdef APIR_STRESS_SIM
-#include "sim_device.hpp"
+#include <apir/sim_device.hpp>
 #endif
 
 #include <algorithm>
@@ -43,7 +43,9 @@ template <class T>
 struct Borrowed {
     T* t;
     apir::Expected<apir::Shmem> create_shmem(size_t n) { return t->create_shmem(n); }
-    apir::Expected<void> submit(std::span<const std::byte> c) { return t->submit(c); }
+    apir::Expected<void> submit(std::span<const std::byte> c, apir::Deadline d) {
+        return t->submit(c, d);
+    }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {
         return t->wait_reply(p, w, d);
@@ -68,7 +70,9 @@ public:
         ++created_;
         return apir::Shmem(this, id, bytes);
     }
-    apir::Expected<void> submit(std::span<const std::byte> c) { return inner_.submit(c); }
+    apir::Expected<void> submit(std::span<const std::byte> c, apir::Deadline d) {
+        return inner_.submit(c, d);
+    }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {
         const apir::Shmem* inner = nullptr;
@@ -152,9 +156,9 @@ Target loopback(apir::LoopbackOptions::Mode mode) {
 
 #ifdef APIR_STRESS_SIM
 Target drm_sim() {
-    apir_test::SimConfig cfg;
+    apir::SimConfig cfg;
     cfg.host = host_options();
-    auto dev = std::make_shared<apir_test::SimDevice>(std::move(cfg));
+    auto dev = std::make_shared<apir::SimDevice>(std::move(cfg));
     apir::VirtgpuOptions o;
     o.device = dev;
     o.capset = apir::CapsetChoice::apir;

@@ -76,6 +76,8 @@ const std::vector<Row> every_error = {
     {Errc::forward_sync_streams_failed, "FORWARD_SYNC_STREAMS_FAILED", Category::backend},
     {Errc::forward_invalid_index, "FORWARD_INVALID_INDEX", Category::invalid_argument},
     {Errc::forward_backend_error, "FORWARD_BACKEND_ERROR", Category::backend},
+    {Errc::host_behind, "HOST_BEHIND", Category::timeout},
+    {Errc::staging_exhausted, "STAGING_EXHAUSTED", Category::exhausted},
 };
 
 constexpr auto error_count = static_cast<unsigned>(Errc::count_);

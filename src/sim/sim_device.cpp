@@ -1,6 +1,6 @@
 // The simulated virtio-gpu device: Linux's answers to each ioctl, memfd-backed blobs,
 // and an apir::Host per APIR/Venus context.
-#include "sim_device.hpp"
+#include "apir/sim_device.hpp"
 
 #include "virtgpu_uapi.hpp"
 
@@ -16,10 +16,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-namespace apir_test {
+namespace apir {
 namespace {
-
-namespace uapi = apir::uapi;
 
 constexpr uint64_t page_size = 4096;
 // Fake mmap offsets start at 4 GiB, as DRM's on 64-bit.
@@ -75,9 +73,9 @@ struct Memory {
 // through the same queue, so a command always finds the memory it was sent with.
 class Context final : public apir::HostMemory {
 public:
-    Context(apir::HostOptions options, const std::atomic<bool>& alive,
-            std::atomic<uint64_t>& executed)
-        : alive_(alive), executed_(executed) {
+    Context(apir::HostOptions options, std::function<bool(std::span<const std::byte>)> deliver,
+            const std::atomic<bool>& alive, std::atomic<uint64_t>& executed)
+        : deliver(std::move(deliver)), alive_(alive), executed_(executed) {
         host_.emplace(std::move(options), *this);
         thread_ = std::thread([this] { serve(); });
     }
@@ -94,6 +92,9 @@ public:
     }
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
+
+    /// SimConfig::deliver as it was when the context was created.
+    const std::function<bool(std::span<const std::byte>)> deliver;
 
     std::span<std::byte> resource(uint32_t res_id) noexcept override {
         std::lock_guard lk(mu_);
@@ -295,7 +296,7 @@ struct SimDevice::State {
         if (f.capset != apir::capset_apir && f.capset != apir::capset_venus) return;
         apir::HostOptions o = cfg.host;
         o.command_type_offset = f.capset == apir::capset_venus ? apir::venus_command_offset : 0;
-        f.ctx = std::make_shared<Context>(std::move(o), alive, executed);
+        f.ctx = std::make_shared<Context>(std::move(o), cfg.deliver, alive, executed);
         all_contexts.push_back(f.ctx);
     }
 
@@ -652,7 +653,7 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 std::vector<std::byte> command(p, p + e.size); // the kernel's copy
                 std::shared_ptr<Context> ctx = f->ctx;
                 lk.unlock(); // the host and the deliver hook run without the device lock
-                if ((cfg.deliver && !cfg.deliver(command)) || !ctx)
+                if (!ctx || (ctx->deliver && !ctx->deliver(command)))
                     s.dropped.fetch_add(1, std::memory_order_relaxed);
                 else
                     ctx->execute(std::move(command));
@@ -710,6 +711,13 @@ int SimDevice::munmap(void* addr, size_t length) {
 void SimDevice::fail(SimOp op, int err, unsigned after, unsigned times) {
     std::lock_guard lk(s_->mu);
     s_->faults[size_t(op)] = Fault{err, after, times};
+}
+
+void SimDevice::set_host(apir::HostOptions host,
+                         std::function<bool(std::span<const std::byte>)> deliver) {
+    std::lock_guard lk(s_->mu);
+    s_->cfg.host = std::move(host);
+    s_->cfg.deliver = std::move(deliver);
 }
 
 void SimDevice::clear_faults() {
@@ -782,4 +790,4 @@ void SimDevice::drain() {
         c->drain();
 }
 
-} // namespace apir_test
+} // namespace apir

@@ -1,4 +1,7 @@
-// A simulated virtio-gpu device behind the DrmDevice seam, for tests without a VM.
+// apir::SimDevice: a simulated virtio-gpu device behind the DrmDevice seam, so that DRM
+// code runs without a VM (apir's own tests and benchmarks, the virtual render node
+// libapir-vdrm.so, and any program that wants a virtio-gpu device in-process).
+// Meson: dependency('apir-sim'); pkg-config: apir-sim. Built with the drm feature.
 //
 // It answers every ioctl the transport uses the way Linux's virtio-gpu driver does
 // (docs/PROTOCOL.md §6), including its error returns: GETPARAM writes 4 bytes, CONTEXT_INIT
@@ -11,16 +14,16 @@
 // Every step can be made to fail (fail()), and what is alive is counted (open files,
 // GEM handles, mappings, objects) so that tests can prove nothing leaks.
 //
-//     auto dev = std::make_shared<apir_test::SimDevice>(apir_test::SimConfig{});
+//     auto dev = std::make_shared<apir::SimDevice>(apir::SimConfig{});
 //     apir::VirtgpuOptions o;
 //     o.device = dev;
-//     dev->fail(apir_test::SimOp::create_blob, ENOMEM);
+//     dev->fail(apir::SimOp::create_blob, ENOMEM);
 //     auto t = apir::VirtgpuTransport::open(o);     // works
 //     auto page = t->create_shmem(4096);            // OUT_OF_MEMORY, nothing leaked
 #pragma once
 
-#include <apir/host.hpp>
-#include <apir/virtgpu.hpp>
+#include "apir/host.hpp"
+#include "apir/virtgpu.hpp"
 
 #include <array>
 #include <atomic>
@@ -33,7 +36,7 @@
 #include <string>
 #include <vector>
 
-namespace apir_test {
+namespace apir {
 
 /// The steps of the simulated device, each of which can be made to fail.
 enum class SimOp : uint8_t {
@@ -111,6 +114,11 @@ public:
         return &host_alive_;
     }
 
+    /// The host options and delivery hook (SimConfig::host, SimConfig::deliver) of the
+    /// contexts created from now on; existing contexts keep theirs.
+    void set_host(apir::HostOptions host,
+                  std::function<bool(std::span<const std::byte>)> deliver = {});
+
     // --- fault injection
     /// The calls of op after the next `after` ones fail with err, `times` times.
     void fail(SimOp op, int err, unsigned after = 0, unsigned times = 1);
@@ -155,4 +163,4 @@ private:
     std::atomic<bool> host_alive_{true};
 };
 
-} // namespace apir_test
+} // namespace apir
