@@ -11,6 +11,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
@@ -21,6 +22,11 @@
 #include <utility>
 #include <vector>
 
+#include <grp.h>
+#include <limits.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
 #include <unistd.h>
 
 namespace {
@@ -37,11 +43,39 @@ enum Exit : int {
     exit_usage = 64,
 };
 
-#ifdef APIR_PROBE_DEMO_BACKEND
-constexpr const char* default_backend = APIR_PROBE_DEMO_BACKEND;
-#else
-constexpr const char* default_backend = "libapir-demo-backend.so";
+// The demo backend is installed beside the probe: <libdir>/apir/, found from the
+// probe's own location (APIR_PROBE_BACKEND_RELDIR: from bindir to there), else at the
+// configured install path (APIR_PROBE_BACKEND_DIR). APIR_PROBE_BACKEND overrides both.
+constexpr const char* demo_backend_name = "libapir-demo-backend.so";
+
+bool is_file(const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+std::string default_backend() {
+    if (const char* env = std::getenv("APIR_PROBE_BACKEND"); env && *env) return env;
+    std::vector<std::string> candidates;
+#ifdef APIR_PROBE_BACKEND_RELDIR
+    std::array<char, PATH_MAX> exe{};
+    const ssize_t n = ::readlink("/proc/self/exe", exe.data(), exe.size() - 1);
+    if (n > 0) {
+        std::string dir(exe.data(), static_cast<size_t>(n));
+        dir.resize(dir.rfind('/') + 1);
+        candidates.push_back(dir + APIR_PROBE_BACKEND_RELDIR "/" + demo_backend_name);
+    }
 #endif
+#ifdef APIR_PROBE_BACKEND_DIR
+    candidates.push_back(std::string(APIR_PROBE_BACKEND_DIR "/") + demo_backend_name);
+#endif
+    for (const auto& c : candidates) {
+        if (!is_file(c)) continue;
+        std::array<char, PATH_MAX> real{};
+        return ::realpath(c.c_str(), real.data()) ? std::string(real.data()) : c;
+    }
+    // Not installed: LOADLIBRARY then names the path it tried.
+    return candidates.empty() ? demo_backend_name : candidates.back();
+}
 
 void usage() {
     fmt::print(
@@ -59,7 +93,8 @@ void usage() {
         "                            it, else Venus transition mode)\n"
         "  --node PATH               use this render node (default: the first usable one)\n"
         "  --backend PATH            loopback: the APIR backend library the host loads\n"
-        "                            (default: the demo backend, {})\n"
+        "                            (default: $APIR_PROBE_BACKEND, else the installed demo\n"
+        "                            backend, here {})\n"
         "  --config KEY=VALUE        loopback: host configuration, repeatable\n"
         "                            (e.g. ggml.library.path=/usr/lib/libggml-vulkan.so)\n"
         "  --echo demo|handshake|none  the timed call: demo's Echo (the host must run the demo\n"
@@ -79,7 +114,7 @@ void usage() {
         "  3   handshake or LOADLIBRARY failed\n"
         "  4   a timed call failed\n"
         "  64  bad command line\n",
-        default_backend);
+        default_backend());
 }
 
 // --- A little JSON: enough for one flat report.
@@ -121,6 +156,10 @@ public:
     JsonObject& num(std::string_view key, N v) {
         return raw(key, fmt::format("{}", v));
     }
+    /// A duration or rate, rounded to `digits` decimals.
+    JsonObject& fixed(std::string_view key, double v, int digits) {
+        return raw(key, fmt::format("{:.{}f}", v, digits));
+    }
     JsonObject& boolean(std::string_view key, bool v) { return raw(key, v ? "true" : "false"); }
     [[nodiscard]] std::string dump() const {
         std::string s = "{";
@@ -138,6 +177,42 @@ private:
     for (size_t i = 0; i < items.size(); ++i)
         s += (i ? ", " : "") + items[i];
     return s + "]";
+}
+
+// What a bug report needs about this machine and this build.
+std::string json_system() {
+    JsonObject j;
+    if (struct utsname u{}; ::uname(&u) == 0)
+        j.str("kernel", u.sysname).str("kernel_release", u.release).str("machine", u.machine);
+    const uid_t uid = ::getuid();
+    const passwd* pw = ::getpwuid(uid);
+    j.num("uid", uid).str("user", pw ? pw->pw_name : "");
+    std::vector<gid_t> gids(static_cast<size_t>(std::max(::getgroups(0, nullptr), 0)) + 1);
+    const int ng = ::getgroups(static_cast<int>(gids.size()), gids.data());
+    gids.resize(static_cast<size_t>(std::max(ng, 0)));
+    if (std::find(gids.begin(), gids.end(), ::getgid()) == gids.end()) gids.push_back(::getgid());
+    std::vector<std::string> groups;
+    for (gid_t g : gids) {
+        const group* gr = ::getgrgid(g);
+        groups.push_back(quote(gr ? gr->gr_name : std::to_string(g)));
+    }
+    return j.raw("groups", json_array(groups)).dump();
+}
+
+std::string json_build() {
+    JsonObject j;
+    j.str("version", APIR_PROBE_VERSION).str("compiler", __VERSION__);
+#ifdef APIR_PROBE_HAVE_DRM
+    j.boolean("drm_transport", true).str("libdrm", APIR_PROBE_LIBDRM_VERSION);
+#else
+    j.boolean("drm_transport", false).raw("libdrm", "null");
+#endif
+#ifdef APIR_PROBE_HAVE_DEMO
+    j.boolean("demo_protocol", true);
+#else
+    j.boolean("demo_protocol", false);
+#endif
+    return j.str("fmt", APIR_PROBE_FMT_VERSION).dump();
 }
 
 std::string json_error(const apir::Error& e) {
@@ -158,7 +233,7 @@ struct Args {
     TransportKind transport = TransportKind::drm;
     std::string capset = "auto";
     std::string node;
-    std::string backend = default_backend;
+    std::string backend;
     std::vector<std::pair<std::string, std::string>> config;
     EchoKind echo = EchoKind::automatic;
     size_t calls = 1000;
@@ -240,6 +315,7 @@ Args parse(int argc, char** argv) {
             bad_usage(fmt::format("unknown option '{}'", f));
         }
     }
+    if (a.backend.empty()) a.backend = default_backend();
     if (a.echo == EchoKind::automatic)
         a.echo =
             a.transport == TransportKind::loopback && a.load ? EchoKind::demo : EchoKind::handshake;
@@ -260,6 +336,7 @@ public:
 
     int run() {
         report_.str("probe", "apir-probe").str("version", APIR_PROBE_VERSION);
+        report_.raw("build", json_build()).raw("system", json_system());
         report_.str("transport", args_.transport == TransportKind::drm ? "drm" : "loopback");
         std::optional<apir::AnyTransport> transport;
         if (args_.transport == TransportKind::drm) {
@@ -478,7 +555,7 @@ private:
                                      .num("host_minor", hs->minor)
                                      .num("guest_major", apir::protocol_major)
                                      .num("guest_minor", apir::protocol_minor)
-                                     .num("us", micros(took))
+                                     .fixed("us", micros(took), 1)
                                      .dump());
 
         if (args_.load) {
@@ -490,7 +567,7 @@ private:
             took = apir::Clock::now() - t0;
             if (!ll) return finish(exit_connect_failed, &ll.error(), "LOADLIBRARY");
             say(fmt::format("load library: ok, {:.1f} ms", micros(took) / 1000));
-            report_.raw("load_library", JsonObject().num("ms", micros(took) / 1000).dump());
+            report_.raw("load_library", JsonObject().fixed("ms", micros(took) / 1000, 2).dump());
         }
 
         if (args_.echo == EchoKind::none || args_.calls == 0) return finish(exit_ok, nullptr, "");
@@ -510,11 +587,11 @@ private:
         report_.raw("echo", JsonObject()
                                 .str("kind", kind)
                                 .num("calls", args_.calls)
-                                .num("mean_us", mean)
-                                .num("min_us", mn)
-                                .num("p50_us", p50)
-                                .num("p99_us", p99)
-                                .num("max_us", mx)
+                                .fixed("mean_us", mean, 1)
+                                .fixed("min_us", mn, 1)
+                                .fixed("p50_us", p50, 1)
+                                .fixed("p99_us", p99, 1)
+                                .fixed("max_us", mx, 1)
                                 .dump());
         return finish(exit_ok, nullptr, "");
     }

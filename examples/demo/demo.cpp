@@ -1,7 +1,7 @@
 // The main demo: a whole APIR session in one process, over the threaded loopback.
 //
-// handshake -> load the demo backend -> typed calls -> a 64 MiB bulk transfer through
-// shared memory -> latency and throughput summary. Run with --help for the options.
+// handshake -> load the demo backend -> typed calls -> timed Add calls -> a 64 MiB bulk
+// transfer through shared memory -> per-command counters. Run with --help for the options.
 #include "demo_protocol.hpp"
 
 #include <apir/apir.hpp>
@@ -27,8 +27,9 @@ void usage() {
     fmt::print("usage: apir-demo [options]\n"
                "\n"
                "Runs an APIR session over the loopback transport: handshake, LOADLIBRARY,\n"
-               "a few typed FORWARD calls, a bulk transfer through shared memory, and a\n"
-               "latency summary.\n"
+               "a few typed FORWARD calls, timed Add calls (median and p99 latency), a bulk\n"
+               "transfer through shared memory (the copy into it, and the copy plus the host's\n"
+               "checksum pass over it), and the session's per-command counters.\n"
                "\n"
                "options:\n"
                "  --backend PATH     APIR backend library for the host to load\n"
@@ -36,8 +37,8 @@ void usage() {
                "  --config KEY=VAL   host configuration passed to the backend through get_config\n"
                "                     (repeatable; e.g. ggml.library.path=/path/libggml-vulkan.so)\n"
                "  --inline           run the host inside submit() instead of on a host thread\n"
-               "  --calls N          number of timed echo calls (default 20000)\n"
-               "  --bulk-mib N       size of the bulk transfer in MiB (default 64)\n"
+               "  --calls N          number of timed Add calls (default 20000)\n"
+               "  --bulk-mib N       size of the bulk transfer in MiB (default 64; three rounds)\n"
                "  -v, --verbose      log host and session messages\n"
                "  -h, --help         this text\n"
                "\n"
@@ -155,35 +156,40 @@ int main(int argc, char** argv) {
     fmt::print("{} add calls: median {:.2f} µs, p99 {:.2f} µs\n", calls, percentile(us, 0.5),
                percentile(us, 0.99));
 
-    // 4. Bulk: fill a staging blob in place, the host checksums it where it lies.
+    // 4. Bulk, guest to host: copy the data into a staging blob (shared memory), then the
+    // host reads all of it in place (Checksum). Three rounds: the first maps a fresh blob
+    // (page faults), the later ones reuse it; the best later round is reported.
     const size_t bytes = bulk_mib << 20;
     std::vector<std::byte> source(bytes);
     demo::fill_pattern(source.data(), source.size(), 1234);
     const uint64_t expected = demo::checksum(source.data(), source.size());
-    // The first transfer maps fresh shared memory (page faults); later ones reuse it.
-    double cold_gbps = 0, warm_gbps = 0, total_ms = 0;
+    const auto gbps = [&](nanoseconds d) {
+        return static_cast<double>(bytes) / duration<double>(d).count() / 1e9;
+    };
+    nanoseconds first_copy{}, best_copy = nanoseconds::max(), best_total = nanoseconds::max();
     for (int round = 0; round < 3; ++round) {
-        auto t0 = steady_clock::now();
+        const auto t0 = steady_clock::now();
         auto staged = session.stage(source); // one copy into shared memory
         if (!check(staged, "stage")) return 1;
-        auto t1 = steady_clock::now();
+        const auto t1 = steady_clock::now();
         auto sumr = session.call<demo::Checksum>(demo::BlobRange{staged->res_id(), 0, bytes, 0});
-        auto t2 = steady_clock::now();
+        const auto t2 = steady_clock::now();
         if (!check(sumr, "checksum")) return 1;
         if (sumr->checksum != expected) {
             fmt::print("bulk: host checksum MISMATCH\n");
             return 1;
         }
-        const double gbps = static_cast<double>(bytes) / duration<double>(t1 - t0).count() / 1e9;
-        if (round == 0)
-            cold_gbps = gbps;
-        else
-            warm_gbps = std::max(warm_gbps, gbps);
-        total_ms = duration<double, std::milli>(t2 - t0).count();
+        if (round == 0) {
+            first_copy = t1 - t0;
+        } else {
+            best_copy = std::min(best_copy, nanoseconds(t1 - t0));
+            best_total = std::min(best_total, nanoseconds(t2 - t0));
+        }
     }
-    fmt::print("bulk: {} MiB staged at {:.2f} GB/s (first, fresh blob: {:.2f} GB/s); host checksum "
-               "matches ({:.1f} ms with the checksum)\n",
-               bulk_mib, warm_gbps, cold_gbps, total_ms);
+    fmt::print("bulk {} MiB: copy into shared memory {:.2f} GB/s (first round, fresh blob: {:.2f} "
+               "GB/s); copy + host checksum pass {:.2f} GB/s ({:.1f} ms); checksums match\n",
+               bulk_mib, gbps(best_copy), gbps(first_copy), gbps(best_total),
+               duration<double, std::milli>(best_total).count());
 
     // 5. Per-command counters kept by the session.
     fmt::print("\n{:<12} {:>8} {:>8} {:>10} {:>10}\n", "command", "calls", "failed", "mean µs",

@@ -1,4 +1,5 @@
-// Helpers for writing an APIR backend library in C++ (the host side of a call).
+// A backend library's umbrella header: the C ABI (backend_abi.h), the wire codec and the
+// protocol's codes, and helpers for writing the backend in C++ (the host side of a call).
 //
 //     extern "C" uint32_t apir_backend_dispatcher(uint32_t ctx, virgl_apir_callbacks* cbs,
 //                                                 uint32_t cmd, char* dec_cur, const char* dec_end,

@@ -18,6 +18,7 @@
 #pragma once
 
 #include "apir/error.hpp"
+#include "apir/export.hpp"
 #include "apir/log.hpp"
 #include "apir/protocol.hpp"
 
@@ -81,7 +82,7 @@ struct HostStats {
     uint64_t bad_reply_end = 0;
 };
 
-class Host {
+class APIR_EXPORT Host {
 public:
     Host(HostOptions options, HostMemory& memory);
     ~Host(); // runs apir_backend_deinit and unloads the library
@@ -97,6 +98,9 @@ public:
     [[nodiscard]] uint32_t context_id() const noexcept;
     [[nodiscard]] bool library_loaded() const noexcept;
     [[nodiscard]] HostStats stats() const noexcept;
+    /// Why the last LOADLIBRARY failed ("'x' is not a regular file", "dlopen: ..."), the
+    /// reason the guest's return code cannot carry; empty when it succeeded.
+    [[nodiscard]] std::string load_library_failure() const;
     /// Checked look-up: the resource's mapping with its size, or UNKNOWN_RESOURCE;
     /// backends linked against this project can use it instead of get_shmem_ptr.
     [[nodiscard]] Expected<std::span<std::byte>> shmem(uint32_t res_id) const;

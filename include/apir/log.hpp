@@ -7,6 +7,8 @@
 //                      apir::LogLevel::info};
 #pragma once
 
+#include "apir/export.hpp"
+
 #include <chrono>
 #include <cstdint>
 #include <cstdio>

@@ -11,6 +11,7 @@
 //     if (auto r = s.connect(); !r) fmt::print("{}\n", r.error());
 #pragma once
 
+#include "apir/export.hpp"
 #include "apir/host.hpp"
 #include "apir/transport.hpp"
 
@@ -37,7 +38,7 @@ struct LoopbackOptions {
 
 /// A moved-from LoopbackTransport fails every call with DISCONNECTED and is named
 /// "moved-from" (host() must not be called on it).
-class LoopbackTransport final {
+class APIR_EXPORT LoopbackTransport final {
 public:
     explicit LoopbackTransport(LoopbackOptions options = {});
     LoopbackTransport(LoopbackTransport&&) noexcept;
@@ -54,6 +55,9 @@ public:
 
     /// The host at the other end.
     [[nodiscard]] Host& host() noexcept;
+    /// The in-process host's reason for the last failed LOADLIBRARY (Session adds it to
+    /// the error's detail).
+    [[nodiscard]] std::string load_library_failure();
     /// Stops the host thread as if the host died: waits and submits then fail with
     /// DISCONNECTED. (Inline mode: later submits fail the same way.)
     void stop_host();

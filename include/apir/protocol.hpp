@@ -5,6 +5,8 @@
 // virtio-gpu renderer's APIR component.
 #pragma once
 
+#include "apir/export.hpp"
+
 #include <cstddef>
 #include <cstdint>
 #include <string_view>

@@ -57,10 +57,14 @@ struct CallOptions {
     std::chrono::nanoseconds* duration = nullptr;
 };
 
-/// Counters of one command (HANDSHAKE, LOADLIBRARY, or one FORWARD id).
+/// Counters of one command (HANDSHAKE, LOADLIBRARY, or one FORWARD id). Every FORWARD
+/// id has a row of its own, up to Session::max_forward_rows distinct ids of 256 and
+/// above; ids past that bound share one row marked other_ids.
 struct CommandStats {
     CommandType type = CommandType::forward;
     uint32_t id = 0;
+    /// The row of the FORWARD ids (>= 256) that found no row of their own; id is 0.
+    bool other_ids = false;
     uint64_t calls = 0;
     uint64_t failures = 0;
     /// Time spent in the calls; zero unless SessionOptions::time_calls.
@@ -154,6 +158,14 @@ private:
     std::span<std::byte> bytes_;
 };
 
+/// A session with one host over transport T.
+///
+/// Ownership: a Session is neither copyable nor movable (in-flight calls, Staging
+/// objects and the counters refer to it), so it lives where it was made. Hold it by
+/// std::unique_ptr (std::make_unique<apir::Session<T>>(transport, options)); a C
+/// struct, such as a ggml backend's context, keeps the raw pointer and deletes it in
+/// its free function. The transport inside is a movable handle: move it in, do not
+/// share it between sessions.
 template <Transport T>
 class Session {
 public:
@@ -315,14 +327,27 @@ public:
                 c.type = CommandType::forward;
                 c.id = static_cast<uint32_t>(i - first_forward_slot);
             }
-            c.calls = n;
-            c.failures = s.failures.load(std::memory_order_relaxed);
-            c.total = std::chrono::nanoseconds(s.total_ns.load(std::memory_order_relaxed));
-            c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
-            out.push_back(c);
+            if (i == overflow_slot) {
+                c.id = 0;
+                c.other_ids = true;
+            }
+            out.push_back(row(c, s, n));
+        }
+        // Ids of 256 and above, in the order they were first called.
+        for (const auto& h : high_ids_) {
+            const uint64_t key = h.key.load(std::memory_order_acquire);
+            if (key == 0) break; // rows are claimed in order
+            uint64_t n = h.slot.calls.load(std::memory_order_relaxed);
+            if (n == 0) continue;
+            CommandStats c;
+            c.id = static_cast<uint32_t>(key - 1);
+            out.push_back(row(c, h.slot, n));
         }
         return out;
     }
+
+    /// How many distinct FORWARD ids of 256 and above get a row of their own.
+    static constexpr size_t max_forward_rows = 64;
 
 private:
     // A reply page and a command buffer: what one in-flight call needs.
@@ -333,6 +358,11 @@ private:
 
     struct Slot {
         std::atomic<uint64_t> calls{0}, failures{0}, total_ns{0}, max_ns{0};
+    };
+    // A row for one FORWARD id >= max_forward_ids: key is id + 1 once claimed, 0 before.
+    struct HighSlot {
+        std::atomic<uint64_t> key{0};
+        Slot slot;
     };
     static constexpr size_t max_forward_ids = 256;
     static constexpr size_t handshake_slot = 0, load_library_slot = 1, first_forward_slot = 2;
@@ -392,13 +422,29 @@ private:
         }
         Expected<typename C::response> out = typename C::response{};
         if (auto ok = C::check(*code); !ok) {
-            out = Unexpected{std::move(ok).error()};
+            out = Unexpected{explain<C>(std::move(ok).error())};
         } else {
             Decoder d(reply_payload(c.page), options_.max_reply_alloc);
             if (!d.get_into(*out)) out = Unexpected{d.status().error()};
         }
         release(std::move(*ch));
         return out;
+    }
+
+    // A transport whose host runs in-process knows why LOADLIBRARY failed: the detail of
+    // the error says it ("LOAD_CANNOT_OPEN: ... (dlopen: ...)").
+    template <class C>
+    Error explain(Error e) {
+        if constexpr (C::type == CommandType::load_library &&
+                      requires(T & t) { t.load_library_failure(); }) {
+            std::string why = transport_.load_library_failure();
+            if (!why.empty()) {
+                Error out(e.code(), e.detail().empty() ? why : e.detail() + "; " + why);
+                if (e.has_wire_code()) out.with_wire_code(e.wire_code());
+                return out;
+            }
+        }
+        return e;
     }
 
     Expected<std::unique_ptr<Channel>> acquire() {
@@ -445,12 +491,32 @@ private:
         stale_.push_back(std::move(c));
     }
 
+    static CommandStats row(CommandStats c, const Slot& s, uint64_t calls) {
+        c.calls = calls;
+        c.failures = s.failures.load(std::memory_order_relaxed);
+        c.total = std::chrono::nanoseconds(s.total_ns.load(std::memory_order_relaxed));
+        c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
+        return c;
+    }
+
+    // The row of a FORWARD id >= max_forward_ids: found, or claimed (lock-free, in
+    // order), or the shared overflow row once all max_forward_rows are taken.
+    Slot& high_slot(uint32_t id) {
+        const uint64_t key = uint64_t{id} + 1;
+        for (auto& h : high_ids_) {
+            uint64_t seen = h.key.load(std::memory_order_acquire);
+            if (seen == 0 && h.key.compare_exchange_strong(seen, key, std::memory_order_acq_rel))
+                return h.slot;
+            if (seen == key) return h.slot;
+        }
+        return slots_[overflow_slot];
+    }
+
     void record(CommandType type, uint32_t id, std::chrono::nanoseconds took, bool ok) {
-        size_t i = type == CommandType::handshake      ? handshake_slot
-                   : type == CommandType::load_library ? load_library_slot
-                   : id < max_forward_ids              ? first_forward_slot + id
-                                                       : overflow_slot;
-        Slot& s = slots_[i];
+        Slot& s = type == CommandType::handshake      ? slots_[handshake_slot]
+                  : type == CommandType::load_library ? slots_[load_library_slot]
+                  : id < max_forward_ids              ? slots_[first_forward_slot + id]
+                                                      : high_slot(id);
         const auto ns = static_cast<uint64_t>(took.count());
         s.calls.fetch_add(1, std::memory_order_relaxed);
         if (!ok) s.failures.fetch_add(1, std::memory_order_relaxed);
@@ -478,6 +544,7 @@ private:
     detail::StagingPool staging_;
 
     std::array<Slot, overflow_slot + 1> slots_{};
+    std::array<HighSlot, max_forward_rows> high_ids_{};
 };
 
 } // namespace apir

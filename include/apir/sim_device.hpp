@@ -4,7 +4,7 @@
 // Meson: dependency('apir-sim'); pkg-config: apir-sim. Built with the drm feature.
 //
 // It answers every ioctl the transport uses the way Linux's virtio-gpu driver does
-// (PROTOCOL.md §6), including its error returns: GETPARAM writes 4 bytes, CONTEXT_INIT
+// (docs/PROTOCOL.md §6), including its error returns: GETPARAM writes 4 bytes, CONTEXT_INIT
 // must come first and is not rolled back, resource ids are global from 2, GEM handles
 // are per file from 1 (lowest free reused), MAP gives fake offsets from 4 GiB, mmap
 // wants the exact offset. Blobs are backed by memfd memory: the guest's mmap is a

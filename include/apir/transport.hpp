@@ -16,6 +16,7 @@
 #pragma once
 
 #include "apir/error.hpp"
+#include "apir/export.hpp"
 #include "apir/protocol.hpp"
 
 #include <atomic>
@@ -26,6 +27,7 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <string>
 #include <string_view>
 #include <utility>
 
@@ -193,13 +195,15 @@ struct WaitHooks {
 /// Waits until the notification word is non-zero (acquire), then returns the
 /// return code (word - 1). TIMEOUT on deadline, DISCONNECTED when the host died.
 /// The one wait loop every transport shares (src/transport/wait.cpp).
-[[nodiscard]] Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& policy,
-                                                Deadline deadline, const WaitHooks& hooks = {});
+[[nodiscard]] APIR_EXPORT Expected<uint32_t> wait_for_reply(std::span<std::byte> page,
+                                                            const WaitPolicy& policy,
+                                                            Deadline deadline,
+                                                            const WaitHooks& hooks = {});
 
 /// Host side: stores (code + 1) with release ordering, after the reply payload.
 /// If a waiter may be blocked on the word, wakes it.
-void notify_reply(std::span<std::byte> page, uint32_t code,
-                  std::atomic<uint32_t>* sleepers) noexcept;
+APIR_EXPORT void notify_reply(std::span<std::byte> page, uint32_t code,
+                              std::atomic<uint32_t>* sleepers) noexcept;
 
 /// A transport: creates shared memory, submits command buffers, waits for replies.
 template <class T>
@@ -253,6 +257,10 @@ public:
         return impl_ ? impl_->command_type_offset() : 0;
     }
     [[nodiscard]] std::string_view name() const { return impl_ ? impl_->name() : "moved-from"; }
+    /// The held transport's load_library_failure() where it has one, else empty.
+    [[nodiscard]] std::string load_library_failure() {
+        return impl_ ? impl_->load_library_failure() : std::string();
+    }
 
 private:
     static Unexpected moved_from() {
@@ -266,6 +274,7 @@ private:
         virtual Expected<uint32_t> wait_reply(const Shmem&, const WaitPolicy&, Deadline) = 0;
         virtual int32_t command_type_offset() const = 0;
         virtual std::string_view name() const = 0;
+        virtual std::string load_library_failure() = 0;
     };
     template <class T, class Holder>
     struct Forwarding : Concept {
@@ -287,6 +296,12 @@ private:
         }
         int32_t command_type_offset() const override { return t().command_type_offset(); }
         std::string_view name() const override { return t().name(); }
+        std::string load_library_failure() override {
+            if constexpr (requires(T & x) { x.load_library_failure(); })
+                return t().load_library_failure();
+            else
+                return {};
+        }
         Holder held;
     };
     template <class T>

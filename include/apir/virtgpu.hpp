@@ -1,7 +1,7 @@
 // VirtgpuTransport: APIR over a virtio-gpu DRM render node, as a guest VM sees it.
 //
 // Opening finds a virtio_gpu render node (libdrm), checks the kernel parameters the
-// transport needs, reads the capset, and creates a context on it (PROTOCOL.md §5).
+// transport needs, reads the capset, and creates a context on it (docs/PROTOCOL.md §5).
 // Shared memory is a HOST3D blob mapped into the process; a call is one EXECBUFFER
 // on ring 0, and the reply is awaited on the reply page with the same wait loop as
 // the loopback transport (the remote host cannot wake us, so the wait polls).
@@ -23,6 +23,7 @@
 #pragma once
 
 #include "apir/error.hpp"
+#include "apir/export.hpp"
 #include "apir/log.hpp"
 #include "apir/transport.hpp"
 
@@ -54,7 +55,7 @@ struct DrmNode {
 /// host's answer ran out) is asked again until VirtgpuOptions::open_timeout. open,
 /// close, munmap and render_nodes are not retried. An implementation need not retry
 /// by itself (libdrm's drmIoctl does, which is harmless).
-class DrmDevice {
+class APIR_EXPORT DrmDevice {
 public:
     virtual ~DrmDevice() = default;
     /// The render nodes of the machine.
@@ -72,7 +73,7 @@ public:
 };
 
 /// The machine's DRM devices, through libdrm (drmGetDevices2, drmIoctl) and mmap(2).
-[[nodiscard]] std::shared_ptr<DrmDevice> system_drm_device();
+[[nodiscard]] APIR_EXPORT std::shared_ptr<DrmDevice> system_drm_device();
 
 /// Which virtio-gpu capset carries APIR (see the precedence above).
 enum class CapsetChoice : uint8_t { automatic, apir, venus };
@@ -86,13 +87,13 @@ struct CapsetDecision {
     std::string_view reason;
 };
 /// Applies the precedence. offered: the SUPPORTED_CAPSET_IDs mask, when known.
-[[nodiscard]] CapsetDecision choose_capset(CapsetChoice choice, bool env_present,
-                                           std::optional<uint64_t> offered);
+[[nodiscard]] APIR_EXPORT CapsetDecision choose_capset(CapsetChoice choice, bool env_present,
+                                                       std::optional<uint64_t> offered);
 /// "APIR", "VENUS", "VIRGL2", ... or "capset N".
-[[nodiscard]] std::string capset_name(uint32_t id);
+[[nodiscard]] APIR_EXPORT std::string capset_name(uint32_t id);
 
 /// The GETPARAM ids the transport reads (Linux's VIRTGPU_PARAM_*).
-[[nodiscard]] std::string_view virtgpu_param_name(uint64_t id) noexcept;
+[[nodiscard]] APIR_EXPORT std::string_view virtgpu_param_name(uint64_t id) noexcept;
 
 struct VirtgpuOptions {
     CapsetChoice capset = CapsetChoice::automatic;
@@ -134,7 +135,7 @@ struct VirtgpuCapsetReport {
 };
 
 /// What discovery learnt about one render node and, if it was skipped, why.
-struct VirtgpuNodeReport {
+struct APIR_EXPORT VirtgpuNodeReport {
     DrmNode node;
     std::string driver; ///< DRM driver name; empty when the node could not be asked
     int driver_major = 0, driver_minor = 0, driver_patch = 0;
@@ -155,7 +156,7 @@ struct VirtgpuNodeReport {
     [[nodiscard]] std::vector<uint32_t> offered_capsets() const;
 };
 
-struct VirtgpuDiscovery {
+struct APIR_EXPORT VirtgpuDiscovery {
     std::vector<VirtgpuNodeReport> nodes;
     /// Why no node is usable (enumeration failed, no virtio-gpu node, or the reason
     /// of the virtio-gpu node that got furthest); empty when one is usable.
@@ -165,7 +166,7 @@ struct VirtgpuDiscovery {
 
 /// Inspects the render nodes without creating anything: driver, parameters, capset.
 /// Each node is opened, asked and closed; a failing node never stops the others.
-[[nodiscard]] VirtgpuDiscovery discover_virtgpu(const VirtgpuOptions& options = {});
+[[nodiscard]] APIR_EXPORT VirtgpuDiscovery discover_virtgpu(const VirtgpuOptions& options = {});
 
 /// Counters of the shared-memory blobs of one transport.
 struct VirtgpuStats {
@@ -187,7 +188,7 @@ struct VirtgpuStats {
 
 /// A moved-from VirtgpuTransport fails every call with DISCONNECTED and is named
 /// "moved-from" (device() must not be called on it).
-class VirtgpuTransport final {
+class APIR_EXPORT VirtgpuTransport final {
 public:
     /// Finds a usable virtio-gpu node and creates a context on it. The error names the
     /// step and system call that failed, its errno, and what to check.

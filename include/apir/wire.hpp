@@ -29,6 +29,8 @@
 // outside the span. Views (Bytes, std::string_view) decode in place without copying.
 #pragma once
 
+#include "apir/export.hpp"
+
 #include "apir/error.hpp"
 
 #include <array>

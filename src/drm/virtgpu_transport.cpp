@@ -30,7 +30,7 @@ struct Quarantined {
 
 } // namespace
 
-struct VirtgpuTransport::Impl final : ShmemOwner {
+struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
     Impl(VirtgpuOptions o, std::shared_ptr<DrmDevice> d, drm::UniqueFd f, VirtgpuNodeReport r)
         : options(std::move(o)), dev(std::move(d)), fd(std::move(f)), report(std::move(r)),
           capset(report.capset->id) {}

@@ -1,4 +1,4 @@
-// Internal: the virtio-gpu kernel interface the DRM transport speaks (PROTOCOL.md §5, §6).
+// Internal: the virtio-gpu kernel interface the DRM transport speaks (docs/PROTOCOL.md §5, §6).
 //
 // libdrm 2.4.114 (Debian 12) ships a virtgpu_drm.h from before context init (Linux
 // 5.16), blob resources (5.11) and ring indexes. What it lacks is defined here, each
@@ -120,7 +120,7 @@ struct apir_capset {
     uint32_t reserved[4];
 };
 
-// --- Layout checks: what the kernel expects (PROTOCOL.md §6).
+// --- Layout checks: what the kernel expects (docs/PROTOCOL.md §6).
 static_assert(sizeof(context_set_param) == 16);
 static_assert(sizeof(context_init) == 16 && offsetof(context_init, ctx_set_params) == 8);
 static_assert(sizeof(resource_create_blob) == 48);

@@ -57,7 +57,7 @@ private:
 
 } // namespace
 
-struct Host::Impl {
+struct APIR_LOCAL Host::Impl {
     Impl(HostOptions o, HostMemory& m) : options(std::move(o)), memory(m) {
         auto& r = registry();
         std::lock_guard lk(r.mu);
@@ -116,6 +116,12 @@ struct Host::Impl {
 
     Expected<void> execute(std::span<const std::byte> cmd);
     uint32_t load_library();
+    uint32_t load_library_once();
+    // Logs why LOADLIBRARY fails and keeps it for load_library_failure().
+    void failed(std::string why) {
+        options.logger.error("host: LOADLIBRARY: {}", why);
+        load_failure = std::move(why);
+    }
     uint32_t forward(uint32_t cmd_id, std::span<const std::byte> payload,
                      std::span<std::byte> page);
     void reply(std::span<std::byte> page, uint32_t code) {
@@ -141,6 +147,7 @@ struct Host::Impl {
     Library library;
     apir_backend_deinit_fn deinit = nullptr;
     apir_backend_dispatcher_fn dispatcher = nullptr;
+    std::string load_failure; // why the last LOADLIBRARY failed
     // Warnings the guest can repeat at will; under mu.
     RepeatLimiter dropped_log{options.repeated_warning_interval};
     RepeatLimiter reload_log{options.repeated_warning_interval};
@@ -206,35 +213,45 @@ Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
 }
 
 uint32_t Host::Impl::load_library() {
+    load_failure.clear();
+    const uint32_t code = load_library_once();
+    if (code != static_cast<uint32_t>(LoadLibraryCode::success) && load_failure.empty())
+        load_failure = fmt::format("LOADLIBRARY answered {}", code);
+    return code;
+}
+
+uint32_t Host::Impl::load_library_once() {
     constexpr auto code = [](LoadLibraryCode c) { return static_cast<uint32_t>(c); };
     auto& log = options.logger;
     if (library) {
         if (uint64_t held = 0; reload_log.admit(held))
             log.warn("host: LOADLIBRARY: a library is already loaded{}", held_back(held));
+        load_failure = "a library is already loaded";
         return code(LoadLibraryCode::already_loaded);
     }
     auto it = options.config.find(config_library_path);
     if (it == options.config.end()) {
-        log.error("host: LOADLIBRARY: configuration key '{}' is not set", config_library_path);
+        failed(fmt::format("configuration key '{}' is not set", config_library_path));
         return code(LoadLibraryCode::config_missing);
     }
     const std::string& path = it->second;
     struct stat st {};
     if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-        log.error("host: LOADLIBRARY: '{}' is not a regular file", path);
+        failed(fmt::format("'{}' is not a regular file", path));
         return code(LoadLibraryCode::cannot_open);
     }
     Library lib(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
     if (!lib) {
         const char* why = dlerror();
-        log.error("host: LOADLIBRARY: dlopen('{}') failed: {}", path, why ? why : "?");
+        failed(fmt::format("dlopen: {}", why ? why : "failed without a reason"));
         return code(LoadLibraryCode::cannot_open);
     }
     auto init = lib.symbol<apir_backend_initialize_fn>(APIR_BACKEND_INITIALIZE_SYMBOL);
     auto disp = lib.symbol<apir_backend_dispatcher_fn>(APIR_BACKEND_DISPATCHER_SYMBOL);
     if (!init || !disp) {
-        log.error("host: LOADLIBRARY: '{}' lacks {}", path,
-                  !init ? APIR_BACKEND_INITIALIZE_SYMBOL : APIR_BACKEND_DISPATCHER_SYMBOL);
+        failed(
+            fmt::format("'{}' lacks {}", path,
+                        !init ? APIR_BACKEND_INITIALIZE_SYMBOL : APIR_BACKEND_DISPATCHER_SYMBOL));
         return code(LoadLibraryCode::symbol_missing);
     }
     if (auto bind =
@@ -244,7 +261,7 @@ uint32_t Host::Impl::load_library() {
     const uint32_t r = init(ctx_id, &callbacks);
     // 0 and base+success both mean success; anything else travels as base + r.
     if (r != 0 && r != code(LoadLibraryCode::base_index)) {
-        log.error("host: LOADLIBRARY: apir_backend_initialize returned {}", r);
+        failed(fmt::format("apir_backend_initialize returned {}", r));
         if (r > UINT32_MAX - code(LoadLibraryCode::base_index) - 1)
             return code(LoadLibraryCode::base_index) + 1; // keep the word non-zero
         return code(LoadLibraryCode::base_index) + r;
@@ -296,6 +313,11 @@ bool Host::library_loaded() const noexcept {
 HostStats Host::stats() const noexcept {
     std::lock_guard lk(impl_->mu);
     return impl_->stats;
+}
+
+std::string Host::load_library_failure() const {
+    std::lock_guard lk(impl_->mu);
+    return impl_->load_failure;
 }
 
 Expected<std::span<std::byte>> Host::shmem(uint32_t res_id) const {

@@ -14,7 +14,7 @@
 
 namespace apir {
 
-struct LoopbackTransport::Impl final : HostMemory, ShmemOwner {
+struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     // The command ring: one producer at a time (submit_mu), one consumer (the host
     // thread), no lock between them. Command number p goes to slot p % slot_count,
     // published by storing seq = p + 1 after the bytes. The host thread only reads
@@ -308,6 +308,10 @@ std::string_view LoopbackTransport::name() const noexcept {
 }
 Host& LoopbackTransport::host() noexcept {
     return *impl_->host;
+}
+
+std::string LoopbackTransport::load_library_failure() {
+    return host().load_library_failure();
 }
 void LoopbackTransport::stop_host() {
     if (impl_) impl_->stop();

@@ -1,4 +1,4 @@
-// The simulated virtio-gpu device answers like Linux's driver (PROTOCOL.md §6): what
+// The simulated virtio-gpu device answers like Linux's driver (docs/PROTOCOL.md §6): what
 // passes on it must have a chance on real hardware.
 #include "catch.hpp"
 #include "drm_test_util.hpp"

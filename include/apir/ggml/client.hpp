@@ -42,6 +42,10 @@
 #include <span>
 #include <string>
 
+#include "apir/export.hpp"
+
+APIR_EXPORT_BEGIN
+
 namespace apir::ggml {
 
 struct DeviceOptions {
@@ -459,3 +463,5 @@ private:
 };
 
 } // namespace apir::ggml
+
+APIR_EXPORT_END

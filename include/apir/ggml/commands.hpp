@@ -22,6 +22,10 @@
 #include <string_view>
 #include <vector>
 
+#include "apir/export.hpp"
+
+APIR_EXPORT_BEGIN
+
 namespace apir::ggml {
 
 /// FORWARD ids of ggml's host backend (ggml d99724f2).
@@ -239,3 +243,5 @@ template <class Stats>
 }
 
 } // namespace apir::ggml
+
+APIR_EXPORT_END

@@ -19,6 +19,10 @@
 
 #include <cstring>
 
+#include "apir/export.hpp"
+
+APIR_EXPORT_BEGIN
+
 namespace apir::ggml {
 
 /// A tensor to send inline: ggml's tensor, and the host handle of its buffer (null: none).
@@ -172,3 +176,5 @@ static_assert(sizeof(RpcTensor::op_params) == GGML_MAX_OP_PARAMS);
 static_assert(max_dims == GGML_MAX_DIMS && max_src == GGML_MAX_SRC && max_name == GGML_MAX_NAME);
 
 } // namespace apir::ggml
+
+APIR_EXPORT_END

@@ -17,6 +17,10 @@
 #include <span>
 #include <vector>
 
+#include "apir/export.hpp"
+
+APIR_EXPORT_BEGIN
+
 namespace apir::ggml {
 
 /// Bytes of a packed graph of n_nodes nodes and n_tensors tensors.
@@ -74,3 +78,5 @@ private:
 };
 
 } // namespace apir::ggml
+
+APIR_EXPORT_END

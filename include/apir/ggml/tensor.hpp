@@ -18,6 +18,10 @@
 #include <string_view>
 #include <type_traits>
 
+#include "apir/export.hpp"
+
+APIR_EXPORT_BEGIN
+
 namespace apir::ggml {
 
 template <class Tag>
@@ -260,3 +264,5 @@ struct wire_traits<ggml::RpcTensor> {
 };
 
 } // namespace apir
+
+APIR_EXPORT_END

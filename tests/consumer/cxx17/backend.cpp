@@ -1,0 +1,6 @@
+// Compiled with -std=c++17 by the test suite: must stop at apir's C++20 check.
+#include <apir/backend.hpp>
+
+int main() {
+    return 0;
+}
