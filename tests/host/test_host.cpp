@@ -307,8 +307,9 @@ TEST_CASE("looking a host up by context while hosts come and go never touches a 
     std::atomic<bool> stop{false};
     std::atomic<uint64_t> found{0};
     std::thread looker([&] {
-        while (!stop.load(std::memory_order_relaxed)) {
-            const uint32_t ctx = latest.load(std::memory_order_relaxed);
+        // Each of the hosts alive in turn, the next to be destroyed among them.
+        for (uint32_t k = 0; !stop.load(std::memory_order_relaxed); ++k) {
+            const uint32_t ctx = latest.load(std::memory_order_relaxed) - (k & 3);
             if (apir::Host::shmem_for_context(ctx, page_id)) found.fetch_add(1);
         }
     });

@@ -105,7 +105,8 @@ TEST_CASE("every call returns by its deadline while the host is busy, however ma
             }
             busy.join();
             INFO("worst overshoot " << worst.count() / 1000 << " us");
-            CHECK(worst < 50ms);
+            // Generous for a loaded machine and sanitizers; the defect overshot by seconds.
+            CHECK(worst < 300ms);
             CHECK(timed_out == 80);
             // Once the host is done, the session works again.
             auto after = s->call<demo::Add>(demo::AddRequest{2, 3}, within(5s));
@@ -172,14 +173,14 @@ TEST_CASE("a spin_for near nanoseconds::max() spins to the deadline, it does not
 // Issue item 5.
 TEST_CASE("no wait policy sleeps past the deadline", "[reliability][wait]") {
     alignas(64) std::array<std::byte, 64> page{};
-    SECTION("fixed_poll(200ms) with a 5 ms deadline") {
+    SECTION("fixed_poll(1s) with a 5 ms deadline") {
         const auto start = apir::Clock::now();
-        auto r = apir::wait_for_reply(page, apir::WaitPolicy::fixed_poll(200ms),
+        auto r = apir::wait_for_reply(page, apir::WaitPolicy::fixed_poll(1s),
                                       apir::Deadline::after(5ms));
         const auto took = apir::Clock::now() - start;
         REQUIRE_FALSE(r);
         CHECK(r.error() == Errc::timeout);
-        CHECK(took < 5ms + 50ms);
+        CHECK(took < 5ms + 300ms);
     }
     SECTION("adaptive back-off up to 1 s with a 5 ms deadline") {
         apir::WaitPolicy p;
@@ -189,7 +190,7 @@ TEST_CASE("no wait policy sleeps past the deadline", "[reliability][wait]") {
         auto r = apir::wait_for_reply(page, p, apir::Deadline::after(5ms));
         const auto took = apir::Clock::now() - start;
         REQUIRE_FALSE(r);
-        CHECK(took < 5ms + 50ms);
+        CHECK(took < 5ms + 300ms);
     }
 }
 
