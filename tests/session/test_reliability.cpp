@@ -473,7 +473,8 @@ TEST_CASE("destroying a Session while a call is in flight stops with a message (
         auto s = std::make_unique<apir::Session<apir::LoopbackTransport>>(
             apir::LoopbackTransport(std::move(o)), quiet_session());
         if (!s->connect()) _exit(2);
-        std::thread caller([&] { (void)s->call<demo::Add>(demo::AddRequest{1, 2}); });
+        auto* session = s.get(); // the caller does not read the unique_ptr being reset
+        std::thread caller([session] { (void)session->call<demo::Add>(demo::AddRequest{1, 2}); });
         std::this_thread::sleep_for(50ms);
         s.reset(); // the precondition violated
         _exit(3);  // not reached
