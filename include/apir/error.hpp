@@ -109,6 +109,11 @@ enum class Errc : uint16_t {
     forward_sync_streams_failed,
     forward_invalid_index,
     forward_backend_error,
+    // ggml's command set (apir/ggml/)
+    ggml_unknown_handle,
+    ggml_status_alloc_failed,
+    ggml_status_failed,
+    ggml_status_aborted,
     count_
 };
 
@@ -208,6 +213,15 @@ struct ErrcInfo {
                 "the backend has no command with this id"};
     case Errc::forward_backend_error:
         return {"FORWARD_BACKEND_ERROR", C::backend, "the backend function returned an error"};
+    case Errc::ggml_unknown_handle:
+        return {"GGML_UNKNOWN_HANDLE", C::invalid_argument,
+                "handle not received from this device, or already freed"};
+    case Errc::ggml_status_alloc_failed:
+        return {"GGML_STATUS_ALLOC_FAILED", C::exhausted, "the host could not allocate the graph"};
+    case Errc::ggml_status_failed:
+        return {"GGML_STATUS_FAILED", C::backend, "the host failed to compute the graph"};
+    case Errc::ggml_status_aborted:
+        return {"GGML_STATUS_ABORTED", C::backend, "the host aborted the graph computation"};
     case Errc::count_:
         break;
     }

@@ -1,0 +1,461 @@
+// apir::ggml::Device: ggml's remote device over a Session, for a ggml fork to use directly.
+//
+//     apir::LoopbackOptions lo;
+//     lo.host.config["apir.load_library.path"] = ".../libggml-virtgpu-backend.so.0";
+//     lo.host.config["ggml.library.path"] = ".../libggml-cpu.so.0";
+//     lo.host.config["ggml.library.reg"] = "ggml_backend_cpu_reg";
+//     apir::Session s(apir::LoopbackTransport(lo));
+//     if (auto c = s.connect(); !c) return fail(c.error());
+//     apir::ggml::Device dev(s);
+//     auto buft = dev.buffer_type();                        // Expected<BufferTypeHandle>
+//     auto buf = dev.alloc_buffer(*buft, 1 << 20);          // Expected<Buffer>
+//     auto t = make_tensor(Type::f32, {256}).place(buf->handle, 0);
+//     dev.set_tensor(t, std::as_bytes(std::span(values)));  // through shared memory
+//     dev.graph_compute(graph);                             // Expected<void>
+//
+// Handles: the Device remembers every buffer type and buffer the host gave it and sends
+// only those (a freed buffer is unknown from then on: GGML_UNKNOWN_HANDLE), and it sends
+// a tensor only when it lies inside its buffer (ggml's host aborts on one that does not).
+// Host replies are checked: a null handle where one is required, a base of 0, a string
+// without NUL, a bool or enum out of range, a ggml_status outside ggml's enum are
+// protocol errors. Every error names the command ("buffer_set_tensor: ...").
+//
+// Bulk data (set/get) goes through the session's reused staging blob, in chunks of at
+// most DeviceOptions::chunk_size bytes; the graph goes there too. Thread-safe: transfers
+// from several threads take turns on the staging blob; other calls run concurrently.
+// Metadata and transfer calls have finite deadlines; graph_compute waits as long as the
+// computation takes unless DeviceOptions::compute_timeout is set.
+#pragma once
+
+#include "apir/ggml/commands.hpp"
+#include "apir/ggml/graph.hpp"
+#include "apir/ggml/tensor.hpp"
+#include "apir/session.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <span>
+#include <string>
+
+namespace apir::ggml {
+
+struct DeviceOptions {
+    /// Deadline of each metadata call (names, sizes, alloc, free, base, clear, copy).
+    std::chrono::nanoseconds metadata_timeout = std::chrono::seconds(10);
+    /// Deadline of each chunk of a set/get transfer.
+    std::chrono::nanoseconds transfer_timeout = std::chrono::seconds(60);
+    /// Deadline of graph_compute; none by default (a computation takes what it takes).
+    std::optional<std::chrono::nanoseconds> compute_timeout;
+    /// Largest piece of one transfer staged at once (ggml's data blob: 24 MiB).
+    size_t chunk_size = data_shmem_size;
+};
+
+struct Memory {
+    uint64_t free = 0;
+    uint64_t total = 0;
+};
+
+struct DeviceProps {
+    bool async = false;
+    bool host_buffer = false;
+    bool buffer_from_host_ptr = false;
+    bool events = false;
+    bool mmap_support = false;
+};
+
+/// A buffer the host allocated: its handle, its type and its size.
+struct Buffer {
+    BufferHandle handle;
+    BufferTypeHandle type;
+    uint64_t size = 0;
+};
+
+/// A buffer in guest-visible shared memory (device_buffer_from_ptr): bytes are the
+/// buffer's contents, readable and writable in place. Valid until free_buffer().
+struct HostPtrBuffer {
+    Buffer buffer;
+    std::span<std::byte> bytes;
+};
+
+namespace detail {
+/// err with "<command>: " before its detail; code, wire code and errno kept.
+[[nodiscard]] Error named(Error err, Command c);
+/// A reply field that must be a ggml bool (0 or 1).
+[[nodiscard]] Expected<bool> to_bool(uint8_t v, std::string_view what);
+/// t's bytes [offset, offset + size) inside a buffer of buffer_size bytes, or an error.
+[[nodiscard]] Expected<void> check_range(const RpcTensor& t, uint64_t buffer_size, uint64_t offset,
+                                         uint64_t size);
+} // namespace detail
+
+template <Transport T>
+class Device {
+public:
+    explicit Device(Session<T>& session, DeviceOptions options = {})
+        : s_(session), options_(options) {
+        if (options_.chunk_size == 0) options_.chunk_size = data_shmem_size;
+    }
+    /// Frees the buffers still alive (best effort), so that shared memory of host-pointer
+    /// buffers is not released under the host.
+    ~Device() {
+        std::map<uint64_t, Record> left;
+        {
+            std::lock_guard lk(mu_);
+            left.swap(buffers_);
+        }
+        for (auto& [h, rec] : left)
+            if (!call<BufferFreeBuffer>(BufferRequest{rec.buffer.handle}, metadata())) break;
+    }
+    Device(const Device&) = delete;
+    Device& operator=(const Device&) = delete;
+
+    // --- device ----------------------------------------------------------------
+
+    /// device_get_device_count (0) and device_get_count (1): the host backend's devices.
+    [[nodiscard]] Expected<int32_t> device_count() { return count<DeviceGetDeviceCount>(); }
+    [[nodiscard]] Expected<int32_t> count() { return count<DeviceGetCount>(); }
+    [[nodiscard]] Expected<std::string> name() { return string<DeviceGetName>(Empty{}); }
+    [[nodiscard]] Expected<std::string> description() {
+        return string<DeviceGetDescription>(Empty{});
+    }
+    [[nodiscard]] Expected<DeviceType> type() {
+        auto r = call<DeviceGetType>(Empty{}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (r->value > static_cast<uint32_t>(DeviceType::accel))
+            return bad(Command::device_get_type, fmt::format("device type {}", r->value));
+        return static_cast<DeviceType>(r->value);
+    }
+    [[nodiscard]] Expected<Memory> memory() {
+        auto r = call<DeviceGetMemory>(Empty{}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (r->free > r->total)
+            return bad(Command::device_get_memory,
+                       fmt::format("free {} > total {}", r->free, r->total));
+        return Memory{r->free, r->total};
+    }
+    [[nodiscard]] Expected<DeviceProps> props() {
+        auto r = call<DeviceGetProps>(Empty{}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        DeviceProps p;
+        const std::pair<uint8_t, bool*> f[] = {{r->async, &p.async},
+                                               {r->host_buffer, &p.host_buffer},
+                                               {r->buffer_from_host_ptr, &p.buffer_from_host_ptr},
+                                               {r->events, &p.events},
+                                               {r->mmap_support, &p.mmap_support}};
+        for (auto [v, out] : f) {
+            auto b = detail::to_bool(v, "a property");
+            if (!b)
+                return Unexpected{detail::named(std::move(b).error(), Command::device_get_props)};
+            *out = *b;
+        }
+        return p;
+    }
+    /// The device's default buffer type.
+    [[nodiscard]] Expected<BufferTypeHandle> buffer_type() {
+        auto r = call<DeviceGetBufferType>(Empty{}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (!r->buffer_type) return bad(Command::device_get_buffer_type, "null buffer type");
+        std::lock_guard lk(mu_);
+        types_.insert(r->buffer_type.value());
+        return r->buffer_type;
+    }
+    /// device_buffer_from_ptr: a buffer in a new shared-memory blob of `size` bytes that
+    /// the host wraps without copying. The blob lives until free_buffer().
+    [[nodiscard]] Expected<HostPtrBuffer> buffer_from_ptr(uint64_t size, uint64_t max_tensor_size) {
+        if (size == 0) return fail(Errc::invalid_argument, "device_buffer_from_ptr: size 0");
+        auto blob = s_.transport().create_shmem(static_cast<size_t>(size));
+        if (!blob)
+            return Unexpected{
+                detail::named(std::move(blob).error(), Command::device_buffer_from_ptr)};
+        auto r = call<DeviceBufferFromPtr>(
+            BufferFromPtrRequest{blob->res_id(), size, max_tensor_size}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (!r->buffer)
+            return fail(detail::named(Error(Errc::out_of_memory, "the host made no buffer"),
+                                      Command::device_buffer_from_ptr));
+        if (!r->buffer_type) return bad(Command::device_buffer_from_ptr, "null buffer type");
+        HostPtrBuffer out{Buffer{r->buffer, r->buffer_type, size}, blob->bytes().first(size)};
+        std::lock_guard lk(mu_);
+        if (buffers_.contains(r->buffer.value()))
+            return bad(Command::device_buffer_from_ptr, "the host returned a live buffer again");
+        types_.insert(r->buffer_type.value());
+        buffers_.emplace(r->buffer.value(), Record{out.buffer, std::move(*blob)});
+        return out;
+    }
+
+    // --- buffer types ----------------------------------------------------------
+
+    [[nodiscard]] Expected<std::string> buffer_type_name(BufferTypeHandle t) {
+        APIR_TRY(known(t, Command::buffer_type_get_name));
+        return string<BufferTypeGetName>(BufferTypeRequest{t});
+    }
+    [[nodiscard]] Expected<uint64_t> alignment(BufferTypeHandle t) {
+        APIR_TRY(known(t, Command::buffer_type_get_alignment));
+        auto r = call<BufferTypeGetAlignment>(BufferTypeRequest{t}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (r->value == 0 || (r->value & (r->value - 1)) != 0)
+            return bad(Command::buffer_type_get_alignment,
+                       fmt::format("alignment {} is not a power of two", r->value));
+        return r->value;
+    }
+    /// UINT64_MAX when the type has no limit.
+    [[nodiscard]] Expected<uint64_t> max_size(BufferTypeHandle t) {
+        APIR_TRY(known(t, Command::buffer_type_get_max_size));
+        auto r = call<BufferTypeGetMaxSize>(BufferTypeRequest{t}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (r->value == 0) return bad(Command::buffer_type_get_max_size, "max size 0");
+        return r->value;
+    }
+    /// Deprecated in ggml: its host always answers false.
+    [[nodiscard]] Expected<bool> is_host(BufferTypeHandle t) {
+        APIR_TRY(known(t, Command::buffer_type_is_host));
+        auto r = call<BufferTypeIsHost>(BufferTypeRequest{t}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        return boolean(r->value, Command::buffer_type_is_host);
+    }
+    /// A buffer of `size` bytes; OUT_OF_MEMORY when the host could not allocate it.
+    [[nodiscard]] Expected<Buffer> alloc_buffer(BufferTypeHandle t, uint64_t size) {
+        APIR_TRY(known(t, Command::buffer_type_alloc_buffer));
+        auto r = call<BufferTypeAllocBuffer>(AllocBufferRequest{t, size}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (!r->buffer)
+            return fail(
+                detail::named(Error(Errc::out_of_memory,
+                                    fmt::format("the host could not allocate {} bytes", size)),
+                              Command::buffer_type_alloc_buffer));
+        Buffer b{r->buffer, t, size};
+        std::lock_guard lk(mu_);
+        if (!buffers_.emplace(r->buffer.value(), Record{b, {}}).second)
+            return bad(Command::buffer_type_alloc_buffer, "the host returned a live buffer again");
+        return b;
+    }
+
+    // --- buffers ---------------------------------------------------------------
+
+    /// The host address of the buffer's base (never 0); tensors' data offsets count from it.
+    [[nodiscard]] Expected<uint64_t> base(BufferHandle b) {
+        APIR_TRY(live(b, Command::buffer_get_base));
+        auto r = call<BufferGetBase>(BufferRequest{b}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (r->value == 0) return bad(Command::buffer_get_base, "base address 0");
+        return r->value;
+    }
+    /// Writes data to the tensor's bytes [offset, offset + data.size()).
+    [[nodiscard]] Expected<void> set_tensor(const RpcTensor& t, Bytes data, uint64_t offset = 0) {
+        return transfer<BufferSetTensor>(
+            t, offset, data.size(), [&](std::span<std::byte> staged, size_t at) {
+                std::memcpy(staged.data(), data.data() + at, staged.size());
+            });
+    }
+    /// Reads the tensor's bytes [offset, offset + out.size()) into out.
+    [[nodiscard]] Expected<void> get_tensor(const RpcTensor& t, std::span<std::byte> out,
+                                            uint64_t offset = 0) {
+        return transfer<BufferGetTensor>(
+            t, offset, out.size(), [&](std::span<std::byte> staged, size_t at) {
+                std::memcpy(out.data() + at, staged.data(), staged.size());
+            });
+    }
+    /// buffer_cpy_tensor: copies src's bytes into dst (same size) on the host; false when
+    /// the host cannot copy between these buffers.
+    [[nodiscard]] Expected<bool> copy_tensor(const RpcTensor& src, const RpcTensor& dst) {
+        constexpr auto c = Command::buffer_cpy_tensor;
+        auto ns = placed(src, c);
+        if (!ns) return Unexpected{std::move(ns).error()};
+        auto nd = placed(dst, c);
+        if (!nd) return Unexpected{std::move(nd).error()};
+        if (*ns != *nd)
+            return fail(detail::named(
+                Error(Errc::invalid_argument, fmt::format("src has {} bytes, dst {}", *ns, *nd)),
+                c));
+        auto r = call<BufferCpyTensor>(CopyTensorRequest{dst.buffer, src, dst}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        return boolean(r->value, c);
+    }
+    /// Sets every byte of the buffer to value.
+    [[nodiscard]] Expected<void> clear(BufferHandle b, uint8_t value) {
+        APIR_TRY(live(b, Command::buffer_clear));
+        auto r = call<BufferClear>(ClearRequest{b, value}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        return {};
+    }
+    /// Frees the buffer; its handle is unknown from then on, whatever the host answers.
+    [[nodiscard]] Expected<void> free_buffer(BufferHandle b) {
+        std::optional<Record> rec;
+        {
+            std::lock_guard lk(mu_);
+            auto it = buffers_.find(b.value());
+            if (it == buffers_.end()) return unknown(Command::buffer_free_buffer, "buffer");
+            rec.emplace(std::move(it->second));
+            buffers_.erase(it);
+        }
+        auto r = call<BufferFreeBuffer>(BufferRequest{b}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        return {};
+    }
+
+    // --- compute ---------------------------------------------------------------
+
+    /// backend_graph_compute: every tensor of g must lie inside a live buffer of this
+    /// device. SUCCESS, or the status as an error (GGML_STATUS_FAILED, ...).
+    [[nodiscard]] Expected<void> graph_compute(const Graph& g) {
+        return graph_compute(g.nodes(), g.tensors());
+    }
+    [[nodiscard]] Expected<void> graph_compute(std::span<const uint64_t> nodes,
+                                               std::span<const RpcTensor> tensors) {
+        constexpr auto c = Command::backend_graph_compute;
+        if (auto v = validate_graph(nodes, tensors); !v)
+            return fail(detail::named(std::move(v).error(), c));
+        for (const RpcTensor& t : tensors)
+            if (auto p = placed(t, c); !p) return Unexpected{std::move(p).error()};
+        const uint64_t size = graph_encoded_size(nodes.size(), tensors.size());
+        auto st = s_.stage(static_cast<size_t>(size));
+        if (!st) return fail(detail::named(std::move(st).error(), c));
+        if (auto e = encode_graph(nodes, tensors, st->bytes()); !e)
+            return fail(detail::named(std::move(e).error(), c));
+        CallOptions o;
+        if (options_.compute_timeout) o.deadline = Deadline::after(*options_.compute_timeout);
+        auto r = call<BackendGraphCompute>(GraphComputeRequest{st->res_id(), size}, o);
+        if (!r) return Unexpected{std::move(r).error()};
+        auto status = to_status(r->status);
+        if (!status) return fail(detail::named(std::move(status).error(), c));
+        if (auto ok = check_status(*status); !ok)
+            return fail(detail::named(std::move(ok).error(), c));
+        return {};
+    }
+
+    // --- for extensions (apir/ggml/ggml_tensor.hpp) -----------------------------
+
+    /// Makes call C with the metadata deadline; errors named after the command.
+    template <class C>
+    [[nodiscard]] Expected<typename C::response> metadata_call(const typename C::request& req) {
+        return call<C>(req, metadata());
+    }
+    /// The buffer record of a live handle, or GGML_UNKNOWN_HANDLE.
+    [[nodiscard]] Expected<Buffer> buffer(BufferHandle b) const {
+        std::lock_guard lk(mu_);
+        auto it = buffers_.find(b.value());
+        if (it == buffers_.end() || b.is_null())
+            return fail(Errc::ggml_unknown_handle, "buffer not allocated by this device");
+        return it->second.buffer;
+    }
+    [[nodiscard]] bool knows(BufferTypeHandle t) const {
+        std::lock_guard lk(mu_);
+        return types_.contains(t.value());
+    }
+    [[nodiscard]] Session<T>& session() noexcept { return s_; }
+    [[nodiscard]] const DeviceOptions& options() const noexcept { return options_; }
+    /// Session::stats() with ggml's command names.
+    [[nodiscard]] std::vector<NamedStats> stats() const { return named_stats(s_.stats()); }
+
+private:
+    struct Record {
+        Buffer buffer;
+        Shmem blob; // host-pointer buffers only
+    };
+
+    CallOptions metadata() const {
+        CallOptions o;
+        o.deadline = Deadline::after(options_.metadata_timeout);
+        return o;
+    }
+
+    template <class C>
+    Expected<typename C::response> call(const typename C::request& req, const CallOptions& o) {
+        auto r = s_.template call<C>(req, o);
+        if (!r) {
+            auto e = detail::named(std::move(r).error(), static_cast<Command>(C::flags));
+            s_.options().logger.debug("{}", e);
+            return fail(std::move(e));
+        }
+        return r;
+    }
+
+    static Unexpected bad(Command c, std::string detail) {
+        return fail(detail::named(Error(Errc::decode_bad_value, std::move(detail)), c));
+    }
+    static Unexpected unknown(Command c, std::string_view what) {
+        return fail(detail::named(
+            Error(Errc::ggml_unknown_handle, fmt::format("{} not received from this device", what)),
+            c));
+    }
+    static Expected<bool> boolean(uint8_t v, Command c) {
+        auto b = detail::to_bool(v, "the reply");
+        if (!b) return fail(detail::named(std::move(b).error(), c));
+        return b;
+    }
+
+    template <class C>
+    Expected<int32_t> count() {
+        auto r = call<C>(Empty{}, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        if (r->value < 0)
+            return bad(static_cast<Command>(C::flags), fmt::format("count {}", r->value));
+        return r->value;
+    }
+    template <class C>
+    Expected<std::string> string(const typename C::request& req) {
+        auto r = call<C>(req, metadata());
+        if (!r) return Unexpected{std::move(r).error()};
+        return std::move(r->value);
+    }
+
+    Expected<void> known(BufferTypeHandle t, Command c) const {
+        if (t.is_null() || !knows(t)) return unknown(c, "buffer type");
+        return {};
+    }
+    Expected<void> live(BufferHandle b, Command c) const {
+        if (!buffer(b)) return unknown(c, "buffer");
+        return {};
+    }
+    // nbytes of t after checking that it lies inside its live buffer.
+    Expected<uint64_t> placed(const RpcTensor& t, Command c) const {
+        auto b = buffer(t.buffer);
+        if (!b) return unknown(c, "the tensor's buffer");
+        auto n = nbytes(t);
+        if (!n) return fail(detail::named(std::move(n).error(), c));
+        if (auto ok = detail::check_range(t, b->size, 0, *n); !ok)
+            return fail(detail::named(std::move(ok).error(), c));
+        return n;
+    }
+
+    // set/get: chunks of at most chunk_size through the staging blob; move(staged, at)
+    // copies between the caller's bytes at `at` and the staged piece.
+    template <class C, class Move>
+    Expected<void> transfer(const RpcTensor& t, uint64_t offset, size_t size, Move&& move) {
+        constexpr auto c = static_cast<Command>(C::flags);
+        auto n = placed(t, c);
+        if (!n) return Unexpected{std::move(n).error()};
+        if (offset > *n || size > *n - offset)
+            return fail(detail::named(
+                Error(Errc::invalid_argument,
+                      fmt::format("bytes [{}, +{}) outside the tensor's {}", offset, size, *n)),
+                c));
+        constexpr bool upload = std::is_same_v<C, BufferSetTensor>;
+        for (size_t at = 0; at < size;) {
+            const size_t piece = std::min(size - at, options_.chunk_size);
+            auto st = s_.stage(piece);
+            if (!st) return fail(detail::named(std::move(st).error(), c));
+            if constexpr (upload) move(st->bytes(), at);
+            CallOptions o;
+            o.deadline = Deadline::after(options_.transfer_timeout);
+            auto r =
+                call<C>(TensorTransferRequest{t.buffer, t, st->res_id(), offset + at, piece}, o);
+            if (!r) return Unexpected{std::move(r).error()};
+            if constexpr (!upload) move(st->bytes(), at);
+            at += piece;
+        }
+        return {};
+    }
+
+    Session<T>& s_;
+    DeviceOptions options_;
+    mutable std::mutex mu_;
+    std::set<uint64_t> types_;
+    std::map<uint64_t, Record> buffers_;
+};
+
+} // namespace apir::ggml
