@@ -38,7 +38,7 @@ struct Device {
     std::unique_ptr<Remote> remote;
     std::string name, description, buft_name;
     enum ggml_backend_dev_type type = GGML_BACKEND_DEVICE_TYPE_GPU;
-    uint64_t buft_handle = 0;
+    BufferTypeHandle buft_handle;
     size_t alignment = 0, max_size = 0;
 
     const Logger& log() const { return remote->logger(); }
@@ -66,8 +66,9 @@ Buffer* buffer_of(ggml_backend_buffer_t b) {
 
 void buffer_free(ggml_backend_buffer_t b) {
     Buffer* ctx = buffer_of(b);
-    if (auto r = ctx->dev->remote->free_buffer(ctx->remote.handle); !r)
-        ctx->dev->log().warn("free_buffer {:#x}: {}", ctx->remote.handle, r.error().message());
+    const BufferHandle h = ctx->remote.buffer.handle;
+    if (auto r = ctx->dev->remote->with_device([&](auto& d) { return d.free_buffer(h); }); !r)
+        ctx->dev->log().warn("free_buffer {:#x}: {}", h.value(), r.error().message());
     delete ctx;
     b->context = nullptr;
 }
@@ -76,57 +77,51 @@ void* buffer_get_base(ggml_backend_buffer_t b) {
     return reinterpret_cast<void*>(static_cast<uintptr_t>(buffer_of(b)->remote.base));
 }
 
-Expected<RpcTensor> tensor_in(Buffer* ctx, const ggml_tensor* t) {
-    return encode_rpc_tensor(t, ctx->remote);
+/// Runs a transfer of tensor t of buffer b; logs what failed.
+template <class F>
+bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, F&& f) {
+    Buffer* ctx = buffer_of(b);
+    auto rt = encode_rpc_tensor(t, ctx->remote);
+    Expected<void> r = rt ? f(*ctx->dev->remote, ctx->remote, *rt, ggml_nbytes(t))
+                          : Expected<void>(Unexpected{std::move(rt).error()});
+    if (!r) ctx->dev->log().error("{} '{}': {}", what, t->name, r.error().message());
+    return r.has_value();
 }
 
 void buffer_memset_tensor(ggml_backend_buffer_t b, ggml_tensor* t, uint8_t value, size_t offset,
                           size_t size) {
-    Buffer* ctx = buffer_of(b);
-    auto rt = tensor_in(ctx, t);
-    Expected<void> r =
-        rt ? ctx->dev->remote->fill_tensor(ctx->remote.handle, *rt, value, offset, size)
-           : Expected<void>(Unexpected{std::move(rt).error()});
-    if (!r) ctx->dev->log().error("memset_tensor '{}': {}", t->name, r.error().message());
+    transfer(b, t, "memset_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+        return r.fill_tensor(rb, rt, n, value, offset, size);
+    });
 }
 
 void buffer_set_tensor(ggml_backend_buffer_t b, ggml_tensor* t, const void* data, size_t offset,
                        size_t size) {
-    Buffer* ctx = buffer_of(b);
-    auto rt = tensor_in(ctx, t);
-    Expected<void> r =
-        rt ? ctx->dev->remote->set_tensor(ctx->remote.handle, *rt,
-                                          Bytes(static_cast<const std::byte*>(data), size), offset)
-           : Expected<void>(Unexpected{std::move(rt).error()});
-    if (!r) ctx->dev->log().error("set_tensor '{}': {}", t->name, r.error().message());
+    const Bytes bytes(static_cast<const std::byte*>(data), size);
+    transfer(b, t, "set_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+        return r.set_tensor(rb, rt, n, bytes, offset);
+    });
 }
 
 void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data, size_t offset,
                        size_t size) {
-    Buffer* ctx = buffer_of(b);
-    std::span<std::byte> out(static_cast<std::byte*>(data), size);
-    auto rt = tensor_in(ctx, t);
-    Expected<void> r = rt ? ctx->dev->remote->get_tensor(ctx->remote.handle, *rt, out, offset)
-                          : Expected<void>(Unexpected{std::move(rt).error()});
-    if (!r) {
-        ctx->dev->log().error("get_tensor '{}': {}", t->name, r.error().message());
+    const std::span<std::byte> out(static_cast<std::byte*>(data), size);
+    if (!transfer(b, t, "get_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+            return r.get_tensor(rb, rt, n, out, offset);
+        }))
         std::memset(data, 0, size); // defined contents rather than stale memory
-    }
 }
 
 bool buffer_cpy_tensor(ggml_backend_buffer_t b, const ggml_tensor* src, ggml_tensor* dst) {
     Buffer* ctx = buffer_of(b);
     // The host can copy only between buffers it holds: src must be this device's too.
     const RemoteBuffer* src_buf = ctx->dev->resolve(tensor_buffer(src));
-    if (!src_buf) return false;
+    if (!src_buf || ggml_nbytes(src) != ggml_nbytes(dst)) return false;
     auto rs = encode_rpc_tensor(src, *src_buf);
-    auto rd = tensor_in(ctx, dst);
-    if (!rs || !rd) {
-        ctx->dev->log().error("cpy_tensor '{}' -> '{}': {}", src->name, dst->name,
-                              (!rs ? rs.error() : rd.error()).message());
-        return false;
-    }
-    auto r = ctx->dev->remote->cpy_tensor(ctx->remote.handle, *rs, *rd);
+    auto rd = encode_rpc_tensor(dst, ctx->remote);
+    Expected<bool> r = !rs   ? Expected<bool>(Unexpected{rs.error()})
+                       : !rd ? Expected<bool>(Unexpected{rd.error()})
+                             : ctx->dev->remote->copy_tensor(ctx->remote, *rs, *rd);
     if (!r) {
         ctx->dev->log().error("cpy_tensor '{}' -> '{}': {}", src->name, dst->name,
                               r.error().message());
@@ -137,7 +132,8 @@ bool buffer_cpy_tensor(ggml_backend_buffer_t b, const ggml_tensor* src, ggml_ten
 
 void buffer_clear(ggml_backend_buffer_t b, uint8_t value) {
     Buffer* ctx = buffer_of(b);
-    if (auto r = ctx->dev->remote->clear_buffer(ctx->remote.handle, value); !r)
+    const BufferHandle h = ctx->remote.buffer.handle;
+    if (auto r = ctx->dev->remote->with_device([&](auto& d) { return d.clear(h, value); }); !r)
         ctx->dev->log().error("clear: {}", r.error().message());
 }
 
@@ -163,19 +159,19 @@ const char* buft_get_name(ggml_backend_buffer_type_t t) {
 
 ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t size) {
     Device* dev = device_of(t);
-    auto h = dev->remote->alloc_buffer(dev->buft_handle, size);
-    if (!h) {
-        dev->log().error("alloc_buffer of {} bytes: {}", size, h.error().message());
+    Remote& remote = *dev->remote;
+    auto b = remote.with_device([&](auto& d) { return d.alloc_buffer(dev->buft_handle, size); });
+    if (!b) {
+        dev->log().error("alloc_buffer of {} bytes: {}", size, b.error().message());
         return nullptr;
     }
-    auto base = dev->remote->buffer_base(*h);
+    auto base = remote.with_device([&](auto& d) { return d.base(b->handle); });
     if (!base) {
-        dev->log().error("alloc_buffer of {} bytes: buffer_get_base: {}", size,
-                         base.error().message());
-        (void)dev->remote->free_buffer(*h);
+        dev->log().error("alloc_buffer of {} bytes: {}", size, base.error().message());
+        (void)remote.with_device([&](auto& d) { return d.free_buffer(b->handle); });
         return nullptr;
     }
-    auto* ctx = new Buffer{dev, RemoteBuffer{*h, *base, size}};
+    auto* ctx = new Buffer{dev, RemoteBuffer{*b, *base}};
     return ggml_backend_buffer_init(t, buffer_iface, ctx, size);
 }
 
@@ -214,6 +210,7 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         dev->log().error("graph_compute: {}", r.error().message());
         return GGML_STATUS_FAILED;
     }
+    if (s->encoding.node_count() == 0) return GGML_STATUS_SUCCESS; // nothing to run
     const size_t n = s->encoding.size();
     if (s->graph_blob.size() < n) {
         s->graph_blob.reset();
@@ -225,15 +222,18 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         }
         s->graph_blob = std::move(*blob);
     }
-    s->encoding.write(s->graph_blob.bytes());
+    if (auto w = s->encoding.write(s->graph_blob.bytes()); !w) {
+        dev->log().error("graph_compute: {}", w.error().message());
+        return GGML_STATUS_FAILED;
+    }
     auto st = dev->remote->graph_compute(s->graph_blob.res_id(), n);
     if (!st) {
         dev->log().error("graph_compute of {} nodes: {}", ggml_graph_n_nodes(graph),
                          st.error().message());
         return GGML_STATUS_FAILED;
     }
-    if (*st != RemoteStatus::success)
-        dev->log().warn("graph_compute: the host answered {}", remote_status_name(*st));
+    if (*st != ggml::Status::success)
+        dev->log().warn("graph_compute: the host answered {}", ggml::status_name(*st));
     return static_cast<ggml_status>(static_cast<int32_t>(*st));
 }
 
@@ -274,14 +274,14 @@ const char* dev_get_description(ggml_backend_dev_t d) {
 
 void dev_get_memory(ggml_backend_dev_t d, size_t* free, size_t* total) {
     Device* dev = device_of(d);
-    auto m = dev->remote->device_memory();
+    auto m = dev->remote->with_device([](auto& d) { return d.memory(); });
     if (!m) {
         dev->log().warn("get_memory: {}", m.error().message());
         *free = *total = 0;
         return;
     }
-    *free = static_cast<size_t>(m->first);
-    *total = static_cast<size_t>(m->second);
+    *free = static_cast<size_t>(m->free);
+    *total = static_cast<size_t>(m->total);
 }
 
 enum ggml_backend_dev_type dev_get_type(ggml_backend_dev_t d) {
@@ -326,8 +326,9 @@ bool dev_supports_op(ggml_backend_dev_t d, const ggml_tensor* op) {
         break;
     }
     Device* dev = device_of(d);
-    auto bytes = encode_inline_tensor(op, dev->resolver());
-    auto r = dev->remote->supports_op(bytes);
+    const RemoteBuffer* rb = op->buffer ? dev->resolve(op->buffer) : nullptr;
+    const BufferHandle h = rb ? rb->buffer.handle : BufferHandle{};
+    auto r = dev->remote->with_device([&](auto& d) { return ggml::supports_op(d, op, h); });
     if (!r) {
         dev->log().warn("supports_op {}: {}", ggml_op_desc(op), r.error().message());
         return false;
@@ -398,32 +399,32 @@ const ggml_backend_reg_i reg_iface = {
 /// Reads what the device offers once; names and sizes do not change.
 Expected<void> describe(Device& d) {
     Remote& r = *d.remote;
-    auto count = r.device_count();
+    auto count = r.with_device([](auto& dev) { return dev.count(); });
     if (!count) return Unexpected{std::move(count).error()};
     if (*count == 0) return fail(Errc::no_device, "the host's ggml backend has no device");
     if (*count > 1)
         d.log().info("the host has {} devices; ggml's command set reaches its first", *count);
-    auto name = r.device_name();
+    auto name = r.with_device([](auto& dev) { return dev.name(); });
     if (!name) return Unexpected{std::move(name).error()};
-    auto desc = r.device_description();
+    auto desc = r.with_device([](auto& dev) { return dev.description(); });
     if (!desc) return Unexpected{std::move(desc).error()};
-    auto type = r.device_type();
+    auto type = r.with_device([](auto& dev) { return dev.type(); });
     if (!type) return Unexpected{std::move(type).error()};
-    auto buft = r.buffer_type();
+    auto buft = r.with_device([](auto& dev) { return dev.buffer_type(); });
     if (!buft) return Unexpected{std::move(buft).error()};
-    auto buft_name = r.buffer_type_name(*buft);
+    auto buft_name = r.with_device([&](auto& dev) { return dev.buffer_type_name(*buft); });
     if (!buft_name) return Unexpected{std::move(buft_name).error()};
-    auto align = r.buffer_type_alignment(*buft);
+    auto align = r.with_device([&](auto& dev) { return dev.alignment(*buft); });
     if (!align) return Unexpected{std::move(align).error()};
-    auto max = r.buffer_type_max_size(*buft);
+    auto max = r.with_device([&](auto& dev) { return dev.max_size(*buft); });
     if (!max) return Unexpected{std::move(max).error()};
 
     d.description = fmt::format("{} ({} over APIR {})", *desc, *name, r.transport_name());
     d.buft_name = fmt::format("{}:{}", d.name, *buft_name);
     // The host's memory is not in this process's address space: to ggml, a host CPU is
     // a discrete device (type GPU), so that schedulers offload to it.
-    d.type = *type == GGML_BACKEND_DEVICE_TYPE_CPU ? GGML_BACKEND_DEVICE_TYPE_GPU
-                                                   : static_cast<enum ggml_backend_dev_type>(*type);
+    d.type = *type == ggml::DeviceType::cpu ? GGML_BACKEND_DEVICE_TYPE_GPU
+                                            : static_cast<enum ggml_backend_dev_type>(*type);
     d.buft_handle = *buft;
     d.alignment = static_cast<size_t>(*align);
     d.max_size = static_cast<size_t>(std::min<uint64_t>(*max, SIZE_MAX));

@@ -1,18 +1,23 @@
-// Remote: the host's ggml device as libggml-apir sees it — one Session over the
-// chosen transport and ggml's command set (PROTOCOL.md §7) as calls that return
-// Expected values. Every reply is checked (null handles, base 0, strings, statuses).
+// Remote: the host's ggml device as libggml-apir sees it — a Session over the chosen
+// transport and an apir::ggml::Device on it (include/apir/ggml/), plus two things the
+// backend needs on top:
 //
-// A call that times out or finds the host gone marks the remote lost: later calls
-// fail at once with DISCONNECTED instead of waiting again, so a ggml program whose
-// host died gets failed allocations and failed computes quickly, never a hang.
+// - A lost host fails fast: a call that times out or finds the host gone marks the
+//   remote lost, and every later call fails at once with DISCONNECTED instead of
+//   waiting again, so a ggml program whose host died gets failed allocations and
+//   failed computes quickly, never a hang.
+// - Transfers, copies and graphs of every ggml type: apir::ggml::Device checks tensor
+//   sizes with its own table of types, which lacks ggml's k-quants and i-quants; here
+//   ggml itself (ggml_nbytes) sizes the tensor, and the same typed commands are sent.
 #pragma once
 
 #include "config.hpp"
 
+#include "apir/ggml/client.hpp"
+#include "apir/ggml/ggml_tensor.hpp"
 #include "apir/session.hpp"
 #include "apir/transport.hpp"
 
-#include <array>
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -20,59 +25,54 @@
 
 namespace apir::ggml_remote {
 
-/// The 304-byte rpc tensor of PROTOCOL.md §7, as raw bytes (filled by tensor_codec).
-inline constexpr size_t rpc_tensor_size = 304;
-using RpcTensor = std::array<std::byte, rpc_tensor_size>;
+using ggml::BufferHandle;
+using ggml::BufferTypeHandle;
+using ggml::RpcTensor;
 
-struct RemoteProps {
-    bool async = false, host_buffer = false, buffer_from_host_ptr = false, events = false,
-         mmap_support = false;
+/// A buffer of the host: what the host gave (handle, size) and its base address there.
+struct RemoteBuffer {
+    ggml::Buffer buffer;
+    uint64_t base = 0;
 };
-
-/// ggml_status values as the host sends them.
-enum class RemoteStatus : int32_t { alloc_failed = -2, failed = -1, success = 0, aborted = 1 };
-[[nodiscard]] std::string_view remote_status_name(RemoteStatus s) noexcept;
 
 class Remote {
 public:
+    using Device = ggml::Device<AnyTransport>;
+
     /// A session over transport; nothing is sent until connect().
     Remote(AnyTransport transport, const BackendConfig& config, Logger logger);
     /// Creates the transport the configuration names (virtgpu or loopback).
     [[nodiscard]] static Expected<std::unique_ptr<Remote>> open(const BackendConfig& config,
                                                                 Logger logger);
+    ~Remote();
 
     /// HANDSHAKE + LOADLIBRARY.
     [[nodiscard]] Expected<void> connect();
 
-    [[nodiscard]] Expected<int32_t> device_count();
-    [[nodiscard]] Expected<std::string> device_name();
-    [[nodiscard]] Expected<std::string> device_description();
-    [[nodiscard]] Expected<uint32_t> device_type();
-    [[nodiscard]] Expected<std::pair<uint64_t, uint64_t>> device_memory(); ///< free, total
-    [[nodiscard]] Expected<RemoteProps> device_props();
-    /// The raw ggml tensor encoding of device_supports_op (built by tensor_codec).
-    [[nodiscard]] Expected<bool> supports_op(Bytes inline_tensor);
-    [[nodiscard]] Expected<uint64_t> buffer_type();
-    [[nodiscard]] Expected<std::string> buffer_type_name(uint64_t buft);
-    [[nodiscard]] Expected<uint64_t> buffer_type_alignment(uint64_t buft);
-    [[nodiscard]] Expected<uint64_t> buffer_type_max_size(uint64_t buft);
-    /// OUT_OF_MEMORY when the host answers a null buffer.
-    [[nodiscard]] Expected<uint64_t> alloc_buffer(uint64_t buft, uint64_t size);
-    [[nodiscard]] Expected<uint64_t> buffer_base(uint64_t buffer);
-    /// Copies data to tensor data + offset, through the staging blob, in chunks.
-    [[nodiscard]] Expected<void> set_tensor(uint64_t buffer, const RpcTensor& t, Bytes data,
+    /// Runs f(device) unless the host is lost; marks it lost when f's error says so.
+    template <class F>
+    auto with_device(F&& f) -> decltype(f(std::declval<Device&>())) {
+        if (lost()) return lost_error();
+        auto r = f(device_);
+        if (!r) note(r.error());
+        return r;
+    }
+
+    /// Copies data to the tensor's bytes [offset, +size) (tensor of nbytes bytes).
+    [[nodiscard]] Expected<void> set_tensor(const RemoteBuffer& b, const RpcTensor& t,
+                                            uint64_t nbytes, Bytes data, uint64_t offset);
+    /// Sets size bytes at offset to value.
+    [[nodiscard]] Expected<void> fill_tensor(const RemoteBuffer& b, const RpcTensor& t,
+                                             uint64_t nbytes, uint8_t value, uint64_t offset,
+                                             uint64_t size);
+    [[nodiscard]] Expected<void> get_tensor(const RemoteBuffer& b, const RpcTensor& t,
+                                            uint64_t nbytes, std::span<std::byte> out,
                                             uint64_t offset);
-    /// Fills size bytes at tensor data + offset with value (set_tensor of a filled blob).
-    [[nodiscard]] Expected<void> fill_tensor(uint64_t buffer, const RpcTensor& t, uint8_t value,
-                                             uint64_t offset, uint64_t size);
-    [[nodiscard]] Expected<void> get_tensor(uint64_t buffer, const RpcTensor& t,
-                                            std::span<std::byte> out, uint64_t offset);
-    [[nodiscard]] Expected<bool> cpy_tensor(uint64_t buffer, const RpcTensor& src,
-                                            const RpcTensor& dst);
-    [[nodiscard]] Expected<void> clear_buffer(uint64_t buffer, uint8_t value);
-    [[nodiscard]] Expected<void> free_buffer(uint64_t buffer);
-    /// Runs the packed graph held in blob res_id (size bytes).
-    [[nodiscard]] Expected<RemoteStatus> graph_compute(uint32_t res_id, uint64_t size);
+    /// buffer_cpy_tensor into dst's buffer; false when the host cannot copy.
+    [[nodiscard]] Expected<bool> copy_tensor(const RemoteBuffer& dst_buffer, const RpcTensor& src,
+                                             const RpcTensor& dst);
+    /// Runs the packed graph held in blob res_id (size bytes); the host's ggml_status.
+    [[nodiscard]] Expected<ggml::Status> graph_compute(uint32_t res_id, uint64_t size);
 
     /// Shared memory for a caller's own use (the graph blob of a backend stream).
     [[nodiscard]] Expected<Shmem> create_shmem(size_t n);
@@ -82,17 +82,19 @@ public:
     [[nodiscard]] Session<AnyTransport>& session() noexcept { return session_; }
     [[nodiscard]] const Logger& logger() const noexcept { return logger_; }
     [[nodiscard]] std::string_view transport_name() noexcept { return session_.transport().name(); }
-    /// Largest piece of one set/get transfer (the staging blob's size).
-    static constexpr size_t max_chunk = size_t{32} << 20;
+    /// Largest piece of one set/get transfer (ggml's data blob size).
+    [[nodiscard]] size_t chunk_size() const noexcept { return device_.options().chunk_size; }
 
 private:
     template <class C>
-    Expected<typename C::response> call(const typename C::request& req, bool compute = false);
+    Expected<typename C::response> call(const typename C::request& req, Deadline deadline);
+    void note(const Error& e);
+    static Unexpected lost_error();
 
     Session<AnyTransport> session_;
+    ggml::DeviceOptions options_;
+    Device device_;
     Logger logger_;
-    std::chrono::milliseconds call_timeout_;
-    std::optional<std::chrono::milliseconds> compute_timeout_;
     std::atomic<bool> lost_{false};
 };
 

@@ -186,7 +186,8 @@ TEST_CASE("tensors round-trip and a graph computes on the host") {
     }
     SECTION("a transfer larger than a staging chunk goes in pieces") {
         Ctx c;
-        const int64_t n = (Remote::max_chunk / sizeof(float)) + 12345;
+        const auto chunk = static_cast<int64_t>(f.registry->remote()->chunk_size());
+        const int64_t n = chunk / static_cast<int64_t>(sizeof(float)) + 12345;
         ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, n);
         ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
         REQUIRE(buf != nullptr);
