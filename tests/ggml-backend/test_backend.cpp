@@ -99,9 +99,10 @@ std::vector<float> random_floats(size_t n, uint32_t seed) {
     return v;
 }
 
-/// c = a * b (matrix product, ggml's convention) + a2 on the device, checked against a
-/// product computed here.
-void matmul_add_round(ggml_backend_t backend, uint32_t seed) {
+/// c = a * b (matrix product, ggml's convention) + bias on the device, checked against a
+/// product computed here. Returns what went wrong, empty when nothing did (no Catch2
+/// macros: the threads of the last test call it too).
+std::string matmul_add_round(ggml_backend_t backend, uint32_t seed) {
     constexpr int K = 32, M = 8, N = 4;
     Ctx c;
     ggml_tensor* a = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, K, M);
@@ -109,7 +110,7 @@ void matmul_add_round(ggml_backend_t backend, uint32_t seed) {
     ggml_tensor* bias = ggml_new_tensor_2d(c.ctx, GGML_TYPE_F32, M, N);
     ggml_tensor* out = ggml_add(c.ctx, ggml_mul_mat(c.ctx, a, b), bias);
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
-    REQUIRE(buf != nullptr);
+    if (!buf) return "allocation failed";
     auto va = random_floats(K * M, seed), vb = random_floats(K * N, seed + 1),
          vbias = random_floats(M * N, seed + 2);
     ggml_backend_tensor_set(a, va.data(), 0, ggml_nbytes(a));
@@ -117,7 +118,7 @@ void matmul_add_round(ggml_backend_t backend, uint32_t seed) {
     ggml_backend_tensor_set(bias, vbias.data(), 0, ggml_nbytes(bias));
     ggml_cgraph* g = ggml_new_graph(c.ctx);
     ggml_build_forward_expand(g, out);
-    REQUIRE(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS);
+    const ggml_status st = ggml_backend_graph_compute(backend, g);
     std::vector<float> got(M * N);
     ggml_backend_tensor_get(out, got.data(), 0, ggml_nbytes(out));
     for (int n = 0; n < N; ++n)
@@ -125,9 +126,13 @@ void matmul_add_round(ggml_backend_t backend, uint32_t seed) {
             float want = vbias[n * M + m];
             for (int k = 0; k < K; ++k)
                 want += va[m * K + k] * vb[n * K + k];
-            REQUIRE(std::fabs(got[n * M + m] - want) < 1e-4f);
+            if (std::fabs(got[n * M + m] - want) >= 1e-4f) {
+                ggml_backend_buffer_free(buf);
+                return "wrong result at " + std::to_string(n * M + m);
+            }
         }
     ggml_backend_buffer_free(buf);
+    return st == GGML_STATUS_SUCCESS ? "" : "graph_compute failed";
 }
 
 } // namespace
@@ -152,7 +157,7 @@ TEST_CASE("tensors round-trip and a graph computes on the host") {
     Fixture f;
     ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
     REQUIRE(backend != nullptr);
-    matmul_add_round(backend, 1);
+    REQUIRE(matmul_add_round(backend, 1).empty());
 
     SECTION("set, memset, clear and copy inside the device") {
         Ctx c;
@@ -240,7 +245,7 @@ TEST_CASE("a graph with a tensor outside the device fails, and the device carrie
     CHECK(f.forwards(22) == computes); // refused here, never sent
     // A CPU tensor is not a source a device copy can use either: ggml falls back.
     CHECK_FALSE(ggml_backend_buffer_copy_tensor(y, x));
-    matmul_add_round(backend, 5);
+    CHECK(matmul_add_round(backend, 5).empty());
     for (auto* b : {bx, by, bs})
         ggml_backend_buffer_free(b);
     ggml_backend_free(cpu);
@@ -303,19 +308,21 @@ TEST_CASE("many threads, each with its own stream and buffers, on one device") {
                             : 4;
     const int rounds =
         std::getenv("APIR_GGML_TEST_ROUNDS") ? std::atoi(std::getenv("APIR_GGML_TEST_ROUNDS")) : 20;
-    std::atomic<int> done{0};
+    std::atomic<int> done{0}, failures{0};
     std::vector<std::thread> pool;
     for (int t = 0; t < threads; ++t)
         pool.emplace_back([&, t] {
             ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
             for (int r = 0; r < rounds; ++r)
-                matmul_add_round(backend, static_cast<uint32_t>(t * 1000 + r));
+                if (!matmul_add_round(backend, static_cast<uint32_t>(t * 1000 + r)).empty())
+                    failures.fetch_add(1);
             ggml_backend_free(backend);
             done.fetch_add(1);
         });
     for (auto& th : pool)
         th.join();
     CHECK(done == threads);
+    CHECK(failures == 0);
     CHECK(f.forwards(22) == static_cast<uint64_t>(threads * rounds));
 }
 
