@@ -16,7 +16,6 @@
 //   memory_inverted   device_get_memory answers free > total
 //   bad_alignment     buffer_type_get_alignment answers 24
 //   negative_count    device_get_count answers -1
-//   short_reply       device_get_memory answers 8 of its 16 bytes
 //   refuse            every command returns 1 (the host refused)
 //   slow_name         device_get_name sleeps 500 ms first
 #include <apir/backend.hpp>
@@ -163,10 +162,6 @@ uint32_t dispatch(Context& c, uint32_t ctx_id, uint32_t cmd, apir::Decoder& d, a
         e.put(uint32_t{h == "bad_type" ? 9u : 0u});
         return 0;
     case Command::device_get_memory:
-        if (h == "short_reply") {
-            e.write_u64(1);
-            return 0;
-        }
         e.put(MemoryReply{h == "memory_inverted" ? uint64_t{3} << 30 : uint64_t{1} << 30,
                           uint64_t{2} << 30});
         return 0;

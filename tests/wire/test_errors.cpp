@@ -76,6 +76,10 @@ const std::vector<Row> every_error = {
     {Errc::forward_sync_streams_failed, "FORWARD_SYNC_STREAMS_FAILED", Category::backend},
     {Errc::forward_invalid_index, "FORWARD_INVALID_INDEX", Category::invalid_argument},
     {Errc::forward_backend_error, "FORWARD_BACKEND_ERROR", Category::backend},
+    {Errc::ggml_unknown_handle, "GGML_UNKNOWN_HANDLE", Category::invalid_argument},
+    {Errc::ggml_status_alloc_failed, "GGML_STATUS_ALLOC_FAILED", Category::exhausted},
+    {Errc::ggml_status_failed, "GGML_STATUS_FAILED", Category::backend},
+    {Errc::ggml_status_aborted, "GGML_STATUS_ABORTED", Category::backend},
 };
 
 constexpr auto error_count = static_cast<unsigned>(Errc::count_);
