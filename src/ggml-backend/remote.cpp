@@ -105,57 +105,55 @@ Expected<typename C::response> Remote::call(const typename C::request& req, Dead
     return r;
 }
 
-Expected<void> Remote::set_tensor(const RemoteBuffer& b, const RpcTensor& t, uint64_t nbytes,
-                                  Bytes data, uint64_t offset) {
-    APIR_TRY(check_transfer(b, t, nbytes, offset, data.size()));
-    ggml::TensorTransferRequest req{t.buffer, t, 0, 0, 0};
-    for (size_t done = 0; done < data.size();) {
-        const size_t n = std::min(chunk_size(), data.size() - done);
-        auto s = session_.stage(data.subspan(done, n));
-        if (!s) return Unexpected{std::move(s).error()};
-        req.res_id = s->res_id();
-        req.offset = offset + done;
-        req.size = n;
-        APIR_TRY(call<ggml::BufferSetTensor>(req, Deadline::after(options_.transfer_timeout)));
-        done += n;
-    }
-    return {};
-}
-
-Expected<void> Remote::fill_tensor(const RemoteBuffer& b, const RpcTensor& t, uint64_t nbytes,
-                                   uint8_t value, uint64_t offset, uint64_t size) {
-    APIR_TRY(check_transfer(b, t, nbytes, offset, size));
+template <class C, class Before, class After>
+Expected<void> Remote::chunked(const RpcTensor& t, uint64_t offset, uint64_t size, Before&& before,
+                               After&& after) {
     ggml::TensorTransferRequest req{t.buffer, t, 0, 0, 0};
     for (uint64_t done = 0; done < size;) {
         const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk_size(), size - done));
         auto s = session_.stage(n);
         if (!s) return Unexpected{std::move(s).error()};
-        std::memset(s->bytes().data(), value, n);
+        before(s->bytes(), static_cast<size_t>(done));
         req.res_id = s->res_id();
         req.offset = offset + done;
         req.size = n;
-        APIR_TRY(call<ggml::BufferSetTensor>(req, Deadline::after(options_.transfer_timeout)));
+        APIR_TRY(call<C>(req, Deadline::after(options_.transfer_timeout)));
+        after(s->bytes(), static_cast<size_t>(done));
         done += n;
     }
     return {};
 }
 
+Expected<void> Remote::set_tensor(const RemoteBuffer& b, const RpcTensor& t, uint64_t nbytes,
+                                  Bytes data, uint64_t offset) {
+    APIR_TRY(check_transfer(b, t, nbytes, offset, data.size()));
+    return chunked<ggml::BufferSetTensor>(
+        t, offset, data.size(),
+        [&](std::span<std::byte> staged, size_t at) {
+            std::memcpy(staged.data(), data.data() + at, staged.size());
+        },
+        [](std::span<std::byte>, size_t) {});
+}
+
+Expected<void> Remote::fill_tensor(const RemoteBuffer& b, const RpcTensor& t, uint64_t nbytes,
+                                   uint8_t value, uint64_t offset, uint64_t size) {
+    APIR_TRY(check_transfer(b, t, nbytes, offset, size));
+    return chunked<ggml::BufferSetTensor>(
+        t, offset, size,
+        [&](std::span<std::byte> staged, size_t) {
+            std::memset(staged.data(), value, staged.size());
+        },
+        [](std::span<std::byte>, size_t) {});
+}
+
 Expected<void> Remote::get_tensor(const RemoteBuffer& b, const RpcTensor& t, uint64_t nbytes,
                                   std::span<std::byte> out, uint64_t offset) {
     APIR_TRY(check_transfer(b, t, nbytes, offset, out.size()));
-    ggml::TensorTransferRequest req{t.buffer, t, 0, 0, 0};
-    for (size_t done = 0; done < out.size();) {
-        const size_t n = std::min(chunk_size(), out.size() - done);
-        auto s = session_.stage(n);
-        if (!s) return Unexpected{std::move(s).error()};
-        req.res_id = s->res_id();
-        req.offset = offset + done;
-        req.size = n;
-        APIR_TRY(call<ggml::BufferGetTensor>(req, Deadline::after(options_.transfer_timeout)));
-        std::memcpy(out.data() + done, s->bytes().data(), n);
-        done += n;
-    }
-    return {};
+    return chunked<ggml::BufferGetTensor>(
+        t, offset, out.size(), [](std::span<std::byte>, size_t) {},
+        [&](std::span<std::byte> staged, size_t at) {
+            std::memcpy(out.data() + at, staged.data(), staged.size());
+        });
 }
 
 Expected<bool> Remote::copy_tensor(const RemoteBuffer& dst_buffer, const RpcTensor& src,

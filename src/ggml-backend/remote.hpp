@@ -88,6 +88,11 @@ public:
 private:
     template <class C>
     Expected<typename C::response> call(const typename C::request& req, Deadline deadline);
+    // One transfer in pieces of chunk_size() through the staging blob: before() fills a
+    // staged piece (set), after() empties it (get); both get the piece and its offset.
+    template <class C, class Before, class After>
+    Expected<void> chunked(const RpcTensor& t, uint64_t offset, uint64_t size, Before&& before,
+                           After&& after);
     void note(const Error& e);
     static Unexpected lost_error();
 
