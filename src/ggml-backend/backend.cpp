@@ -1,0 +1,529 @@
+// ggml's backend interfaces (ggml-backend-impl.h) on a Remote: registration, device,
+// buffer type, buffer and backend stream. Failures never abort: an allocation that
+// fails returns null, a compute that fails returns GGML_STATUS_FAILED, and the reason
+// goes to ggml's logger.
+#include "ggml-apir.h"
+#include "registry.hpp"
+#include "tensor_codec.hpp"
+
+#include "ggml-backend-impl.h"
+
+#include <atomic>
+#include <cstring>
+#include <mutex>
+
+namespace apir::ggml_remote {
+
+namespace {
+
+constexpr const char* reg_name = "APIR";
+
+struct Device;
+
+struct Buffer {
+    Device* dev;
+    RemoteBuffer remote;
+};
+
+struct Stream {
+    Device* dev;
+    std::mutex mu;
+    Shmem graph_blob; // reused for every graph of this stream
+    GraphEncoding encoding;
+};
+
+struct Device {
+    ggml_backend_device dev{};
+    ggml_backend_buffer_type buft{};
+    std::unique_ptr<Remote> remote;
+    std::string name, description, buft_name;
+    enum ggml_backend_dev_type type = GGML_BACKEND_DEVICE_TYPE_GPU;
+    BufferTypeHandle buft_handle;
+    size_t alignment = 0, max_size = 0;
+
+    const Logger& log() const { return remote->logger(); }
+    /// The remote buffer behind a ggml buffer if it is one of this device's.
+    const RemoteBuffer* resolve(const ggml_backend_buffer* b) const {
+        if (!b || b->buft != &buft || !b->context) return nullptr;
+        return &static_cast<const Buffer*>(b->context)->remote;
+    }
+    BufferResolver resolver() const {
+        return [this](const ggml_backend_buffer* b) { return resolve(b); };
+    }
+};
+
+Device* device_of(ggml_backend_dev_t d) {
+    return static_cast<Device*>(d->context);
+}
+Device* device_of(ggml_backend_buffer_type_t b) {
+    return static_cast<Device*>(b->context);
+}
+Buffer* buffer_of(ggml_backend_buffer_t b) {
+    return static_cast<Buffer*>(b->context);
+}
+
+// ---- buffer
+
+void buffer_free(ggml_backend_buffer_t b) {
+    Buffer* ctx = buffer_of(b);
+    const BufferHandle h = ctx->remote.buffer.handle;
+    if (auto r = ctx->dev->remote->with_device([&](auto& d) { return d.free_buffer(h); }); !r)
+        ctx->dev->log().warn("free_buffer {:#x}: {}", h.value(), r.error().message());
+    delete ctx;
+    b->context = nullptr;
+}
+
+void* buffer_get_base(ggml_backend_buffer_t b) {
+    return reinterpret_cast<void*>(static_cast<uintptr_t>(buffer_of(b)->remote.base));
+}
+
+/// Runs a transfer of tensor t of buffer b; logs what failed.
+template <class F>
+bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, F&& f) {
+    Buffer* ctx = buffer_of(b);
+    auto rt = encode_rpc_tensor(t, ctx->remote);
+    Expected<void> r = rt ? f(*ctx->dev->remote, ctx->remote, *rt, ggml_nbytes(t))
+                          : Expected<void>(Unexpected{std::move(rt).error()});
+    if (!r) ctx->dev->log().error("{} '{}': {}", what, t->name, r.error().message());
+    return r.has_value();
+}
+
+void buffer_memset_tensor(ggml_backend_buffer_t b, ggml_tensor* t, uint8_t value, size_t offset,
+                          size_t size) {
+    transfer(b, t, "memset_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+        return r.fill_tensor(rb, rt, n, value, offset, size);
+    });
+}
+
+void buffer_set_tensor(ggml_backend_buffer_t b, ggml_tensor* t, const void* data, size_t offset,
+                       size_t size) {
+    const Bytes bytes(static_cast<const std::byte*>(data), size);
+    transfer(b, t, "set_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+        return r.set_tensor(rb, rt, n, bytes, offset);
+    });
+}
+
+void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data, size_t offset,
+                       size_t size) {
+    const std::span<std::byte> out(static_cast<std::byte*>(data), size);
+    if (!transfer(b, t, "get_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+            return r.get_tensor(rb, rt, n, out, offset);
+        }))
+        std::memset(data, 0, size); // defined contents rather than stale memory
+}
+
+bool buffer_cpy_tensor(ggml_backend_buffer_t b, const ggml_tensor* src, ggml_tensor* dst) {
+    Buffer* ctx = buffer_of(b);
+    // The host can copy only between buffers it holds: src must be this device's too.
+    const RemoteBuffer* src_buf = ctx->dev->resolve(tensor_buffer(src));
+    if (!src_buf || ggml_nbytes(src) != ggml_nbytes(dst)) return false;
+    auto rs = encode_rpc_tensor(src, *src_buf);
+    auto rd = encode_rpc_tensor(dst, ctx->remote);
+    Expected<bool> r = !rs   ? Expected<bool>(Unexpected{rs.error()})
+                       : !rd ? Expected<bool>(Unexpected{rd.error()})
+                             : ctx->dev->remote->copy_tensor(ctx->remote, *rs, *rd);
+    if (!r) {
+        ctx->dev->log().error("cpy_tensor '{}' -> '{}': {}", src->name, dst->name,
+                              r.error().message());
+        return false;
+    }
+    return *r;
+}
+
+void buffer_clear(ggml_backend_buffer_t b, uint8_t value) {
+    Buffer* ctx = buffer_of(b);
+    const BufferHandle h = ctx->remote.buffer.handle;
+    if (auto r = ctx->dev->remote->with_device([&](auto& d) { return d.clear(h, value); }); !r)
+        ctx->dev->log().error("clear: {}", r.error().message());
+}
+
+const ggml_backend_buffer_i buffer_iface = {
+    /* .free_buffer   = */ buffer_free,
+    /* .get_base      = */ buffer_get_base,
+    /* .init_tensor   = */ nullptr,
+    /* .memset_tensor = */ buffer_memset_tensor,
+    /* .set_tensor    = */ buffer_set_tensor,
+    /* .get_tensor    = */ buffer_get_tensor,
+    /* .set_tensor_2d = */ nullptr,
+    /* .get_tensor_2d = */ nullptr,
+    /* .cpy_tensor    = */ buffer_cpy_tensor,
+    /* .clear         = */ buffer_clear,
+    /* .reset         = */ nullptr,
+};
+
+// ---- buffer type
+
+const char* buft_get_name(ggml_backend_buffer_type_t t) {
+    return device_of(t)->buft_name.c_str();
+}
+
+ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t size) {
+    Device* dev = device_of(t);
+    Remote& remote = *dev->remote;
+    auto b = remote.with_device([&](auto& d) { return d.alloc_buffer(dev->buft_handle, size); });
+    if (!b) {
+        dev->log().error("alloc_buffer of {} bytes: {}", size, b.error().message());
+        return nullptr;
+    }
+    auto base = remote.with_device([&](auto& d) { return d.base(b->handle); });
+    if (!base) {
+        dev->log().error("alloc_buffer of {} bytes: {}", size, base.error().message());
+        (void)remote.with_device([&](auto& d) { return d.free_buffer(b->handle); });
+        return nullptr;
+    }
+    auto* ctx = new Buffer{dev, RemoteBuffer{*b, *base}};
+    return ggml_backend_buffer_init(t, buffer_iface, ctx, size);
+}
+
+size_t buft_get_alignment(ggml_backend_buffer_type_t t) {
+    return device_of(t)->alignment;
+}
+size_t buft_get_max_size(ggml_backend_buffer_type_t t) {
+    return device_of(t)->max_size;
+}
+
+const ggml_backend_buffer_type_i buft_iface = {
+    /* .get_name       = */ buft_get_name,
+    /* .alloc_buffer   = */ buft_alloc_buffer,
+    /* .get_alignment  = */ buft_get_alignment,
+    /* .get_max_size   = */ buft_get_max_size,
+    /* .get_alloc_size = */ nullptr, // ggml_nbytes, as the host's CPU buffers need
+    /* .is_host        = */ nullptr,
+};
+
+// ---- backend stream
+
+const char* stream_get_name(ggml_backend_t b) {
+    return static_cast<Stream*>(b->context)->dev->name.c_str();
+}
+
+void stream_free(ggml_backend_t b) {
+    delete static_cast<Stream*>(b->context);
+    delete b;
+}
+
+ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
+    auto* s = static_cast<Stream*>(b->context);
+    Device* dev = s->dev;
+    std::lock_guard lk(s->mu);
+    if (auto r = s->encoding.build(graph, dev->resolver()); !r) {
+        dev->log().error("graph_compute: {}", r.error().message());
+        return GGML_STATUS_FAILED;
+    }
+    if (s->encoding.node_count() == 0) return GGML_STATUS_SUCCESS; // nothing to run
+    const size_t n = s->encoding.size();
+    if (s->graph_blob.size() < n) {
+        s->graph_blob.reset();
+        auto blob = dev->remote->create_shmem(std::max(n, size_t{1} << 20));
+        if (!blob) {
+            dev->log().error("graph_compute: shared memory for {} bytes: {}", n,
+                             blob.error().message());
+            return GGML_STATUS_ALLOC_FAILED;
+        }
+        s->graph_blob = std::move(*blob);
+    }
+    if (auto w = s->encoding.write(s->graph_blob.bytes()); !w) {
+        dev->log().error("graph_compute: {}", w.error().message());
+        return GGML_STATUS_FAILED;
+    }
+    auto st = dev->remote->graph_compute(s->graph_blob.res_id(), n);
+    if (!st) {
+        dev->log().error("graph_compute of {} nodes: {}", ggml_graph_n_nodes(graph),
+                         st.error().message());
+        return GGML_STATUS_FAILED;
+    }
+    if (*st != ggml::Status::success)
+        dev->log().warn("graph_compute: the host answered {}", ggml::status_name(*st));
+    return static_cast<ggml_status>(static_cast<int32_t>(*st));
+}
+
+ggml_guid_t stream_guid() {
+    // "apir-ggml-remote", fixed: identifies backends of this library.
+    static ggml_guid guid = {0x61, 0x70, 0x69, 0x72, 0x2d, 0x67, 0x67, 0x6d,
+                             0x6c, 0x2d, 0x72, 0x65, 0x6d, 0x6f, 0x74, 0x65};
+    return &guid;
+}
+
+const ggml_backend_i stream_iface = {
+    /* .get_name            = */ stream_get_name,
+    /* .free                = */ stream_free,
+    /* .set_tensor_async    = */ nullptr,
+    /* .get_tensor_async    = */ nullptr,
+    /* .set_tensor_2d_async = */ nullptr,
+    /* .get_tensor_2d_async = */ nullptr,
+    /* .cpy_tensor_async    = */ nullptr,
+    /* .synchronize         = */ nullptr, // every call completes before it returns
+    /* .graph_plan_create   = */ nullptr,
+    /* .graph_plan_free     = */ nullptr,
+    /* .graph_plan_update   = */ nullptr,
+    /* .graph_plan_compute  = */ nullptr,
+    /* .graph_compute       = */ stream_graph_compute,
+    /* .event_record        = */ nullptr,
+    /* .event_wait          = */ nullptr,
+    /* .graph_optimize      = */ nullptr,
+};
+
+// ---- device
+
+const char* dev_get_name(ggml_backend_dev_t d) {
+    return device_of(d)->name.c_str();
+}
+const char* dev_get_description(ggml_backend_dev_t d) {
+    return device_of(d)->description.c_str();
+}
+
+void dev_get_memory(ggml_backend_dev_t d, size_t* free, size_t* total) {
+    Device* dev = device_of(d);
+    auto m = dev->remote->with_device([](auto& d) { return d.memory(); });
+    if (!m) {
+        dev->log().warn("get_memory: {}", m.error().message());
+        *free = *total = 0;
+        return;
+    }
+    *free = static_cast<size_t>(m->free);
+    *total = static_cast<size_t>(m->total);
+}
+
+enum ggml_backend_dev_type dev_get_type(ggml_backend_dev_t d) {
+    return device_of(d)->type;
+}
+
+void dev_get_props(ggml_backend_dev_t d, ggml_backend_dev_props* props) {
+    props->name = dev_get_name(d);
+    props->description = dev_get_description(d);
+    dev_get_memory(d, &props->memory_free, &props->memory_total);
+    props->type = dev_get_type(d);
+    props->device_id = nullptr;
+    // Every call completes before it returns; there is no host buffer, no buffer from a
+    // guest pointer and no event across APIR.
+    props->caps = {false, false, false, false, false};
+}
+
+ggml_backend_t dev_init_backend(ggml_backend_dev_t d, const char*) {
+    Device* dev = device_of(d);
+    if (dev->remote->lost()) {
+        dev->log().error("init_backend: the host is lost");
+        return nullptr;
+    }
+    auto* s = new Stream{};
+    s->dev = dev;
+    return new ggml_backend{stream_guid(), stream_iface, d, s};
+}
+
+ggml_backend_buffer_type_t dev_get_buffer_type(ggml_backend_dev_t d) {
+    return &device_of(d)->buft;
+}
+
+bool dev_supports_op(ggml_backend_dev_t d, const ggml_tensor* op) {
+    switch (op->op) {
+    case GGML_OP_NONE:
+    case GGML_OP_RESHAPE:
+    case GGML_OP_VIEW:
+    case GGML_OP_PERMUTE:
+    case GGML_OP_TRANSPOSE:
+        return true; // no computation: every ggml backend takes them
+    default:
+        break;
+    }
+    Device* dev = device_of(d);
+    const RemoteBuffer* rb = op->buffer ? dev->resolve(op->buffer) : nullptr;
+    const BufferHandle h = rb ? rb->buffer.handle : BufferHandle{};
+    auto r = dev->remote->with_device([&](auto& d) { return ggml::supports_op(d, op, h); });
+    if (!r) {
+        dev->log().warn("supports_op {}: {}", ggml_op_desc(op), r.error().message());
+        return false;
+    }
+    return *r;
+}
+
+bool dev_supports_buft(ggml_backend_dev_t d, ggml_backend_buffer_type_t t) {
+    return t == &device_of(d)->buft;
+}
+
+bool dev_offload_op(ggml_backend_dev_t, const ggml_tensor*) {
+    return false;
+}
+
+const ggml_backend_device_i device_iface = {
+    /* .get_name             = */ dev_get_name,
+    /* .get_description      = */ dev_get_description,
+    /* .get_memory           = */ dev_get_memory,
+    /* .get_type             = */ dev_get_type,
+    /* .get_props            = */ dev_get_props,
+    /* .init_backend         = */ dev_init_backend,
+    /* .get_buffer_type      = */ dev_get_buffer_type,
+    /* .get_host_buffer_type = */ nullptr,
+    /* .buffer_from_host_ptr = */ nullptr,
+    /* .supports_op          = */ dev_supports_op,
+    /* .supports_buft        = */ dev_supports_buft,
+    /* .offload_op           = */ dev_offload_op,
+    /* .event_new            = */ nullptr,
+    /* .event_free           = */ nullptr,
+    /* .event_synchronize    = */ nullptr,
+};
+
+// ---- registration
+
+const char* reg_get_name(ggml_backend_reg_t) {
+    return reg_name;
+}
+
+std::atomic<unsigned> registries_made{0};
+
+} // namespace
+
+struct Registry::Impl {
+    ggml_backend_reg reg{};
+    std::unique_ptr<Device> device; // null: no device
+    ggml_backend_dev_t dev_ptr = nullptr;
+};
+
+namespace {
+
+size_t reg_get_device_count(ggml_backend_reg_t r) {
+    return static_cast<Registry::Impl*>(r->context)->device ? 1 : 0;
+}
+
+ggml_backend_dev_t reg_get_device(ggml_backend_reg_t r, size_t i) {
+    auto* impl = static_cast<Registry::Impl*>(r->context);
+    return i == 0 ? impl->dev_ptr : nullptr;
+}
+
+const ggml_backend_reg_i reg_iface = {
+    /* .get_name         = */ reg_get_name,
+    /* .get_device_count = */ reg_get_device_count,
+    /* .get_device       = */ reg_get_device,
+    /* .get_proc_address = */ nullptr,
+};
+
+/// Reads what the device offers once; names and sizes do not change.
+Expected<void> describe(Device& d) {
+    Remote& r = *d.remote;
+    auto count = r.with_device([](auto& dev) { return dev.count(); });
+    if (!count) return Unexpected{std::move(count).error()};
+    if (*count == 0) return fail(Errc::no_device, "the host's ggml backend has no device");
+    if (*count > 1)
+        d.log().info("the host has {} devices; ggml's command set reaches its first", *count);
+    auto name = r.with_device([](auto& dev) { return dev.name(); });
+    if (!name) return Unexpected{std::move(name).error()};
+    auto desc = r.with_device([](auto& dev) { return dev.description(); });
+    if (!desc) return Unexpected{std::move(desc).error()};
+    auto type = r.with_device([](auto& dev) { return dev.type(); });
+    if (!type) return Unexpected{std::move(type).error()};
+    auto buft = r.with_device([](auto& dev) { return dev.buffer_type(); });
+    if (!buft) return Unexpected{std::move(buft).error()};
+    auto buft_name = r.with_device([&](auto& dev) { return dev.buffer_type_name(*buft); });
+    if (!buft_name) return Unexpected{std::move(buft_name).error()};
+    auto align = r.with_device([&](auto& dev) { return dev.alignment(*buft); });
+    if (!align) return Unexpected{std::move(align).error()};
+    auto max = r.with_device([&](auto& dev) { return dev.max_size(*buft); });
+    if (!max) return Unexpected{std::move(max).error()};
+
+    d.description = fmt::format("{} ({} over APIR {})", *desc, *name, r.transport_name());
+    d.buft_name = fmt::format("{}:{}", d.name, *buft_name);
+    // The host's memory is not in this process's address space: to ggml, a host CPU is
+    // a discrete device (type GPU), so that schedulers offload to it.
+    d.type = *type == ggml::DeviceType::cpu ? GGML_BACKEND_DEVICE_TYPE_GPU
+                                            : static_cast<enum ggml_backend_dev_type>(*type);
+    d.buft_handle = *buft;
+    d.alignment = static_cast<size_t>(*align);
+    d.max_size = static_cast<size_t>(std::min<uint64_t>(*max, SIZE_MAX));
+    return {};
+}
+
+} // namespace
+
+Registry::Registry(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {
+    impl_->reg = ggml_backend_reg{GGML_BACKEND_API_VERSION, reg_iface, impl_.get()};
+}
+Registry::~Registry() = default;
+
+ggml_backend_reg_t Registry::reg() noexcept {
+    return &impl_->reg;
+}
+Remote* Registry::remote() noexcept {
+    return impl_->device ? impl_->device->remote.get() : nullptr;
+}
+
+std::unique_ptr<Registry> Registry::empty() {
+    return std::unique_ptr<Registry>(new Registry(std::make_unique<Impl>()));
+}
+
+Expected<std::unique_ptr<Registry>> Registry::create(std::unique_ptr<Remote> remote,
+                                                     std::string device_name) {
+    if (!remote) return fail(Errc::invalid_argument, "Registry::create: no Remote");
+    if (auto c = remote->connect(); !c) return Unexpected{std::move(c).error()};
+    auto impl = std::make_unique<Impl>();
+    auto dev = std::make_unique<Device>();
+    dev->remote = std::move(remote);
+    dev->name = device_name.empty()
+                    ? fmt::format("APIR{}", registries_made.fetch_add(1, std::memory_order_relaxed))
+                    : std::move(device_name);
+    if (auto r = describe(*dev); !r) return Unexpected{std::move(r).error()};
+    auto reg = std::unique_ptr<Registry>(new Registry(std::move(impl)));
+    Device* d = dev.get();
+    d->dev = ggml_backend_device{device_iface, reg->reg(), d};
+    d->buft = ggml_backend_buffer_type{buft_iface, &d->dev, d};
+    reg->impl_->device = std::move(dev);
+    reg->impl_->dev_ptr = &d->dev;
+    return reg;
+}
+
+Logger ggml_logger(LogLevel min) {
+    return Logger(
+        [](LogLevel l, std::string_view msg) {
+            ggml_log_callback cb = nullptr;
+            void* user = nullptr;
+            ggml_log_get(&cb, &user);
+            if (!cb) return;
+            const ggml_log_level gl = l == LogLevel::debug  ? GGML_LOG_LEVEL_DEBUG
+                                      : l == LogLevel::info ? GGML_LOG_LEVEL_INFO
+                                      : l == LogLevel::warn ? GGML_LOG_LEVEL_WARN
+                                                            : GGML_LOG_LEVEL_ERROR;
+            const std::string line = fmt::format("apir: {}\n", msg);
+            cb(gl, line.c_str(), user);
+        },
+        min);
+}
+
+} // namespace apir::ggml_remote
+
+using namespace apir::ggml_remote;
+
+extern "C" {
+
+ggml_backend_reg_t ggml_backend_apir_reg(void) {
+    // Process-wide and never destroyed, like ggml's own registrations: ggml keeps the
+    // pointer until exit, and tearing the host down during exit would race other
+    // libraries' destructors.
+    static Registry* const registry = [] {
+        auto config = config_from_environment();
+        apir::Logger log = ggml_logger(config ? config->log_level : apir::LogLevel::warn);
+        if (!config) {
+            log.error("not connecting: {}", config.error().message());
+            return Registry::empty().release();
+        }
+        auto remote = Remote::open(*config, log);
+        if (!remote) {
+            log.error("not connecting: {}", remote.error().message());
+            return Registry::empty().release();
+        }
+        auto reg = Registry::create(std::move(*remote), "APIR0");
+        if (!reg) {
+            log.error("not connecting: {}", reg.error().message());
+            return Registry::empty().release();
+        }
+        return reg->release();
+    }();
+    return registry->reg();
+}
+
+bool ggml_backend_dev_is_apir(ggml_backend_dev_t dev) {
+    return dev && dev->iface.get_name == device_iface.get_name;
+}
+
+GGML_BACKEND_API ggml_backend_reg_t ggml_backend_init(void) {
+    return ggml_backend_apir_reg();
+}
+
+} // extern "C"

@@ -1,0 +1,117 @@
+#include "config.hpp"
+
+#include <charconv>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+namespace apir::ggml_remote {
+
+Expected<std::map<std::string, std::string, std::less<>>>
+parse_config_string(std::string_view text) {
+    std::map<std::string, std::string, std::less<>> out;
+    while (!text.empty()) {
+        const size_t end = std::min(text.find(';'), text.size());
+        const std::string_view item = text.substr(0, end);
+        text.remove_prefix(std::min(end + 1, text.size()));
+        if (item.empty()) continue;
+        const size_t eq = item.find('=');
+        if (eq == std::string_view::npos || eq == 0)
+            return fail(Errc::invalid_argument,
+                        fmt::format("APIR_GGML_CONFIG: '{}' is not key=value", item));
+        out.insert_or_assign(std::string(item.substr(0, eq)), std::string(item.substr(eq + 1)));
+    }
+    return out;
+}
+
+namespace {
+
+Expected<std::chrono::milliseconds> parse_ms(const char* var, std::string_view v) {
+    uint64_t n = 0;
+    auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+    if (ec != std::errc{} || p != v.data() + v.size() || n == 0 || n > (uint64_t{1} << 40))
+        return fail(Errc::invalid_argument,
+                    fmt::format("{}='{}': expected a positive number of milliseconds", var, v));
+    return std::chrono::milliseconds(static_cast<int64_t>(n));
+}
+
+Expected<LogLevel> parse_level(std::string_view v) {
+    for (auto l : {LogLevel::debug, LogLevel::info, LogLevel::warn, LogLevel::error, LogLevel::off})
+        if (v == log_level_name(l)) return l;
+    return fail(Errc::invalid_argument,
+                fmt::format("APIR_GGML_LOG='{}': expected debug, info, warn, error or off", v));
+}
+
+} // namespace
+
+Expected<BackendConfig> config_from_environment(const EnvLookup& env) {
+    BackendConfig c;
+    auto get = [&](const char* name) -> std::optional<std::string_view> {
+        const char* v = env(name);
+        if (!v) return std::nullopt;
+        return std::string_view(v);
+    };
+
+    if (auto t = get("APIR_GGML_TRANSPORT")) {
+        if (*t == "virtgpu") {
+            c.transport = TransportKind::virtgpu;
+        } else if (*t == "loopback") {
+            c.transport = TransportKind::loopback;
+        } else {
+            return fail(Errc::invalid_argument,
+                        fmt::format("APIR_GGML_TRANSPORT='{}': expected virtgpu or loopback", *t));
+        }
+    }
+    if (auto n = get("APIR_GGML_NODE")) c.node = std::string(*n);
+    if (auto cfg = get("APIR_GGML_CONFIG")) {
+        auto m = parse_config_string(*cfg);
+        if (!m) return Unexpected{std::move(m).error()};
+        c.host_config = std::move(*m);
+    }
+    if (auto lib = get("APIR_GGML_BACKEND_LIBRARY")) c.backend_library = std::string(*lib);
+    if (auto mode = get("APIR_GGML_LOOPBACK_MODE")) {
+        if (*mode == "threaded") {
+            c.loopback_threaded = true;
+        } else if (*mode == "inline") {
+            c.loopback_threaded = false;
+        } else {
+            return fail(
+                Errc::invalid_argument,
+                fmt::format("APIR_GGML_LOOPBACK_MODE='{}': expected threaded or inline", *mode));
+        }
+    }
+    if (auto v = get("APIR_GGML_TIMEOUT_MS")) {
+        auto ms = parse_ms("APIR_GGML_TIMEOUT_MS", *v);
+        if (!ms) return Unexpected{std::move(ms).error()};
+        c.call_timeout = *ms;
+    }
+    if (auto v = get("APIR_GGML_COMPUTE_TIMEOUT_MS")) {
+        auto ms = parse_ms("APIR_GGML_COMPUTE_TIMEOUT_MS", *v);
+        if (!ms) return Unexpected{std::move(ms).error()};
+        c.compute_timeout = *ms;
+    }
+    if (auto v = get("APIR_GGML_LOG")) {
+        auto l = parse_level(*v);
+        if (!l) return Unexpected{std::move(l).error()};
+        c.log_level = *l;
+    }
+
+    if (c.transport == TransportKind::loopback) {
+        // The library named by its own variable wins over one given in APIR_GGML_CONFIG.
+        if (!c.backend_library.empty())
+            c.host_config["apir.load_library.path"] = c.backend_library;
+        else if (auto it = c.host_config.find("apir.load_library.path"); it != c.host_config.end())
+            c.backend_library = it->second;
+        if (c.backend_library.empty())
+            return fail(Errc::invalid_argument,
+                        "APIR_GGML_TRANSPORT=loopback needs APIR_GGML_BACKEND_LIBRARY (the APIR "
+                        "backend library to load, e.g. libggml-virtgpu-backend.so)");
+    }
+    return c;
+}
+
+Expected<BackendConfig> config_from_environment() {
+    return config_from_environment([](const char* name) { return std::getenv(name); });
+}
+
+} // namespace apir::ggml_remote

@@ -1,0 +1,59 @@
+// How libggml-apir connects: the environment variables it reads, parsed into a
+// BackendConfig (no ggml headers needed, so this part is tested everywhere).
+//
+//   APIR_GGML_TRANSPORT        virtgpu (default) or loopback
+//   APIR_GGML_NODE             virtgpu: render node to use (default: the first usable one)
+//   GGML_REMOTING_USE_APIR_CAPSET  virtgpu: present = the APIR capset only (as ggml reads it)
+//   APIR_GGML_BACKEND_LIBRARY  loopback: the APIR backend library the in-process host loads
+//                              (apir.load_library.path), e.g. libggml-virtgpu-backend.so
+//   APIR_GGML_CONFIG           loopback: more host configuration, "key=value;key=value"
+//                              (e.g. ggml.library.path=...;ggml.library.reg=ggml_backend_cpu_reg)
+//   APIR_GGML_LOOPBACK_MODE    loopback: threaded (default) or inline
+//   APIR_GGML_TIMEOUT_MS       deadline of every call except graph_compute (default 30000)
+//   APIR_GGML_COMPUTE_TIMEOUT_MS  deadline of graph_compute (default: none, like ggml)
+//   APIR_GGML_LOG              debug, info, warn (default) or error: what apir itself logs
+#pragma once
+
+#include "apir/error.hpp"
+#include "apir/log.hpp"
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace apir::ggml_remote {
+
+enum class TransportKind : uint8_t { virtgpu, loopback };
+
+struct BackendConfig {
+    TransportKind transport = TransportKind::virtgpu;
+    /// virtgpu: the render node; empty = the first usable one.
+    std::string node;
+    /// loopback: the APIR backend library (apir.load_library.path).
+    std::string backend_library;
+    /// loopback: the host's configuration (APIR_GGML_CONFIG, plus apir.load_library.path).
+    std::map<std::string, std::string, std::less<>> host_config;
+    bool loopback_threaded = true;
+    std::chrono::milliseconds call_timeout{30000};
+    std::optional<std::chrono::milliseconds> compute_timeout;
+    LogLevel log_level = LogLevel::warn;
+};
+
+/// Reads one environment variable; null when unset.
+using EnvLookup = std::function<const char*(const char*)>;
+
+/// "k=v;k=v" into a map. Empty items are skipped; an item without '=' or with an
+/// empty key is an INVALID_ARGUMENT naming it. Keys and values are taken verbatim
+/// (no trimming), so paths with spaces work.
+[[nodiscard]] Expected<std::map<std::string, std::string, std::less<>>>
+parse_config_string(std::string_view text);
+
+/// The configuration from the environment; an error names the variable and the fix.
+[[nodiscard]] Expected<BackendConfig> config_from_environment(const EnvLookup& env);
+/// Same, from the process environment (getenv).
+[[nodiscard]] Expected<BackendConfig> config_from_environment();
+
+} // namespace apir::ggml_remote

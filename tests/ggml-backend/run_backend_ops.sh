@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs ggml's own operator tests (test-backend-ops, test mode) on libggml-apir's device:
+# every op on APIR0 is compared with ggml's CPU backend. APIR0 is a loopback to ggml's
+# host backend (libggml-virtgpu-backend) over ggml's CPU backend, all in this process.
+#
+#   run_backend_ops.sh LIBGGML_APIR [test-backend-ops options...]   e.g. -o ADD,MUL -j 2
+#
+# The peer comes from APIR_GGML_PEER_DIR (a folder laid out like ../shared/ggml: bin/,
+# lib/); without it the test is skipped (exit 77). Prints the counts at the end:
+# passed, failed, not supported. APIR_GGML_OPS_LOG keeps the whole output in a file.
+# TSAN_PRELOAD (a libtsan path) is preloaded into test-backend-ops, which is not
+# instrumented, for a libggml-apir built with -fsanitize=thread.
+set -euo pipefail
+
+lib=${1:?usage: run_backend_ops.sh LIBGGML_APIR [test-backend-ops options]}
+shift
+peer=${APIR_GGML_PEER_DIR:-}
+if [ -z "$peer" ]; then
+    echo "SKIP: APIR_GGML_PEER_DIR is not set (a ggml build with bin/test-backend-ops and lib/)"
+    exit 77
+fi
+for f in bin/test-backend-ops lib/libggml-virtgpu-backend.so.0 lib/libggml-cpu.so.0; do
+    if [ ! -e "$peer/$f" ]; then
+        echo "SKIP: $peer/$f is missing (APIR_GGML_PEER_DIR=$peer)"
+        exit 77
+    fi
+done
+
+export GGML_BACKEND_PATH=$lib
+export APIR_GGML_TRANSPORT=loopback
+export APIR_GGML_BACKEND_LIBRARY=$peer/lib/libggml-virtgpu-backend.so.0
+export APIR_GGML_CONFIG="ggml.library.path=$peer/lib/libggml-cpu.so.0;ggml.library.reg=ggml_backend_cpu_reg"
+if [ -n "${TSAN_PRELOAD:-}" ]; then
+    export LD_PRELOAD=$TSAN_PRELOAD
+fi
+
+log=${APIR_GGML_OPS_LOG:-$(mktemp)}
+[ -n "${APIR_GGML_OPS_LOG:-}" ] || trap 'rm -f "$log"' EXIT
+start=$(date +%s)
+set +e
+"$peer/bin/test-backend-ops" test -b APIR0 "$@" >"$log" 2>&1
+rc=$?
+set -e
+unset LD_PRELOAD
+took=$(($(date +%s) - start))
+
+# Per-case lines look like "  OP(params): OK", ": FAIL" or ": not supported [APIR0] ".
+passed=$(grep -c '): .*OK' "$log" || true)
+failed=$(grep -c '): .*FAIL' "$log" || true)
+unsupported=$(grep -c '): not supported' "$log" || true)
+grep -E 'FAIL|ThreadSanitizer|apir: error' "$log" | head -50 || true
+tail -n 5 "$log"
+echo "test-backend-ops on APIR0: passed $passed, failed $failed, not supported $unsupported," \
+     "exit $rc, $took s"
+
+if [ "$rc" -ne 0 ]; then exit 1; fi
+# The device must have been there and tested, not skipped.
+grep -q 'Backend APIR0: .*OK' "$log" || { echo "APIR0 was not tested"; exit 1; }
+[ "$passed" -gt 0 ] || { echo "no test case ran on APIR0"; exit 1; }
+if grep -q 'ThreadSanitizer' "$log"; then echo "ThreadSanitizer reported"; exit 1; fi
+exit 0
