@@ -12,6 +12,7 @@
 // Every other id is bogus. After each command the host must have answered (or not)
 // without touching memory outside the blobs.
 #include <apir/host.hpp>
+#include <apir/reply_page.hpp>
 #include <apir/transport.hpp>
 #include <apir/wire.hpp>
 

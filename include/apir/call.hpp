@@ -12,6 +12,7 @@
 //     apir::Expected<AddReply> r = session.call<Add>(AddRequest{2, 3});
 #pragma once
 
+#include "apir/command.hpp"
 #include "apir/error.hpp"
 #include "apir/protocol.hpp"
 #include "apir/wire.hpp"
@@ -78,13 +79,12 @@ inline constexpr bool is_call_v = false;
 template <CommandType Type, uint32_t Flags, class Req, class Resp>
 inline constexpr bool is_call_v<Call<Type, Flags, Req, Resp>> = true;
 
-/// Writes a command buffer: header (type + offset, flags, reply resource id), payload.
+/// Writes a command buffer: the CommandHeader (type + offset, flags, reply resource
+/// id), then the payload.
 template <class C>
 void encode_command(Encoder& e, int32_t type_offset, uint32_t reply_res_id,
                     const typename C::request& req) noexcept {
-    e.write_u32(static_cast<uint32_t>(static_cast<int32_t>(C::type) + type_offset));
-    e.write_u32(C::flags);
-    e.write_u32(reply_res_id);
+    e.put(CommandHeader{static_cast<int32_t>(C::type) + type_offset, C::flags, reply_res_id});
     e.put(req);
 }
 

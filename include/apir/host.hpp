@@ -10,7 +10,9 @@
 //     opts.config["apir.load_library.path"] = "/usr/lib/libggml-virtgpu-backend.so";
 //     opts.config["ggml.library.path"] = "/usr/lib/libggml-vulkan.so";
 //     opts.config["ggml.library.reg"] = "ggml_backend_vk_reg";
-//     apir::LoopbackTransport t({.host = opts});
+//     apir::LoopbackOptions lo;
+//     lo.host = opts;
+//     apir::LoopbackTransport t(std::move(lo));
 //
 // Guest input is untrusted: an unknown reply resource, a truncated or oversized
 // command, an unknown command type or a reply page too small get no reply (and a log
@@ -19,10 +21,10 @@
 
 #include "apir/error.hpp"
 #include "apir/export.hpp"
+#include "apir/host_memory.hpp"
 #include "apir/log.hpp"
 #include "apir/protocol.hpp"
 
-#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -31,20 +33,6 @@
 #include <string>
 
 namespace apir {
-
-/// Where the host finds guest memory and how it tells the guest a reply is ready.
-/// Implemented by the loopback transport and the simulated device.
-class HostMemory {
-public:
-    /// The mapping of a shared-memory resource (its full size), or empty if unknown.
-    virtual std::span<std::byte> resource(uint32_t res_id) noexcept = 0;
-    /// Counter of waiters blocked on notification words, for a futex wake; null when
-    /// the guest cannot be woken (it polls).
-    virtual std::atomic<uint32_t>* sleepers() noexcept { return nullptr; }
-
-protected:
-    ~HostMemory() = default;
-};
 
 struct HostOptions {
     /// Configuration the backend reads through get_config (apir.load_library.path,

@@ -10,6 +10,7 @@
 
 #include "apir/call.hpp"
 #include "apir/log.hpp"
+#include "apir/reply_page.hpp"
 #include "apir/transport.hpp"
 #include "apir/wire.hpp"
 

@@ -2,9 +2,9 @@
 //
 // A transport moves one APIR call: the guest creates host-visible shared memory
 // (a resource id plus a mapping), writes 0 into the notification word of a reply
-// page, submits a command buffer naming that page, and waits until the host stores
-// (return code + 1) into the word. These are separate steps so that the loopback and
-// the virtio-gpu DRM transport satisfy the same concept:
+// page (apir/reply_page.hpp), submits a command buffer naming that page, and waits
+// until the host stores (return code + 1) into the word. These are separate steps so
+// that the loopback and the virtio-gpu DRM transport satisfy the same concept:
 //
 //     template <apir::Transport T>
 //     apir::Expected<uint32_t> ping(T& t, apir::Shmem& page, std::span<const std::byte> cmd) {
@@ -139,20 +139,6 @@ private:
     std::span<std::byte> bytes_;
 };
 
-/// The notification word at the start of a reply page.
-[[nodiscard]] inline std::atomic_ref<uint32_t>
-notification_word(std::span<std::byte> page) noexcept {
-    return std::atomic_ref<uint32_t>(*reinterpret_cast<uint32_t*>(page.data()));
-}
-/// The guest stores 0 before submitting.
-inline void reset_notification(const Shmem& page) noexcept {
-    notification_word(page.bytes()).store(0, std::memory_order_relaxed);
-}
-/// The reply payload: everything after the notification word.
-[[nodiscard]] inline std::span<std::byte> reply_payload(const Shmem& page) noexcept {
-    return page.bytes().subspan(reply_header_size);
-}
-
 /// How a guest thread waits for the notification word.
 ///
 /// adaptive (the default): spin for spin_for, then block (futex) where the transport
@@ -181,29 +167,6 @@ struct WaitPolicy {
         return p;
     }
 };
-
-/// How a transport helps the wait: a host in this process can wake a blocked waiter
-/// and report that it died. A remote host (DRM) offers neither.
-struct WaitHooks {
-    /// Non-null when the host wakes sleepers with a futex on the notification word
-    /// after storing it; the waiter counts itself here while blocked.
-    std::atomic<uint32_t>* sleepers = nullptr;
-    /// Non-null when the transport knows whether its host is still running.
-    const std::atomic<bool>* host_alive = nullptr;
-};
-
-/// Waits until the notification word is non-zero (acquire), then returns the
-/// return code (word - 1). TIMEOUT on deadline, DISCONNECTED when the host died.
-/// The one wait loop every transport shares (src/transport/wait.cpp).
-[[nodiscard]] APIR_EXPORT Expected<uint32_t> wait_for_reply(std::span<std::byte> page,
-                                                            const WaitPolicy& policy,
-                                                            Deadline deadline,
-                                                            const WaitHooks& hooks = {});
-
-/// Host side: stores (code + 1) with release ordering, after the reply payload.
-/// If a waiter may be blocked on the word, wakes it.
-APIR_EXPORT void notify_reply(std::span<std::byte> page, uint32_t code,
-                              std::atomic<uint32_t>* sleepers) noexcept;
 
 /// A transport: creates shared memory, submits command buffers, waits for replies.
 template <class T>

@@ -67,9 +67,13 @@ public:
     /// Maps length bytes of fd at offset, shared and read-write.
     virtual int mmap(int fd, uint64_t offset, size_t length, void** addr) = 0;
     virtual int munmap(void* addr, size_t length) = 0;
-    /// Whether the host still runs, where the device can know (a simulated device);
-    /// null for a real device, whose host is in another process.
-    [[nodiscard]] virtual const std::atomic<bool>* host_alive() const noexcept { return nullptr; }
+    /// Simulation hook, not a system call: a simulated device (apir::SimDevice) runs the
+    /// host in this process and says here whether it still runs, so that a wait ends
+    /// with DISCONNECTED when it dies. A real device keeps the default, null (its host
+    /// is in another process).
+    [[nodiscard]] virtual const std::atomic<bool>* simulated_host_alive() const noexcept {
+        return nullptr;
+    }
 };
 
 /// The machine's DRM devices, through libdrm (drmGetDevices2, drmIoctl) and mmap(2).

@@ -145,7 +145,7 @@ UniqueFd probe_node(DrmDevice& dev, const DrmNode& node, const VirtgpuOptions& o
 
     const int raw = dev.open(node.path);
     if (raw < 0) return skip(sys_error(Syscall::open, -raw, node.path));
-    UniqueFd fd(&dev, raw);
+    UniqueFd fd(raw, {&dev});
 
     drm::DriverVersion v;
     if (int r = ioctl_version(dev, fd.get(), v); r < 0)

@@ -1,5 +1,6 @@
 // VirtgpuTransport: context creation, blob shared memory with a bounded cache, EXECBUFFER.
 #include "apir/internal/virtgpu_probe.hpp"
+#include "apir/reply_page.hpp"
 
 #include <climits>
 #include <cstring>
@@ -18,7 +19,7 @@ struct Blob {
     drm::Mapping mapping;
     uint32_t res_id = 0;
     uint64_t reply_seq = 0; // the last command that named it as its reply page
-    [[nodiscard]] size_t size() const noexcept { return mapping.size(); }
+    [[nodiscard]] size_t size() const noexcept { return mapping.get().size; }
 };
 
 // A released blob that commands up to `tag` may still name: not reused before the host
@@ -168,7 +169,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
     // Caller holds mu.
     Shmem hand_out(Blob b, size_t rounded) {
         const uint32_t id = b.res_id;
-        std::span<std::byte> bytes(b.mapping.data(), rounded);
+        std::span<std::byte> bytes(b.mapping.get().data(), rounded);
         live_bytes += b.size();
         live.emplace(id, std::move(b));
         return Shmem(this, id, bytes);
@@ -182,7 +183,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
             return fail(drm::sys_error(drm::Syscall::resource_create_blob, -r,
                                        fmt::format("(HOST3D, mappable, {} bytes)", size)));
         Blob b;
-        b.gem = drm::GemHandle(dev.get(), f, handle);
+        b.gem = drm::GemHandle(handle, {dev.get(), f});
         b.res_id = res_id;
         uint64_t offset = 0;
         if (int r = drm::ioctl_map(*dev, f, handle, offset); r < 0)
@@ -193,7 +194,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
             return fail(drm::sys_error(
                 drm::Syscall::mmap, -r,
                 fmt::format("({} bytes at offset {:#x}, resource {})", size, offset, res_id)));
-        b.mapping = drm::Mapping(dev.get(), addr, size);
+        b.mapping = drm::Mapping({addr, size}, {dev.get()});
         return b;
     }
 
@@ -293,7 +294,7 @@ Expected<uint32_t> VirtgpuTransport::wait_reply(const Shmem& page, const WaitPol
     if (!impl_) return moved_from();
     // A remote host cannot wake this thread: no sleepers, only polling.
     auto r = wait_for_reply(page.bytes(), policy, deadline,
-                            WaitHooks{nullptr, impl_->dev->host_alive()});
+                            WaitHooks{nullptr, impl_->dev->simulated_host_alive()});
     if (r) impl_->reply_seen(page.res_id());
     return r;
 }

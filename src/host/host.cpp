@@ -2,7 +2,8 @@
 #include "apir/host.hpp"
 
 #include "apir/backend_abi.h"
-#include "apir/transport.hpp"
+#include "apir/command.hpp"
+#include "apir/internal/unique_handle.hpp"
 #include "apir/wire.hpp"
 
 #include <cstring>
@@ -32,28 +33,19 @@ Registry& registry() {
     return r;
 }
 
-/// A dlopen handle, closed on destruction.
-class Library {
-public:
-    Library() = default;
-    explicit Library(void* h) : h_(h) {}
-    Library(Library&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
-    Library& operator=(Library&& o) noexcept {
-        std::swap(h_, o.h_);
-        return *this;
-    }
-    ~Library() {
-        if (h_) dlclose(h_);
-    }
-    template <class Fn>
-    Fn symbol(const char* name) const {
-        return reinterpret_cast<Fn>(dlsym(h_, name));
-    }
-    explicit operator bool() const { return h_ != nullptr; }
-
-private:
-    void* h_ = nullptr;
+/// Closes a dlopen handle.
+struct LibraryTraits {
+    using handle_type = void*;
+    static constexpr void* empty() noexcept { return nullptr; }
+    void close(void* h) const noexcept { dlclose(h); }
 };
+/// A loaded library.
+using Library = detail::UniqueHandle<LibraryTraits>;
+
+template <class Fn>
+Fn symbol(const Library& lib, const char* name) {
+    return reinterpret_cast<Fn>(dlsym(lib.get(), name));
+}
 
 } // namespace
 
@@ -75,7 +67,7 @@ struct APIR_LOCAL Host::Impl {
         if (deinit) deinit(ctx_id);
         deinit = nullptr;
         dispatcher = nullptr;
-        library = Library{};
+        library.reset();
     }
 
     // Calls use(host or null) with the host of context ctx kept alive meanwhile.
@@ -124,9 +116,7 @@ struct APIR_LOCAL Host::Impl {
     }
     uint32_t forward(uint32_t cmd_id, std::span<const std::byte> payload,
                      std::span<std::byte> page);
-    void reply(std::span<std::byte> page, uint32_t code) {
-        notify_reply(page, code, memory.sleepers());
-    }
+    void reply(std::span<std::byte> page, uint32_t code) { memory.notify(page, code); }
     Expected<void> reject(Errc e, std::string why) {
         ++stats.rejected;
         if (uint64_t held = 0; dropped_log.admit(held))
@@ -166,9 +156,11 @@ Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
                                   options.max_command_size));
 
     Decoder dec(cmd);
-    const auto raw_type = static_cast<int32_t>(dec.read_u32());
-    const auto flags = dec.read_u32();
-    const auto reply_id = dec.read_u32();
+    CommandHeader header;
+    (void)dec.get_into(header); // cannot fail: the command holds a whole header
+    const int32_t raw_type = header.type;
+    const uint32_t flags = header.flags;
+    const uint32_t reply_id = header.reply_res_id;
     const auto payload = dec.rest();
 
     std::span<std::byte> page = memory.resource(reply_id);
@@ -246,8 +238,8 @@ uint32_t Host::Impl::load_library_once() {
         failed(fmt::format("dlopen: {}", why ? why : "failed without a reason"));
         return code(LoadLibraryCode::cannot_open);
     }
-    auto init = lib.symbol<apir_backend_initialize_fn>(APIR_BACKEND_INITIALIZE_SYMBOL);
-    auto disp = lib.symbol<apir_backend_dispatcher_fn>(APIR_BACKEND_DISPATCHER_SYMBOL);
+    auto init = symbol<apir_backend_initialize_fn>(lib, APIR_BACKEND_INITIALIZE_SYMBOL);
+    auto disp = symbol<apir_backend_dispatcher_fn>(lib, APIR_BACKEND_DISPATCHER_SYMBOL);
     if (!init || !disp) {
         failed(
             fmt::format("'{}' lacks {}", path,
@@ -255,7 +247,7 @@ uint32_t Host::Impl::load_library_once() {
         return code(LoadLibraryCode::symbol_missing);
     }
     if (auto bind =
-            lib.symbol<apir_backend_set_shmem_sized_fn>(APIR_BACKEND_SET_SHMEM_SIZED_SYMBOL);
+            symbol<apir_backend_set_shmem_sized_fn>(lib, APIR_BACKEND_SET_SHMEM_SIZED_SYMBOL);
         bind && options.offer_sized_shmem)
         bind(ctx_id, &Impl::get_shmem_sized);
     const uint32_t r = init(ctx_id, &callbacks);
@@ -266,7 +258,7 @@ uint32_t Host::Impl::load_library_once() {
             return code(LoadLibraryCode::base_index) + 1; // keep the word non-zero
         return code(LoadLibraryCode::base_index) + r;
     }
-    deinit = lib.symbol<apir_backend_deinit_fn>(APIR_BACKEND_DEINIT_SYMBOL);
+    deinit = symbol<apir_backend_deinit_fn>(lib, APIR_BACKEND_DEINIT_SYMBOL);
     dispatcher = disp;
     library = std::move(lib);
     log.info("host: loaded '{}' in context {}", path, ctx_id);

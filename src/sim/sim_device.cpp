@@ -2,6 +2,7 @@
 // and an apir::Host per APIR/Venus context.
 #include "apir/sim_device.hpp"
 
+#include "apir/internal/unique_handle.hpp"
 #include "apir/internal/virtgpu_uapi.hpp"
 
 #include <algorithm>
@@ -54,16 +55,8 @@ static_assert(offsetof(KernelExecbuffer, ring_idx) == offsetof(uapi::execbuffer,
 // Host-side memory of a blob: a memfd and the host's own mapping of it. The guest's
 // mmap maps the same pages a second time, as a VM's would.
 struct Memory {
-    int fd = -1;
-    std::byte* host = nullptr;
-    size_t size = 0;
-    Memory() = default;
-    Memory(const Memory&) = delete;
-    Memory& operator=(const Memory&) = delete;
-    ~Memory() {
-        if (host) ::munmap(host, size);
-        if (fd >= 0) ::close(fd);
-    }
+    apir::detail::PosixFd fd;
+    apir::detail::PosixMapping host; // unmapped before the fd is closed
 };
 
 // The host end of one guest context: an apir::Host on its own thread. A thread, like
@@ -100,7 +93,7 @@ public:
         std::lock_guard lk(mu_);
         auto it = resources_.find(res_id);
         if (it == resources_.end()) return {};
-        return {it->second->host, it->second->size};
+        return {it->second->host.get().data(), it->second->host.get().size};
     }
 
     void attach(uint32_t res_id, std::shared_ptr<Memory> mem) {
@@ -562,13 +555,13 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 if (visible && s.visible_used + size > cfg.host_visible_bytes) return -ENOSPC;
 
                 auto mem = std::make_shared<Memory>();
-                mem->fd = memfd_create("apir-sim-blob", MFD_CLOEXEC);
-                if (mem->fd < 0 || ftruncate(mem->fd, static_cast<off_t>(size)) != 0)
+                mem->fd.reset(memfd_create("apir-sim-blob", MFD_CLOEXEC));
+                if (!mem->fd || ftruncate(mem->fd.get(), static_cast<off_t>(size)) != 0)
                     return -ENOMEM;
-                void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, mem->fd, 0);
+                void* p =
+                    ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, mem->fd.get(), 0);
                 if (p == MAP_FAILED) return -ENOMEM;
-                mem->host = static_cast<std::byte*>(p);
-                mem->size = size;
+                mem->host.reset({p, size});
 
                 auto obj = std::make_shared<Object>();
                 obj->res_id = s.next_res_id++;
@@ -684,7 +677,7 @@ int SimDevice::mmap(int fd, uint64_t offset, size_t length, void** addr) {
         allowed = allowed || o == obj;
     if (!allowed) return -EACCES;
     if (length == 0 || length > obj->size) return -EINVAL;
-    void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, obj->mem->fd, 0);
+    void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, obj->mem->fd.get(), 0);
     if (p == MAP_FAILED) return -errno;
     ++obj->maps;
     s_->maps.emplace(p, State::Map{obj, length});

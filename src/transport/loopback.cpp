@@ -1,11 +1,10 @@
-// The loopback transport: shared memory in process memory, a host inline or on a thread.
-#include "apir/loopback.hpp"
+// The loopback link: shared memory in process memory, a peer inline or on a host thread.
+#include "apir/loopback_link.hpp"
 
 #include "apir/internal/futex.hpp"
 
 #include <condition_variable>
 #include <mutex>
-#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -14,7 +13,7 @@
 
 namespace apir {
 
-struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
+struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     // The command ring: one producer at a time (submit_mu), one consumer (the host
     // thread), no lock between them. Command number p goes to slot p % slot_count,
     // published by storing seq = p + 1 after the bytes. The host thread only reads
@@ -29,10 +28,15 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         std::vector<std::byte> large; // commands that do not fit inline
     };
 
-    explicit Impl(LoopbackOptions o) : options(std::move(o)) {
-        host.emplace(options.host, *this);
+    Impl(const LoopbackPeerFactory& make_peer, LoopbackLinkOptions o) : options(std::move(o)) {
+        if (make_peer) peer = make_peer(*this);
+        if (!peer) {
+            alive = false; // every submit fails with DISCONNECTED
+            return;
+        }
+        type_offset = peer->command_type_offset();
         if (options.queue_depth == 0) options.queue_depth = 1;
-        if (options.mode == LoopbackOptions::Mode::threaded) {
+        if (options.mode == LoopbackLinkOptions::Mode::threaded) {
             slot_count = options.queue_depth;
             slots = std::make_unique<Slot[]>(slot_count);
             thread = std::thread([this] { serve(); });
@@ -41,7 +45,7 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     ~Impl() {
         disown_shmem(); // a Shmem destroyed after the transport does nothing
         stop();
-        host.reset(); // the backend's deinit may still look at shared memory
+        peer.reset(); // the backend's deinit may still look at shared memory
         std::lock_guard lk(mem_mu);
         for (auto& [id, b] : blobs)
             munmap(b.data(), b.size());
@@ -55,7 +59,9 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         auto it = blobs.find(res_id);
         return it == blobs.end() ? std::span<std::byte>{} : it->second;
     }
-    std::atomic<uint32_t>* sleepers() noexcept override { return &waiters; }
+    void notify(std::span<std::byte> page, uint32_t code) noexcept override {
+        notify_reply(page, code, &waiters);
+    }
 
     // --- ShmemOwner
     // Never waits for the host: the id is forgotten at once (a later command finds no
@@ -84,7 +90,7 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             std::lock_guard lk(mem_mu);
             ++executing;
         }
-        (void)host->execute(cmd); // a dropped command simply gets no reply
+        peer->execute(cmd);
         std::vector<std::span<std::byte>> doomed;
         {
             std::lock_guard lk(mem_mu);
@@ -125,8 +131,8 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     Expected<void> submit(std::span<const std::byte> cmd, Deadline deadline) {
         if (!alive.load(std::memory_order_acquire))
             return fail(Errc::disconnected, "the loopback host has stopped");
-        if (options.deliver && !options.deliver(cmd)) return {};
-        if (options.mode == LoopbackOptions::Mode::inline_host) {
+        if (options.test_hooks.deliver && !options.test_hooks.deliver(cmd)) return {};
+        if (options.mode == LoopbackLinkOptions::Mode::inline_host) {
             std::lock_guard ex(exec_mu);
             execute(cmd);
             return {};
@@ -176,7 +182,7 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     }
 
     Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy, Deadline deadline) {
-        if (options.mode == LoopbackOptions::Mode::inline_host) {
+        if (options.mode == LoopbackLinkOptions::Mode::inline_host) {
             // The host ran inside submit(): no reply now means none will ever come.
             auto w = notification_word(page.bytes()).load(std::memory_order_acquire);
             if (w != 0) return w - 1;
@@ -245,7 +251,8 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
 
     // What the guest and the host thread each write on every call lives on cache lines
     // of its own: a line written by both would travel between the cores twice a call.
-    LoopbackOptions options; // read by both, written by neither
+    LoopbackLinkOptions options; // read by both, written by neither
+    int32_t type_offset = 0;     // the peer's command_type_offset()
     std::unique_ptr<Slot[]> slots;
     size_t slot_count = 0;
     std::atomic<uint32_t> waiters{0}; // guests blocked on a notification word
@@ -269,15 +276,15 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     uint64_t tail = 0;          // commands submitted; under submit_mu
     uint64_t consumed_seen = 0; // the last value of `consumed` read; under submit_mu
 
-    alignas(64) std::optional<Host> host; // not beside tail: the host reads it every command
+    alignas(64) std::unique_ptr<LoopbackPeer> peer; // not beside tail: read every command
     std::thread thread;
 };
 
-LoopbackTransport::LoopbackTransport(LoopbackOptions options)
-    : impl_(std::make_unique<Impl>(std::move(options))) {}
-LoopbackTransport::LoopbackTransport(LoopbackTransport&&) noexcept = default;
-LoopbackTransport& LoopbackTransport::operator=(LoopbackTransport&&) noexcept = default;
-LoopbackTransport::~LoopbackTransport() = default;
+LoopbackLink::LoopbackLink(LoopbackPeerFactory make_peer, LoopbackLinkOptions options)
+    : impl_(std::make_unique<Impl>(make_peer, std::move(options))) {}
+LoopbackLink::LoopbackLink(LoopbackLink&&) noexcept = default;
+LoopbackLink& LoopbackLink::operator=(LoopbackLink&&) noexcept = default;
+LoopbackLink::~LoopbackLink() = default;
 
 namespace {
 Unexpected moved_from() {
@@ -285,43 +292,43 @@ Unexpected moved_from() {
 }
 } // namespace
 
-Expected<Shmem> LoopbackTransport::create_shmem(size_t size) {
+Expected<Shmem> LoopbackLink::create_shmem(size_t size) {
     if (!impl_) return moved_from();
     return impl_->create_shmem(size);
 }
-Expected<void> LoopbackTransport::submit(std::span<const std::byte> command, Deadline deadline) {
+Expected<void> LoopbackLink::submit(std::span<const std::byte> command, Deadline deadline) {
     if (!impl_) return moved_from();
     return impl_->submit(command, deadline);
 }
-Expected<uint32_t> LoopbackTransport::wait_reply(const Shmem& page, const WaitPolicy& policy,
-                                                 Deadline deadline) {
+Expected<uint32_t> LoopbackLink::wait_reply(const Shmem& page, const WaitPolicy& policy,
+                                            Deadline deadline) {
     if (!impl_) return moved_from();
     return impl_->wait_reply(page, policy, deadline);
 }
-int32_t LoopbackTransport::command_type_offset() const noexcept {
-    return impl_ ? impl_->options.host.command_type_offset : 0;
+int32_t LoopbackLink::command_type_offset() const noexcept {
+    return impl_ ? impl_->type_offset : 0;
 }
-std::string_view LoopbackTransport::name() const noexcept {
+std::string_view LoopbackLink::name() const noexcept {
     if (!impl_) return "moved-from";
-    return impl_->options.mode == LoopbackOptions::Mode::threaded ? "loopback-threaded"
-                                                                  : "loopback-inline";
+    return impl_->options.mode == LoopbackLinkOptions::Mode::threaded ? "loopback-threaded"
+                                                                      : "loopback-inline";
 }
-Host& LoopbackTransport::host() noexcept {
-    return *impl_->host;
+LoopbackPeer* LoopbackLink::peer() noexcept {
+    return impl_ ? impl_->peer.get() : nullptr;
 }
-
-std::string LoopbackTransport::load_library_failure() {
-    return host().load_library_failure();
+std::string LoopbackLink::load_library_failure() {
+    auto* p = peer();
+    return p ? p->load_library_failure() : std::string();
 }
-void LoopbackTransport::stop_host() {
+void LoopbackLink::stop_host() {
     if (impl_) impl_->stop();
 }
-size_t LoopbackTransport::shmem_count() const noexcept {
+size_t LoopbackLink::shmem_count() const noexcept {
     if (!impl_) return 0;
     std::lock_guard lk(impl_->mem_mu);
     return impl_->blobs.size();
 }
-size_t LoopbackTransport::shmem_bytes() const noexcept {
+size_t LoopbackLink::shmem_bytes() const noexcept {
     if (!impl_) return 0;
     std::lock_guard lk(impl_->mem_mu);
     return impl_->bytes_alive;

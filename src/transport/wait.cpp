@@ -1,5 +1,5 @@
 // The reply wait shared by every transport, and the host's notify.
-#include "apir/transport.hpp"
+#include "apir/reply_page.hpp"
 
 #include "apir/internal/futex.hpp"
 

@@ -5,6 +5,7 @@
 #include <apir/backend_abi.h>
 #include <apir/call.hpp>
 #include <apir/host.hpp>
+#include <apir/reply_page.hpp>
 #include <apir/transport.hpp>
 #include <apir/wire.hpp>
 

@@ -3,11 +3,14 @@
 #include "catch.hpp"
 #include "session_helpers.hpp"
 
+#include <apir/command.hpp>
 #include <apir/loopback.hpp>
+#include <apir/reply_page.hpp>
 #include <apir/session.hpp>
 
 #include "demo_protocol.hpp"
 
+#include <array>
 #include <thread>
 
 using namespace std::chrono_literals;
@@ -25,7 +28,7 @@ options(apir::LoopbackOptions::Mode mode = apir::LoopbackOptions::Mode::threaded
 TEST_CASE("a host thread that exits mid-call: the waiting call fails DISCONNECTED", "[loopback]") {
     auto o = options();
     std::atomic<bool> drop{false};
-    o.deliver = [&](std::span<const std::byte>) { return !drop.load(); };
+    o.test_hooks.deliver = [&](std::span<const std::byte>) { return !drop.load(); };
     apir::Session s(apir::LoopbackTransport(std::move(o)), quiet_session());
     REQUIRE(s.connect());
     drop = true; // the next command is lost; no deadline: only the host's death ends the wait
@@ -175,4 +178,53 @@ TEST_CASE("a deadline beyond the clock's range means no deadline", "[wait]") {
     auto r = s.call<demo::Add>(demo::AddRequest{1, 2});
     REQUIRE(r);
     CHECK(r->sum == 3);
+}
+
+// The transport layer knows its other end only as a LoopbackPeer: a peer of a test's
+// own answers through the link's HostMemory, in both modes.
+namespace {
+struct FlagsEcho final : apir::LoopbackPeer {
+    explicit FlagsEcho(apir::HostMemory& m) : memory(m) {}
+    void execute(std::span<const std::byte> command) override {
+        apir::Decoder dec(command);
+        auto h = dec.get<apir::CommandHeader>();
+        if (!h) return;
+        auto page = memory.resource(h->reply_res_id);
+        if (page.size() < apir::reply_header_size) return;
+        memory.notify(page, h->flags); // the reply is the command's flags
+    }
+    int32_t command_type_offset() const noexcept override { return 5; }
+    apir::HostMemory& memory;
+};
+} // namespace
+
+TEST_CASE("a loopback link serves a peer of its own through HostMemory", "[loopback]") {
+    auto mode = GENERATE(apir::LoopbackLinkOptions::Mode::inline_host,
+                         apir::LoopbackLinkOptions::Mode::threaded);
+    apir::LoopbackLinkOptions o;
+    o.mode = mode;
+    apir::LoopbackLink link([](apir::HostMemory& m) { return std::make_unique<FlagsEcho>(m); }, o);
+    CHECK(link.command_type_offset() == 5);
+    CHECK(link.load_library_failure().empty());
+    auto page = link.create_shmem(4096);
+    REQUIRE(page);
+    std::array<std::byte, 64> buf{};
+    apir::Encoder enc(buf);
+    enc.put(apir::CommandHeader{2, 1234, page->res_id()});
+    apir::reset_notification(*page);
+    const auto deadline = apir::Deadline::after(5s);
+    REQUIRE(link.submit(enc.written(), deadline));
+    auto code = link.wait_reply(*page, apir::WaitPolicy{}, deadline);
+    REQUIRE(code);
+    CHECK(*code == 1234);
+}
+
+TEST_CASE("a loopback link without a peer fails with DISCONNECTED", "[loopback]") {
+    apir::LoopbackLink link(
+        [](apir::HostMemory&) { return std::unique_ptr<apir::LoopbackPeer>(); });
+    CHECK(link.peer() == nullptr);
+    std::array<std::byte, 12> cmd{};
+    auto r = link.submit(cmd, apir::Deadline::after(1s));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code() == Errc::disconnected);
 }

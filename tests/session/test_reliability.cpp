@@ -352,7 +352,7 @@ TEST_CASE("a blob named by a timed-out command is never handed to a new owner",
 TEST_CASE("FORWARD without a deadline waits for a silent host until it dies: DISCONNECTED",
           "[reliability][deadline]") {
     auto o = loopback(apir::LoopbackOptions::Mode::threaded);
-    o.deliver = drop_forward;
+    o.test_hooks.deliver = drop_forward;
     apir::Session s(apir::LoopbackTransport(std::move(o)), quiet_session());
     REQUIRE(s.connect());
     auto pending = std::async(std::launch::async, [&] { return s.call<demo::Add>({1, 2}); });
@@ -469,7 +469,7 @@ TEST_CASE("destroying a Session while a call is in flight stops with a message (
         dup2(err[1], STDERR_FILENO);
         if (FILE* null = std::freopen("/dev/null", "w", stdout)) (void)null;
         auto o = loopback(apir::LoopbackOptions::Mode::threaded);
-        o.deliver = drop_forward;
+        o.test_hooks.deliver = drop_forward;
         auto s = std::make_unique<apir::Session<apir::LoopbackTransport>>(
             apir::LoopbackTransport(std::move(o)), quiet_session());
         if (!s->connect()) _exit(2);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <apir/host.hpp>
+#include <apir/reply_page.hpp>
 #include <apir/transport.hpp>
 
 #include <functional>

@@ -25,7 +25,7 @@ apir::AnyTransport make_loopback(TransportSetup s, apir::LoopbackOptions::Mode m
     apir::LoopbackOptions o;
     o.mode = mode;
     o.host = std::move(s.host);
-    o.deliver = std::move(s.deliver);
+    o.test_hooks.deliver = std::move(s.deliver);
     return apir::AnyTransport(apir::LoopbackTransport(std::move(o)));
 }
 

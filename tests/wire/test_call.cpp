@@ -92,6 +92,31 @@ TEST_CASE("a command buffer decodes back into its header and payload", "[call]")
     CHECK(dec.remaining() == 0);
 }
 
+TEST_CASE("CommandHeader is the 12 bytes the guest writes and the host reads", "[call][golden]") {
+    std::array<std::byte, 64> buf{};
+    apir::Encoder enc(buf);
+    // A FORWARD in Venus transition mode: type 2 + 331.
+    enc.put(apir::CommandHeader{2 + apir::venus_command_offset, 7, 0x0a0b0c0d});
+    REQUIRE(enc.ok());
+    CHECK(hex(enc.written()) == "4d 01 00 00 "  // type 333
+                                "07 00 00 00 "  // flags: the backend's command id
+                                "0d 0c 0b 0a"); // reply resource id
+    REQUIRE(enc.size() == apir::command_header_size);
+
+    apir::Encoder call_enc(buf);
+    apir::encode_command<Add>(call_enc, apir::venus_command_offset, 0x0a0b0c0d, AddRequest{1, 2});
+    apir::Decoder dec(call_enc.written());
+    auto h = dec.get<apir::CommandHeader>();
+    REQUIRE(h.has_value());
+    CHECK(h->type == static_cast<int32_t>(Add::type) + apir::venus_command_offset);
+    CHECK(h->flags == Add::flags);
+    CHECK(h->reply_res_id == 0x0a0b0c0d);
+    CHECK(dec.remaining() == 8); // the request follows
+
+    apir::Decoder short_dec(std::span<const std::byte>(buf).first(8));
+    CHECK_FALSE(short_dec.get<apir::CommandHeader>().has_value());
+}
+
 TEST_CASE("a command that does not fit its buffer fails with ENCODE_OVERFLOW", "[call]") {
     std::array<std::byte, 16> buf{};
     apir::Encoder enc(buf);

@@ -7,6 +7,7 @@
 
 #include "apir/virtgpu.hpp"
 
+#include "apir/internal/unique_handle.hpp"
 #include "apir/internal/virtgpu_uapi.hpp"
 
 #include <algorithm>
@@ -40,97 +41,42 @@ enum class Syscall : uint8_t {
 /// what to check.
 [[nodiscard]] Error sys_error(Syscall call, int err, std::string_view what);
 
-// --- RAII owners. Each holds the device it came from; the transport keeps that alive.
+// --- RAII owners (apir::detail::UniqueHandle). Each holds the device it came from; the
+// transport keeps that alive.
 
+/// Closes an open render node through the device.
+struct DrmFdTraits {
+    DrmDevice* dev = nullptr;
+    using handle_type = int;
+    static constexpr int empty() noexcept { return -1; }
+    void close(int fd) const noexcept {
+        if (dev) (void)dev->close(fd);
+    }
+};
 /// An open render node.
-class UniqueFd {
-public:
-    UniqueFd() = default;
-    UniqueFd(DrmDevice* dev, int fd) noexcept : dev_(dev), fd_(fd) {}
-    UniqueFd(UniqueFd&& o) noexcept
-        : dev_(std::exchange(o.dev_, nullptr)), fd_(std::exchange(o.fd_, -1)) {}
-    UniqueFd& operator=(UniqueFd&& o) noexcept {
-        if (this != &o) {
-            reset();
-            dev_ = std::exchange(o.dev_, nullptr);
-            fd_ = std::exchange(o.fd_, -1);
-        }
-        return *this;
-    }
-    ~UniqueFd() { reset(); }
-    void reset() noexcept {
-        if (dev_ && fd_ >= 0) (void)dev_->close(fd_);
-        dev_ = nullptr;
-        fd_ = -1;
-    }
-    [[nodiscard]] int get() const noexcept { return fd_; }
-    explicit operator bool() const noexcept { return fd_ >= 0; }
+using UniqueFd = detail::UniqueHandle<DrmFdTraits>;
 
-private:
-    DrmDevice* dev_ = nullptr;
-    int fd_ = -1;
+/// Closes a GEM handle of an open node with GEM_CLOSE.
+struct GemHandleTraits {
+    DrmDevice* dev = nullptr;
+    int fd = -1;
+    using handle_type = uint32_t;
+    static constexpr uint32_t empty() noexcept { return 0; }
+    void close(uint32_t handle) const noexcept; // below, after ioctl_gem_close
 };
+using GemHandle = detail::UniqueHandle<GemHandleTraits>;
 
-/// A GEM handle of an open node, closed with GEM_CLOSE.
-class GemHandle {
-public:
-    GemHandle() = default;
-    GemHandle(DrmDevice* dev, int fd, uint32_t handle) noexcept
-        : dev_(dev), fd_(fd), handle_(handle) {}
-    GemHandle(GemHandle&& o) noexcept
-        : dev_(std::exchange(o.dev_, nullptr)), fd_(o.fd_), handle_(std::exchange(o.handle_, 0)) {}
-    GemHandle& operator=(GemHandle&& o) noexcept {
-        if (this != &o) {
-            reset();
-            dev_ = std::exchange(o.dev_, nullptr);
-            fd_ = o.fd_;
-            handle_ = std::exchange(o.handle_, 0);
-        }
-        return *this;
+/// Unmaps a blob's mapping through the device.
+struct DrmMappingTraits {
+    DrmDevice* dev = nullptr;
+    using handle_type = detail::MappedRange;
+    static constexpr detail::MappedRange empty() noexcept { return {}; }
+    void close(detail::MappedRange m) const noexcept {
+        if (dev) (void)dev->munmap(m.addr, m.size);
     }
-    ~GemHandle() { reset(); }
-    void reset() noexcept;
-    [[nodiscard]] uint32_t get() const noexcept { return handle_; }
-
-private:
-    DrmDevice* dev_ = nullptr;
-    int fd_ = -1;
-    uint32_t handle_ = 0;
 };
-
 /// A mapping of a blob into this process.
-class Mapping {
-public:
-    Mapping() = default;
-    Mapping(DrmDevice* dev, void* addr, size_t size) noexcept
-        : dev_(dev), addr_(addr), size_(size) {}
-    Mapping(Mapping&& o) noexcept
-        : dev_(std::exchange(o.dev_, nullptr)), addr_(std::exchange(o.addr_, nullptr)),
-          size_(std::exchange(o.size_, 0)) {}
-    Mapping& operator=(Mapping&& o) noexcept {
-        if (this != &o) {
-            reset();
-            dev_ = std::exchange(o.dev_, nullptr);
-            addr_ = std::exchange(o.addr_, nullptr);
-            size_ = std::exchange(o.size_, 0);
-        }
-        return *this;
-    }
-    ~Mapping() { reset(); }
-    void reset() noexcept {
-        if (dev_ && addr_) (void)dev_->munmap(addr_, size_);
-        dev_ = nullptr;
-        addr_ = nullptr;
-        size_ = 0;
-    }
-    [[nodiscard]] std::byte* data() const noexcept { return static_cast<std::byte*>(addr_); }
-    [[nodiscard]] size_t size() const noexcept { return size_; }
-
-private:
-    DrmDevice* dev_ = nullptr;
-    void* addr_ = nullptr;
-    size_t size_ = 0;
-};
+using Mapping = detail::UniqueHandle<DrmMappingTraits>;
 
 // --- The seam's retry: once, on EINTR or EAGAIN (see DrmDevice).
 
@@ -269,10 +215,8 @@ inline int ioctl_execbuffer(DrmDevice& dev, int fd, std::span<const std::byte> c
     return sys_ioctl(dev, fd, uapi::ioctl_execbuffer, args);
 }
 
-inline void GemHandle::reset() noexcept {
-    if (dev_ && handle_ != 0) (void)ioctl_gem_close(*dev_, fd_, handle_);
-    dev_ = nullptr;
-    handle_ = 0;
+inline void GemHandleTraits::close(uint32_t handle) const noexcept {
+    if (dev) (void)ioctl_gem_close(*dev, fd, handle);
 }
 
 } // namespace apir::drm

@@ -1,0 +1,104 @@
+// LoopbackLink: an in-process transport whose other end is any LoopbackPeer.
+//
+// Shared memory is ordinary memory keyed by resource id. In inline mode the peer
+// executes each command inside submit(); in threaded mode a host thread hands the
+// submissions to the peer and the guest waits on the notification word (the same wait
+// the DRM transport uses), woken by a futex when it had to block.
+//
+// The link knows nothing of apir::Host: apir::LoopbackTransport (apir/loopback.hpp,
+// the host layer) is a link whose peer is this project's host, and what users make.
+// A test can put a peer of its own at the other end:
+//
+//     struct Echo final : apir::LoopbackPeer {
+//         explicit Echo(apir::HostMemory& m) : mem(m) {}
+//         void execute(std::span<const std::byte> cmd) override { ... mem.notify(page, 0); }
+//         apir::HostMemory& mem;
+//     };
+//     apir::LoopbackLink link([](apir::HostMemory& m) { return std::make_unique<Echo>(m); });
+#pragma once
+
+#include "apir/export.hpp"
+#include "apir/host_memory.hpp"
+#include "apir/transport.hpp"
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace apir {
+
+/// The other end of a loopback link: executes command buffers, one at a time (the
+/// link serializes the calls), answering through the link's HostMemory.
+class LoopbackPeer {
+public:
+    virtual ~LoopbackPeer() = default;
+    /// Executes one command buffer; a command the peer drops simply gets no reply.
+    virtual void execute(std::span<const std::byte> command) = 0;
+    /// Subtracted by the peer from command types (331 in Venus transition mode).
+    [[nodiscard]] virtual int32_t command_type_offset() const noexcept { return 0; }
+    /// Why the last LOADLIBRARY failed, where the peer knows; empty otherwise.
+    [[nodiscard]] virtual std::string load_library_failure() { return {}; }
+};
+
+/// Builds a link's peer over the link's memory (called once, by the constructor).
+using LoopbackPeerFactory = std::function<std::unique_ptr<LoopbackPeer>(HostMemory&)>;
+
+/// Hooks for tests, not for production use.
+struct LoopbackTestHooks {
+    /// Called with each submitted command; return false to drop it (the peer never
+    /// sees it, so it never answers).
+    std::function<bool(std::span<const std::byte>)> deliver;
+};
+
+struct LoopbackLinkOptions {
+    enum class Mode : uint8_t { inline_host, threaded };
+    Mode mode = Mode::threaded;
+    /// Most bytes of shared memory alive at once; create_shmem fails past it.
+    size_t max_shmem_bytes = size_t{4} << 30;
+    /// Commands queued for the host thread before submit() waits (until its deadline).
+    size_t queue_depth = 64;
+    /// How long the idle host thread spins before it sleeps.
+    std::chrono::nanoseconds host_spin = std::chrono::microseconds(50);
+    LoopbackTestHooks test_hooks;
+};
+
+/// A moved-from LoopbackLink fails every call with DISCONNECTED and is named
+/// "moved-from". A link without a peer (null factory or null peer) fails every
+/// submit with DISCONNECTED.
+class APIR_EXPORT LoopbackLink {
+public:
+    explicit LoopbackLink(LoopbackPeerFactory make_peer, LoopbackLinkOptions options = {});
+    LoopbackLink(LoopbackLink&&) noexcept;
+    LoopbackLink& operator=(LoopbackLink&&) noexcept;
+    ~LoopbackLink();
+
+    [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
+    /// In threaded mode, waits at most until the deadline for room in the queue.
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, Deadline deadline);
+    [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy,
+                                                Deadline deadline);
+    [[nodiscard]] int32_t command_type_offset() const noexcept;
+    [[nodiscard]] std::string_view name() const noexcept;
+
+    /// The peer at the other end (null when moved from or without one).
+    [[nodiscard]] LoopbackPeer* peer() noexcept;
+    /// The peer's reason for the last failed LOADLIBRARY (Session adds it to the
+    /// error's detail).
+    [[nodiscard]] std::string load_library_failure();
+    /// Stops the host thread as if the host died: waits and submits then fail with
+    /// DISCONNECTED. (Inline mode: later submits fail the same way.)
+    void stop_host();
+    /// Shared-memory blobs alive now, and their bytes.
+    [[nodiscard]] size_t shmem_count() const noexcept;
+    [[nodiscard]] size_t shmem_bytes() const noexcept;
+
+    struct Impl; // opaque
+
+private:
+    std::unique_ptr<Impl> impl_;
+};
+
+static_assert(Transport<LoopbackLink>);
+
+} // namespace apir
