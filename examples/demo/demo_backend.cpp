@@ -100,21 +100,5 @@ constexpr auto g_table = [] {
 
 } // namespace
 
-APIR_BACKEND_ENTRY void apir_backend_set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
-    g_contexts.set_shmem_sized(ctx_id, fn);
-}
-
-APIR_BACKEND_ENTRY uint32_t apir_backend_initialize(uint32_t ctx_id, virgl_apir_callbacks* cbs) {
-    return g_contexts.open(ctx_id, cbs) ? apir::backend_init_ok : apir::backend_init_failed;
-}
-
-APIR_BACKEND_ENTRY void apir_backend_deinit(uint32_t ctx_id) {
-    g_contexts.close(ctx_id);
-}
-
-APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks*,
-                                                    uint32_t cmd, char* dec_cur,
-                                                    const char* dec_end, char* enc_cur,
-                                                    const char* enc_end, char** enc_cur_after) {
-    return g_table(g_contexts, ctx_id, cmd, dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
-}
+APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts)
+APIR_BACKEND_DISPATCHER(g_contexts, g_table)

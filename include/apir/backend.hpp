@@ -16,13 +16,8 @@
 //         t.on(cmd_add, &add);
 //         return t;
 //     }();
-//     APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t ctx, virgl_apir_callbacks*,
-//             uint32_t cmd, char* dec_cur, const char* dec_end, char* enc_cur,
-//             const char* enc_end, char** enc_cur_after) {
-//         return g_table(g_contexts, ctx, cmd, dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
-//     }
-//
-// plus the three one-line entry points shown at ContextRegistry.
+//     APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts) // initialize, deinit, set_shmem_sized
+//     APIR_BACKEND_DISPATCHER(g_contexts, g_table)
 #pragma once
 
 #include "apir/backend_abi.h"
@@ -129,14 +124,10 @@ static_assert(backend_init_ok == APIR_BACKEND_INIT_OK &&
 
 /// A backend's per-context state: one Context for each context id the host opens,
 /// holding the host's callbacks, its shared-memory look-ups and the backend's State.
-/// The entry points map onto it one to one:
-///
-///     apir::ContextRegistry<MyState> g_contexts;
-///     APIR_BACKEND_ENTRY void apir_backend_set_shmem_sized(uint32_t ctx, apir_get_shmem_sized_fn
-///     f) { g_contexts.set_shmem_sized(ctx, f); } APIR_BACKEND_ENTRY uint32_t
-///     apir_backend_initialize(uint32_t ctx, virgl_apir_callbacks* cbs) { return
-///     g_contexts.open(ctx, cbs) ? apir::backend_init_ok : apir::backend_init_failed; }
-///     APIR_BACKEND_ENTRY void apir_backend_deinit(uint32_t ctx) { g_contexts.close(ctx); }
+/// The entry points map onto it one to one; APIR_BACKEND_CONTEXT_ENTRY_POINTS(registry)
+/// defines apir_backend_set_shmem_sized, apir_backend_initialize and apir_backend_deinit
+/// so. A State with a member `template <class C> bool open(C& context)` is asked at
+/// initialize (false: the backend failed), e.g. to read its configuration.
 ///
 /// Thread-safe. A Context found stays where it is until its context is closed: the host
 /// calls one context's entry points one at a time, so a dispatcher may use it unlocked.
@@ -174,6 +165,13 @@ public:
         Context& c = entry(ctx_id);
         c.callbacks = cbs;
         c.shmem.unsized = cbs->get_shmem_ptr; // the sized one may never come
+        if constexpr (requires(State & s) { s.open(c); }) {
+            if (!c.state.open(c)) {
+                contexts_.erase(ctx_id);
+                closes_.fetch_add(1, std::memory_order_release);
+                return nullptr;
+            }
+        }
         return &c;
     }
     /// apir_backend_deinit: the context and its State go.
@@ -271,3 +269,28 @@ private:
 };
 
 } // namespace apir
+
+/// Defines apir_backend_set_shmem_sized, apir_backend_initialize and apir_backend_deinit
+/// over an apir::ContextRegistry (a global of the backend library).
+#define APIR_BACKEND_CONTEXT_ENTRY_POINTS(registry)                                                \
+    APIR_BACKEND_ENTRY void apir_backend_set_shmem_sized(uint32_t ctx_id,                          \
+                                                         apir_get_shmem_sized_fn fn) {             \
+        (registry).set_shmem_sized(ctx_id, fn);                                                    \
+    }                                                                                              \
+    APIR_BACKEND_ENTRY uint32_t apir_backend_initialize(uint32_t ctx_id,                           \
+                                                        virgl_apir_callbacks* cbs) {               \
+        return (registry).open(ctx_id, cbs) ? ::apir::backend_init_ok                              \
+                                            : ::apir::backend_init_failed;                         \
+    }                                                                                              \
+    APIR_BACKEND_ENTRY void apir_backend_deinit(uint32_t ctx_id) {                                 \
+        (registry).close(ctx_id);                                                                  \
+    }
+
+/// Defines apir_backend_dispatcher: the registry's context, dispatched by the table.
+#define APIR_BACKEND_DISPATCHER(registry, table)                                                   \
+    APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(                                           \
+        uint32_t ctx_id, virgl_apir_callbacks*, uint32_t cmd, char* dec_cur, const char* dec_end,  \
+        char* enc_cur, const char* enc_end, char** enc_cur_after) {                                \
+        return (table)((registry), ctx_id, cmd, dec_cur, dec_end, enc_cur, enc_end,                \
+                       enc_cur_after);                                                             \
+    }

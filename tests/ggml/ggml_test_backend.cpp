@@ -54,6 +54,14 @@ uint64_t handle_of(const void* p) {
 }
 
 struct State {
+    // Only the sized look-up resolves: every range is checked. Reads ggml.test.hostile.
+    template <class C>
+    bool open(C& c) {
+        c.shmem.unsized = nullptr;
+        const char* h = c.config("ggml.test.hostile");
+        hostile = h ? h : "";
+        return true;
+    }
     std::string hostile;
     std::map<uint64_t, std::unique_ptr<TestBuffer>> buffers;
     uint64_t first_buffer = 0; // duplicate_buffer answers this one again
@@ -356,22 +364,7 @@ constexpr auto g_table = [] {
 
 } // namespace
 
-APIR_BACKEND_ENTRY void apir_backend_set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
-    g_contexts.set_shmem_sized(ctx_id, fn);
-}
-
-APIR_BACKEND_ENTRY uint32_t apir_backend_initialize(uint32_t ctx_id, virgl_apir_callbacks* cbs) {
-    Context* c = g_contexts.open(ctx_id, cbs);
-    if (!c) return apir::backend_init_failed;
-    c->shmem.unsized = nullptr; // the sized look-up or nothing: every range is checked
-    const char* h = c->config("ggml.test.hostile");
-    c->state.hostile = h ? h : "";
-    return apir::backend_init_ok;
-}
-
-APIR_BACKEND_ENTRY void apir_backend_deinit(uint32_t ctx_id) {
-    g_contexts.close(ctx_id);
-}
+APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts)
 
 APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks*,
                                                     uint32_t cmd, char* dec_cur,

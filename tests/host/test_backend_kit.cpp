@@ -148,3 +148,25 @@ TEST_CASE("the context registry follows initialize, set_shmem_sized and deinit")
         CHECK(contexts.find(1)->state.calls == 2000);
     }
 }
+
+namespace {
+// A state that reads its configuration when its context opens, and refuses context 13.
+struct Configured {
+    template <class C>
+    bool open(C& c) {
+        value = c.config("k") ? c.config("k") : "";
+        return c.id != 13;
+    }
+    std::string value;
+};
+} // namespace
+
+TEST_CASE("a state's open() sees the new context and can refuse it") {
+    apir::ContextRegistry<Configured> contexts;
+    auto* c = contexts.open(1, &g_callbacks);
+    REQUIRE(c);
+    CHECK(c->state.value == "v");
+    CHECK(contexts.open(13, &g_callbacks) == nullptr);
+    CHECK(contexts.find(13) == nullptr);
+    CHECK(contexts.find(1) == c);
+}
