@@ -9,36 +9,25 @@
 #include <cstring>
 #include <ctime>
 #include <memory>
-#include <mutex>
 #include <new>
-#include <unordered_map>
 
 namespace {
 
+using namespace bench;
+
 constexpr uint64_t max_tensor_bytes = uint64_t{1} << 30; // the peer sizes it: cap it
 
-struct Context {
-    apir::ShmemResolver shmem; // sized where the host offers it, else get_shmem_ptr
-    // The host-side "tensor" set_tensor copies into (prefaulted when allocated).
+// The host-side "tensor" set_tensor copies into (prefaulted when allocated).
+struct State {
     std::unique_ptr<std::byte[]> tensor;
     size_t tensor_size = 0;
 };
-std::mutex g_mu;
-std::unordered_map<uint32_t, Context> g_contexts;
+using Contexts = apir::ContextRegistry<State>;
+using Context = Contexts::Context;
+Contexts g_contexts;
 
-Context* context(uint32_t ctx) {
-    std::lock_guard lk(g_mu);
-    auto it = g_contexts.find(ctx);
-    return it == g_contexts.end() ? nullptr : &it->second;
-}
-
-// The blob range a request names, bounds-checked, or an empty span.
-std::span<std::byte> resolve(uint32_t ctx, const Context& c, const bench::BlobRange& r) {
-    return apir::resolve_shmem_range(c.shmem, ctx, r.res_id, r.offset, r.size);
-}
-
-bench::RangeEnds ends(const std::byte* p, size_t n) {
-    bench::RangeEnds e;
+RangeEnds ends(const std::byte* p, size_t n) {
+    RangeEnds e;
     if (n >= 8) {
         std::memcpy(&e.first, p, 8);
         std::memcpy(&e.last, p + n - 8, 8);
@@ -56,90 +45,72 @@ void sleep_us(uint32_t us) {
     }
 }
 
+uint32_t nop(Context&, apir::BackendFrame&) {
+    return 0;
+}
+
+uint32_t add(Context&, apir::BackendFrame& f) {
+    AddRequest req;
+    if (!f.request().get_into(req)) return error_bad_request;
+    f.reply().put(AddReply{req.a + req.b});
+    return 0;
+}
+
+// The bytes are already where the host can use them: read them in place.
+uint32_t consume(Context& c, apir::BackendFrame& f) {
+    BlobRange req;
+    if (!f.request().get_into(req)) return error_bad_request;
+    auto blob = c.resolve(req.res_id, req.offset, req.size);
+    if (blob.data() == nullptr) return error_bad_resource;
+    f.reply().put(ends(blob.data(), blob.size()));
+    return 0;
+}
+
+// ggml's set_tensor on a CPU buffer: one memcpy from shared memory.
+uint32_t set_tensor(Context& c, apir::BackendFrame& f) {
+    BlobRange req;
+    if (!f.request().get_into(req)) return error_bad_request;
+    auto blob = c.resolve(req.res_id, req.offset, req.size);
+    if (blob.data() == nullptr) return error_bad_resource;
+    if (blob.size() > c.state.tensor_size) return error_no_tensor;
+    std::memcpy(c.state.tensor.get(), blob.data(), blob.size());
+    f.reply().put(ends(c.state.tensor.get(), blob.size()));
+    return 0;
+}
+
+uint32_t alloc_tensor(Context& c, apir::BackendFrame& f) {
+    AllocTensorRequest req;
+    if (!f.request().get_into(req)) return error_bad_request;
+    if (req.bytes > max_tensor_bytes) return error_bad_request;
+    const auto n = static_cast<size_t>(req.bytes);
+    c.state.tensor.reset(new (std::nothrow) std::byte[n]);
+    c.state.tensor_size = 0;
+    if (!c.state.tensor) return error_no_tensor;
+    std::memset(c.state.tensor.get(), 0, n); // touch every page now, not during a copy
+    c.state.tensor_size = n;
+    return 0;
+}
+
+uint32_t work(Context&, apir::BackendFrame& f) {
+    WorkRequest req;
+    if (!f.request().get_into(req)) return error_bad_request;
+    sleep_us(req.microseconds);
+    return 0;
+}
+
+constexpr auto g_table = [] {
+    apir::DispatchTable<Context, cmd_work + 1> t(
+        {.reply_overflow = error_reply_overflow, .no_context = error_bad_resource});
+    t.on(cmd_nop, &nop)
+        .on(cmd_add, &add)
+        .on(cmd_consume, &consume)
+        .on(cmd_set_tensor, &set_tensor)
+        .on(cmd_alloc_tensor, &alloc_tensor)
+        .on(cmd_work, &work);
+    return t;
+}();
+
 } // namespace
 
-extern "C" {
-
-__attribute__((visibility("default"))) void
-apir_backend_set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
-    std::lock_guard lk(g_mu);
-    g_contexts[ctx_id].shmem.sized = fn;
-}
-
-__attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t ctx_id,
-                                                                        virgl_apir_callbacks* cbs) {
-    if (!cbs || !cbs->get_shmem_ptr) return 6 + 5; // backend failed
-    std::lock_guard lk(g_mu);
-    g_contexts[ctx_id].shmem.unsized = cbs->get_shmem_ptr;
-    return 6; // base index + success
-}
-
-__attribute__((visibility("default"))) void apir_backend_deinit(uint32_t ctx_id) {
-    std::lock_guard lk(g_mu);
-    g_contexts.erase(ctx_id);
-}
-
-__attribute__((visibility("default"))) uint32_t
-apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks* cbs, uint32_t cmd_type,
-                        char* dec_cur, const char* dec_end, char* enc_cur, const char* enc_end,
-                        char** enc_cur_after) {
-    using namespace bench;
-    (void)cbs;
-    apir::BackendFrame frame(dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
-    apir::Decoder& d = frame.request();
-    apir::Encoder& e = frame.reply();
-    auto finish = [&] { return frame.finish(error_reply_overflow); };
-
-    switch (cmd_type) {
-    case cmd_nop:
-        return finish();
-    case cmd_add: {
-        AddRequest req;
-        if (!d.get_into(req)) return error_bad_request;
-        e.put(AddReply{req.a + req.b});
-        return finish();
-    }
-    case cmd_consume:
-    case cmd_set_tensor: {
-        BlobRange req;
-        if (!d.get_into(req)) return error_bad_request;
-        Context* c = context(ctx_id);
-        if (!c) return error_bad_resource;
-        auto blob = resolve(ctx_id, *c, req);
-        if (blob.data() == nullptr) return error_bad_resource;
-        if (cmd_type == cmd_consume) {
-            // The bytes are already where the host can use them: read them in place.
-            e.put(ends(blob.data(), blob.size()));
-            return finish();
-        }
-        // ggml's set_tensor on a CPU buffer: one memcpy from shared memory.
-        if (blob.size() > c->tensor_size) return error_no_tensor;
-        std::memcpy(c->tensor.get(), blob.data(), blob.size());
-        e.put(ends(c->tensor.get(), blob.size()));
-        return finish();
-    }
-    case cmd_alloc_tensor: {
-        AllocTensorRequest req;
-        if (!d.get_into(req)) return error_bad_request;
-        if (req.bytes > max_tensor_bytes) return error_bad_request;
-        Context* c = context(ctx_id);
-        if (!c) return error_bad_resource;
-        const auto n = static_cast<size_t>(req.bytes);
-        c->tensor.reset(new (std::nothrow) std::byte[n]);
-        if (!c->tensor) return error_no_tensor;
-        std::memset(c->tensor.get(), 0, n); // touch every page now, not during a copy
-        c->tensor_size = n;
-        return finish();
-    }
-    case cmd_work: {
-        WorkRequest req;
-        if (!d.get_into(req)) return error_bad_request;
-        sleep_us(req.microseconds);
-        return finish();
-    }
-    default:
-        return apir::forward_invalid_index;
-    }
-}
-
-} // extern "C"
+APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts)
+APIR_BACKEND_DISPATCHER(g_contexts, g_table)

@@ -1,24 +1,36 @@
 // A backend library's umbrella header: the C ABI (backend_abi.h), the wire codec and the
-// protocol's codes, and helpers for writing the backend in C++ (the host side of a call).
+// protocol's codes, and the kit for writing the backend in C++ (the host side of a call):
+// a registry of per-context state, a dispatch table from command id to handler, named
+// return codes, the shared-memory range checks.
 //
-//     extern "C" uint32_t apir_backend_dispatcher(uint32_t ctx, virgl_apir_callbacks* cbs,
-//                                                 uint32_t cmd, char* dec_cur, const char* dec_end,
-//                                                 char* enc_cur, const char* enc_end,
-//                                                 char** enc_cur_after) {
-//         apir::BackendFrame f(dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
+//     using Contexts = apir::ContextRegistry<MyState>;
+//     Contexts g_contexts;
+//     uint32_t add(Contexts::Context&, apir::BackendFrame& f) {
 //         AddRequest req;
 //         if (!f.request().get_into(req)) return my_bad_request;
 //         f.reply().put(AddReply{req.a + req.b});
-//         return f.finish(my_reply_overflow);
+//         return 0; // the table finishes the reply
 //     }
+//     constexpr auto g_table = [] {
+//         apir::DispatchTable<Contexts::Context, 1> t({.reply_overflow = 4, .no_context = 5});
+//         t.on(cmd_add, &add);
+//         return t;
+//     }();
+//     APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts) // initialize, deinit, set_shmem_sized
+//     APIR_BACKEND_DISPATCHER(g_contexts, g_table)
 #pragma once
 
 #include "apir/backend_abi.h"
+#include "apir/protocol.hpp"
 #include "apir/wire.hpp"
 
+#include <array>
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <span>
+#include <unordered_map>
 
 namespace apir {
 
@@ -98,4 +110,187 @@ struct ShmemResolver {
     return resolve_shmem_range(ShmemResolver{lookup, nullptr, 0}, ctx_id, res_id, offset, size);
 }
 
+/// What apir_backend_initialize returns for the backend's own initialization code:
+/// LoadLibraryCode::base_index + code (backend_init_ok, 6, is success).
+[[nodiscard]] constexpr uint32_t backend_init_result(BackendInitCode code) noexcept {
+    return static_cast<uint32_t>(LoadLibraryCode::base_index) + static_cast<uint32_t>(code);
+}
+inline constexpr uint32_t backend_init_ok = backend_init_result(BackendInitCode::success);
+inline constexpr uint32_t backend_init_failed =
+    backend_init_result(BackendInitCode::backend_failed);
+static_assert(backend_init_ok == APIR_BACKEND_INIT_OK &&
+              backend_init_failed == APIR_BACKEND_INIT_FAILED &&
+              forward_invalid_index == APIR_FORWARD_INVALID_INDEX);
+
+/// A backend's per-context state: one Context for each context id the host opens,
+/// holding the host's callbacks, its shared-memory look-ups and the backend's State.
+/// The entry points map onto it one to one; APIR_BACKEND_CONTEXT_ENTRY_POINTS(registry)
+/// defines apir_backend_set_shmem_sized, apir_backend_initialize and apir_backend_deinit
+/// so. A State with a member `template <class C> bool open(C& context)` is asked at
+/// initialize (false: the backend failed), e.g. to read its configuration.
+///
+/// Thread-safe. A Context found stays where it is until its context is closed: the host
+/// calls one context's entry points one at a time, so a dispatcher may use it unlocked.
+template <class State>
+class ContextRegistry {
+public:
+    struct Context {
+        uint32_t id = 0;
+        virgl_apir_callbacks* callbacks = nullptr;
+        /// The host's sized look-up where it offered one, else get_shmem_ptr.
+        ShmemResolver shmem;
+        State state{};
+
+        /// [offset, offset + size) of blob res_id, checked (resolve_shmem_range), or empty.
+        [[nodiscard]] std::span<std::byte> resolve(uint32_t res_id, uint64_t offset,
+                                                   uint64_t size) const noexcept {
+            return resolve_shmem_range(shmem, id, res_id, offset, size);
+        }
+        /// A host configuration value, or null.
+        [[nodiscard]] const char* config(const char* key) const noexcept {
+            return callbacks && callbacks->get_config ? callbacks->get_config(id, key) : nullptr;
+        }
+    };
+
+    /// apir_backend_set_shmem_sized: the host offers the sized look-up (before initialize).
+    void set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
+        std::lock_guard lk(mu_);
+        entry(ctx_id).shmem.sized = fn;
+    }
+    /// apir_backend_initialize: the context, with the host's callbacks; null when the
+    /// host passed none or lacks get_config or get_shmem_ptr (the ABI's two services).
+    Context* open(uint32_t ctx_id, virgl_apir_callbacks* cbs) {
+        if (!cbs || !cbs->get_config || !cbs->get_shmem_ptr) return nullptr;
+        std::lock_guard lk(mu_);
+        Context& c = entry(ctx_id);
+        c.callbacks = cbs;
+        c.shmem.unsized = cbs->get_shmem_ptr; // the sized one may never come
+        if constexpr (requires(State & s) { s.open(c); }) {
+            if (!c.state.open(c)) {
+                contexts_.erase(ctx_id);
+                closes_.fetch_add(1, std::memory_order_release);
+                return nullptr;
+            }
+        }
+        return &c;
+    }
+    /// apir_backend_deinit: the context and its State go.
+    void close(uint32_t ctx_id) {
+        std::lock_guard lk(mu_);
+        contexts_.erase(ctx_id);
+        closes_.fetch_add(1, std::memory_order_release);
+    }
+    /// The open context ctx_id, or null. The dispatcher's look-up: a thread that asks for
+    /// the context it asked for last, with no context closed since, takes no lock.
+    [[nodiscard]] Context* find(uint32_t ctx_id) {
+        struct Hint {
+            const ContextRegistry* registry = nullptr;
+            uint32_t id = 0;
+            uint64_t closes = 0;
+            Context* context = nullptr;
+        };
+        thread_local Hint hint;
+        // Nodes of the map never move, and ctx_id cannot be closed while it is being
+        // dispatched; a close of any context since the hint was taken voids it.
+        if (hint.registry == this && hint.id == ctx_id && hint.context &&
+            hint.closes == closes_.load(std::memory_order_acquire))
+            return hint.context;
+        std::lock_guard lk(mu_);
+        auto it = contexts_.find(ctx_id);
+        Context* c = it == contexts_.end() || !it->second.callbacks ? nullptr : &it->second;
+        hint = Hint{this, ctx_id, closes_.load(std::memory_order_relaxed), c};
+        return c;
+    }
+
+private:
+    Context& entry(uint32_t ctx_id) {
+        Context& c = contexts_[ctx_id];
+        c.id = ctx_id;
+        return c;
+    }
+    std::mutex mu_;
+    std::unordered_map<uint32_t, Context> contexts_;
+    std::atomic<uint64_t> closes_{0}; // contexts closed so far (under mu_)
+};
+
+/// The codes a DispatchTable answers on its own behalf: the backend's own numbers.
+struct DispatchCodes {
+    /// The reply did not fit the reply region (BackendFrame::finish).
+    uint32_t reply_overflow = 0;
+    /// The dispatcher was called for a context that is not open.
+    uint32_t no_context = 0;
+};
+
+/// A FORWARD handler: decodes its request from frame.request(), encodes its reply into
+/// frame.reply(), returns the function's result (0: success, the reply is finished).
+template <class Context>
+using CommandHandler = uint32_t (*)(Context& context, BackendFrame& frame);
+
+/// Command id -> handler, for a backend's apir_backend_dispatcher. An id without a
+/// handler answers forward_invalid_index (what the guest names FORWARD_INVALID_INDEX).
+///
+///     constexpr auto table = [] {
+///         apir::DispatchTable<Registry::Context, my_command_count> t({.reply_overflow = 4,
+///                                                                     .no_context = 5});
+///         t.on(cmd_add, &add);
+///         return t;
+///     }();
+template <class Context, size_t N>
+class DispatchTable {
+public:
+    constexpr explicit DispatchTable(DispatchCodes codes) noexcept : codes_(codes) {}
+    constexpr DispatchTable& on(uint32_t id, CommandHandler<Context> handler) noexcept {
+        if (id < N) handlers_[id] = handler;
+        return *this;
+    }
+    [[nodiscard]] constexpr const DispatchCodes& codes() const noexcept { return codes_; }
+
+    /// Runs the handler of cmd on an open context (null: codes().no_context).
+    [[nodiscard]] uint32_t dispatch(Context* context, uint32_t cmd,
+                                    BackendFrame& frame) const noexcept {
+        if (cmd >= N || handlers_[cmd] == nullptr) return forward_invalid_index;
+        if (!context) return codes_.no_context;
+        const uint32_t result = handlers_[cmd](*context, frame);
+        return result == 0 ? frame.finish(codes_.reply_overflow) : result;
+    }
+    /// The whole apir_backend_dispatcher: finds the context in the registry, then
+    /// dispatches.
+    template <class Registry>
+    [[nodiscard]] uint32_t operator()(Registry& registry, uint32_t ctx_id, uint32_t cmd,
+                                      char* dec_cur, const char* dec_end, char* enc_cur,
+                                      const char* enc_end, char** enc_cur_after) const {
+        BackendFrame frame(dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
+        return dispatch(registry.find(ctx_id), cmd, frame);
+    }
+
+private:
+    DispatchCodes codes_;
+    std::array<CommandHandler<Context>, N> handlers_{};
+};
+
 } // namespace apir
+
+/// Defines apir_backend_set_shmem_sized, apir_backend_initialize and apir_backend_deinit
+/// over an apir::ContextRegistry (a global of the backend library).
+#define APIR_BACKEND_CONTEXT_ENTRY_POINTS(registry)                                                \
+    APIR_BACKEND_ENTRY void apir_backend_set_shmem_sized(uint32_t ctx_id,                          \
+                                                         apir_get_shmem_sized_fn fn) {             \
+        (registry).set_shmem_sized(ctx_id, fn);                                                    \
+    }                                                                                              \
+    APIR_BACKEND_ENTRY uint32_t apir_backend_initialize(uint32_t ctx_id,                           \
+                                                        virgl_apir_callbacks* cbs) {               \
+        return (registry).open(ctx_id, cbs) ? ::apir::backend_init_ok                              \
+                                            : ::apir::backend_init_failed;                         \
+    }                                                                                              \
+    APIR_BACKEND_ENTRY void apir_backend_deinit(uint32_t ctx_id) {                                 \
+        (registry).close(ctx_id);                                                                  \
+    }
+
+/// Defines apir_backend_dispatcher: the registry's context, dispatched by the table.
+#define APIR_BACKEND_DISPATCHER(registry, table)                                                   \
+    APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(                                           \
+        uint32_t ctx_id, virgl_apir_callbacks*, uint32_t cmd, char* dec_cur, const char* dec_end,  \
+        char* enc_cur, const char* enc_end, char** enc_cur_after) {                                \
+        return (table)((registry), ctx_id, cmd, dec_cur, dec_end, enc_cur, enc_end,                \
+                       enc_cur_after);                                                             \
+    }

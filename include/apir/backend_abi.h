@@ -38,6 +38,21 @@ typedef uint32_t (*apir_backend_dispatcher_fn)(uint32_t ctx_id, struct virgl_api
 typedef void* (*apir_get_shmem_sized_fn)(uint32_t ctx_id, uint32_t res_id, uint64_t* size);
 typedef void (*apir_backend_set_shmem_sized_fn)(uint32_t ctx_id, apir_get_shmem_sized_fn fn);
 
+/* Marks a backend library's entry points: C linkage, exported from a library built with
+ * hidden visibility. */
+#ifdef __cplusplus
+#define APIR_BACKEND_ENTRY extern "C" __attribute__((visibility("default")))
+#else
+#define APIR_BACKEND_ENTRY __attribute__((visibility("default")))
+#endif
+
+/* Named results (apir/backend.hpp has them as constants): apir_backend_initialize's
+ * success (the LOADLIBRARY base index 6 + the backend's code 0) and failure (6 + 5,
+ * "backend failed"); the dispatcher's result for a command id it does not know. */
+#define APIR_BACKEND_INIT_OK 6u
+#define APIR_BACKEND_INIT_FAILED 11u
+#define APIR_FORWARD_INVALID_INDEX 6u
+
 #define APIR_BACKEND_INITIALIZE_SYMBOL "apir_backend_initialize"
 #define APIR_BACKEND_DEINIT_SYMBOL "apir_backend_deinit"
 #define APIR_BACKEND_DISPATCHER_SYMBOL "apir_backend_dispatcher"

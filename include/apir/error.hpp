@@ -12,7 +12,10 @@
 //     }
 #pragma once
 
+#include "apir/export.hpp"
 #include "apir/protocol.hpp"
+
+#include <fmt/core.h>
 
 #include <cstdint>
 #include <string>
@@ -251,7 +254,7 @@ public:
     /// What went wrong in this instance (may be empty).
     [[nodiscard]] const std::string& detail() const noexcept { return detail_; }
     /// "NAME: summary (detail)".
-    [[nodiscard]] std::string message() const;
+    [[nodiscard]] APIR_EXPORT std::string message() const;
 
     /// The raw return code read off the wire, if the error came from one.
     [[nodiscard]] bool has_wire_code() const noexcept { return has_wire_code_; }
@@ -284,9 +287,9 @@ private:
 /// Decodes a non-zero LOADLIBRARY return code (as the guest receives it) into an
 /// error, telling the three levels apart: the host (1..5), the backend library's
 /// own answer (7..11) and the backend's initialization code (12 + code).
-[[nodiscard]] Error load_library_error(uint32_t code);
+[[nodiscard]] APIR_EXPORT Error load_library_error(uint32_t code);
 /// Decodes a FORWARD return code other than success (0 or 4) into an error.
-[[nodiscard]] Error forward_error(uint32_t code);
+[[nodiscard]] APIR_EXPORT Error forward_error(uint32_t code);
 
 /// Tag for constructing an Expected in the error state.
 struct Unexpected {
@@ -356,4 +359,10 @@ private:
 
 } // namespace apir
 
-#include "apir/detail/error_impl.hpp"
+// Formats as Error::message(): fmt::print("{}", error), with string format specs. The
+// formatting is compiled into the library (src/wire/error.cpp): fmt/core.h is enough.
+template <>
+struct fmt::formatter<apir::Error> : fmt::formatter<std::string_view> {
+    APIR_EXPORT fmt::format_context::iterator format(const apir::Error& e,
+                                                     fmt::format_context& ctx) const;
+};

@@ -10,27 +10,23 @@ namespace {
 std::atomic<int> g_deinit_calls{0};
 }
 
-extern "C" {
-
-__attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t ctx_id,
-                                                                        virgl_apir_callbacks* cbs) {
+APIR_BACKEND_ENTRY uint32_t apir_backend_initialize(uint32_t ctx_id, virgl_apir_callbacks* cbs) {
     const char* v = cbs && cbs->get_config ? cbs->get_config(ctx_id, "test.init_result") : nullptr;
-    return v ? static_cast<uint32_t>(std::strtoul(v, nullptr, 10)) : 6;
+    return v ? static_cast<uint32_t>(std::strtoul(v, nullptr, 10)) : APIR_BACKEND_INIT_OK;
 }
 
-__attribute__((visibility("default"))) void apir_backend_deinit(uint32_t) {
+APIR_BACKEND_ENTRY void apir_backend_deinit(uint32_t) {
     g_deinit_calls.fetch_add(1);
 }
 
 /// For the tests: how many times the host ran deinit.
-__attribute__((visibility("default"))) int failing_backend_deinit_calls() {
+APIR_BACKEND_ENTRY int failing_backend_deinit_calls() {
     return g_deinit_calls.load();
 }
 
-__attribute__((visibility("default"))) uint32_t
-apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t, char*, const char*,
-                        char* enc_cur, const char*, char** enc_cur_after) {
+APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t,
+                                                    char*, const char*, char* enc_cur, const char*,
+                                                    char** enc_cur_after) {
     *enc_cur_after = enc_cur;
     return 0;
-}
 }

@@ -8,15 +8,11 @@ namespace {
 std::atomic<int> g_initialized{0};
 }
 
-extern "C" {
-
-__attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t,
-                                                                        virgl_apir_callbacks*) {
+APIR_BACKEND_ENTRY uint32_t apir_backend_initialize(uint32_t, virgl_apir_callbacks*) {
     g_initialized.fetch_add(1);
-    return 6;
+    return APIR_BACKEND_INIT_OK;
 }
 
-__attribute__((visibility("default"))) int missing_symbol_backend_initialized() {
+APIR_BACKEND_ENTRY int missing_symbol_backend_initialized() {
     return g_initialized.load();
-}
 }

@@ -28,7 +28,6 @@
 #include <mutex>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -54,27 +53,34 @@ uint64_t handle_of(const void* p) {
     return reinterpret_cast<uintptr_t>(p);
 }
 
-struct Context {
-    virgl_apir_callbacks* cbs = nullptr;
-    apir_get_shmem_sized_fn shmem_sized = nullptr;
+struct State {
+    // Only the sized look-up resolves: every range is checked. Reads ggml.test.hostile.
+    template <class C>
+    bool open(C& c) {
+        c.shmem.unsized = nullptr;
+        const char* h = c.config("ggml.test.hostile");
+        hostile = h ? h : "";
+        return true;
+    }
     std::string hostile;
     std::map<uint64_t, std::unique_ptr<TestBuffer>> buffers;
     uint64_t first_buffer = 0; // duplicate_buffer answers this one again
 };
-
-std::mutex g_mu;
-std::unordered_map<uint32_t, Context> g_contexts;
+using Contexts = apir::ContextRegistry<State>;
+using Context = Contexts::Context;
+Contexts g_contexts;
 
 bool known_type(uint64_t h) {
     return h == handle_of(&g_default_type) || h == handle_of(&g_host_ptr_type);
 }
 
-std::span<std::byte> shmem(Context& c, uint32_t ctx_id, uint32_t res, uint64_t size) {
-    return apir::resolve_shmem_range(c.shmem_sized, ctx_id, res, 0, size);
+// Only the sized look-up resolves (initialize drops get_shmem_ptr): every range is checked.
+std::span<std::byte> shmem(const Context& c, uint32_t res, uint64_t size) {
+    return c.resolve(res, 0, size);
 }
 
 // The tensor's bytes [offset, offset + size) in its buffer, or empty when outside.
-std::span<std::byte> tensor_bytes(Context& c, const RpcTensor& t, uint64_t offset, uint64_t size) {
+std::span<std::byte> tensor_bytes(State& c, const RpcTensor& t, uint64_t offset, uint64_t size) {
     auto it = c.buffers.find(t.buffer.value());
     if (it == c.buffers.end()) return {};
     auto n = nbytes(t);
@@ -90,7 +96,7 @@ bool contiguous_f32(const RpcTensor& t) {
 }
 
 // Computes the graph's nodes; a node it cannot compute aborts (like ggml's supports_op).
-Status compute(Context& c, const DecodedGraph& g) {
+Status compute(State& c, const DecodedGraph& g) {
     std::unordered_map<uint64_t, const RpcTensor*> by_id;
     for (const RpcTensor& t : g.tensors)
         by_id[t.id] = &t;
@@ -141,194 +147,231 @@ void put_string(apir::Encoder& e, std::string_view s, bool with_nul) {
     e.write_bytes(s.data(), s.size());
 }
 
-uint32_t dispatch(Context& c, uint32_t ctx_id, uint32_t cmd, apir::Decoder& d, apir::Encoder& e) {
-    const std::string& h = c.hostile;
-    if (h == "refuse") return refused;
-    switch (static_cast<Command>(cmd)) {
-    case Command::device_get_device_count:
-        e.put(int32_t{1});
-        return 0;
-    case Command::device_get_count:
-        e.put(int32_t{h == "negative_count" ? -1 : 1});
-        return 0;
-    case Command::device_get_name:
-        if (h == "slow_name") std::this_thread::sleep_for(std::chrono::milliseconds(500));
-        put_string(e, "apir-test", h != "no_nul");
-        return 0;
-    case Command::device_get_description:
-        put_string(e, "apir test ggml device", true);
-        return 0;
-    case Command::device_get_type:
-        e.put(uint32_t{h == "bad_type" ? 9u : 0u});
-        return 0;
-    case Command::device_get_memory:
-        e.put(MemoryReply{h == "memory_inverted" ? uint64_t{3} << 30 : uint64_t{1} << 30,
-                          uint64_t{2} << 30});
-        return 0;
-    case Command::device_get_buffer_type:
-        e.write_u64(h == "null_buffer_type" ? 0 : handle_of(&g_default_type));
-        return 0;
-    case Command::device_get_props:
-        e.put(PropsReply{0, 0, static_cast<uint8_t>(h == "bad_bool" ? 2 : 1), 0, 0});
-        return 0;
-    case Command::device_buffer_from_ptr: {
-        BufferFromPtrRequest req;
-        if (!d.get_into(req)) return refused;
-        auto mem = shmem(c, ctx_id, req.res_id, req.size);
-        if (mem.empty()) return refused;
-        auto b = std::make_unique<TestBuffer>();
-        b->base = mem.data();
-        b->size = req.size;
-        uint64_t handle = handle_of(b.get());
-        c.buffers.emplace(handle, std::move(b));
-        e.write_u64(handle);
-        e.write_u64(handle_of(&g_host_ptr_type));
-        return 0;
-    }
-    case Command::buffer_type_get_name:
-    case Command::buffer_type_get_alignment:
-    case Command::buffer_type_get_max_size:
-    case Command::buffer_type_is_host: {
-        uint64_t t = d.read_u64();
-        if (!d.ok() || !known_type(t)) return refused;
-        const auto* bt = reinterpret_cast<const TestBufferType*>(static_cast<uintptr_t>(t));
-        if (cmd == static_cast<uint32_t>(Command::buffer_type_get_name))
-            put_string(e, bt->name, true);
-        else if (cmd == static_cast<uint32_t>(Command::buffer_type_get_alignment))
-            e.write_u64(h == "bad_alignment" ? 24 : 32);
-        else if (cmd == static_cast<uint32_t>(Command::buffer_type_get_max_size))
-            e.write_u64(UINT64_MAX);
-        else
-            e.put(false);
-        return 0;
-    }
-    case Command::buffer_type_alloc_buffer: {
-        uint64_t t = d.read_u64();
-        uint64_t size = d.read_u64();
-        if (!d.ok() || !known_type(t)) return refused;
-        if (h == "null_buffer" || size > (uint64_t{1} << 32)) {
-            e.write_u64(0);
-            return 0;
-        }
-        if (h == "duplicate_buffer" && c.first_buffer != 0) {
-            e.write_u64(c.first_buffer);
-            return 0;
-        }
-        auto b = std::make_unique<TestBuffer>();
-        b->owned = std::make_unique<std::byte[]>(std::max<uint64_t>(size, 1));
-        b->base = b->owned.get();
-        b->size = size;
-        uint64_t handle = handle_of(b.get());
-        c.buffers.emplace(handle, std::move(b));
-        if (c.first_buffer == 0) c.first_buffer = handle;
-        e.write_u64(handle);
-        return 0;
-    }
-    case Command::buffer_get_base: {
-        auto it = c.buffers.find(d.read_u64());
-        if (!d.ok() || it == c.buffers.end()) return refused;
-        e.write_u64(h == "base_zero" ? 0 : handle_of(it->second->base));
-        return 0;
-    }
-    case Command::buffer_set_tensor:
-    case Command::buffer_get_tensor: {
-        TensorTransferRequest req;
-        if (!d.get_into(req) || !c.buffers.contains(req.buffer.value())) return refused;
-        auto dst = tensor_bytes(c, req.tensor, req.offset, req.size);
-        auto blob = shmem(c, ctx_id, req.res_id, req.size);
-        if (req.size != 0 && (dst.empty() || blob.empty())) return refused;
-        if (req.size == 0) return 0;
-        if (cmd == static_cast<uint32_t>(Command::buffer_set_tensor))
-            std::memcpy(dst.data(), blob.data(), blob.size());
-        else
-            std::memcpy(blob.data(), dst.data(), dst.size());
-        return 0;
-    }
-    case Command::buffer_cpy_tensor: {
-        CopyTensorRequest req;
-        if (!d.get_into(req) || !c.buffers.contains(req.buffer.value())) return refused;
-        auto n = nbytes(req.src);
-        if (!n) return refused;
-        auto from = tensor_bytes(c, req.src, 0, *n);
-        auto to = tensor_bytes(c, req.dst, 0, *n);
-        if (*n != 0 && (from.empty() || to.empty())) return refused;
-        if (*n) std::memmove(to.data(), from.data(), from.size());
-        e.write_u32(h == "bad_bool" ? 2 : 1);
-        return 0;
-    }
-    case Command::buffer_clear: {
-        ClearRequest req;
-        if (!d.get_into(req)) return refused;
-        auto it = c.buffers.find(req.buffer.value());
-        if (it == c.buffers.end()) return refused;
-        if (it->second->size) std::memset(it->second->base, req.value, it->second->size);
-        return 0;
-    }
-    case Command::buffer_free_buffer: {
-        uint64_t b = d.read_u64();
-        if (!d.ok() || c.buffers.erase(b) == 0) return refused;
-        return 0;
-    }
-    case Command::backend_graph_compute: {
-        GraphComputeRequest req;
-        if (!d.get_into(req) || req.size == 0) return refused;
-        auto blob = shmem(c, ctx_id, req.res_id, req.size);
-        if (blob.empty()) return refused;
-        auto g = decode_graph(blob);
-        if (!g) return refused;
-        for (const RpcTensor& t : g->tensors)
-            if (t.buffer && !c.buffers.contains(t.buffer.value())) return refused;
-        Status s = compute(c, *g);
-        if (h == "bad_status") s = static_cast<Status>(7);
-        if (h == "status_failed") s = Status::failed;
-        e.put(static_cast<int32_t>(s));
-        return 0;
-    }
-    case Command::device_supports_op:
-    case Command::buffer_type_get_alloc_size:
-        // Their request is ggml's raw tensor, whose layout this backend does not know.
-        return refused;
-    }
-    return apir::forward_invalid_index;
+// The handlers of ggml's commands, as ggml's host backend answers them (0: the reply is
+// complete; `refused` otherwise). Each returns what its case of ggml's dispatcher would.
+using Frame = apir::BackendFrame;
+
+const std::string& hostile(const Context& c) {
+    return c.state.hostile;
 }
+
+uint32_t device_get_device_count(Context&, Frame& f) {
+    f.reply().put(int32_t{1});
+    return 0;
+}
+uint32_t device_get_count(Context& c, Frame& f) {
+    f.reply().put(int32_t{hostile(c) == "negative_count" ? -1 : 1});
+    return 0;
+}
+uint32_t device_get_name(Context& c, Frame& f) {
+    if (hostile(c) == "slow_name") std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    put_string(f.reply(), "apir-test", hostile(c) != "no_nul");
+    return 0;
+}
+uint32_t device_get_description(Context&, Frame& f) {
+    put_string(f.reply(), "apir test ggml device", true);
+    return 0;
+}
+uint32_t device_get_type(Context& c, Frame& f) {
+    f.reply().put(uint32_t{hostile(c) == "bad_type" ? 9u : 0u});
+    return 0;
+}
+uint32_t device_get_memory(Context& c, Frame& f) {
+    f.reply().put(
+        MemoryReply{hostile(c) == "memory_inverted" ? uint64_t{3} << 30 : uint64_t{1} << 30,
+                    uint64_t{2} << 30});
+    return 0;
+}
+uint32_t device_get_buffer_type(Context& c, Frame& f) {
+    f.reply().write_u64(hostile(c) == "null_buffer_type" ? 0 : handle_of(&g_default_type));
+    return 0;
+}
+uint32_t device_get_props(Context& c, Frame& f) {
+    f.reply().put(PropsReply{0, 0, static_cast<uint8_t>(hostile(c) == "bad_bool" ? 2 : 1), 0, 0});
+    return 0;
+}
+uint32_t device_buffer_from_ptr(Context& c, Frame& f) {
+    BufferFromPtrRequest req;
+    if (!f.request().get_into(req)) return refused;
+    auto mem = shmem(c, req.res_id, req.size);
+    if (mem.empty()) return refused;
+    auto b = std::make_unique<TestBuffer>();
+    b->base = mem.data();
+    b->size = req.size;
+    uint64_t handle = handle_of(b.get());
+    c.state.buffers.emplace(handle, std::move(b));
+    f.reply().write_u64(handle);
+    f.reply().write_u64(handle_of(&g_host_ptr_type));
+    return 0;
+}
+
+// The buffer type a request names, or null when it names none of ours.
+const TestBufferType* buffer_type(Frame& f) {
+    uint64_t t = f.request().read_u64();
+    if (!f.request().ok() || !known_type(t)) return nullptr;
+    return reinterpret_cast<const TestBufferType*>(static_cast<uintptr_t>(t));
+}
+uint32_t buffer_type_get_name(Context&, Frame& f) {
+    const TestBufferType* bt = buffer_type(f);
+    if (!bt) return refused;
+    put_string(f.reply(), bt->name, true);
+    return 0;
+}
+uint32_t buffer_type_get_alignment(Context& c, Frame& f) {
+    if (!buffer_type(f)) return refused;
+    f.reply().write_u64(hostile(c) == "bad_alignment" ? 24 : 32);
+    return 0;
+}
+uint32_t buffer_type_get_max_size(Context&, Frame& f) {
+    if (!buffer_type(f)) return refused;
+    f.reply().write_u64(UINT64_MAX);
+    return 0;
+}
+uint32_t buffer_type_is_host(Context&, Frame& f) {
+    if (!buffer_type(f)) return refused;
+    f.reply().put(false);
+    return 0;
+}
+uint32_t buffer_type_alloc_buffer(Context& c, Frame& f) {
+    apir::Decoder& d = f.request();
+    uint64_t t = d.read_u64();
+    uint64_t size = d.read_u64();
+    if (!d.ok() || !known_type(t)) return refused;
+    State& s = c.state;
+    if (hostile(c) == "null_buffer" || size > (uint64_t{1} << 32)) {
+        f.reply().write_u64(0);
+        return 0;
+    }
+    if (hostile(c) == "duplicate_buffer" && s.first_buffer != 0) {
+        f.reply().write_u64(s.first_buffer);
+        return 0;
+    }
+    auto b = std::make_unique<TestBuffer>();
+    b->owned = std::make_unique<std::byte[]>(std::max<uint64_t>(size, 1));
+    b->base = b->owned.get();
+    b->size = size;
+    uint64_t handle = handle_of(b.get());
+    s.buffers.emplace(handle, std::move(b));
+    if (s.first_buffer == 0) s.first_buffer = handle;
+    f.reply().write_u64(handle);
+    return 0;
+}
+uint32_t buffer_get_base(Context& c, Frame& f) {
+    auto it = c.state.buffers.find(f.request().read_u64());
+    if (!f.request().ok() || it == c.state.buffers.end()) return refused;
+    f.reply().write_u64(hostile(c) == "base_zero" ? 0 : handle_of(it->second->base));
+    return 0;
+}
+// set_tensor (to_tensor) and get_tensor: one copy between the blob and the tensor.
+uint32_t transfer(Context& c, Frame& f, bool to_tensor) {
+    TensorTransferRequest req;
+    if (!f.request().get_into(req) || !c.state.buffers.contains(req.buffer.value())) return refused;
+    auto dst = tensor_bytes(c.state, req.tensor, req.offset, req.size);
+    auto blob = shmem(c, req.res_id, req.size);
+    if (req.size != 0 && (dst.empty() || blob.empty())) return refused;
+    if (req.size == 0) return 0;
+    if (to_tensor)
+        std::memcpy(dst.data(), blob.data(), blob.size());
+    else
+        std::memcpy(blob.data(), dst.data(), dst.size());
+    return 0;
+}
+uint32_t buffer_set_tensor(Context& c, Frame& f) {
+    return transfer(c, f, true);
+}
+uint32_t buffer_get_tensor(Context& c, Frame& f) {
+    return transfer(c, f, false);
+}
+uint32_t buffer_cpy_tensor(Context& c, Frame& f) {
+    CopyTensorRequest req;
+    if (!f.request().get_into(req) || !c.state.buffers.contains(req.buffer.value())) return refused;
+    auto n = nbytes(req.src);
+    if (!n) return refused;
+    auto from = tensor_bytes(c.state, req.src, 0, *n);
+    auto to = tensor_bytes(c.state, req.dst, 0, *n);
+    if (*n != 0 && (from.empty() || to.empty())) return refused;
+    if (*n) std::memmove(to.data(), from.data(), from.size());
+    f.reply().write_u32(hostile(c) == "bad_bool" ? 2 : 1);
+    return 0;
+}
+uint32_t buffer_clear(Context& c, Frame& f) {
+    ClearRequest req;
+    if (!f.request().get_into(req)) return refused;
+    auto it = c.state.buffers.find(req.buffer.value());
+    if (it == c.state.buffers.end()) return refused;
+    if (it->second->size) std::memset(it->second->base, req.value, it->second->size);
+    return 0;
+}
+uint32_t buffer_free_buffer(Context& c, Frame& f) {
+    uint64_t b = f.request().read_u64();
+    if (!f.request().ok() || c.state.buffers.erase(b) == 0) return refused;
+    return 0;
+}
+uint32_t backend_graph_compute(Context& c, Frame& f) {
+    GraphComputeRequest req;
+    if (!f.request().get_into(req) || req.size == 0) return refused;
+    auto blob = shmem(c, req.res_id, req.size);
+    if (blob.empty()) return refused;
+    auto g = decode_graph(blob);
+    if (!g) return refused;
+    for (const RpcTensor& t : g->tensors)
+        if (t.buffer && !c.state.buffers.contains(t.buffer.value())) return refused;
+    Status s = compute(c.state, *g);
+    if (hostile(c) == "bad_status") s = static_cast<Status>(7);
+    if (hostile(c) == "status_failed") s = Status::failed;
+    f.reply().put(static_cast<int32_t>(s));
+    return 0;
+}
+// supports_op and get_alloc_size: their request is ggml's raw tensor, whose layout this
+// backend does not know.
+uint32_t raw_tensor_request(Context&, Frame&) {
+    return refused;
+}
+
+constexpr uint32_t id(Command c) {
+    return static_cast<uint32_t>(c);
+}
+
+constexpr auto g_table = [] {
+    using C = Command;
+    apir::DispatchTable<Context, command_count> t(
+        {.reply_overflow = refused, .no_context = refused});
+    t.on(id(C::device_get_device_count), &device_get_device_count)
+        .on(id(C::device_get_count), &device_get_count)
+        .on(id(C::device_get_name), &device_get_name)
+        .on(id(C::device_get_description), &device_get_description)
+        .on(id(C::device_get_type), &device_get_type)
+        .on(id(C::device_get_memory), &device_get_memory)
+        .on(id(C::device_supports_op), &raw_tensor_request)
+        .on(id(C::device_get_buffer_type), &device_get_buffer_type)
+        .on(id(C::device_get_props), &device_get_props)
+        .on(id(C::device_buffer_from_ptr), &device_buffer_from_ptr)
+        .on(id(C::buffer_type_get_name), &buffer_type_get_name)
+        .on(id(C::buffer_type_get_alignment), &buffer_type_get_alignment)
+        .on(id(C::buffer_type_get_max_size), &buffer_type_get_max_size)
+        .on(id(C::buffer_type_is_host), &buffer_type_is_host)
+        .on(id(C::buffer_type_alloc_buffer), &buffer_type_alloc_buffer)
+        .on(id(C::buffer_type_get_alloc_size), &raw_tensor_request)
+        .on(id(C::buffer_get_base), &buffer_get_base)
+        .on(id(C::buffer_set_tensor), &buffer_set_tensor)
+        .on(id(C::buffer_get_tensor), &buffer_get_tensor)
+        .on(id(C::buffer_cpy_tensor), &buffer_cpy_tensor)
+        .on(id(C::buffer_clear), &buffer_clear)
+        .on(id(C::buffer_free_buffer), &buffer_free_buffer)
+        .on(id(C::backend_graph_compute), &backend_graph_compute);
+    return t;
+}();
 
 } // namespace
 
-extern "C" {
+APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts)
 
-__attribute__((visibility("default"))) void
-apir_backend_set_shmem_sized(uint32_t ctx_id, apir_get_shmem_sized_fn fn) {
-    std::lock_guard lk(g_mu);
-    g_contexts[ctx_id].shmem_sized = fn;
-}
-
-__attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t ctx_id,
-                                                                        virgl_apir_callbacks* cbs) {
-    if (!cbs || !cbs->get_config || !cbs->get_shmem_ptr) return 6 + 5;
-    std::lock_guard lk(g_mu);
-    Context& c = g_contexts[ctx_id];
-    c.cbs = cbs;
-    const char* hostile = cbs->get_config(ctx_id, "ggml.test.hostile");
-    c.hostile = hostile ? hostile : "";
-    return 6;
-}
-
-__attribute__((visibility("default"))) void apir_backend_deinit(uint32_t ctx_id) {
-    std::lock_guard lk(g_mu);
-    g_contexts.erase(ctx_id);
-}
-
-__attribute__((visibility("default"))) uint32_t
-apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks*, uint32_t cmd, char* dec_cur,
-                        const char* dec_end, char* enc_cur, const char* enc_end,
-                        char** enc_cur_after) {
+APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t ctx_id, virgl_apir_callbacks*,
+                                                    uint32_t cmd, char* dec_cur,
+                                                    const char* dec_end, char* enc_cur,
+                                                    const char* enc_end, char** enc_cur_after) {
     apir::BackendFrame f(dec_cur, dec_end, enc_cur, enc_end, enc_cur_after);
-    if (cmd >= command_count) return apir::forward_invalid_index;
-    std::lock_guard lk(g_mu);
-    auto it = g_contexts.find(ctx_id);
-    if (it == g_contexts.end()) return refused;
-    uint32_t r = dispatch(it->second, ctx_id, cmd, f.request(), f.reply());
-    if (r != 0) return r;
-    return f.finish(refused);
-}
+    Context* c = g_contexts.find(ctx_id);
+    if (cmd < command_count && c && c->state.hostile == "refuse") return refused;
+    return g_table.dispatch(c, cmd, f);
 }

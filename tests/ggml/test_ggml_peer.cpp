@@ -15,6 +15,8 @@
 #include <apir/ggml/ggml_tensor.hpp>
 #endif
 
+#include <fmt/format.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>

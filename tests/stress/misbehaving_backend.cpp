@@ -16,19 +16,16 @@ char* beside(const char* p, intptr_t delta) {
 }
 } // namespace
 
-extern "C" {
-
-__attribute__((visibility("default"))) uint32_t apir_backend_initialize(uint32_t,
-                                                                        virgl_apir_callbacks*) {
-    return 6; // base index + success
+APIR_BACKEND_ENTRY uint32_t apir_backend_initialize(uint32_t, virgl_apir_callbacks*) {
+    return APIR_BACKEND_INIT_OK;
 }
 
-__attribute__((visibility("default"))) void apir_backend_deinit(uint32_t) {}
+APIR_BACKEND_ENTRY void apir_backend_deinit(uint32_t) {}
 
-__attribute__((visibility("default"))) uint32_t
-apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t cmd, char* dec_cur,
-                        const char* dec_end, char* enc_cur, const char* enc_end,
-                        char** enc_cur_after) {
+APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t cmd,
+                                                    char* dec_cur, const char* dec_end,
+                                                    char* enc_cur, const char* enc_end,
+                                                    char** enc_cur_after) {
     *enc_cur_after = enc_cur;
     switch (cmd) {
     case 0: {
@@ -47,7 +44,6 @@ apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t cmd, char* dec
         *enc_cur_after = const_cast<char*>(enc_end);
         return 0;
     default:
-        return 6; // invalid forward index
+        return APIR_FORWARD_INVALID_INDEX;
     }
-}
 }

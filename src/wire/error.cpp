@@ -1,11 +1,12 @@
-// Inline definitions for apir/error.hpp.
-#pragma once
+// Error messages and the decoding of LOADLIBRARY and FORWARD return codes: compiled
+// once here, not in every translation unit that includes apir/error.hpp.
+#include "apir/error.hpp"
 
 #include <fmt/format.h>
 
 namespace apir {
 
-inline std::string Error::message() const {
+std::string Error::message() const {
     std::string s = fmt::format("{}: {}", name(), summary());
     if (has_wire_code_) s += fmt::format(" [code {}]", wire_code_);
     if (errno_ != 0) s += fmt::format(" [errno {}]", errno_);
@@ -13,7 +14,7 @@ inline std::string Error::message() const {
     return s;
 }
 
-inline Error load_library_error(uint32_t code) {
+Error load_library_error(uint32_t code) {
     constexpr auto base = static_cast<uint32_t>(LoadLibraryCode::base_index);
     auto shifted = [](Errc first, uint32_t offset) {
         return static_cast<Errc>(static_cast<uint32_t>(first) + offset);
@@ -41,7 +42,7 @@ inline Error load_library_error(uint32_t code) {
         .with_wire_code(code);
 }
 
-inline Error forward_error(uint32_t code) {
+Error forward_error(uint32_t code) {
     constexpr auto base = static_cast<uint32_t>(ForwardCode::base_index);
     switch (code) {
     case 1:
@@ -66,10 +67,7 @@ inline Error forward_error(uint32_t code) {
 
 } // namespace apir
 
-template <>
-struct fmt::formatter<apir::Error> : fmt::formatter<std::string_view> {
-    template <class Ctx>
-    auto format(const apir::Error& e, Ctx& ctx) const {
-        return fmt::formatter<std::string_view>::format(e.message(), ctx);
-    }
-};
+fmt::format_context::iterator fmt::formatter<apir::Error>::format(const apir::Error& e,
+                                                                  fmt::format_context& ctx) const {
+    return fmt::formatter<std::string_view>::format(e.message(), ctx);
+}
