@@ -15,6 +15,8 @@
 
 #include "vdrm_config.hpp"
 
+#include "apir/internal/unique_handle.hpp"
+
 #include "apir/sim_device.hpp"
 #include "apir/vdrm.h"
 
@@ -91,10 +93,11 @@ void say(const std::string& line) noexcept {
 
 bool write_file(Vdrm& v, const std::string& rel, const std::string& text) {
     const std::string p = v.root + rel;
-    int fd = APIR_NEXT(open)(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444);
-    if (fd < 0) return false;
-    const bool ok = ::write(fd, text.data(), text.size()) == ssize_t(text.size());
-    ::close(fd);
+    apir::detail::PosixFd fd(
+        APIR_NEXT(open)(p.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0444));
+    if (!fd) return false;
+    const bool ok = ::write(fd.get(), text.data(), text.size()) == ssize_t(text.size());
+    fd.reset();
     v.made.push_back(p);
     return ok;
 }
@@ -335,18 +338,20 @@ int fail_with(int err) noexcept {
 int open_node(int flags) noexcept {
     if ((flags & O_DIRECTORY) != 0) return fail_with(ENOTDIR);
     if ((flags & (O_CREAT | O_EXCL)) == (O_CREAT | O_EXCL)) return fail_with(EEXIST);
-    const int fd = ::memfd_create(("apir-vdrm:" + g_vdrm->node_path).c_str(),
-                                  (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0);
-    if (fd < 0) return -1;
-    if (fd >= max_fd) {
-        ::close(fd);
+    apir::detail::PosixFd memfd(::memfd_create(("apir-vdrm:" + g_vdrm->node_path).c_str(),
+                                               (flags & O_CLOEXEC) ? MFD_CLOEXEC : 0));
+    if (!memfd) return -1;
+    // Closed before errno is set, so that close cannot overwrite it.
+    if (memfd.get() >= max_fd) {
+        memfd.reset();
         return fail_with(EMFILE);
     }
     const int s = g_vdrm->dev->open(g_vdrm->node_path);
     if (s < 0) {
-        ::close(fd);
+        memfd.reset();
         return fail_with(-s);
     }
+    const int fd = memfd.release(); // the program's descriptor of the node from now on
     {
         std::lock_guard lk(g_vdrm->refs_mu);
         g_vdrm->refs[s] = 1;
