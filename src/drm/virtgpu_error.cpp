@@ -1,5 +1,5 @@
 // The one translation of failed virtio-gpu system calls into apir::Error.
-#include "virtgpu_ioctl.hpp"
+#include "apir/internal/virtgpu_ioctl.hpp"
 
 #include <cerrno>
 #include <cstring>

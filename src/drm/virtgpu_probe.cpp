@@ -1,5 +1,5 @@
 // Device discovery: which render node is a usable virtio-gpu, and why the others are not.
-#include "virtgpu_probe.hpp"
+#include "apir/internal/virtgpu_probe.hpp"
 
 #include <array>
 #include <cerrno>

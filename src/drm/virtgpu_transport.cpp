@@ -1,5 +1,5 @@
 // VirtgpuTransport: context creation, blob shared memory with a bounded cache, EXECBUFFER.
-#include "virtgpu_probe.hpp"
+#include "apir/internal/virtgpu_probe.hpp"
 
 #include <climits>
 #include <cstring>

@@ -2,7 +2,7 @@
 // and an apir::Host per APIR/Venus context.
 #include "apir/sim_device.hpp"
 
-#include "virtgpu_uapi.hpp"
+#include "apir/internal/virtgpu_uapi.hpp"
 
 #include <algorithm>
 #include <cerrno>

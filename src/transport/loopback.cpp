@@ -1,7 +1,7 @@
 // The loopback transport: shared memory in process memory, a host inline or on a thread.
 #include "apir/loopback.hpp"
 
-#include "futex.hpp"
+#include "apir/internal/futex.hpp"
 
 #include <condition_variable>
 #include <mutex>

@@ -1,7 +1,7 @@
 // The reply wait shared by every transport, and the host's notify.
 #include "apir/transport.hpp"
 
-#include "futex.hpp"
+#include "apir/internal/futex.hpp"
 
 #include <thread>
 

@@ -1,8 +1,8 @@
 // The simulated virtio-gpu device answers like Linux's driver (docs/PROTOCOL.md §6): what
 // passes on it must have a chance on real hardware.
+#include "apir/internal/virtgpu_ioctl.hpp"
 #include "catch.hpp"
 #include "drm_test_util.hpp"
-#include "virtgpu_ioctl.hpp"
 
 #include <cerrno>
 #include <cstring>

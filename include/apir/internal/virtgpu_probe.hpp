@@ -1,7 +1,7 @@
 // Internal: probing render nodes, shared by discover_virtgpu() and VirtgpuTransport::open().
 #pragma once
 
-#include "virtgpu_ioctl.hpp"
+#include "apir/internal/virtgpu_ioctl.hpp"
 
 #include <vector>
 

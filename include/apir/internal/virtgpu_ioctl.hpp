@@ -7,7 +7,7 @@
 
 #include "apir/virtgpu.hpp"
 
-#include "virtgpu_uapi.hpp"
+#include "apir/internal/virtgpu_uapi.hpp"
 
 #include <algorithm>
 #include <cerrno>
