@@ -29,8 +29,10 @@ struct LoopbackOptions {
     size_t max_shmem_bytes = size_t{4} << 30;
     /// Commands queued for the host thread before submit() waits (until its deadline).
     size_t queue_depth = 64;
-    /// How long the idle host thread spins before it sleeps.
-    std::chrono::nanoseconds host_spin = std::chrono::microseconds(50);
+    /// The longest the idle host thread spins for the next command before it sleeps;
+    /// it spins as long as the gaps between commands have lately been short enough
+    /// for a spin to catch the next one (learned, apir::SpinBudget), else not at all.
+    std::chrono::nanoseconds host_spin = std::chrono::microseconds(200);
     /// Test hook: called with each submitted command; return false to drop it
     /// (the host never sees it, so it never answers).
     std::function<bool(std::span<const std::byte>)> deliver;

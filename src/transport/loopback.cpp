@@ -2,6 +2,7 @@
 #include "apir/loopback.hpp"
 
 #include "apir/internal/futex.hpp"
+#include "apir/internal/spin.hpp"
 
 #include <condition_variable>
 #include <mutex>
@@ -24,7 +25,8 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     struct alignas(64) Slot {
         static constexpr size_t inline_capacity = 240;
         std::atomic<uint64_t> seq{0};
-        size_t size = 0;
+        uint32_t size = 0;
+        int32_t cpu = -1; // the submitter's CPU
         std::byte small[inline_capacity];
         std::vector<std::byte> large; // commands that do not fit inline
     };
@@ -159,7 +161,8 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         if (!running.load(std::memory_order_acquire))
             return fail(Errc::disconnected, "the loopback host has stopped");
         Slot& s = slots[tail % slot_count];
-        s.size = cmd.size();
+        s.size = static_cast<uint32_t>(cmd.size());
+        s.cpu = detail::current_cpu();
         if (cmd.size() <= Slot::inline_capacity)
             std::memcpy(s.small, cmd.data(), cmd.size());
         else
@@ -183,32 +186,54 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             if (!alive.load()) return fail(Errc::disconnected, "the loopback host has stopped");
             return fail(Errc::timeout, "the host did not answer the command");
         }
-        return wait_for_reply(page.bytes(), policy, deadline, WaitHooks{&waiters, &alive});
+        return wait_for_reply(page.bytes(), policy, deadline,
+                              WaitHooks{&waiters, &alive, &guest_budget, &host_cpu});
     }
 
     // The host thread: execute the commands of the ring in order, without a lock. When
-    // the next slot is empty, spin briefly on its sequence word, then sleep.
+    // the next slot is empty, spin on its sequence word as long as the gaps between
+    // commands have lately been short enough for a spin to win (host_budget, at most
+    // host_spin), then sleep until submit wakes it.
     void serve() {
         uint64_t head = 0;
+        auto slept_since = Clock::time_point::min(); // the idle wait that ended in a sleep
+        const WaitClock& clock = WaitClock::system();
+        std::atomic<int> guest_cpu{-1}; // where the last command came from
         while (running.load(std::memory_order_acquire)) {
             Slot& s = slots[head % slot_count];
-            if (s.seq.load(std::memory_order_acquire) != head + 1) {
-                // Look at the clock only now and then: a read costs more than a look
-                // at the slot, and would delay noticing the command.
-                const auto spin_until = Clock::now() + options.host_spin;
-                for (uint32_t i = 1; s.seq.load(std::memory_order_acquire) != head + 1; ++i)
-                    if ((i & 63) == 0 &&
-                        (Clock::now() >= spin_until || !running.load(std::memory_order_relaxed)))
-                        break;
-                if (s.seq.load(std::memory_order_acquire) != head + 1) {
-                    host_sleeping.store(1, std::memory_order_seq_cst);
-                    const uint32_t w = wake.load(std::memory_order_seq_cst);
-                    if (s.seq.load(std::memory_order_seq_cst) != head + 1 && running.load())
-                        detail::futex_wait(&wake, w, std::chrono::milliseconds(100));
-                    host_sleeping.store(0, std::memory_order_relaxed);
+            auto ready = [&] { return s.seq.load(std::memory_order_acquire) == head + 1; };
+            if (!ready()) {
+                note_cpu();
+                detail::SpinPlan plan;
+                plan.peer_cpu = &guest_cpu;
+                plan.budget = host_budget.next(options.host_spin);
+                plan.yield_after = WaitPolicy{}.spin_yield_after;
+                plan.clock = &clock;
+                const auto spun = detail::spin(
+                    plan, ready, [&] { return !running.load(std::memory_order_relaxed); });
+                if (spun.done) {
+                    host_budget.won(spun.start == Clock::time_point::min()
+                                        ? std::chrono::nanoseconds::zero()
+                                        : clock.now() - spun.start,
+                                    options.host_spin);
+                    continue;
                 }
+                if (slept_since == Clock::time_point::min())
+                    slept_since = spun.start != Clock::time_point::min() ? spun.start : clock.now();
+                host_sleeping.store(1, std::memory_order_seq_cst);
+                const uint32_t w = wake.load(std::memory_order_seq_cst);
+                if (s.seq.load(std::memory_order_seq_cst) != head + 1 && running.load())
+                    detail::futex_wait(&wake, w, std::chrono::milliseconds(100));
+                host_sleeping.store(0, std::memory_order_relaxed);
+                note_cpu();
                 continue;
             }
+            if (slept_since != Clock::time_point::min()) {
+                // The gap a spin would have had to cover to catch this command.
+                host_budget.lost(clock.now() - slept_since, options.host_spin);
+                slept_since = Clock::time_point::min();
+            }
+            guest_cpu.store(s.cpu, std::memory_order_relaxed);
             {
                 std::lock_guard ex(exec_mu);
                 execute(s.size <= Slot::inline_capacity
@@ -223,6 +248,13 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
                 space_cv.notify_all();
             }
         }
+    }
+
+    // Written only when it changed: the guests read it while they spin.
+    void note_cpu() {
+        const int cpu = detail::current_cpu();
+        if (host_cpu.load(std::memory_order_relaxed) != cpu)
+            host_cpu.store(cpu, std::memory_order_relaxed);
     }
 
     void stop() {
@@ -253,7 +285,10 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     std::atomic<bool> running{true};
     std::atomic<uint32_t> producers_waiting{0}; // guests waiting for a free slot
     std::atomic<uint32_t> host_sleeping{0};
-    std::atomic<uint32_t> wake{0}; // futex word the sleeping host thread waits on
+    std::atomic<uint32_t> wake{0};       // futex word the sleeping host thread waits on
+    alignas(64) SpinBudget guest_budget; // how long the guests' waits spin
+    std::atomic<int> host_cpu{-1};       // the CPU the host thread last ran on
+    alignas(64) SpinBudget host_budget;  // how long the host thread's idle wait spins
 
     // Memory first: the host (and its backend's deinit) goes before the blobs.
     alignas(64) mutable std::mutex mem_mu; // taken by the host on every command
