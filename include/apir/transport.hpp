@@ -44,13 +44,12 @@ public:
     /// A duration past the clock's range (e.g. nanoseconds::max()) means no deadline.
     template <class Rep, class Period>
     static Deadline after(std::chrono::duration<Rep, Period> d) noexcept {
-        const auto now = Clock::now();
-        // Summed in floating point first: the cast and the sum must not overflow.
-        using Secs = std::chrono::duration<double>;
-        const Secs total = Secs(now.time_since_epoch()) + Secs(d);
-        if (total >= Secs(Clock::duration::max())) return never();
-        if (total <= Secs(Clock::duration::min())) return Deadline{Clock::time_point::min()};
-        return Deadline{now + std::chrono::duration_cast<Clock::duration>(d)};
+        return after_from(Clock::now(), d);
+    }
+    /// The same on another clock (anything with now(), e.g. a WaitClock).
+    template <class Rep, class Period, class C>
+    static Deadline after(std::chrono::duration<Rep, Period> d, const C& clock) noexcept {
+        return after_from(clock.now(), d);
     }
     [[nodiscard]] bool is_never() const noexcept { return at_ == Clock::time_point::max(); }
     [[nodiscard]] bool expired(Clock::time_point now = Clock::now()) const noexcept {
@@ -59,6 +58,16 @@ public:
     [[nodiscard]] Clock::time_point time() const noexcept { return at_; }
 
 private:
+    template <class Rep, class Period>
+    static Deadline after_from(Clock::time_point now,
+                               std::chrono::duration<Rep, Period> d) noexcept {
+        // Summed in floating point first: the cast and the sum must not overflow.
+        using Secs = std::chrono::duration<double>;
+        const Secs total = Secs(now.time_since_epoch()) + Secs(d);
+        if (total >= Secs(Clock::duration::max())) return never();
+        if (total <= Secs(Clock::duration::min())) return Deadline{Clock::time_point::min()};
+        return Deadline{now + std::chrono::duration_cast<Clock::duration>(d)};
+    }
     constexpr explicit Deadline(Clock::time_point t) : at_(t) {}
     Clock::time_point at_ = Clock::time_point::max();
 };

@@ -4,6 +4,7 @@
 #include "apir/internal/futex.hpp"
 #include "apir/internal/spin.hpp"
 
+#include <array>
 #include <condition_variable>
 #include <mutex>
 #include <optional>
@@ -24,6 +25,7 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     // word, so it reaches the host thread in one cache-line transfer.
     struct alignas(64) Slot {
         static constexpr size_t inline_capacity = 240;
+        static constexpr size_t keep_capacity = size_t{64} << 10; // larger: freed after use
         std::atomic<uint64_t> seq{0};
         uint32_t size = 0;
         int32_t cpu = -1; // the submitter's CPU
@@ -49,20 +51,52 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             munmap(b.data(), b.size());
         for (auto b : unmap_later)
             munmap(b.data(), b.size());
+        for (auto& c : table)
+            delete[] c.load(std::memory_order_relaxed);
     }
 
     // --- HostMemory
+    // Lock-free: the host looks up the reply page of every command. An id's entry is
+    // set once when its blob is created and cleared when it is released (ids are never
+    // reused), so a look-up sees the whole span or nothing.
     std::span<std::byte> resource(uint32_t res_id) noexcept override {
-        std::lock_guard lk(mem_mu);
-        auto it = blobs.find(res_id);
-        return it == blobs.end() ? std::span<std::byte>{} : it->second;
+        if (res_id >= table_chunk * table_chunks) {
+            std::lock_guard lk(mem_mu); // ids past the table: the map
+            auto it = blobs.find(res_id);
+            return it == blobs.end() ? std::span<std::byte>{} : it->second;
+        }
+        const TableEntry* chunk = table[res_id / table_chunk].load(std::memory_order_acquire);
+        if (!chunk) return {};
+        const TableEntry& e = chunk[res_id % table_chunk];
+        std::byte* p = e.data.load(std::memory_order_seq_cst);
+        return p ? std::span<std::byte>(p, e.size.load(std::memory_order_relaxed))
+                 : std::span<std::byte>{};
     }
     std::atomic<uint32_t>* sleepers() noexcept override { return &waiters; }
+
+    // Caller holds mem_mu.
+    void publish(uint32_t id, std::span<std::byte> bytes) {
+        if (id >= table_chunk * table_chunks) return;
+        auto& slot = table[id / table_chunk];
+        TableEntry* chunk = slot.load(std::memory_order_relaxed);
+        if (!chunk) {
+            chunk = new TableEntry[table_chunk];
+            slot.store(chunk, std::memory_order_release);
+        }
+        chunk[id % table_chunk].size.store(bytes.size(), std::memory_order_relaxed);
+        chunk[id % table_chunk].data.store(bytes.data(), std::memory_order_seq_cst);
+    }
+    void unpublish(uint32_t id) {
+        if (id >= table_chunk * table_chunks) return;
+        if (TableEntry* chunk = table[id / table_chunk].load(std::memory_order_relaxed))
+            chunk[id % table_chunk].data.store(nullptr, std::memory_order_seq_cst);
+    }
 
     // --- ShmemOwner
     // Never waits for the host: the id is forgotten at once (a later command finds no
     // resource, and ids are never reused), and the mapping goes when no command that
-    // may have looked it up is executing.
+    // may have looked it up is executing. Both sides are seq_cst: either the releaser
+    // sees the command executing, or the command's look-up sees the id gone.
     void release_shmem(uint32_t res_id) noexcept override {
         std::span<std::byte> b;
         {
@@ -72,28 +106,34 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             b = it->second;
             bytes_alive -= b.size();
             blobs.erase(it);
-            if (executing != 0) {
+            unpublish(res_id);
+            if (executing.load(std::memory_order_seq_cst) != 0) {
                 unmap_later.push_back(b); // the executing command may hold the mapping
+                pending_unmaps.store(true, std::memory_order_seq_cst);
+                // The command may have ended meanwhile without seeing this one.
+                if (executing.load(std::memory_order_seq_cst) == 0) drain_locked();
                 return;
             }
         }
         munmap(b.data(), b.size());
     }
+    // Caller holds mem_mu.
+    void drain_locked() noexcept {
+        for (auto x : unmap_later)
+            munmap(x.data(), x.size());
+        unmap_later.clear();
+        pending_unmaps.store(false, std::memory_order_relaxed);
+    }
 
-    // Runs one command on the host; the caller holds exec_mu.
+    // Runs one command on the host (which serializes its commands).
     void execute(std::span<const std::byte> cmd) {
-        {
-            std::lock_guard lk(mem_mu);
-            ++executing;
-        }
+        executing.fetch_add(1, std::memory_order_seq_cst);
         (void)host->execute(cmd); // a dropped command simply gets no reply
-        std::vector<std::span<std::byte>> doomed;
-        {
+        if (executing.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+            pending_unmaps.load(std::memory_order_seq_cst)) {
             std::lock_guard lk(mem_mu);
-            if (--executing == 0) doomed.swap(unmap_later);
+            if (executing.load(std::memory_order_seq_cst) == 0) drain_locked();
         }
-        for (auto b : doomed)
-            munmap(b.data(), b.size());
     }
 
     Expected<Shmem> create_shmem(size_t size) {
@@ -121,6 +161,7 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         const uint32_t id = next_id++;
         std::span<std::byte> bytes(static_cast<std::byte*>(p), rounded);
         blobs.emplace(id, bytes);
+        publish(id, bytes);
         return Shmem(this, id, bytes);
     }
 
@@ -129,7 +170,6 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
             return fail(Errc::disconnected, "the loopback host has stopped");
         if (options.deliver && !options.deliver(cmd)) return {};
         if (options.mode == LoopbackOptions::Mode::inline_host) {
-            std::lock_guard ex(exec_mu);
             execute(cmd);
             return {};
         }
@@ -234,12 +274,10 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
                 slept_since = Clock::time_point::min();
             }
             guest_cpu.store(s.cpu, std::memory_order_relaxed);
-            {
-                std::lock_guard ex(exec_mu);
-                execute(s.size <= Slot::inline_capacity
-                            ? std::span<const std::byte>(s.small, s.size)
-                            : std::span<const std::byte>(s.large));
-            }
+            execute(s.size <= Slot::inline_capacity ? std::span<const std::byte>(s.small, s.size)
+                                                    : std::span<const std::byte>(s.large));
+            // Bounded retention: a large command does not keep its memory in the slot.
+            if (s.large.capacity() > Slot::keep_capacity) std::vector<std::byte>().swap(s.large);
             // Report progress after the reply is out, off the guest's critical path, on
             // a line of its own: the guest reads it only when the ring looks full.
             consumed.store(++head, std::memory_order_seq_cst);
@@ -294,10 +332,17 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
     alignas(64) mutable std::mutex mem_mu; // taken by the host on every command
     std::unordered_map<uint32_t, std::span<std::byte>> blobs;
     size_t bytes_alive = 0;
-    uint32_t executing = 0;                        // commands running on the host
     std::vector<std::span<std::byte>> unmap_later; // released while one was running
-    uint32_t next_id = 2;           // like the kernel: ids start at 2 and are never reused
-    alignas(64) std::mutex exec_mu; // held while the host executes a command
+    // The lock-free index of blobs by id (ids below table_chunk * table_chunks).
+    struct TableEntry {
+        std::atomic<std::byte*> data{nullptr};
+        std::atomic<size_t> size{0};
+    };
+    static constexpr size_t table_chunk = 4096, table_chunks = 256;
+    std::array<std::atomic<TableEntry*>, table_chunks> table{};
+    alignas(64) std::atomic<uint32_t> executing{0}; // commands running on the host
+    std::atomic<bool> pending_unmaps{false};        // unmap_later is not empty
+    uint32_t next_id = 2; // like the kernel: ids start at 2 and are never reused
     alignas(64) std::atomic<uint64_t> consumed{0}; // commands the host thread has run
     alignas(64) std::mutex submit_mu;              // the guest side of the ring
     std::condition_variable space_cv;
