@@ -152,6 +152,9 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         }
         void* p =
             mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        // Large blobs (bulk data) in huge pages where the kernel offers them: a 2 MiB
+        // page is zeroed and mapped at once, so pre-faulting a new blob is cheap.
+        if (p != MAP_FAILED && rounded >= huge_page) madvise(p, rounded, MADV_HUGEPAGE);
         std::lock_guard lk(mem_mu);
         if (p == MAP_FAILED) {
             bytes_alive -= rounded;
@@ -339,6 +342,7 @@ struct APIR_LOCAL LoopbackTransport::Impl final : HostMemory, ShmemOwner {
         std::atomic<size_t> size{0};
     };
     static constexpr size_t table_chunk = 4096, table_chunks = 256;
+    static constexpr size_t huge_page = size_t{2} << 20;
     std::array<std::atomic<TableEntry*>, table_chunks> table{};
     alignas(64) std::atomic<uint32_t> executing{0}; // commands running on the host
     std::atomic<bool> pending_unmaps{false};        // unmap_later is not empty

@@ -254,6 +254,7 @@ TEST_CASE("deadlines: a slow or silent host times out, and the session recovers"
                 setup.deliver = drop_forward;
                 setup.session.forward_timeout = 1s;
                 setup.session.wait.clock = &clock;
+                setup.session.wait.max_sleep = 10ms; // DRM polls: 100 sleeps, not 5000
                 auto s = connected(t, setup);
                 const auto start = clock.peek();
                 const auto real_start = apir::Clock::now();
