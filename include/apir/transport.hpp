@@ -199,7 +199,7 @@ struct WaitPolicy {
     std::chrono::nanoseconds max_sleep = std::chrono::microseconds(200);
     std::chrono::nanoseconds poll_interval = std::chrono::microseconds(15);
     /// After this much spinning, every look at the clock also yields the CPU.
-    std::chrono::nanoseconds spin_yield_after = std::chrono::microseconds(2);
+    std::chrono::nanoseconds spin_yield_after = std::chrono::nanoseconds::max();
     /// The clock of the wait and of the Session's deadlines; null: WaitClock::system().
     const WaitClock* clock = nullptr;
 

@@ -37,6 +37,9 @@ struct SpinPlan {
     const WaitClock* clock = nullptr;
 };
 
+/// A yield that takes longer than this gave the CPU to another program: the spin ends.
+inline constexpr std::chrono::microseconds max_yield_gap{50};
+
 /// Spins until done() (true), stop() (false), the budget or the deadline is over.
 /// The clock is read only every 64 looks: a fast answer costs no clock read.
 template <class Done, class Stop>
@@ -51,6 +54,8 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
     if (peer_here()) yield_cpu();
     auto until = Clock::time_point::max();
     auto yield_from = Clock::time_point::max();
+    auto last = Clock::time_point::min();
+    bool yielded = false;
     for (uint32_t i = 1;; ++i) {
         if (done()) return r.done = true, r;
         if ((i & 63) == 0) {
@@ -62,10 +67,19 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
             }
             if (plan.deadline.expired(now)) return r.timeout = true, r;
             if (now >= until || stop()) return r;
+            // A yield that kept us off the CPU this long gave it to a thread that is
+            // not our peer (a CPU hog): spinning cannot win here, block instead.
+            if (yielded && last != Clock::time_point::min() && now - last > max_yield_gap) return r;
+            last = now;
+            yielded = false;
             // Back off: let the peer (or another waiter) have this CPU.
-            if (now >= yield_from || peer_here()) yield_cpu();
+            if (now >= yield_from || peer_here()) {
+                yield_cpu();
+                yielded = true;
+            }
         } else if ((i & 15) == 0 && peer_here()) {
             yield_cpu();
+            yielded = true;
         }
         cpu_relax();
     }
