@@ -188,7 +188,8 @@ protected:
 /// spin; where the transport learns (SpinBudget), the spin is as long as spinning has
 /// lately paid: shorter, or none, when replies keep arriving only after the spin gave
 /// up (a slow host, or a host that needs this CPU). The spin backs off: it pauses
-/// between looks and yields the CPU once it has lasted spin_yield_after.
+/// between looks, yields the CPU to a host last seen on the waiter's own CPU, and ends
+/// when a yield kept it off the CPU for long (another program had it).
 /// fixed_poll: sleep poll_interval between checks, as ggml does (a baseline).
 /// Every sleep of every policy is cut to the deadline, and any duration is valid
 /// (spin_for = nanoseconds::max() spins until the reply or the deadline).
@@ -198,7 +199,8 @@ struct WaitPolicy {
     std::chrono::nanoseconds spin_for = std::chrono::microseconds(50);
     std::chrono::nanoseconds max_sleep = std::chrono::microseconds(200);
     std::chrono::nanoseconds poll_interval = std::chrono::microseconds(15);
-    /// After this much spinning, every look at the clock also yields the CPU.
+    /// After this much spinning, every look at the clock also yields the CPU (off by
+    /// default: with a CPU hog on the machine, each yield costs a time slice).
     std::chrono::nanoseconds spin_yield_after = std::chrono::nanoseconds::max();
     /// The clock of the wait and of the Session's deadlines; null: WaitClock::system().
     const WaitClock* clock = nullptr;
