@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <malloc.h>
 #include <new>
 
 namespace apir_bench {
@@ -10,6 +11,7 @@ namespace {
 
 std::atomic<uint64_t> g_allocs{0};
 std::atomic<uint64_t> g_bytes{0};
+std::atomic<uint64_t> g_live{0};
 thread_local AllocCount t_count; // trivially constructed: safe in any thread, any time
 
 void count(size_t n) noexcept {
@@ -19,9 +21,14 @@ void count(size_t n) noexcept {
     t_count.bytes += n;
 }
 
+void* tracked(void* p) noexcept {
+    if (p) g_live.fetch_add(malloc_usable_size(p), std::memory_order_relaxed);
+    return p;
+}
+
 void* allocate(size_t n) noexcept {
     count(n);
-    return std::malloc(n ? n : 1);
+    return tracked(std::malloc(n ? n : 1));
 }
 
 void* allocate_aligned(size_t n, std::align_val_t al) noexcept {
@@ -29,10 +36,19 @@ void* allocate_aligned(size_t n, std::align_val_t al) noexcept {
     auto a = static_cast<size_t>(al);
     if (a < sizeof(void*)) a = sizeof(void*);
     void* p = nullptr;
-    return posix_memalign(&p, a, n ? n : 1) == 0 ? p : nullptr;
+    return posix_memalign(&p, a, n ? n : 1) == 0 ? tracked(p) : nullptr;
+}
+
+void release(void* p) noexcept {
+    if (p) g_live.fetch_sub(malloc_usable_size(p), std::memory_order_relaxed);
+    std::free(p);
 }
 
 } // namespace
+
+uint64_t live_heap_bytes() noexcept {
+    return g_live.load(std::memory_order_relaxed);
+}
 
 AllocCount process_allocs() noexcept {
     return {g_allocs.load(std::memory_order_relaxed), g_bytes.load(std::memory_order_relaxed)};
@@ -45,6 +61,7 @@ AllocCount thread_allocs() noexcept {
 
 using apir_bench::allocate;
 using apir_bench::allocate_aligned;
+using apir_bench::release;
 
 void* operator new(size_t n) {
     if (void* p = allocate(n)) return p;
@@ -76,38 +93,38 @@ void* operator new[](size_t n, std::align_val_t al, const std::nothrow_t&) noexc
 }
 
 void operator delete(void* p) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, size_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, size_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, const std::nothrow_t&) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, const std::nothrow_t&) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, size_t, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, size_t, std::align_val_t) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-    std::free(p);
+    release(p);
 }
 void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept {
-    std::free(p);
+    release(p);
 }

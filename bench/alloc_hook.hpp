@@ -13,6 +13,10 @@ struct AllocCount {
     uint64_t bytes = 0;  ///< bytes those calls asked for
 };
 
+/// Bytes allocated through operator new and not yet freed (the allocator's usable
+/// sizes), every thread.
+[[nodiscard]] uint64_t live_heap_bytes() noexcept;
+
 /// Allocations of every thread so far.
 [[nodiscard]] AllocCount process_allocs() noexcept;
 /// Allocations of the calling thread so far.

@@ -33,7 +33,9 @@ namespace apir {
 class LoopbackPeer {
 public:
     virtual ~LoopbackPeer() = default;
-    /// Executes one command buffer; a command the peer drops simply gets no reply.
+    /// Executes one command buffer; a command the peer drops simply gets no reply. The
+    /// link takes no lock around it: in inline mode guest threads call it at once, so a
+    /// peer serializes its commands itself where it must (apir::Host does).
     virtual void execute(std::span<const std::byte> command) = 0;
     /// Subtracted by the peer from command types (331 in Venus transition mode).
     [[nodiscard]] virtual int32_t command_type_offset() const noexcept { return 0; }
@@ -58,8 +60,10 @@ struct LoopbackLinkOptions {
     size_t max_shmem_bytes = size_t{4} << 30;
     /// Commands queued for the host thread before submit() waits (until its deadline).
     size_t queue_depth = 64;
-    /// How long the idle host thread spins before it sleeps.
-    std::chrono::nanoseconds host_spin = std::chrono::microseconds(50);
+    /// The longest the idle host thread spins for the next command before it sleeps;
+    /// it spins as long as the gaps between commands have lately been short enough
+    /// for a spin to catch the next one (learned, apir::SpinBudget), else not at all.
+    std::chrono::nanoseconds host_spin = std::chrono::microseconds(200);
     LoopbackTestHooks test_hooks;
 };
 

@@ -46,6 +46,11 @@ struct WaitHooks {
     std::atomic<uint32_t>* sleepers = nullptr;
     /// Non-null when the transport knows whether its host is still running.
     const std::atomic<bool>* host_alive = nullptr;
+    /// Non-null when the transport learns how long its waits should spin.
+    SpinBudget* budget = nullptr;
+    /// Non-null when the host runs on a CPU of this machine: the CPU it last ran on
+    /// (-1 unknown). A waiter on that same CPU cannot win by spinning: it yields at once.
+    const std::atomic<int>* host_cpu = nullptr;
 };
 
 /// Waits until the notification word is non-zero (acquire), then returns the

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "apir/call.hpp"
+#include "apir/detail/session_core.hpp"
 #include "apir/log.hpp"
 #include "apir/reply_page.hpp"
 #include "apir/transport.hpp"
@@ -47,6 +48,9 @@ struct SessionOptions {
     size_t max_reply_alloc = reply_page_size;
     /// Staging blobs held at once (stage()); one more fails with STAGING_EXHAUSTED.
     size_t staging_blobs = 4;
+    /// Bytes of staging blobs the session keeps for reuse: a blob given back while the
+    /// session holds more is released, so one large transfer does not keep its memory.
+    size_t staging_retain_bytes = size_t{64} << 20;
     Logger logger;
 };
 
@@ -57,63 +61,6 @@ struct CallOptions {
     /// Receives the call's duration (submit to decoded reply), if set.
     std::chrono::nanoseconds* duration = nullptr;
 };
-
-/// Counters of one command (HANDSHAKE, LOADLIBRARY, or one FORWARD id). Every FORWARD
-/// id has a row of its own, up to Session::max_forward_rows distinct ids of 256 and
-/// above; ids past that bound share one row marked other_ids.
-struct CommandStats {
-    CommandType type = CommandType::forward;
-    uint32_t id = 0;
-    /// The row of the FORWARD ids (>= 256) that found no row of their own; id is 0.
-    bool other_ids = false;
-    uint64_t calls = 0;
-    uint64_t failures = 0;
-    /// Time spent in the calls; zero unless SessionOptions::time_calls.
-    std::chrono::nanoseconds total{0};
-    std::chrono::nanoseconds max{0};
-    [[nodiscard]] std::chrono::nanoseconds mean() const {
-        return calls ? total / static_cast<int64_t>(calls) : std::chrono::nanoseconds{0};
-    }
-};
-
-namespace detail {
-
-/// The staging blobs of one session: at most `capacity`, reused, each lent to one
-/// Staging at a time. Entries never move (the vector is reserved up front).
-struct StagingPool {
-    struct Entry {
-        Shmem blob;
-        bool held = false;
-        bool tainted = false; // named by a call that timed out: never lent again
-    };
-    explicit StagingPool(size_t capacity) { entries.reserve(capacity); }
-    void give_back(size_t i) noexcept {
-        Shmem doomed; // released outside the lock
-        std::lock_guard lk(mu);
-        Entry& e = entries[i];
-        e.held = false;
-        if (e.tainted) {
-            doomed = std::move(e.blob);
-            e.tainted = false;
-        }
-    }
-    // The host may still write a blob held during a call that timed out.
-    void taint_held() noexcept {
-        std::lock_guard lk(mu);
-        for (auto& e : entries)
-            if (e.held) e.tainted = true;
-    }
-    size_t held() {
-        std::lock_guard lk(mu);
-        return static_cast<size_t>(
-            std::count_if(entries.begin(), entries.end(), [](const Entry& e) { return e.held; }));
-    }
-    std::mutex mu;
-    std::vector<Entry> entries;
-    std::atomic<uint64_t> creates{0};
-};
-
-} // namespace detail
 
 /// Staged bulk data: one of the session's reused shared-memory blobs, lent until the
 /// Staging is destroyed. Send res_id() in the request; the host resolves it with
@@ -172,7 +119,8 @@ class Session {
 public:
     explicit Session(T transport, SessionOptions options = {})
         : transport_(std::move(transport)), options_(std::move(options)),
-          staging_(options_.staging_blobs) {}
+          channels_(options_.command_buffer_size),
+          staging_(options_.staging_blobs, options_.staging_retain_bytes) {}
     /// Precondition: no call is in flight on another thread and no Staging is alive
     /// (debug builds stop with a message otherwise).
     ~Session() {
@@ -190,7 +138,7 @@ public:
     /// library is already loaded (in its own context, by its own request) is connected.
     [[nodiscard]] Expected<HandshakeReply> connect() {
         CallOptions hs;
-        hs.deadline = Deadline::after(options_.handshake_timeout);
+        hs.deadline = after(options_.handshake_timeout);
         auto reply = call<Handshake>(HandshakeRequest{}, hs);
         if (!reply) return reply;
         if (reply->major != protocol_major)
@@ -206,7 +154,7 @@ public:
         }
         if (options_.load_library) {
             CallOptions ll;
-            ll.deadline = Deadline::after(options_.load_library_timeout);
+            ll.deadline = after(options_.load_library_timeout);
             const bool asked_before = load_requested_.exchange(true);
             auto loaded = call<LoadLibrary>(Empty{}, ll);
             if (!loaded && !(asked_before && loaded.error() == Errc::load_already_loaded))
@@ -231,15 +179,15 @@ public:
         } in_flight(in_flight_);
 #endif
         const bool timed = options_.time_calls || opts.duration != nullptr;
-        const auto start = timed ? Clock::now() : Clock::time_point{};
+        const auto start = timed ? options_.wait.time().now() : Clock::time_point{};
         Deadline deadline = opts.deadline ? *opts.deadline : default_deadline<C>();
         auto result = call_impl<C>(request, deadline);
         std::chrono::nanoseconds took{0};
         if (timed) {
-            took = Clock::now() - start;
+            took = options_.wait.time().now() - start;
             if (opts.duration) *opts.duration = took;
         }
-        record(C::type, C::flags, took, result.has_value());
+        counters_.record(C::type, C::flags, took, result.has_value());
         return result;
     }
     /// A request of another type than the Call's: a readable compile error.
@@ -257,38 +205,11 @@ public:
     /// held at once (ggml's copy paths hold two); one more fails at once with
     /// STAGING_EXHAUSTED, it never waits.
     [[nodiscard]] Expected<Staging> stage(size_t n) {
-        std::lock_guard lk(staging_.mu);
-        auto& entries = staging_.entries;
-        constexpr size_t none = ~size_t{0};
-        size_t fit = none, spare = none; // the smallest free blob that fits, a free slot
-        for (size_t i = 0; i < entries.size(); ++i) {
-            const auto& e = entries[i];
-            if (e.held) continue;
-            if (e.blob && e.blob.size() >= n) {
-                if (fit == none || e.blob.size() < entries[fit].blob.size()) fit = i;
-            } else if (spare == none) {
-                spare = i;
-            }
-        }
-        if (fit == none) {
-            if (spare == none) {
-                if (entries.size() >= entries.capacity())
-                    return fail(Errc::staging_exhausted,
-                                fmt::format("{} staging blobs are held", entries.size()));
-                entries.emplace_back();
-                spare = entries.size() - 1;
-            }
-            auto& e = entries[spare];
-            e.blob.reset(); // too small: replaced
-            auto blob = transport_.create_shmem(std::max(n, min_staging_size));
-            if (!blob) return Unexpected{std::move(blob).error()};
-            e.blob = std::move(*blob);
-            staging_.creates.fetch_add(1, std::memory_order_relaxed);
-            fit = spare;
-        }
-        auto& e = entries[fit];
-        e.held = true;
-        return Staging(&staging_, fit, e.blob.res_id(), e.blob.bytes().first(n));
+        auto lent = staging_.lend(
+            n, [](void* t, size_t size) { return static_cast<T*>(t)->create_shmem(size); },
+            &transport_);
+        if (!lent) return Unexpected{std::move(lent).error()};
+        return Staging(&staging_, lent->index, lent->res_id, lent->bytes);
     }
     /// Copies data into a staging blob.
     [[nodiscard]] Expected<Staging> stage(Bytes data) {
@@ -314,65 +235,14 @@ public:
 
     /// Counters of every command called so far.
     [[nodiscard]] std::vector<CommandStats> stats() const {
-        std::vector<CommandStats> out;
-        for (size_t i = 0; i < slots_.size(); ++i) {
-            const Slot& s = slots_[i];
-            uint64_t n = s.calls.load(std::memory_order_relaxed);
-            if (n == 0) continue;
-            CommandStats c;
-            if (i == handshake_slot) {
-                c.type = CommandType::handshake;
-            } else if (i == load_library_slot) {
-                c.type = CommandType::load_library;
-            } else {
-                c.type = CommandType::forward;
-                c.id = static_cast<uint32_t>(i - first_forward_slot);
-            }
-            if (i == overflow_slot) {
-                c.id = 0;
-                c.other_ids = true;
-            }
-            out.push_back(row(c, s, n));
-        }
-        // Ids of 256 and above, in the order they were first called.
-        for (const auto& h : high_ids_) {
-            const uint64_t key = h.key.load(std::memory_order_acquire);
-            if (key == 0) break; // rows are claimed in order
-            uint64_t n = h.slot.calls.load(std::memory_order_relaxed);
-            if (n == 0) continue;
-            CommandStats c;
-            c.id = static_cast<uint32_t>(key - 1);
-            out.push_back(row(c, h.slot, n));
-        }
-        return out;
+        return counters_.stats();
     }
 
     /// How many distinct FORWARD ids of 256 and above get a row of their own.
-    static constexpr size_t max_forward_rows = 64;
+    static constexpr size_t max_forward_rows = detail::SessionCounters::max_forward_rows;
 
 private:
-    // A reply page and a command buffer: what one in-flight call needs.
-    struct Channel {
-        Shmem page;
-        std::unique_ptr<std::byte[]> cmd;
-    };
-
-    struct Slot {
-        std::atomic<uint64_t> calls{0}, failures{0}, total_ns{0}, max_ns{0};
-    };
-    // A row for one FORWARD id >= max_forward_ids: key is id + 1 once claimed, 0 before.
-    struct HighSlot {
-        std::atomic<uint64_t> key{0};
-        Slot slot;
-    };
-    static constexpr size_t max_forward_ids = 256;
-    static constexpr size_t handshake_slot = 0, load_library_slot = 1, first_forward_slot = 2;
-    static constexpr size_t overflow_slot = first_forward_slot + max_forward_ids;
-    static constexpr size_t min_staging_size = size_t{1} << 20;
-    // Timed-out channels may still receive a late reply: kept aside (never released,
-    // so on no transport can their page go to a new owner) until it lands. With this
-    // many unanswered, the host is hopelessly behind: calls fail with HOST_BEHIND.
-    static constexpr size_t max_stale = 64;
+    using Channel = detail::Channel;
 
 #ifndef NDEBUG
     [[noreturn]] static void misuse(unsigned n, const char* what) {
@@ -388,12 +258,15 @@ private:
     template <class C>
     Deadline default_deadline() const {
         if constexpr (C::type == CommandType::handshake)
-            return Deadline::after(options_.handshake_timeout);
+            return after(options_.handshake_timeout);
         else if constexpr (C::type == CommandType::load_library)
-            return Deadline::after(options_.load_library_timeout);
+            return after(options_.load_library_timeout);
         else
-            return options_.forward_timeout ? Deadline::after(*options_.forward_timeout)
-                                            : Deadline::never();
+            return options_.forward_timeout ? after(*options_.forward_timeout) : Deadline::never();
+    }
+    // A deadline on the wait's clock (WaitPolicy::clock, the steady clock by default).
+    Deadline after(std::chrono::nanoseconds d) const {
+        return options_.wait.clock ? Deadline::after(d, *options_.wait.clock) : Deadline::after(d);
     }
 
     template <class C>
@@ -402,22 +275,23 @@ private:
         auto ch = acquire();
         if (!ch) return Unexpected{std::move(ch).error()};
         Channel& c = **ch;
+        auto release = [this](Channel* x) { channels_.release(x); };
         Encoder e(std::span<std::byte>(c.cmd.get(), options_.command_buffer_size));
         encode_command<C>(e, transport_.command_type_offset(), c.page.res_id(), request);
         if (!e.ok()) {
-            release(std::move(*ch));
+            release(*ch);
             return Unexpected{e.status().error()};
         }
         reset_notification(c.page);
         if (auto s = transport_.submit(e.written(), deadline); !s) {
-            release(std::move(*ch));
+            release(*ch);
             return Unexpected{std::move(s).error()};
         }
         auto code = transport_.wait_reply(c.page, options_.wait, deadline);
         if (!code) {
             // The host may still answer into this page, and write the blobs the
             // request named, later: never reuse them blindly.
-            retire(std::move(*ch));
+            channels_.retire(*ch);
             staging_.taint_held();
             return Unexpected{std::move(code).error()};
         }
@@ -428,7 +302,7 @@ private:
             Decoder d(reply_payload(c.page), options_.max_reply_alloc);
             if (!d.get_into(*out)) out = Unexpected{d.status().error()};
         }
-        release(std::move(*ch));
+        release(*ch);
         return out;
     }
 
@@ -448,84 +322,13 @@ private:
         return e;
     }
 
-    Expected<std::unique_ptr<Channel>> acquire() {
-        {
-            std::lock_guard lk(pool_mu_);
-            if (!free_.empty()) {
-                auto c = std::move(free_.back());
-                free_.pop_back();
-                return c;
-            }
-            // A timed-out channel whose late reply has arrived is safe again.
-            for (auto it = stale_.begin(); it != stale_.end(); ++it) {
-                if (notification_word((*it)->page.bytes()).load(std::memory_order_acquire) != 0) {
-                    auto c = std::move(*it);
-                    stale_.erase(it);
-                    return c;
-                }
-            }
-            if (stale_.size() >= max_stale)
-                return fail(Errc::host_behind,
-                            fmt::format("{} calls timed out and the host has answered none of "
-                                        "them yet",
-                                        stale_.size()));
-        }
+    // A pooled channel; a new one (a new reply page) only when none is free.
+    Expected<Channel*> acquire() {
+        auto c = channels_.acquire();
+        if (!c || *c) return c;
         auto page = transport_.create_shmem(reply_page_size);
         if (!page) return Unexpected{std::move(page).error()};
-        auto c = std::make_unique<Channel>();
-        c->page = std::move(*page);
-        c->cmd = std::make_unique<std::byte[]>(options_.command_buffer_size);
-        std::lock_guard lk(pool_mu_);
-        // Room for every channel, so release() never allocates.
-        free_.reserve(++channels_);
-        stale_.reserve(channels_);
-        return c;
-    }
-    void release(std::unique_ptr<Channel> c) {
-        std::lock_guard lk(pool_mu_);
-        free_.push_back(std::move(c));
-    }
-    // A channel is created only while fewer than max_stale are stale, so they stay
-    // bounded (max_stale + the caller threads) without ever releasing one.
-    void retire(std::unique_ptr<Channel> c) {
-        std::lock_guard lk(pool_mu_);
-        stale_.push_back(std::move(c));
-    }
-
-    static CommandStats row(CommandStats c, const Slot& s, uint64_t calls) {
-        c.calls = calls;
-        c.failures = s.failures.load(std::memory_order_relaxed);
-        c.total = std::chrono::nanoseconds(s.total_ns.load(std::memory_order_relaxed));
-        c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
-        return c;
-    }
-
-    // The row of a FORWARD id >= max_forward_ids: found, or claimed (lock-free, in
-    // order), or the shared overflow row once all max_forward_rows are taken.
-    Slot& high_slot(uint32_t id) {
-        const uint64_t key = uint64_t{id} + 1;
-        for (auto& h : high_ids_) {
-            uint64_t seen = h.key.load(std::memory_order_acquire);
-            if (seen == 0 && h.key.compare_exchange_strong(seen, key, std::memory_order_acq_rel))
-                return h.slot;
-            if (seen == key) return h.slot;
-        }
-        return slots_[overflow_slot];
-    }
-
-    void record(CommandType type, uint32_t id, std::chrono::nanoseconds took, bool ok) {
-        Slot& s = type == CommandType::handshake      ? slots_[handshake_slot]
-                  : type == CommandType::load_library ? slots_[load_library_slot]
-                  : id < max_forward_ids              ? slots_[first_forward_slot + id]
-                                                      : high_slot(id);
-        const auto ns = static_cast<uint64_t>(took.count());
-        s.calls.fetch_add(1, std::memory_order_relaxed);
-        if (!ok) s.failures.fetch_add(1, std::memory_order_relaxed);
-        if (ns == 0) return; // not timed
-        s.total_ns.fetch_add(ns, std::memory_order_relaxed);
-        uint64_t prev = s.max_ns.load(std::memory_order_relaxed);
-        while (prev < ns && !s.max_ns.compare_exchange_weak(prev, ns, std::memory_order_relaxed)) {
-        }
+        return channels_.add(std::move(*page));
     }
 
     T transport_;
@@ -537,15 +340,9 @@ private:
     std::atomic<uint32_t> in_flight_{0};
 #endif
 
-    std::mutex pool_mu_;
-    std::vector<std::unique_ptr<Channel>> free_;
-    std::vector<std::unique_ptr<Channel>> stale_;
-    size_t channels_ = 0;
-
+    detail::ChannelPool channels_;
     detail::StagingPool staging_;
-
-    std::array<Slot, overflow_slot + 1> slots_{};
-    std::array<HighSlot, max_forward_rows> high_ids_{};
+    detail::SessionCounters counters_;
 };
 
 } // namespace apir

@@ -44,13 +44,12 @@ public:
     /// A duration past the clock's range (e.g. nanoseconds::max()) means no deadline.
     template <class Rep, class Period>
     static Deadline after(std::chrono::duration<Rep, Period> d) noexcept {
-        const auto now = Clock::now();
-        // Summed in floating point first: the cast and the sum must not overflow.
-        using Secs = std::chrono::duration<double>;
-        const Secs total = Secs(now.time_since_epoch()) + Secs(d);
-        if (total >= Secs(Clock::duration::max())) return never();
-        if (total <= Secs(Clock::duration::min())) return Deadline{Clock::time_point::min()};
-        return Deadline{now + std::chrono::duration_cast<Clock::duration>(d)};
+        return after_from(Clock::now(), d);
+    }
+    /// The same on another clock (anything with now(), e.g. a WaitClock).
+    template <class Rep, class Period, class C>
+    static Deadline after(std::chrono::duration<Rep, Period> d, const C& clock) noexcept {
+        return after_from(clock.now(), d);
     }
     [[nodiscard]] bool is_never() const noexcept { return at_ == Clock::time_point::max(); }
     [[nodiscard]] bool expired(Clock::time_point now = Clock::now()) const noexcept {
@@ -59,6 +58,16 @@ public:
     [[nodiscard]] Clock::time_point time() const noexcept { return at_; }
 
 private:
+    template <class Rep, class Period>
+    static Deadline after_from(Clock::time_point now,
+                               std::chrono::duration<Rep, Period> d) noexcept {
+        // Summed in floating point first: the cast and the sum must not overflow.
+        using Secs = std::chrono::duration<double>;
+        const Secs total = Secs(now.time_since_epoch()) + Secs(d);
+        if (total >= Secs(Clock::duration::max())) return never();
+        if (total <= Secs(Clock::duration::min())) return Deadline{Clock::time_point::min()};
+        return Deadline{now + std::chrono::duration_cast<Clock::duration>(d)};
+    }
     constexpr explicit Deadline(Clock::time_point t) : at_(t) {}
     Clock::time_point at_ = Clock::time_point::max();
 };
@@ -139,10 +148,34 @@ private:
     std::span<std::byte> bytes_;
 };
 
+/// The time source and the sleeps of the wait path (Cap'n Proto KJ's MonotonicClock
+/// idea). WaitClock::system() is the steady clock, nanosleep and a futex; a test injects
+/// one whose time advances when the waiter sleeps, so that deadline tests are exact and
+/// take no real time.
+class APIR_EXPORT WaitClock {
+public:
+    [[nodiscard]] virtual Clock::time_point now() const noexcept = 0;
+    /// Sleeps about d (a wait that cannot be woken).
+    virtual void sleep(std::chrono::nanoseconds d) const noexcept = 0;
+    /// Blocks while *word == expected, at most d; may return early (callers look again).
+    virtual void block(const uint32_t* word, uint32_t expected,
+                       std::chrono::nanoseconds d) const noexcept = 0;
+    /// The real clock.
+    [[nodiscard]] static const WaitClock& system() noexcept;
+
+protected:
+    ~WaitClock() = default;
+};
+
 /// How a guest thread waits for the notification word.
 ///
-/// adaptive (the default): spin for spin_for, then block (futex) where the transport
-/// can be woken, otherwise sleep with exponential back-off up to max_sleep.
+/// adaptive (the default): spin, then block (futex) where the transport can be woken,
+/// otherwise sleep with exponential back-off up to max_sleep. spin_for is the longest
+/// spin; where the transport learns (SpinBudget), the spin is as long as spinning has
+/// lately paid: shorter, or none, when replies keep arriving only after the spin gave
+/// up (a slow host, or a host that needs this CPU). The spin backs off: it pauses
+/// between looks, yields the CPU to a host last seen on the waiter's own CPU, and ends
+/// when a yield kept it off the CPU for long (another program had it).
 /// fixed_poll: sleep poll_interval between checks, as ggml does (a baseline).
 /// Every sleep of every policy is cut to the deadline, and any duration is valid
 /// (spin_for = nanoseconds::max() spins until the reply or the deadline).
@@ -152,6 +185,11 @@ struct WaitPolicy {
     std::chrono::nanoseconds spin_for = std::chrono::microseconds(50);
     std::chrono::nanoseconds max_sleep = std::chrono::microseconds(200);
     std::chrono::nanoseconds poll_interval = std::chrono::microseconds(15);
+    /// After this much spinning, every look at the clock also yields the CPU (off by
+    /// default: with a CPU hog on the machine, each yield costs a time slice).
+    std::chrono::nanoseconds spin_yield_after = std::chrono::nanoseconds::max();
+    /// The clock of the wait and of the Session's deadlines; null: WaitClock::system().
+    const WaitClock* clock = nullptr;
 
     static WaitPolicy adaptive() noexcept { return {}; }
     static WaitPolicy spin_only() noexcept {
@@ -166,6 +204,36 @@ struct WaitPolicy {
         p.poll_interval = every;
         return p;
     }
+    [[nodiscard]] const WaitClock& time() const noexcept {
+        return clock ? *clock : WaitClock::system();
+    }
+};
+
+/// What a waiter learns from its waits: how long spinning pays. A transport keeps one
+/// for its callers (and the loopback host thread one for its idle wait); lock-free,
+/// shared by threads. A wait that got its answer while spinning keeps the budget (or
+/// raises it to a few times what it spun); one whose spin ran out sets it to what
+/// would have won (1.5 x the answer's time) when that is within the longest spin,
+/// else halves it, down to 0 below 1 µs. At 0 every 16th wait still spins a little
+/// (a probe), so a host that became fast again is noticed.
+class APIR_EXPORT SpinBudget {
+public:
+    /// The spin to try now, at most max.
+    [[nodiscard]] std::chrono::nanoseconds next(std::chrono::nanoseconds max) noexcept;
+    /// The answer came while spinning, `spun` after the spin began.
+    void won(std::chrono::nanoseconds spun, std::chrono::nanoseconds max) noexcept;
+    /// The spin ran out; the answer came `took` after the spin began.
+    void lost(std::chrono::nanoseconds took, std::chrono::nanoseconds max) noexcept;
+    /// The budget learned so far (nanoseconds::max() before the first lost wait).
+    [[nodiscard]] std::chrono::nanoseconds current() const noexcept;
+
+    static constexpr std::chrono::nanoseconds floor = std::chrono::microseconds(1);
+    static constexpr std::chrono::nanoseconds probe = std::chrono::microseconds(4);
+    static constexpr uint32_t probe_every = 16;
+
+private:
+    std::atomic<int64_t> budget_ns_{-1}; // -1: nothing learned yet (spin the maximum)
+    std::atomic<uint32_t> waits_{0};
 };
 
 /// A transport: creates shared memory, submits command buffers, waits for replies.

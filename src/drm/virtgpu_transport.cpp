@@ -221,7 +221,8 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
     VirtgpuNodeReport report;
     uint32_t capset;
     std::atomic<uint64_t> submits{0};
-    std::mutex submit_mu; // one EXECBUFFER at a time, numbered in order
+    SpinBudget wait_budget; // how long the callers' waits spin, learned
+    std::mutex submit_mu;   // one EXECBUFFER at a time, numbered in order
 
     mutable std::mutex mu;
     std::unordered_map<uint32_t, Blob> live;
@@ -292,9 +293,11 @@ Expected<void> VirtgpuTransport::submit(std::span<const std::byte> command, Dead
 Expected<uint32_t> VirtgpuTransport::wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline) {
     if (!impl_) return moved_from();
-    // A remote host cannot wake this thread: no sleepers, only polling.
-    auto r = wait_for_reply(page.bytes(), policy, deadline,
-                            WaitHooks{nullptr, impl_->dev->simulated_host_alive()});
+    // A remote host cannot wake this thread: no sleepers, only polling, with a spin
+    // and a first sleep learned from the replies so far.
+    auto r =
+        wait_for_reply(page.bytes(), policy, deadline,
+                       WaitHooks{nullptr, impl_->dev->simulated_host_alive(), &impl_->wait_budget});
     if (r) impl_->reply_seen(page.res_id());
     return r;
 }

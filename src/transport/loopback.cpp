@@ -2,7 +2,9 @@
 #include "apir/loopback_link.hpp"
 
 #include "apir/internal/futex.hpp"
+#include "apir/internal/spin.hpp"
 
+#include <array>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -22,8 +24,10 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     // word, so it reaches the host thread in one cache-line transfer.
     struct alignas(64) Slot {
         static constexpr size_t inline_capacity = 240;
+        static constexpr size_t keep_capacity = size_t{64} << 10; // larger: freed after use
         std::atomic<uint64_t> seq{0};
-        size_t size = 0;
+        uint32_t size = 0;
+        int32_t cpu = -1; // the submitter's CPU
         std::byte small[inline_capacity];
         std::vector<std::byte> large; // commands that do not fit inline
     };
@@ -51,22 +55,54 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
             munmap(b.data(), b.size());
         for (auto b : unmap_later)
             munmap(b.data(), b.size());
+        for (auto& c : table)
+            delete[] c.load(std::memory_order_relaxed);
     }
 
     // --- HostMemory
+    // Lock-free: the host looks up the reply page of every command. An id's entry is
+    // set once when its blob is created and cleared when it is released (ids are never
+    // reused), so a look-up sees the whole span or nothing.
     std::span<std::byte> resource(uint32_t res_id) noexcept override {
-        std::lock_guard lk(mem_mu);
-        auto it = blobs.find(res_id);
-        return it == blobs.end() ? std::span<std::byte>{} : it->second;
+        if (res_id >= table_chunk * table_chunks) {
+            std::lock_guard lk(mem_mu); // ids past the table: the map
+            auto it = blobs.find(res_id);
+            return it == blobs.end() ? std::span<std::byte>{} : it->second;
+        }
+        const TableEntry* chunk = table[res_id / table_chunk].load(std::memory_order_acquire);
+        if (!chunk) return {};
+        const TableEntry& e = chunk[res_id % table_chunk];
+        std::byte* p = e.data.load(std::memory_order_seq_cst);
+        return p ? std::span<std::byte>(p, e.size.load(std::memory_order_relaxed))
+                 : std::span<std::byte>{};
     }
     void notify(std::span<std::byte> page, uint32_t code) noexcept override {
         notify_reply(page, code, &waiters);
     }
 
+    // Caller holds mem_mu.
+    void publish(uint32_t id, std::span<std::byte> bytes) {
+        if (id >= table_chunk * table_chunks) return;
+        auto& slot = table[id / table_chunk];
+        TableEntry* chunk = slot.load(std::memory_order_relaxed);
+        if (!chunk) {
+            chunk = new TableEntry[table_chunk];
+            slot.store(chunk, std::memory_order_release);
+        }
+        chunk[id % table_chunk].size.store(bytes.size(), std::memory_order_relaxed);
+        chunk[id % table_chunk].data.store(bytes.data(), std::memory_order_seq_cst);
+    }
+    void unpublish(uint32_t id) {
+        if (id >= table_chunk * table_chunks) return;
+        if (TableEntry* chunk = table[id / table_chunk].load(std::memory_order_relaxed))
+            chunk[id % table_chunk].data.store(nullptr, std::memory_order_seq_cst);
+    }
+
     // --- ShmemOwner
     // Never waits for the host: the id is forgotten at once (a later command finds no
     // resource, and ids are never reused), and the mapping goes when no command that
-    // may have looked it up is executing.
+    // may have looked it up is executing. Both sides are seq_cst: either the releaser
+    // sees the command executing, or the command's look-up sees the id gone.
     void release_shmem(uint32_t res_id) noexcept override {
         std::span<std::byte> b;
         {
@@ -76,28 +112,34 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
             b = it->second;
             bytes_alive -= b.size();
             blobs.erase(it);
-            if (executing != 0) {
+            unpublish(res_id);
+            if (executing.load(std::memory_order_seq_cst) != 0) {
                 unmap_later.push_back(b); // the executing command may hold the mapping
+                pending_unmaps.store(true, std::memory_order_seq_cst);
+                // The command may have ended meanwhile without seeing this one.
+                if (executing.load(std::memory_order_seq_cst) == 0) drain_locked();
                 return;
             }
         }
         munmap(b.data(), b.size());
     }
+    // Caller holds mem_mu.
+    void drain_locked() noexcept {
+        for (auto x : unmap_later)
+            munmap(x.data(), x.size());
+        unmap_later.clear();
+        pending_unmaps.store(false, std::memory_order_relaxed);
+    }
 
-    // Runs one command on the host; the caller holds exec_mu.
+    // Runs one command on the host (which serializes its commands).
     void execute(std::span<const std::byte> cmd) {
-        {
+        executing.fetch_add(1, std::memory_order_seq_cst);
+        peer->execute(cmd); // a dropped command simply gets no reply
+        if (executing.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+            pending_unmaps.load(std::memory_order_seq_cst)) {
             std::lock_guard lk(mem_mu);
-            ++executing;
+            if (executing.load(std::memory_order_seq_cst) == 0) drain_locked();
         }
-        peer->execute(cmd);
-        std::vector<std::span<std::byte>> doomed;
-        {
-            std::lock_guard lk(mem_mu);
-            if (--executing == 0) doomed.swap(unmap_later);
-        }
-        for (auto b : doomed)
-            munmap(b.data(), b.size());
     }
 
     Expected<Shmem> create_shmem(size_t size) {
@@ -116,6 +158,9 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         }
         void* p =
             mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        // Large blobs (bulk data) in huge pages where the kernel offers them: a 2 MiB
+        // page is zeroed and mapped at once, so pre-faulting a new blob is cheap.
+        if (p != MAP_FAILED && rounded >= huge_page) madvise(p, rounded, MADV_HUGEPAGE);
         std::lock_guard lk(mem_mu);
         if (p == MAP_FAILED) {
             bytes_alive -= rounded;
@@ -125,6 +170,7 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         const uint32_t id = next_id++;
         std::span<std::byte> bytes(static_cast<std::byte*>(p), rounded);
         blobs.emplace(id, bytes);
+        publish(id, bytes);
         return Shmem(this, id, bytes);
     }
 
@@ -133,7 +179,6 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
             return fail(Errc::disconnected, "the loopback host has stopped");
         if (options.test_hooks.deliver && !options.test_hooks.deliver(cmd)) return {};
         if (options.mode == LoopbackLinkOptions::Mode::inline_host) {
-            std::lock_guard ex(exec_mu);
             execute(cmd);
             return {};
         }
@@ -165,7 +210,8 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         if (!running.load(std::memory_order_acquire))
             return fail(Errc::disconnected, "the loopback host has stopped");
         Slot& s = slots[tail % slot_count];
-        s.size = cmd.size();
+        s.size = static_cast<uint32_t>(cmd.size());
+        s.cpu = detail::current_cpu();
         if (cmd.size() <= Slot::inline_capacity)
             std::memcpy(s.small, cmd.data(), cmd.size());
         else
@@ -189,38 +235,58 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
             if (!alive.load()) return fail(Errc::disconnected, "the loopback host has stopped");
             return fail(Errc::timeout, "the host did not answer the command");
         }
-        return wait_for_reply(page.bytes(), policy, deadline, WaitHooks{&waiters, &alive});
+        return wait_for_reply(page.bytes(), policy, deadline,
+                              WaitHooks{&waiters, &alive, &guest_budget, &host_cpu});
     }
 
     // The host thread: execute the commands of the ring in order, without a lock. When
-    // the next slot is empty, spin briefly on its sequence word, then sleep.
+    // the next slot is empty, spin on its sequence word as long as the gaps between
+    // commands have lately been short enough for a spin to win (host_budget, at most
+    // host_spin), then sleep until submit wakes it.
     void serve() {
         uint64_t head = 0;
+        auto slept_since = Clock::time_point::min(); // the idle wait that ended in a sleep
+        const WaitClock& clock = WaitClock::system();
+        std::atomic<int> guest_cpu{-1}; // where the last command came from
         while (running.load(std::memory_order_acquire)) {
             Slot& s = slots[head % slot_count];
-            if (s.seq.load(std::memory_order_acquire) != head + 1) {
-                // Look at the clock only now and then: a read costs more than a look
-                // at the slot, and would delay noticing the command.
-                const auto spin_until = Clock::now() + options.host_spin;
-                for (uint32_t i = 1; s.seq.load(std::memory_order_acquire) != head + 1; ++i)
-                    if ((i & 63) == 0 &&
-                        (Clock::now() >= spin_until || !running.load(std::memory_order_relaxed)))
-                        break;
-                if (s.seq.load(std::memory_order_acquire) != head + 1) {
-                    host_sleeping.store(1, std::memory_order_seq_cst);
-                    const uint32_t w = wake.load(std::memory_order_seq_cst);
-                    if (s.seq.load(std::memory_order_seq_cst) != head + 1 && running.load())
-                        detail::futex_wait(&wake, w, std::chrono::milliseconds(100));
-                    host_sleeping.store(0, std::memory_order_relaxed);
+            auto ready = [&] { return s.seq.load(std::memory_order_acquire) == head + 1; };
+            if (!ready()) {
+                note_cpu();
+                detail::SpinPlan plan;
+                plan.peer_cpu = &guest_cpu;
+                plan.budget = host_budget.next(options.host_spin);
+                plan.yield_after = WaitPolicy{}.spin_yield_after;
+                plan.clock = &clock;
+                const auto spun = detail::spin(
+                    plan, ready, [&] { return !running.load(std::memory_order_relaxed); });
+                if (spun.done) {
+                    host_budget.won(spun.start == Clock::time_point::min()
+                                        ? std::chrono::nanoseconds::zero()
+                                        : clock.now() - spun.start,
+                                    options.host_spin);
+                    continue;
                 }
+                if (slept_since == Clock::time_point::min())
+                    slept_since = spun.start != Clock::time_point::min() ? spun.start : clock.now();
+                host_sleeping.store(1, std::memory_order_seq_cst);
+                const uint32_t w = wake.load(std::memory_order_seq_cst);
+                if (s.seq.load(std::memory_order_seq_cst) != head + 1 && running.load())
+                    detail::futex_wait(&wake, w, std::chrono::milliseconds(100));
+                host_sleeping.store(0, std::memory_order_relaxed);
+                note_cpu();
                 continue;
             }
-            {
-                std::lock_guard ex(exec_mu);
-                execute(s.size <= Slot::inline_capacity
-                            ? std::span<const std::byte>(s.small, s.size)
-                            : std::span<const std::byte>(s.large));
+            if (slept_since != Clock::time_point::min()) {
+                // The gap a spin would have had to cover to catch this command.
+                host_budget.lost(clock.now() - slept_since, options.host_spin);
+                slept_since = Clock::time_point::min();
             }
+            guest_cpu.store(s.cpu, std::memory_order_relaxed);
+            execute(s.size <= Slot::inline_capacity ? std::span<const std::byte>(s.small, s.size)
+                                                    : std::span<const std::byte>(s.large));
+            // Bounded retention: a large command does not keep its memory in the slot.
+            if (s.large.capacity() > Slot::keep_capacity) std::vector<std::byte>().swap(s.large);
             // Report progress after the reply is out, off the guest's critical path, on
             // a line of its own: the guest reads it only when the ring looks full.
             consumed.store(++head, std::memory_order_seq_cst);
@@ -229,6 +295,13 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
                 space_cv.notify_all();
             }
         }
+    }
+
+    // Written only when it changed: the guests read it while they spin.
+    void note_cpu() {
+        const int cpu = detail::current_cpu();
+        if (host_cpu.load(std::memory_order_relaxed) != cpu)
+            host_cpu.store(cpu, std::memory_order_relaxed);
     }
 
     void stop() {
@@ -260,16 +333,27 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     std::atomic<bool> running{true};
     std::atomic<uint32_t> producers_waiting{0}; // guests waiting for a free slot
     std::atomic<uint32_t> host_sleeping{0};
-    std::atomic<uint32_t> wake{0}; // futex word the sleeping host thread waits on
+    std::atomic<uint32_t> wake{0};       // futex word the sleeping host thread waits on
+    alignas(64) SpinBudget guest_budget; // how long the guests' waits spin
+    std::atomic<int> host_cpu{-1};       // the CPU the host thread last ran on
+    alignas(64) SpinBudget host_budget;  // how long the host thread's idle wait spins
 
     // Memory first: the host (and its backend's deinit) goes before the blobs.
     alignas(64) mutable std::mutex mem_mu; // taken by the host on every command
     std::unordered_map<uint32_t, std::span<std::byte>> blobs;
     size_t bytes_alive = 0;
-    uint32_t executing = 0;                        // commands running on the host
     std::vector<std::span<std::byte>> unmap_later; // released while one was running
-    uint32_t next_id = 2;           // like the kernel: ids start at 2 and are never reused
-    alignas(64) std::mutex exec_mu; // held while the host executes a command
+    // The lock-free index of blobs by id (ids below table_chunk * table_chunks).
+    struct TableEntry {
+        std::atomic<std::byte*> data{nullptr};
+        std::atomic<size_t> size{0};
+    };
+    static constexpr size_t table_chunk = 4096, table_chunks = 256;
+    static constexpr size_t huge_page = size_t{2} << 20;
+    std::array<std::atomic<TableEntry*>, table_chunks> table{};
+    alignas(64) std::atomic<uint32_t> executing{0}; // commands running on the host
+    std::atomic<bool> pending_unmaps{false};        // unmap_later is not empty
+    uint32_t next_id = 2; // like the kernel: ids start at 2 and are never reused
     alignas(64) std::atomic<uint64_t> consumed{0}; // commands the host thread has run
     alignas(64) std::mutex submit_mu;              // the guest side of the ring
     std::condition_variable space_cv;

@@ -1,9 +1,15 @@
-// The reply wait shared by every transport, and the host's notify.
+// The reply wait shared by every transport, its spin budget and clock, and the host's
+// notify.
 #include "apir/reply_page.hpp"
 
 #include "apir/internal/futex.hpp"
+#include "apir/internal/spin.hpp"
 
+#include <algorithm>
 #include <thread>
+
+#include <sched.h>
+#include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -15,20 +21,42 @@
 #endif
 
 namespace apir {
-namespace {
 
 using namespace std::chrono;
 
-uint32_t* word_ptr(std::span<std::byte> page) {
-    return reinterpret_cast<uint32_t*>(page.data());
-}
+namespace detail {
 
-// now + d, saturated at the clock's end (d may be anything up to nanoseconds::max()).
-Clock::time_point saturating_add(Clock::time_point now, nanoseconds d) {
+void cpu_relax() noexcept {
+    APIR_CPU_RELAX();
+}
+void yield_cpu() noexcept {
+    sched_yield();
+}
+int current_cpu() noexcept {
+    return sched_getcpu();
+}
+Clock::time_point saturating_after(Clock::time_point now, nanoseconds d) noexcept {
     if (d <= nanoseconds::zero()) return now;
     const auto room = Clock::time_point::max() - now;
     if (d >= room) return Clock::time_point::max();
     return now + duration_cast<Clock::duration>(d);
+}
+
+} // namespace detail
+
+namespace {
+
+class SystemClock final : public WaitClock {
+public:
+    Clock::time_point now() const noexcept override { return Clock::now(); }
+    void sleep(nanoseconds d) const noexcept override { std::this_thread::sleep_for(d); }
+    void block(const uint32_t* word, uint32_t expected, nanoseconds d) const noexcept override {
+        detail::futex_wait(word, expected, d);
+    }
+};
+
+uint32_t* word_ptr(std::span<std::byte> page) {
+    return reinterpret_cast<uint32_t*>(page.data());
 }
 
 // A sleep of at most `want`, cut to what is left before the deadline (at least 1 µs,
@@ -39,80 +67,140 @@ nanoseconds clamped(nanoseconds want, Deadline deadline, Clock::time_point now) 
     return std::max(std::min(want, left), nanoseconds(1000));
 }
 
-Expected<uint32_t> timed_out(Clock::time_point start) {
+Expected<uint32_t> timed_out(const WaitClock& clock, Clock::time_point start) {
     return fail(
         Errc::timeout,
-        fmt::format("waited {} µs", duration_cast<microseconds>(Clock::now() - start).count()));
+        fmt::format("waited {} µs", duration_cast<microseconds>(clock.now() - start).count()));
 }
 
 } // namespace
+
+const WaitClock& WaitClock::system() noexcept {
+    static const SystemClock clock;
+    return clock;
+}
+
+// --- SpinBudget
+
+nanoseconds SpinBudget::next(nanoseconds max) noexcept {
+    if (max <= nanoseconds::zero()) return nanoseconds::zero();
+    const int64_t b = budget_ns_.load(std::memory_order_relaxed);
+    if (b < 0) return max;
+    if (b == 0) {
+        // Spinning has not paid lately: now and then, look whether it would again.
+        if (waits_.fetch_add(1, std::memory_order_relaxed) % probe_every == 0)
+            return std::min(max, probe);
+        return nanoseconds::zero();
+    }
+    return std::min(max, nanoseconds(b));
+}
+
+void SpinBudget::won(nanoseconds spun, nanoseconds max) noexcept {
+    const int64_t b = budget_ns_.load(std::memory_order_relaxed);
+    if (b < 0) return; // still the maximum
+    const int64_t want =
+        std::min<int64_t>(max.count(), std::max<int64_t>(4 * spun.count(), 2 * floor.count()));
+    if (want > b) budget_ns_.store(want, std::memory_order_relaxed);
+}
+
+void SpinBudget::lost(nanoseconds took, nanoseconds max) noexcept {
+    int64_t b = budget_ns_.load(std::memory_order_relaxed);
+    if (b < 0) b = max.count();
+    // An answer soon after the spin gave up: a little more spin would have won it.
+    const int64_t would_win = took.count() + took.count() / 2;
+    if (took > nanoseconds::zero() && would_win <= max.count() && would_win > b)
+        b = would_win;
+    else
+        b /= 2;
+    if (b < floor.count()) b = 0;
+    budget_ns_.store(b, std::memory_order_relaxed);
+}
+
+nanoseconds SpinBudget::current() const noexcept {
+    const int64_t b = budget_ns_.load(std::memory_order_relaxed);
+    return b < 0 ? nanoseconds::max() : nanoseconds(b);
+}
+
+// --- the wait
 
 Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& policy,
                                   Deadline deadline, const WaitHooks& hooks) {
     if (page.size() < reply_header_size)
         return fail(Errc::invalid_argument, "reply page too small");
+    const WaitClock& clock = policy.time();
     auto word = notification_word(page);
     auto done = [&]() -> bool { return word.load(std::memory_order_acquire) != 0; };
     auto host_gone = [&] {
         return hooks.host_alive && !hooks.host_alive->load(std::memory_order_acquire);
     };
-    // Read lazily: a clock read costs more than a fast host takes to answer.
-    auto start = Clock::time_point::min();
 
     if (policy.kind == WaitPolicy::Kind::fixed_poll) {
-        start = Clock::now();
+        const auto start = clock.now();
         // ggml's strategy: sleep a fixed interval between looks.
         while (!done()) {
-            const auto now = Clock::now();
-            if (deadline.expired(now)) return timed_out(start);
+            const auto now = clock.now();
+            if (deadline.expired(now)) return timed_out(clock, start);
             if (host_gone()) break;
-            std::this_thread::sleep_for(clamped(policy.poll_interval, deadline, now));
+            clock.sleep(clamped(policy.poll_interval, deadline, now));
         }
         if (done()) return word.load(std::memory_order_acquire) - 1;
         return fail(Errc::disconnected, "the host stopped before replying");
     }
 
-    // Phase 1: spin. A fast host answers within a few hundred nanoseconds; the clock
-    // is first read after 64 looks, and the spin lasts spin_for from there.
-    auto spin_until = Clock::time_point::max();
-    for (uint32_t i = 1;; ++i) {
-        if (done()) return word.load(std::memory_order_acquire) - 1;
-        if ((i & 63) == 0) {
-            auto now = Clock::now();
-            if (start == Clock::time_point::min()) {
-                start = now;
-                spin_until = saturating_add(start, policy.spin_for);
-            }
-            if (deadline.expired(now)) return timed_out(start);
-            if (now >= spin_until) break;
-            if (host_gone()) break;
-        }
-        APIR_CPU_RELAX();
+    // Phase 1: spin, as long as spinning has lately paid (hooks.budget), at most
+    // spin_for. A fast host answers within a few hundred nanoseconds.
+    detail::SpinPlan plan;
+    plan.budget = hooks.budget ? hooks.budget->next(policy.spin_for) : policy.spin_for;
+    plan.yield_after = policy.spin_yield_after;
+    plan.peer_cpu = hooks.host_cpu;
+    plan.deadline = deadline;
+    plan.clock = &clock;
+    const auto spun = detail::spin(plan, done, host_gone);
+    auto start = spun.start;
+    if (spun.done) {
+        if (hooks.budget) // an answer within the first looks has no clock reading
+            hooks.budget->won(start == Clock::time_point::min() ? nanoseconds::zero()
+                                                                : clock.now() - start,
+                              policy.spin_for);
+        return word.load(std::memory_order_acquire) - 1;
     }
+    if (start == Clock::time_point::min()) start = clock.now();
+    if (spun.timeout) return timed_out(clock, start);
 
-    // Phase 2: block (futex) or sleep with back-off.
+    // Phase 2: block (futex) or sleep with back-off. A host that cannot wake us (DRM)
+    // is polled, the first sleep a fraction of what spinning has lately been worth.
     nanoseconds sleep = microseconds(1);
+    if (hooks.budget && !hooks.sleepers) {
+        const auto b = hooks.budget->current();
+        if (b != nanoseconds::max())
+            sleep = std::max<nanoseconds>(microseconds(1),
+                                          std::min<nanoseconds>(b / 4, policy.max_sleep));
+    }
+    bool slept = false;
     while (!done()) {
-        auto now = Clock::now();
-        if (deadline.expired(now)) return timed_out(start);
+        auto now = clock.now();
+        if (deadline.expired(now)) return timed_out(clock, start);
         if (host_gone()) {
             if (done()) break;
             return fail(Errc::disconnected, "the host stopped before replying");
         }
+        slept = true;
         if (hooks.sleepers) {
             // Announce ourselves before the last look so the host's notify sees us
             // (seq_cst on both sides: either we see the word or it sees the sleeper).
             hooks.sleepers->fetch_add(1, std::memory_order_seq_cst);
             if (word.load(std::memory_order_seq_cst) == 0) {
                 // Wake up now and then to check liveness and the deadline.
-                detail::futex_wait(word_ptr(page), 0, clamped(milliseconds(50), deadline, now));
+                clock.block(word_ptr(page), 0, clamped(milliseconds(50), deadline, now));
             }
             hooks.sleepers->fetch_sub(1, std::memory_order_seq_cst);
         } else {
-            std::this_thread::sleep_for(clamped(sleep, deadline, now));
+            clock.sleep(clamped(sleep, deadline, now));
             sleep = sleep > policy.max_sleep / 2 ? policy.max_sleep : sleep * 2;
         }
     }
+    if (hooks.budget && (slept || plan.budget > nanoseconds::zero()))
+        hooks.budget->lost(clock.now() - start, policy.spin_for);
     return word.load(std::memory_order_acquire) - 1;
 }
 

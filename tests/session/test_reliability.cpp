@@ -2,6 +2,7 @@
 // (RELIABILITY.md, "Bugs found"): each is named after the behaviour that used to fail.
 #include "catch.hpp"
 #include "session_helpers.hpp"
+#include "test_clock.hpp"
 
 #include <apir/backend.hpp>
 #include <apir/loopback.hpp>
@@ -149,31 +150,29 @@ TEST_CASE("host_version() and staging_creates() may be read while connect() and 
 }
 
 // Issue item 4: start + spin_for overflowed for a spin_for near nanoseconds::max().
+// On the test clock: the spin lasts exactly to the deadline, in no real time.
 TEST_CASE("a spin_for near nanoseconds::max() spins to the deadline, it does not overflow",
           "[reliability][wait]") {
     alignas(64) std::array<std::byte, 64> page{};
     std::atomic<uint32_t> sleepers{0};
     std::atomic<bool> alive{true};
+    apir_test::TestClock clock;
     apir::WaitPolicy p;
     p.spin_for = std::chrono::nanoseconds::max() - 1ns;
-    std::atomic<bool> blocked{false}, done{false};
-    std::thread watch([&] {
-        while (!done.load())
-            if (sleepers.load() != 0) blocked = true;
-    });
-    auto r = apir::wait_for_reply(page, p, apir::Deadline::after(30ms),
-                                  apir::WaitHooks{&sleepers, &alive});
-    done = true;
-    watch.join();
+    p.clock = &clock;
+    const auto deadline = apir::Deadline::after(30ms, clock);
+    auto r = apir::wait_for_reply(page, p, deadline, apir::WaitHooks{&sleepers, &alive});
     REQUIRE_FALSE(r);
     CHECK(r.error() == Errc::timeout);
-    CHECK_FALSE(blocked.load()); // it spun: the overflow made it block at once
+    CHECK(clock.sleeps() == 0); // it spun: the overflow made it block at once
+    CHECK(clock.peek() >= deadline.time());
+    CHECK(clock.peek() - deadline.time() <= 3us); // the first looks past the deadline
 }
 
-// Issue item 5.
+// Issue item 5. One real-time case per policy, then the exact ones on the test clock.
 TEST_CASE("no wait policy sleeps past the deadline", "[reliability][wait]") {
     alignas(64) std::array<std::byte, 64> page{};
-    SECTION("fixed_poll(1s) with a 5 ms deadline") {
+    SECTION("fixed_poll(1s) with a 5 ms deadline, real time") {
         const auto start = apir::Clock::now();
         auto r = apir::wait_for_reply(page, apir::WaitPolicy::fixed_poll(1s),
                                       apir::Deadline::after(5ms));
@@ -182,7 +181,7 @@ TEST_CASE("no wait policy sleeps past the deadline", "[reliability][wait]") {
         CHECK(r.error() == Errc::timeout);
         CHECK(took < 5ms + 300ms);
     }
-    SECTION("adaptive back-off up to 1 s with a 5 ms deadline") {
+    SECTION("adaptive back-off up to 1 s with a 5 ms deadline, real time") {
         apir::WaitPolicy p;
         p.spin_for = 0ns;
         p.max_sleep = 1s;
@@ -191,6 +190,37 @@ TEST_CASE("no wait policy sleeps past the deadline", "[reliability][wait]") {
         const auto took = apir::Clock::now() - start;
         REQUIRE_FALSE(r);
         CHECK(took < 5ms + 300ms);
+    }
+    // On the test clock the sleeps add up to the deadline exactly: no sleep went past it.
+    apir_test::TestClock clock;
+    auto exact = [&](apir::WaitPolicy p, const apir::WaitHooks& hooks = {}) {
+        p.clock = &clock;
+        const auto deadline = apir::Deadline::after(5ms, clock);
+        auto r = apir::wait_for_reply(page, p, deadline, hooks);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == Errc::timeout);
+        CHECK(clock.peek() >= deadline.time());
+        CHECK(clock.peek() - deadline.time() <= 3us);
+        CHECK(clock.slept() <= 5ms);
+        CHECK(clock.slept() > 5ms - 100us); // it slept, it did not spin the time away
+    };
+    SECTION("fixed_poll(1s), test clock") {
+        exact(apir::WaitPolicy::fixed_poll(1s));
+        CHECK(clock.sleeps() <= 2);
+    }
+    SECTION("adaptive back-off up to 1 s, test clock") {
+        apir::WaitPolicy p;
+        p.spin_for = 0ns;
+        p.max_sleep = 1s;
+        exact(p);
+    }
+    SECTION("adaptive, blocking on the word (a host that can wake us), test clock") {
+        std::atomic<uint32_t> sleepers{0};
+        std::atomic<bool> alive{true};
+        apir::WaitPolicy p;
+        p.spin_for = 0ns;
+        exact(p, apir::WaitHooks{&sleepers, &alive});
+        CHECK(sleepers.load() == 0);
     }
 }
 

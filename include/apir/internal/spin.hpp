@@ -1,0 +1,88 @@
+// Internal: the backed-off spin that the guest's reply wait and the loopback host
+// thread's idle wait share (src/transport/wait.cpp).
+#pragma once
+
+#include "apir/transport.hpp"
+
+#include <chrono>
+
+namespace apir::detail {
+
+/// One CPU-friendly pause between two looks.
+void cpu_relax() noexcept;
+
+/// Gives the CPU to another runnable thread, if there is one.
+void yield_cpu() noexcept;
+
+/// The CPU this thread runs on now (-1 unknown); cheap (rseq or vDSO).
+[[nodiscard]] int current_cpu() noexcept;
+
+/// now + d, saturated at the clock's end (d may be anything up to nanoseconds::max()).
+[[nodiscard]] Clock::time_point saturating_after(Clock::time_point now,
+                                                 std::chrono::nanoseconds d) noexcept;
+
+struct SpinResult {
+    bool done = false;    ///< done() turned true while spinning
+    bool timeout = false; ///< the deadline passed first
+    /// When the spin began (the first look at the clock; min() if it was never read).
+    Clock::time_point start = Clock::time_point::min();
+};
+
+/// What a spin looks at, and how it backs off.
+struct SpinPlan {
+    std::chrono::nanoseconds budget{0};         ///< spin at most this long
+    std::chrono::nanoseconds yield_after{0};    ///< then yield at every look at the clock
+    const std::atomic<int>* peer_cpu = nullptr; ///< a peer on our CPU: yield at once
+    Deadline deadline;
+    const WaitClock* clock = nullptr;
+};
+
+/// A yield that takes longer than this gave the CPU to another program: the spin ends.
+inline constexpr std::chrono::microseconds max_yield_gap{50};
+
+/// Spins until done() (true), stop() (false), the budget or the deadline is over.
+/// The clock is read only every 64 looks: a fast answer costs no clock read.
+template <class Done, class Stop>
+SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
+    SpinResult r;
+    if (done()) return r.done = true, r;
+    if (plan.budget <= std::chrono::nanoseconds::zero()) return r;
+    // A peer last seen on our own CPU can only answer once we give it the CPU.
+    auto peer_here = [&] {
+        return plan.peer_cpu && plan.peer_cpu->load(std::memory_order_relaxed) == current_cpu();
+    };
+    if (peer_here()) yield_cpu();
+    auto until = Clock::time_point::max();
+    auto yield_from = Clock::time_point::max();
+    auto last = Clock::time_point::min();
+    bool yielded = false;
+    for (uint32_t i = 1;; ++i) {
+        if (done()) return r.done = true, r;
+        if ((i & 63) == 0) {
+            const auto now = plan.clock->now();
+            if (r.start == Clock::time_point::min()) {
+                r.start = now;
+                until = saturating_after(now, plan.budget);
+                yield_from = saturating_after(now, plan.yield_after);
+            }
+            if (plan.deadline.expired(now)) return r.timeout = true, r;
+            if (now >= until || stop()) return r;
+            // A yield that kept us off the CPU this long gave it to a thread that is
+            // not our peer (a CPU hog): spinning cannot win here, block instead.
+            if (yielded && last != Clock::time_point::min() && now - last > max_yield_gap) return r;
+            last = now;
+            yielded = false;
+            // Back off: let the peer (or another waiter) have this CPU.
+            if (now >= yield_from || peer_here()) {
+                yield_cpu();
+                yielded = true;
+            }
+        } else if ((i & 15) == 0 && peer_here()) {
+            yield_cpu();
+            yielded = true;
+        }
+        cpu_relax();
+    }
+}
+
+} // namespace apir::detail
