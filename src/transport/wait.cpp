@@ -32,6 +32,22 @@ void cpu_relax() noexcept {
 void yield_cpu() noexcept {
     sched_yield();
 }
+namespace {
+// Until when yields to a peer are held off (steady-clock nanoseconds; 0: not held off).
+std::atomic<int64_t> g_yield_holdoff_until{0};
+int64_t ticks(Clock::time_point t) {
+    return duration_cast<nanoseconds>(t.time_since_epoch()).count();
+}
+} // namespace
+bool yield_to_peer(const WaitClock& clock) noexcept {
+    const auto before = clock.now();
+    if (ticks(before) < g_yield_holdoff_until.load(std::memory_order_relaxed)) return false;
+    sched_yield();
+    const auto after = clock.now();
+    if (after - before <= max_yield_gap) return true;
+    g_yield_holdoff_until.store(ticks(after + yield_holdoff), std::memory_order_relaxed);
+    return false;
+}
 int current_cpu() noexcept {
     return sched_getcpu();
 }

@@ -14,6 +14,12 @@ void cpu_relax() noexcept;
 /// Gives the CPU to another runnable thread, if there is one.
 void yield_cpu() noexcept;
 
+/// Gives the CPU to a peer that runs on this CPU, unless yielding lately gave it to
+/// another program instead (a yield that kept this thread off the CPU for longer than
+/// max_yield_gap): then, for yield_holdoff, it does not yield and returns false, and the
+/// caller blocks (the scheduler then hands the CPU to the woken peer). Process-wide.
+bool yield_to_peer(const WaitClock& clock) noexcept;
+
 /// The CPU this thread runs on now (-1 unknown); cheap (rseq or vDSO).
 [[nodiscard]] int current_cpu() noexcept;
 
@@ -32,13 +38,15 @@ struct SpinResult {
 struct SpinPlan {
     std::chrono::nanoseconds budget{0};         ///< spin at most this long
     std::chrono::nanoseconds yield_after{0};    ///< then yield at every look at the clock
-    const std::atomic<int>* peer_cpu = nullptr; ///< a peer on our CPU: yield at once
+    const std::atomic<int>* peer_cpu = nullptr; ///< a peer on our CPU: yield to it at once
     Deadline deadline;
     const WaitClock* clock = nullptr;
 };
 
 /// A yield that takes longer than this gave the CPU to another program: the spin ends.
 inline constexpr std::chrono::microseconds max_yield_gap{50};
+/// How long, after such a yield, waiters block instead of yielding to a peer.
+inline constexpr std::chrono::milliseconds yield_holdoff{20};
 
 /// Spins until done() (true), stop() (false), the budget or the deadline is over.
 /// The clock is read only every 64 looks: a fast answer costs no clock read.
@@ -51,7 +59,7 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
     auto peer_here = [&] {
         return plan.peer_cpu && plan.peer_cpu->load(std::memory_order_relaxed) == current_cpu();
     };
-    if (peer_here()) yield_cpu();
+    if (peer_here() && !yield_to_peer(*plan.clock)) return r; // block: the peer gets the CPU
     auto until = Clock::time_point::max();
     auto yield_from = Clock::time_point::max();
     auto last = Clock::time_point::min();
@@ -72,14 +80,15 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
             if (yielded && last != Clock::time_point::min() && now - last > max_yield_gap) return r;
             last = now;
             yielded = false;
-            // Back off: let the peer (or another waiter) have this CPU.
-            if (now >= yield_from || peer_here()) {
+            if (peer_here()) {
+                if (!yield_to_peer(*plan.clock)) return r;
+            } else if (now >= yield_from) {
+                // Back off: let another waiter have this CPU.
                 yield_cpu();
                 yielded = true;
             }
         } else if ((i & 15) == 0 && peer_here()) {
-            yield_cpu();
-            yielded = true;
+            if (!yield_to_peer(*plan.clock)) return r;
         }
         cpu_relax();
     }
