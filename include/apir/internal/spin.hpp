@@ -17,8 +17,9 @@ void yield_cpu() noexcept;
 /// Gives the CPU to a peer that runs on this CPU, unless yielding lately gave it to
 /// another program instead (a yield that kept this thread off the CPU for longer than
 /// max_yield_gap): then, for yield_holdoff, it does not yield and returns false, and the
-/// caller blocks (the scheduler then hands the CPU to the woken peer). Process-wide.
-bool yield_to_peer(const WaitClock& clock) noexcept;
+/// caller blocks (the scheduler then hands the CPU to the woken peer). Process-wide,
+/// timed on the steady clock.
+bool yield_to_peer() noexcept;
 
 /// The CPU this thread runs on now (-1 unknown); cheap (rseq or vDSO).
 [[nodiscard]] int current_cpu() noexcept;
@@ -59,7 +60,7 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
     auto peer_here = [&] {
         return plan.peer_cpu && plan.peer_cpu->load(std::memory_order_relaxed) == current_cpu();
     };
-    if (peer_here() && !yield_to_peer(*plan.clock)) return r; // block: the peer gets the CPU
+    if (peer_here() && !yield_to_peer()) return r; // block: the peer gets the CPU
     auto until = Clock::time_point::max();
     auto yield_from = Clock::time_point::max();
     auto last = Clock::time_point::min();
@@ -81,14 +82,14 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
             last = now;
             yielded = false;
             if (peer_here()) {
-                if (!yield_to_peer(*plan.clock)) return r;
+                if (!yield_to_peer()) return r;
             } else if (now >= yield_from) {
                 // Back off: let another waiter have this CPU.
                 yield_cpu();
                 yielded = true;
             }
         } else if ((i & 15) == 0 && peer_here()) {
-            if (!yield_to_peer(*plan.clock)) return r;
+            if (!yield_to_peer()) return r;
         }
         cpu_relax();
     }
