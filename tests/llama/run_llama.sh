@@ -38,7 +38,7 @@ model=$peer/models/tiny-llama-f16.gguf
 
 rm -rf "$out"
 mkdir -p "$out"
-start=$(date +%s.%N)
+start=${EPOCHREALTIME/./}
 
 fail() {
     echo "FAIL [$path]: $*"
@@ -50,7 +50,8 @@ skip() {
     exit 77
 }
 pass() {
-    printf 'PASS [%s]: %s (%.1f s)\n' "$path" "$*" "$(echo "$(date +%s.%N) - $start" | bc)"
+    local us=$((${EPOCHREALTIME/./} - start))
+    printf 'PASS [%s]: %s (%d.%01d s)\n' "$path" "$*" $((us / 1000000)) $((us / 100000 % 10))
     exit 0
 }
 
@@ -60,13 +61,10 @@ pass() {
 lib=$out/lib
 mkdir -p "$lib"
 for f in "$peer"/lib/*.so*; do
-    name=$(basename "$f")
-    target=$f
-    if [ "$(stat -c %s "$f")" -lt 256 ]; then
-        t=$(head -c 255 "$f")
-        [ -n "$t" ] && [ "${t#*/}" = "$t" ] && [ -f "$peer/lib/$t" ] && target=$peer/lib/$t
-    fi
-    ln -sf "$target" "$lib/$name"
+    target=$f t=
+    IFS= read -r -n 64 t <"$f" 2>/dev/null
+    [[ $t == lib*.so* && $t != */* && -f $peer/lib/$t ]] && target=$peer/lib/$t
+    ln -sf "$target" "$lib/${f##*/}"
 done
 export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 host_lib=$lib/libggml-virtgpu-backend.so.0
@@ -118,7 +116,7 @@ frontend() { # $1: apir|venus
         skip "APIR_GGML_PEER_DIR does not name a ggml build with libggml-virtgpu.so.0"
     local frontend_host=${APIR_LLAMA_FRONTEND_HOST_LIB:-}
     [ -n "$frontend_host" ] ||
-        skip "APIR_LLAMA_FRONTEND_HOST_LIB unset: ggml's own host backend cannot serve this path (llama.cpp aborts before its first token, docs/VM.md); set it to a host backend library to run it"
+        skip "APIR_LLAMA_FRONTEND_HOST_LIB unset: with ggml's own host backend llama.cpp aborts on this path before its first token (docs/VM.md); set it to a host backend library to run it"
     [ -f "$frontend_host" ] || fail "no host backend library at $frontend_host"
     local glib=$out/ggml-lib
     mkdir -p "$glib"
