@@ -9,6 +9,8 @@
 # PATH (each one meson test, so a failure names it):
 #   loopback-threaded   libggml-apir, in-process host on its own thread
 #   loopback-inline     libggml-apir, in-process host run inline by the caller
+#   loopback-fa-off     loopback-threaded with flash attention off (attention as
+#                       SOFT_MAX, CONT and matrix products: other ops than the default run)
 #   vdrm-apir           libggml-apir over virtio-gpu through the virtual render node
 #                       (APIR_LLAMA_VDRM_LIB), the node offering the APIR capset
 #   vdrm-venus          the same, the node offering only Venus (transition mode, +331)
@@ -70,7 +72,7 @@ export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 host_lib=$lib/libggml-virtgpu-backend.so.0
 host_cpu=$lib/libggml-cpu.so.0
 host_config="ggml.library.path=$host_cpu;ggml.library.reg=ggml_backend_cpu_reg"
-unset APIR_GGML_TRANSPORT APIR_GGML_LOOPBACK_MODE GGML_REMOTING_USE_APIR_CAPSET APIR_GGML_NODE
+unset APIR_GGML_TRANSPORT APIR_GGML_LOOPBACK_MODE GGML_REMOTING_USE_APIR_CAPSET APIR_GGML_NODE PEER_FA PEER_N PEER_PROMPT
 
 # run.sh check over the environment set by the caller; $1: the device description's
 # transport (libggml-apir names it: "... over APIR <transport>)").
@@ -152,6 +154,10 @@ case $path in
 loopback-threaded | loopback-inline)
     export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=${path#loopback-}
     check "$path"
+    ;;
+loopback-fa-off)
+    export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=threaded PEER_FA=off
+    check loopback-threaded
     ;;
 vdrm-apir | vdrm-venus)
     vdrm_env "$([ "$path" = vdrm-apir ] && echo virgl2,venus,apir || echo venus)"
