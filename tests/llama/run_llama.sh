@@ -114,7 +114,7 @@ transport_accepted() {
 # in) for both runs. run.sh check knows only APIR0, so the comparison is done here.
 frontend() { # $1: apir|venus
     local capset=$1 ggml=${APIR_GGML_PEER_DIR:-}
-    [ -n "$ggml" ] && [ -f "$ggml/lib/libggml-virtgpu.so.0" ] ||
+    [[ -n $ggml && -f $ggml/lib/libggml-virtgpu.so.0 ]] ||
         skip "APIR_GGML_PEER_DIR does not name a ggml build with libggml-virtgpu.so.0"
     local frontend_host=${APIR_LLAMA_FRONTEND_HOST_LIB:-}
     [ -n "$frontend_host" ] ||
