@@ -73,10 +73,14 @@ configure() {
     if pkg-config --exists ggml 2>/dev/null; then
         args+=(-Dggml=enabled)
     fi
+    # The options given last time are kept beside the build: unchanged, no reconfigure.
+    local stamp="$BUILD_DIR/run-sh-options"
     if [ ! -f "$BUILD_DIR/build.ninja" ]; then
         meson setup "$BUILD_DIR" "${args[@]}"
-    elif [ ${#args[@]} -gt 0 ]; then
+        printf '%s\n' "${args[@]}" >"$stamp"
+    elif [ ${#args[@]} -gt 0 ] && [ "$(printf '%s\n' "${args[@]}")" != "$(cat "$stamp" 2>/dev/null)" ]; then
         meson configure "$BUILD_DIR" "${args[@]}"
+        printf '%s\n' "${args[@]}" >"$stamp"
     fi
     ninja -C "$BUILD_DIR" ${JOBS:+-j "$JOBS"} "$@"
 }
