@@ -3,7 +3,14 @@
 #   ./run.sh demo   install what is missing, build the demo only, run it (loopback)
 #   ./run.sh test   install what is missing, build everything, run the whole test suite
 #   ./run.sh build  install what is missing and build everything
-# BUILD_DIR (default: build) and MESON_ARGS (extra configure options) are honoured.
+#   ./run.sh build [targets...]   the same for some ninja targets only
+#              (e.g. src/ggml-backend/libggml-apir.so: about a minute instead of the whole tree)
+# BUILD_DIR (default: build), MESON_ARGS (extra configure options) and JOBS (ninja's job
+# count; default: ninja's own) are honoured. ggml: when pkg-config finds ggml (say
+# PKG_CONFIG_PATH=<ggml build>/lib/pkgconfig, or APIR_GGML_PEER_DIR=<ggml build>), the
+# build requires it (-Dggml=enabled) and takes PKG_CONFIG_PATH into its configuration
+# (-Dpkg_config_path), also in an existing build directory: asking for ggml gives
+# libggml-apir or a clear error, never a silent build without it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -48,14 +55,34 @@ DEMO_TARGETS=(examples/demo/apir-demo examples/demo/libapir-demo-backend.so)
 # configure [ninja targets...]: sets the build directory up, then builds the targets
 # (everything when none are given).
 configure() {
-    if [ ! -f "$BUILD_DIR/build.ninja" ]; then
-        # shellcheck disable=SC2086
-        meson setup "$BUILD_DIR" ${MESON_ARGS:-}
-    elif [ -n "${MESON_ARGS:-}" ]; then
-        # shellcheck disable=SC2086
-        meson configure "$BUILD_DIR" ${MESON_ARGS}
+    local args=() ggml_pc_path
+    # shellcheck disable=SC2206
+    [ -n "${MESON_ARGS:-}" ] && args+=(${MESON_ARGS})
+    if [ -n "${APIR_GGML_PEER_DIR:-}" ]; then
+        ggml_pc_path="$APIR_GGML_PEER_DIR/lib/pkgconfig"
+        if [ ! -f "$ggml_pc_path/ggml.pc" ]; then
+            echo "run.sh: APIR_GGML_PEER_DIR=$APIR_GGML_PEER_DIR has no lib/pkgconfig/ggml.pc" >&2
+            echo "run.sh: it must name a ggml build laid out with bin/, lib/ (and lib/pkgconfig/ggml.pc), include/" >&2
+            exit 1
+        fi
+        export PKG_CONFIG_PATH="$ggml_pc_path${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"
     fi
-    ninja -C "$BUILD_DIR" "$@"
+    # Meson reads PKG_CONFIG_PATH only when a build directory is set up: pass it as an
+    # option so that an existing directory sees it too.
+    [ -n "${PKG_CONFIG_PATH:-}" ] && args+=("-Dpkg_config_path=$PKG_CONFIG_PATH")
+    if pkg-config --exists ggml 2>/dev/null; then
+        args+=(-Dggml=enabled)
+    fi
+    # The options given last time are kept beside the build: unchanged, no reconfigure.
+    local stamp="$BUILD_DIR/run-sh-options"
+    if [ ! -f "$BUILD_DIR/build.ninja" ]; then
+        meson setup "$BUILD_DIR" "${args[@]}"
+        printf '%s\n' "${args[@]}" >"$stamp"
+    elif [ ${#args[@]} -gt 0 ] && [ "$(printf '%s\n' "${args[@]}")" != "$(cat "$stamp" 2>/dev/null)" ]; then
+        meson configure "$BUILD_DIR" "${args[@]}"
+        printf '%s\n' "${args[@]}" >"$stamp"
+    fi
+    ninja -C "$BUILD_DIR" ${JOBS:+-j "$JOBS"} "$@"
 }
 
 case "${1:-}" in
@@ -73,7 +100,8 @@ test)
     ;;
 build)
     install_deps
-    configure
+    shift
+    configure "$@"
     ;;
 *)
     echo "usage: ./run.sh demo|test|build [args]" >&2

@@ -12,7 +12,9 @@
 #pragma once
 
 #if !defined(__cplusplus) || __cplusplus < 202002L
-#error "apir needs C++20: compile with -std=c++20 (or -std=gnu++20, or later)"
+// A missing include is a fatal error: the compiler stops here, so this message is the
+// only error a consumer sees (an #error would be followed by a hundred more).
+#include "apir needs C++20: compile with -std=c++20 (Meson: cpp_std=c++20; CMake: cxx_std_20)"
 #endif
 
 #if defined(__GNUC__) || defined(__clang__)

@@ -70,6 +70,39 @@ cmake -S "$here/project" -B "$scratch/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWith
 }
 cmake --build "$scratch/build" || fail "cmake build"
 
+# The installed libggml-apir.so (ggml feature) finds the libapir.so installed beside it
+# on its own: ggml loads it by path, with no LD_LIBRARY_PATH.
+if [ -f "$lib/libggml-apir.so" ]; then
+    readelf -d "$lib/libggml-apir.so" | grep -qE 'R(UN)?PATH.*\[\$ORIGIN\]' ||
+        fail "the installed libggml-apir.so has no RUNPATH \$ORIGIN"
+    resolved=$(env -u LD_LIBRARY_PATH ldd "$lib/libggml-apir.so" | awk '/libapir\.so/ { print $3 }')
+    [ "$resolved" = "$lib/$soname" ] ||
+        fail "the installed libggml-apir.so resolves libapir.so to '$resolved', not $lib/$soname"
+    echo "consumer-cmake: the installed libggml-apir.so finds $soname beside it"
+fi
+
+# find_package(apir) for the shared library must not need libdrm's pkg-config file
+# (only the static library links libdrm): configure a consumer of apir::apir with
+# pkg-config finding nothing.
+if [ -n "$(ls "$lib"/libapir.so.* 2>/dev/null)" ]; then
+    mkdir -p "$scratch/nodrm/src" "$scratch/nodrm/empty-pc"
+    cat >"$scratch/nodrm/src/CMakeLists.txt" <<'CMAKE'
+cmake_minimum_required(VERSION 3.16)
+project(apir-no-libdrm-pc CXX)
+find_package(apir REQUIRED)
+if(NOT TARGET apir::apir)
+  message(FATAL_ERROR "find_package(apir) gave no apir::apir")
+endif()
+CMAKE
+    env -u PKG_CONFIG_PATH PKG_CONFIG_LIBDIR="$scratch/nodrm/empty-pc" \
+        cmake -S "$scratch/nodrm/src" -B "$scratch/nodrm/build" -G Ninja \
+        -DCMAKE_PREFIX_PATH="$root" >"$scratch/nodrm.log" 2>&1 || {
+        cat "$scratch/nodrm.log" >&2
+        fail "find_package(apir) without libdrm's pkg-config file"
+    }
+    echo "consumer-cmake: find_package(apir) works without libdrm's pkg-config file"
+fi
+
 for m in module-shared module-static module-static-hidden; do
     so=$scratch/build/lib$m.so
     nm -D --defined-only "$so" | awk '{ print $3 }' | sort -u >"$scratch/$m.exports"
