@@ -6,6 +6,7 @@
 #include "apir/internal/unique_handle.hpp"
 #include "apir/wire.hpp"
 
+#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <shared_mutex>
@@ -228,8 +229,18 @@ uint32_t Host::Impl::load_library_once() {
     }
     const std::string& path = it->second;
     struct stat st {};
-    if (stat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode)) {
-        failed(fmt::format("'{}' is not a regular file", path));
+    if (stat(path.c_str(), &st) != 0) {
+        const int err = errno;
+        // The path is used as it is: a bare name is not looked up on the loader's path.
+        const bool bare = path.find('/') == std::string::npos;
+        failed(err == ENOENT ? fmt::format("'{}' does not exist (no such file){}", path,
+                                           bare ? "; give the library's full path" : "")
+                             : fmt::format("'{}' cannot be read: {}", path, std::strerror(err)));
+        return code(LoadLibraryCode::cannot_open);
+    }
+    if (!S_ISREG(st.st_mode)) {
+        failed(fmt::format("'{}' is not a regular file{}", path,
+                           S_ISDIR(st.st_mode) ? " but a directory" : ""));
         return code(LoadLibraryCode::cannot_open);
     }
     Library lib(dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL));
@@ -241,9 +252,11 @@ uint32_t Host::Impl::load_library_once() {
     auto init = symbol<apir_backend_initialize_fn>(lib, APIR_BACKEND_INITIALIZE_SYMBOL);
     auto disp = symbol<apir_backend_dispatcher_fn>(lib, APIR_BACKEND_DISPATCHER_SYMBOL);
     if (!init || !disp) {
-        failed(
-            fmt::format("'{}' lacks {}", path,
-                        !init ? APIR_BACKEND_INITIALIZE_SYMBOL : APIR_BACKEND_DISPATCHER_SYMBOL));
+        failed(fmt::format("'{}' lacks {}: it is not an APIR backend library ('{}' must name "
+                           "one, e.g. ggml's libggml-virtgpu-backend.so)",
+                           path,
+                           !init ? APIR_BACKEND_INITIALIZE_SYMBOL : APIR_BACKEND_DISPATCHER_SYMBOL,
+                           config_library_path));
         return code(LoadLibraryCode::symbol_missing);
     }
     if (auto bind =
@@ -253,7 +266,12 @@ uint32_t Host::Impl::load_library_once() {
     const uint32_t r = init(ctx_id, &callbacks);
     // 0 and base+success both mean success; anything else travels as base + r.
     if (r != 0 && r != code(LoadLibraryCode::base_index)) {
-        failed(fmt::format("apir_backend_initialize returned {}", r));
+        // The guest decodes the returned code itself: the detail says what the code cannot,
+        // which library it was, so that the two read together say nothing twice.
+        options.logger.error("host: LOADLIBRARY: '{}' failed to initialize "
+                             "(apir_backend_initialize returned {})",
+                             path, r);
+        load_failure = fmt::format("'{}' failed to initialize", path);
         if (r > UINT32_MAX - code(LoadLibraryCode::base_index) - 1)
             return code(LoadLibraryCode::base_index) + 1; // keep the word non-zero
         return code(LoadLibraryCode::base_index) + r;

@@ -222,6 +222,68 @@ TEST_CASE("LOADLIBRARY answers every outcome of the reference host", "[host][loa
     }
 }
 
+// How often `part` occurs in `text`.
+static size_t occurrences(const std::string& text, std::string_view part) {
+    size_t n = 0;
+    for (size_t at = text.find(part); at != std::string::npos; at = text.find(part, at + 1))
+        ++n;
+    return n;
+}
+
+TEST_CASE("a failed LOADLIBRARY says why in words the guest's code does not already say",
+          "[host][load]") {
+    SECTION("a path that does not exist") {
+        Fixture f("/nonexistent/libnothing.so");
+        CHECK(f.load() == 4 + 1);
+        CHECK(f.h().load_library_failure() ==
+              "'/nonexistent/libnothing.so' does not exist (no such file)");
+    }
+    SECTION("a bare library name: the host does not search the loader's path") {
+        Fixture f("libapir-no-such-backend.so");
+        CHECK(f.load() == 4 + 1);
+        CHECK(f.h().load_library_failure() ==
+              "'libapir-no-such-backend.so' does not exist (no such file); give the library's "
+              "full path");
+    }
+    SECTION("a directory") {
+        Fixture f(APIR_TEST_DEMO_DIR);
+        CHECK(f.load() == 4 + 1);
+        CHECK_THAT(f.h().load_library_failure(),
+                   Catch::Contains("is not a regular file but a directory"));
+    }
+    SECTION("a library that is not an APIR backend") {
+        Fixture f(APIR_TEST_BACKEND_MISSING_SYMBOL);
+        CHECK(f.load() == 5 + 1);
+        CHECK_THAT(f.h().load_library_failure(),
+                   Catch::Contains("lacks apir_backend_dispatcher: it is not an APIR backend "
+                                   "library ('apir.load_library.path' must name one"));
+    }
+    SECTION("a failed initialize: the library in the detail, the code once") {
+        for (const char* result : {"5", "14"}) {
+            Fixture f(APIR_TEST_BACKEND_FAILING);
+            f.options.config["test.init_result"] = result;
+            std::vector<std::string> logged;
+            f.options.logger = apir::Logger(
+                [&](apir::LogLevel, std::string_view line) { logged.emplace_back(line); });
+            const uint32_t word = f.load();
+            REQUIRE(word > 1);
+            INFO("initialize returned " << result);
+            const std::string why = f.h().load_library_failure();
+            CHECK(why == fmt::format("'{}' failed to initialize", APIR_TEST_BACKEND_FAILING));
+            // What a guest whose host runs in-process reads: the decoded code's detail and
+            // the host's reason side by side. The returned value appears once.
+            const apir::Error e = apir::load_library_error(word - 1);
+            const std::string both = e.detail() + "; " + why;
+            CHECK(occurrences(both, "apir_backend_initialize returned") <= 1);
+            CHECK(occurrences(both, APIR_TEST_BACKEND_FAILING) == 1);
+            // The host's own log keeps the number next to the library.
+            REQUIRE(logged.size() == 1);
+            CHECK_THAT(logged[0], Catch::Contains(fmt::format(
+                                      "(apir_backend_initialize returned {})", result)));
+        }
+    }
+}
+
 TEST_CASE("the backend's deinit runs when the host goes away", "[host][load]") {
     void* h = dlopen(APIR_TEST_BACKEND_FAILING, RTLD_NOW);
     REQUIRE(h);

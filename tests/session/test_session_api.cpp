@@ -87,13 +87,13 @@ TEST_CASE("stats() keeps a row per FORWARD id, also past 255, up to a bound", "[
 }
 
 TEST_CASE("a failed LOADLIBRARY carries the in-process host's reason", "[session]") {
-    SECTION("not a regular file") {
+    SECTION("no such file") {
         auto c = session_with("/nonexistent/libnothing.so")->connect();
         REQUIRE_FALSE(c);
         CHECK(c.error().code() == Errc::load_cannot_open);
         CHECK(c.error().wire_code() == 4);
         CHECK_THAT(c.error().detail(),
-                   Catch::Contains("'/nonexistent/libnothing.so' is not a regular file"));
+                   Catch::Contains("'/nonexistent/libnothing.so' does not exist (no such file)"));
     }
     SECTION("dlopen fails, through AnyTransport too") {
         auto s = session_with<apir::Session<apir::AnyTransport>>(
