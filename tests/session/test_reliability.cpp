@@ -511,6 +511,7 @@ TEST_CASE("concurrent transfers keep a staging blob per thread, a single huge on
                                 failed.fetch_add(1);
                                 continue;
                             }
+                            std::this_thread::sleep_for(200us); // the transfers overlap
                             demo::fill_pattern(expect.data(), expect.size(), seed);
                             if (std::memcmp(st->bytes().data() + chunk - 4096, expect.data(),
                                             4096) != 0)
