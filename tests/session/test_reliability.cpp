@@ -438,19 +438,30 @@ TEST_CASE("a stage() that gets no blob by its deadline fails with STAGING_EXHAUS
             auto s = apir_test::open(t);
             const size_t bound = s->options().staging_blobs;
             // Each holder thread takes a blob and keeps it until told to give it back.
-            std::vector<std::promise<void>> release(bound);
+            std::vector<std::atomic<bool>> release(bound);
             std::vector<std::thread> holders;
-            std::atomic<size_t> holding{0};
+            std::atomic<size_t> holding{0}, failed{0};
+            struct Join {
+                std::vector<std::atomic<bool>>& release;
+                std::vector<std::thread>& holders;
+                ~Join() {
+                    for (auto& r : release)
+                        r = true;
+                    for (auto& h : holders)
+                        h.join();
+                }
+            } join{release, holders};
             for (size_t i = 0; i < bound; ++i) {
-                holders.emplace_back([&, done = release[i].get_future()]() mutable {
+                holders.emplace_back([&, i] {
                     auto st = s->stage(4096);
-                    REQUIRE(st);
-                    holding.fetch_add(1);
-                    done.wait();
+                    (st ? holding : failed).fetch_add(1);
+                    while (!release[i].load())
+                        std::this_thread::sleep_for(1ms);
                 });
             }
-            while (holding.load() < bound)
+            while (holding.load() + failed.load() < bound)
                 std::this_thread::sleep_for(1ms);
+            REQUIRE(failed.load() == 0);
 
             auto late = s->stage(4096, apir::Deadline::after(20ms));
             REQUIRE_FALSE(late);
@@ -460,17 +471,13 @@ TEST_CASE("a stage() that gets no blob by its deadline fails with STAGING_EXHAUS
                                       [&] { return s->stage(4096, apir::Deadline::after(60s)); });
             // It waits (it used to fail at once)...
             CHECK(waiting.wait_for(50ms) == std::future_status::timeout);
-            release[0].set_value();
+            release[0] = true;
             // ...and gets the blob given back.
             REQUIRE(waiting.wait_for(30s) == std::future_status::ready);
             auto got = waiting.get();
             INFO((got ? std::string("ok") : got.error().message()));
             CHECK(got);
             got = apir::Unexpected{apir::Error(Errc::invalid_argument)};
-            for (size_t i = 1; i < bound; ++i)
-                release[i].set_value();
-            for (auto& th : holders)
-                th.join();
             CHECK(s->staging_creates() == bound);
         }
     }
