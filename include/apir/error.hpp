@@ -224,7 +224,8 @@ struct ErrcInfo {
                 "the host has not answered the calls that timed out before: retry later"};
     case Errc::staging_exhausted:
         return {"STAGING_EXHAUSTED", C::exhausted,
-                "every staging blob of the session is held: release one first"};
+                "every staging blob the session may lend stayed held: hold fewer, or raise "
+                "staging_blobs"};
     case Errc::ggml_unknown_handle:
         return {"GGML_UNKNOWN_HANDLE", C::invalid_argument,
                 "handle not received from this device, or already freed"};

@@ -46,11 +46,16 @@ struct SessionOptions {
     bool time_calls = false;
     /// Cap on what one reply may make the guest allocate (strings, vectors).
     size_t max_reply_alloc = reply_page_size;
-    /// Staging blobs held at once (stage()); one more fails with STAGING_EXHAUSTED.
+    /// Staging blobs lent at once to threads that hold none (at most 1024): past it,
+    /// stage() waits its turn. A thread that already holds one gets another at once,
+    /// up to twice this many in all (see Session::stage).
     size_t staging_blobs = 4;
-    /// Bytes of staging blobs the session keeps for reuse: a blob given back while the
-    /// session holds more is released, so one large transfer does not keep its memory.
+    /// Bytes of free staging blobs the session keeps for reuse: a blob given back
+    /// while the free ones add up to more is released, so one large transfer does not
+    /// keep its memory (blobs lent to other threads do not count).
     size_t staging_retain_bytes = size_t{64} << 20;
+    /// How long stage() without a deadline waits for a blob other threads hold.
+    std::chrono::nanoseconds staging_timeout = std::chrono::seconds(60);
     Logger logger;
 };
 
@@ -201,21 +206,32 @@ public:
     }
 
     /// A reused shared-memory blob of at least n bytes to fill in place (zero-copy),
-    /// lent until the Staging is destroyed. Up to SessionOptions::staging_blobs may be
-    /// held at once (ggml's copy paths hold two); one more fails at once with
-    /// STAGING_EXHAUSTED, it never waits.
-    [[nodiscard]] Expected<Staging> stage(size_t n) {
+    /// lent until the Staging is destroyed. SessionOptions::staging_blobs are lent at
+    /// once to threads that hold none; past that, stage() waits its turn (first come,
+    /// first served) until `deadline`, then fails with STAGING_EXHAUSTED. A thread
+    /// that already holds one (ggml's copy paths hold two) never waits: it gets
+    /// another at once, up to twice staging_blobs in all, else STAGING_EXHAUSTED at
+    /// once. A Staging moved to another thread still counts as its first holder's.
+    [[nodiscard]] Expected<Staging> stage(size_t n, Deadline deadline) {
         auto lent = staging_.lend(
-            n, [](void* t, size_t size) { return static_cast<T*>(t)->create_shmem(size); },
+            n, deadline, options_.wait.time(),
+            [](void* t, size_t size) { return static_cast<T*>(t)->create_shmem(size); },
             &transport_);
         if (!lent) return Unexpected{std::move(lent).error()};
         return Staging(&staging_, lent->index, lent->res_id, lent->bytes);
     }
+    /// The same, waiting at most SessionOptions::staging_timeout.
+    [[nodiscard]] Expected<Staging> stage(size_t n) {
+        return stage(n, after(options_.staging_timeout));
+    }
     /// Copies data into a staging blob.
-    [[nodiscard]] Expected<Staging> stage(Bytes data) {
-        auto s = stage(data.size());
+    [[nodiscard]] Expected<Staging> stage(Bytes data, Deadline deadline) {
+        auto s = stage(data.size(), deadline);
         if (s && !data.empty()) std::memcpy(s->bytes().data(), data.data(), data.size());
         return s;
+    }
+    [[nodiscard]] Expected<Staging> stage(Bytes data) {
+        return stage(data, after(options_.staging_timeout));
     }
 
     [[nodiscard]] T& transport() noexcept {
@@ -230,7 +246,7 @@ public:
     }
     /// How many times a staging blob was created (or re-created larger).
     [[nodiscard]] uint64_t staging_creates() const noexcept {
-        return staging_.creates.load(std::memory_order_relaxed);
+        return staging_.creates();
     }
 
     /// Counters of every command called so far.
@@ -282,6 +298,11 @@ private:
             release(*ch);
             return Unexpected{e.status().error()};
         }
+        // Bytes of an earlier reply are never decoded as this one's (see mark_unwritten).
+        constexpr size_t extent = detail::reply_extent<typename C::response>();
+        uint32_t pattern = 0;
+        if constexpr (extent != 0)
+            pattern = detail::mark_unwritten(c, reply_payload(c.page), extent);
         reset_notification(c.page);
         if (auto s = transport_.submit(e.written(), deadline); !s) {
             release(*ch);
@@ -300,7 +321,15 @@ private:
             out = Unexpected{explain<C>(std::move(ok).error())};
         } else {
             Decoder d(reply_payload(c.page), options_.max_reply_alloc);
-            if (!d.get_into(*out)) out = Unexpected{d.status().error()};
+            const bool decoded = d.get_into(*out);
+            Expected<void> written;
+            if constexpr (extent != 0)
+                written =
+                    detail::check_written(reply_payload(c.page), d.consumed(), decoded, pattern);
+            if (!written)
+                out = Unexpected{std::move(written).error()};
+            else if (!decoded)
+                out = Unexpected{d.status().error()};
         }
         release(*ch);
         return out;

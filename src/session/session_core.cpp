@@ -1,5 +1,6 @@
 // What Session<T> does that does not depend on T: channels, staging, counters.
 #include "apir/detail/session_core.hpp"
+#include "apir/internal/futex.hpp"
 #include "apir/reply_page.hpp"
 
 #include <algorithm>
@@ -12,72 +13,208 @@ namespace apir::detail {
 
 // --- StagingPool
 
-StagingPool::StagingPool(size_t capacity, size_t retain_bytes) : retain(retain_bytes) {
-    entries.reserve(capacity);
+namespace {
+// A bound past which reserving the entries would be absurd (2 x this many entries).
+constexpr size_t max_staging_bound = 1024;
+} // namespace
+
+StagingPool::StagingPool(size_t bound, size_t retain_bytes)
+    : bound_(std::min(bound, max_staging_bound)), retain_(retain_bytes) {
+    entries_.reserve(2 * bound_);
+}
+
+// The entry to lend for n bytes: the smallest free blob that fits, else a free entry
+// without a blob, else the smallest free blob (too small: replaced), else a new entry
+// (entries_.size()). There is always one: fewer than 2 x bound_ are held.
+size_t StagingPool::pick(size_t n) const noexcept {
+    constexpr size_t none = ~size_t{0};
+    size_t fit = none, empty = none, small = none;
+    for (size_t i = 0; i < entries_.size(); ++i) {
+        const Entry& e = entries_[i];
+        if (e.held) continue;
+        if (!e.blob) {
+            if (empty == none) empty = i;
+        } else if (e.blob.size() >= n) {
+            if (fit == none || e.blob.size() < entries_[fit].blob.size()) fit = i;
+        } else if (small == none || e.blob.size() < entries_[small].blob.size()) {
+            small = i;
+        }
+    }
+    if (fit != none) return fit;
+    if (empty != none) return empty;
+    if (entries_.size() < entries_.capacity()) return entries_.size();
+    return small;
+}
+
+void StagingPool::dequeue(Waiter& w) noexcept {
+    Waiter* prev = nullptr;
+    for (Waiter* x = head_; x; prev = x, x = x->next) {
+        if (x != &w) continue;
+        (prev ? prev->next : head_) = w.next;
+        if (tail_ == &w) tail_ = prev;
+        return;
+    }
+}
+
+// Under mu_: something a waiter waits for changed (a blob came back, the first in
+// line left). Waiters look again.
+void StagingPool::wake_locked() noexcept {
+    turn_.fetch_add(1, std::memory_order_release);
+    if (sleepers_.load(std::memory_order_acquire) != 0) futex_wake_all(&turn_);
+}
+
+Expected<StagingPool::Lent> StagingPool::lend(size_t n, Deadline deadline, const WaitClock& clock,
+                                              Create create, void* ctx) {
+    constexpr size_t min_size = size_t{1} << 20;
+    const auto me = std::this_thread::get_id();
+    std::unique_lock lk(mu_);
+    const auto mine =
+        static_cast<size_t>(std::count_if(entries_.begin(), entries_.end(), [&](const Entry& e) {
+            return e.held && e.holder == me;
+        }));
+    if (bound_ == 0) return fail(Errc::staging_exhausted, "SessionOptions::staging_blobs is 0");
+    if (mine > 0) {
+        // Never waits: the holders of the other blobs may be waiting for this one's.
+        if (held_ >= 2 * bound_)
+            return fail(Errc::staging_exhausted,
+                        fmt::format("this thread holds {} of the {} staging blobs lent (at most "
+                                    "twice SessionOptions::staging_blobs, {}); a thread that "
+                                    "holds one does not wait for another",
+                                    mine, held_, bound_));
+    } else if (head_ || held_ >= bound_) {
+        // Wait in line until first and a blob is free, or the deadline.
+        Waiter w;
+        (tail_ ? tail_->next : head_) = &w;
+        tail_ = &w;
+        while (head_ != &w || held_ >= bound_) {
+            const auto now = clock.now();
+            if (deadline.expired(now)) {
+                const bool first = head_ == &w;
+                dequeue(w);
+                if (first) wake_locked(); // the next in line may be served
+                return fail(Errc::staging_exhausted,
+                            fmt::format("{} staging blobs (SessionOptions::staging_blobs) were "
+                                        "held by other threads until the deadline",
+                                        held_));
+            }
+            const uint32_t seen = turn_.load(std::memory_order_acquire);
+            sleepers_.fetch_add(1, std::memory_order_acq_rel);
+            lk.unlock();
+            auto left = std::chrono::nanoseconds(std::chrono::milliseconds(100));
+            if (!deadline.is_never()) left = std::min(left, deadline.time() - now);
+            clock.block(reinterpret_cast<const uint32_t*>(&turn_), seen, left);
+            lk.lock();
+            sleepers_.fetch_sub(1, std::memory_order_acq_rel);
+        }
+        dequeue(w);
+        if (head_ && held_ + 1 < bound_) wake_locked(); // room for the next in line too
+    }
+    const size_t i = pick(n);
+    if (i == entries_.size()) entries_.emplace_back(); // within the reserved capacity
+    Entry& e = entries_[i];
+    e.held = true;
+    e.holder = me;
+    ++held_;
+    if (e.blob && e.blob.size() >= n) return Lent{i, e.blob.res_id(), e.blob.bytes().first(n)};
+    // A new blob, made outside the lock (creating and pre-faulting 24 MiB takes
+    // milliseconds, while other threads give blobs back).
+    Shmem old = std::move(e.blob); // too small: replaced
+    lk.unlock();
+    old.reset();
+    auto blob = create(ctx, std::max(n, min_size));
+    if (blob) prefault(blob->bytes());
+    lk.lock();
+    if (!blob) {
+        e.held = false;
+        e.tainted = false;
+        --held_;
+        if (head_) wake_locked();
+        return Unexpected{std::move(blob).error()};
+    }
+    e.blob = std::move(*blob);
+    creates_.fetch_add(1, std::memory_order_relaxed);
+    return Lent{i, e.blob.res_id(), e.blob.bytes().first(n)};
 }
 
 void StagingPool::give_back(size_t i) noexcept {
     Shmem doomed; // released outside the lock
-    std::lock_guard lk(mu);
-    Entry& e = entries[i];
+    std::lock_guard lk(mu_);
+    Entry& e = entries_[i];
     e.held = false;
-    size_t kept = 0;
-    for (const auto& x : entries)
-        kept += x.blob.size();
-    // Tainted: the host may still write it. Past the retention bound: large transfers
-    // do not keep their memory for the life of the session.
-    if (e.tainted || kept > retain) {
+    --held_;
+    size_t free_bytes = 0;
+    for (const auto& x : entries_)
+        if (!x.held) free_bytes += x.blob.size();
+    // Tainted: the host may still write it. Past the retention bound: the free blobs
+    // (not those lent to other threads) keep at most retain_ bytes, so a large
+    // transfer does not keep its memory, while concurrent transfers keep theirs.
+    if (e.tainted || free_bytes > retain_) {
         doomed = std::move(e.blob);
         e.tainted = false;
     }
+    if (head_) wake_locked();
 }
 
 void StagingPool::taint_held() noexcept {
-    std::lock_guard lk(mu);
-    for (auto& e : entries)
+    std::lock_guard lk(mu_);
+    for (auto& e : entries_)
         if (e.held) e.tainted = true;
 }
 
 size_t StagingPool::held() {
-    std::lock_guard lk(mu);
-    return static_cast<size_t>(
-        std::count_if(entries.begin(), entries.end(), [](const Entry& e) { return e.held; }));
+    std::lock_guard lk(mu_);
+    return held_;
 }
 
-Expected<StagingPool::Lent> StagingPool::lend(size_t n, Create create, void* ctx) {
-    constexpr size_t min_size = size_t{1} << 20;
-    std::lock_guard lk(mu);
-    constexpr size_t none = ~size_t{0};
-    size_t fit = none, spare = none; // the smallest free blob that fits, a free slot
-    for (size_t i = 0; i < entries.size(); ++i) {
-        const auto& e = entries[i];
-        if (e.held) continue;
-        if (e.blob && e.blob.size() >= n) {
-            if (fit == none || e.blob.size() < entries[fit].blob.size()) fit = i;
-        } else if (spare == none) {
-            spare = i;
-        }
+// --- Short replies
+
+uint32_t mark_unwritten(Channel& c, std::span<std::byte> payload, size_t extent) noexcept {
+    // A word unlikely to be written by a host: it changes on every call (a mix of the
+    // channel and its call count), and every byte has its top bit set, so it is not a
+    // bool, a small count or an enum, nor ASCII, and a size prefix made of it is over
+    // 2^63 (refused).
+    uint64_t x = (uint64_t{c.index} << 32 | ++c.calls) + 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    const uint32_t pattern = static_cast<uint32_t>(x) | 0x80808080U;
+    const size_t words = std::min(extent, payload.size()) / 4;
+    std::byte* p = payload.data();
+    for (size_t i = 0; i < words; ++i)
+        std::memcpy(p + 4 * i, &pattern, 4);
+    return pattern;
+}
+
+Expected<void> check_written(std::span<const std::byte> payload, size_t consumed, bool decoded,
+                             uint32_t pattern) {
+    auto word_at = [&](size_t off) {
+        uint32_t w;
+        std::memcpy(&w, payload.data() + off, 4);
+        return w;
+    };
+    if (!decoded) {
+        // The decode failed already; say why when the host wrote none of the reply.
+        const size_t look = std::min<size_t>(payload.size() / 4, 2);
+        for (size_t i = 0; i < look; ++i)
+            if (word_at(4 * i) != pattern) return {};
+        if (look == 0) return {};
+        return fail(Errc::decode_overrun,
+                    "the host wrote no reply payload (a short reply; its return code said "
+                    "success)");
     }
-    if (fit == none) {
-        if (spare == none) {
-            if (entries.size() >= entries.capacity())
-                return fail(Errc::staging_exhausted,
-                            fmt::format("{} staging blobs are held", entries.size()));
-            entries.emplace_back();
-            spare = entries.size() - 1;
-        }
-        auto& e = entries[spare];
-        e.blob.reset(); // too small: replaced
-        auto blob = create(ctx, std::max(n, min_size));
-        if (!blob) return Unexpected{std::move(blob).error()};
-        e.blob = std::move(*blob);
-        prefault(e.blob.bytes());
-        creates.fetch_add(1, std::memory_order_relaxed);
-        fit = spare;
-    }
-    auto& e = entries[fit];
-    e.held = true;
-    return Lent{fit, e.blob.res_id(), e.blob.bytes().first(n)};
+    if (consumed < 4 || consumed > payload.size()) return {};
+    // The last 8 bytes read (4 for a 4-byte reply) must have been written by the host.
+    const size_t check = consumed >= 8 ? 8 : 4;
+    for (size_t off = consumed - check; off < consumed; off += 4)
+        if (word_at(off) != pattern) return {};
+    size_t from = consumed - check;
+    while (from >= 4 && word_at(from - 4) == pattern)
+        from -= 4;
+    return fail(Errc::decode_overrun,
+                fmt::format("the host wrote {} (a short reply): bytes {} to {} of the {}-byte "
+                            "reply were not written",
+                            from == 0 ? "no reply payload" : "only part of the reply", from,
+                            consumed, consumed));
 }
 
 void prefault(std::span<std::byte> bytes) noexcept {

@@ -4,6 +4,7 @@
 //   1  report a reply end past the reply region (nothing is written there)
 //   2  report a reply end before the reply region
 //   3  write a reply filling the region to its last byte, and report it exactly
+//   4  answer with the payload's own bytes (a reply exactly as long as the request)
 #include <apir/backend_abi.h>
 
 #include <cstdint>
@@ -43,6 +44,13 @@ APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t, virgl_apir_callbac
         std::memset(enc_cur, 0x5a, static_cast<size_t>(enc_end - enc_cur));
         *enc_cur_after = const_cast<char*>(enc_end);
         return 0;
+    case 4: {
+        const size_t n = static_cast<size_t>(dec_end - dec_cur);
+        if (n > static_cast<size_t>(enc_end - enc_cur)) return 1;
+        if (n) std::memcpy(enc_cur, dec_cur, n);
+        *enc_cur_after = enc_cur + n;
+        return 0;
+    }
     default:
         return APIR_FORWARD_INVALID_INDEX;
     }

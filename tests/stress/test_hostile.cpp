@@ -10,9 +10,11 @@
 
 #include "demo_protocol.hpp"
 
+#include <array>
 #include <cstring>
 #include <map>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -109,7 +111,88 @@ struct OptionalReply {
 };
 using AskOptional = apir::Forward<0, apir::Empty, OptionalReply>;
 
+// The misbehaving backend's command 4 answers with the request's bytes (a reply as
+// long as the request); its command 0 with a code of 0 answers success and writes no
+// reply at all.
+struct Triple {
+    uint64_t a = 0;
+    uint32_t b = 0;
+    uint32_t c = 0;
+    static constexpr auto wire_fields = apir::fields(&Triple::a, &Triple::b, &Triple::c);
+};
+struct Single {
+    uint64_t a = 0;
+    static constexpr auto wire_fields = apir::fields(&Single::a);
+};
+struct Text {
+    std::string text;
+    static constexpr auto wire_fields = apir::fields(&Text::text);
+};
+struct Flag {
+    bool on = false;
+    static constexpr auto wire_fields = apir::fields(&Flag::on);
+};
+template <class Reply>
+using Silent = apir::Forward<0, demo::FailRequest, Reply>;
+template <class Request, class Reply = Request>
+using Mirror = apir::Forward<4, Request, Reply>;
+
+static_assert(apir::detail::reply_extent<Triple>() == 16);
+static_assert(apir::detail::reply_extent<Flag>() == 4);
+static_assert(apir::detail::reply_extent<OptionalReply>() == 16);
+static_assert(apir::detail::reply_extent<std::array<uint8_t, 5>>() == 8);
+static_assert(apir::detail::reply_extent<Text>() == apir::detail::unbounded_reply);
+static_assert(apir::detail::reply_extent<apir::Empty>() == 0);
+
 } // namespace
+
+TEST_CASE("a reply the host did not write is never decoded from an earlier reply's bytes",
+          "[hostile][guest]") {
+    for (auto& t : apir_test::test_transports()) {
+        DYNAMIC_SECTION(t.name) {
+            apir_test::TransportSetup ts;
+            ts.host.config[std::string(apir::config_library_path)] = APIR_TEST_BACKEND_MISBEHAVING;
+            ts.host.logger = apir::Logger(nullptr);
+            apir::Session s(t.make(std::move(ts)), quiet());
+            REQUIRE(s.connect());
+            auto shows_short = [](const auto& r) {
+                INFO((r ? std::string("decoded a value") : r.error().message()));
+                REQUIRE_FALSE(r);
+                CHECK(r.error() == Errc::decode_overrun);
+                CHECK(r.error().message().find("short reply") != std::string::npos);
+            };
+            // Each silent call follows one whose reply the host wrote in full on the
+            // same page; it used to decode that reply's bytes as its own.
+            auto full = s.call<Mirror<Triple>>(Triple{7, 8, 9});
+            REQUIRE(full);
+            CHECK((full->a == 7 && full->b == 8 && full->c == 9));
+            shows_short(s.call<Silent<Triple>>(demo::FailRequest{0}));
+
+            auto text = s.call<Mirror<Text>>(Text{"an earlier reply"});
+            REQUIRE(text);
+            CHECK(text->text == "an earlier reply");
+            shows_short(s.call<Silent<Text>>(demo::FailRequest{0}));
+
+            auto on = s.call<Mirror<Flag>>(Flag{true});
+            REQUIRE(on);
+            CHECK(on->on);
+            shows_short(s.call<Silent<Flag>>(demo::FailRequest{0}));
+
+            // The host writes 8 of the reply's 16 bytes: the rest is not taken from
+            // the earlier reply either.
+            REQUIRE(s.call<Mirror<Triple>>(Triple{1, 2, 3}));
+            shows_short(s.call<Mirror<Single, Triple>>(Single{5}));
+
+            // Replies written in full still decode, whatever came before.
+            auto again = s.call<Mirror<Triple>>(Triple{4, 5, 6});
+            REQUIRE(again);
+            CHECK((again->a == 4 && again->b == 5 && again->c == 6));
+            auto empty_text = s.call<Mirror<Text>>(Text{""});
+            REQUIRE(empty_text);
+            CHECK(empty_text->text.empty());
+        }
+    }
+}
 
 TEST_CASE("a hostile host's malformed replies end in named decode errors", "[hostile][guest]") {
     ScriptedHost host;

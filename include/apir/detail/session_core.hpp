@@ -7,6 +7,7 @@
 #include "apir/export.hpp"
 #include "apir/protocol.hpp"
 #include "apir/transport.hpp"
+#include "apir/wire.hpp"
 
 #include <array>
 #include <atomic>
@@ -15,6 +16,11 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <span>
+#include <thread>
+#include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace apir {
@@ -39,34 +45,68 @@ struct CommandStats {
 
 namespace detail {
 
-/// The staging blobs of one session: at most `capacity`, reused, each lent to one
-/// Staging at a time. Entries never move (the vector is reserved up front). Blobs
-/// given back while the pool holds more than `retain` bytes are released.
-struct APIR_EXPORT StagingPool {
-    struct Entry {
-        Shmem blob;
-        bool held = false;
-        bool tainted = false; // named by a call that timed out: never lent again
-    };
-    StagingPool(size_t capacity, size_t retain_bytes);
-    void give_back(size_t i) noexcept;
-    /// The host may still write a blob held during a call that timed out.
-    void taint_held() noexcept;
-    [[nodiscard]] size_t held();
-    /// Lends a blob of at least n bytes: the smallest free one that fits, or a new one
-    /// from create(ctx, n) (pre-faulted). STAGING_EXHAUSTED when all are held.
+/// The staging blobs of one session, reused, each lent to one Staging at a time.
+///
+/// At most `bound` blobs are lent to callers that hold none: past it a caller waits
+/// its turn (first come, first served) until its deadline, then STAGING_EXHAUSTED. A
+/// thread that already holds one never waits (waiting while holding could deadlock
+/// with the other holders): it gets another at once, beyond the bound, up to 2 x bound
+/// in all, else STAGING_EXHAUSTED at once. Since a first blob is lent only below the
+/// bound, at most `bound` threads hold blobs, so every one of them can hold two
+/// (ggml's copy paths). Free blobs are kept while they add up to at most `retain`
+/// bytes; a blob given back past that is released. Entries never move (the vector is
+/// reserved up front); new blobs are made outside the lock.
+class APIR_EXPORT StagingPool {
+public:
+    StagingPool(size_t bound, size_t retain_bytes);
+    StagingPool(const StagingPool&) = delete;
+    StagingPool& operator=(const StagingPool&) = delete;
+
     using Create = Expected<Shmem> (*)(void* ctx, size_t n);
     struct Lent {
         size_t index;
         uint32_t res_id;
         std::span<std::byte> bytes;
     };
-    Expected<Lent> lend(size_t n, Create create, void* ctx);
+    /// Lends a blob of at least n bytes: the smallest free one that fits, or a new one
+    /// from create(ctx, n) (pre-faulted). Waits on `clock` until `deadline` when
+    /// `bound` blobs are lent and this thread holds none.
+    Expected<Lent> lend(size_t n, Deadline deadline, const WaitClock& clock, Create create,
+                        void* ctx);
+    void give_back(size_t i) noexcept;
+    /// The host may still write a blob held during a call that timed out.
+    void taint_held() noexcept;
+    [[nodiscard]] size_t held();
+    /// How many times a blob was created (or re-created larger).
+    [[nodiscard]] uint64_t creates() const noexcept {
+        return creates_.load(std::memory_order_relaxed);
+    }
 
-    std::mutex mu;
-    std::vector<Entry> entries;
-    size_t retain;
-    std::atomic<uint64_t> creates{0};
+private:
+    struct Entry {
+        Shmem blob;
+        std::thread::id holder; // the thread it was lent to
+        bool held = false;
+        bool tainted = false; // named by a call that timed out: never lent again
+    };
+    // A caller waiting its turn: a node of a FIFO list on the caller's stack.
+    struct Waiter {
+        Waiter* next = nullptr;
+    };
+    size_t pick(size_t n) const noexcept;
+    void dequeue(Waiter& w) noexcept;
+    void wake_locked() noexcept;
+
+    std::mutex mu_;
+    std::vector<Entry> entries_; // under mu_, like everything below but the atomics
+    size_t bound_;
+    size_t retain_;
+    size_t held_ = 0;
+    Waiter* head_ = nullptr;
+    Waiter* tail_ = nullptr;
+    std::atomic<uint32_t> turn_{0};     // futex word: bumped when a waiter may proceed
+    std::atomic<uint32_t> sleepers_{0}; // callers blocked on turn_
+    std::atomic<uint64_t> creates_{0};
 };
 
 /// A reply page and a command buffer: what one in-flight call needs.
@@ -75,7 +115,77 @@ struct Channel {
     std::unique_ptr<std::byte[]> cmd;
     std::atomic<uint32_t> next{0}; // the free list's link: index + 1, 0 = end
     uint32_t index = 0;
+    uint32_t calls = 0; // calls made on it (by its caller of the moment): the fill pattern
 };
+
+// Short replies. A reply carries no length: the guest cannot see how many bytes the
+// host wrote. So before each call the session fills the bytes the reply can be decoded
+// from (the reply type's largest encoding, or the whole page for strings and vectors)
+// with a word that changes on every call; a reply the host wrote no bytes of, or whose
+// last 8 bytes (4 for a 4-byte reply) it did not write, still ends in that word and
+// fails with DECODE_OVERRUN, never decoding another call's bytes.
+
+inline constexpr size_t unbounded_reply = ~size_t{0};
+
+template <class T>
+struct is_std_array : std::false_type {};
+template <class T, size_t N>
+struct is_std_array<std::array<T, N>> : std::true_type {
+    using element = T;
+    static constexpr size_t size = N;
+};
+template <class T>
+struct is_std_optional : std::false_type {};
+template <class T>
+struct is_std_optional<std::optional<T>> : std::true_type {
+    using element = T;
+};
+
+constexpr size_t add_extent(size_t a, size_t b) {
+    return a == unbounded_reply || b == unbounded_reply || a > unbounded_reply - b ? unbounded_reply
+                                                                                   : a + b;
+}
+
+/// The most bytes a decode of T reads, for the built-in wire types; unbounded_reply
+/// for strings, vectors, blobs and types with wire_traits of their own.
+template <class T>
+constexpr size_t reply_extent() {
+    if constexpr (is_scalar_wire_v<T>) {
+        return wire_traits<T>::wire_size;
+    } else if constexpr (is_std_array<T>::value) {
+        using E = typename is_std_array<T>::element;
+        constexpr size_t n = is_std_array<T>::size;
+        if constexpr (is_byte_like_v<E>) {
+            return wire_align(n);
+        } else {
+            constexpr size_t e = reply_extent<E>();
+            return e == unbounded_reply || (e && n > unbounded_reply / e) ? unbounded_reply : n * e;
+        }
+    } else if constexpr (is_std_optional<T>::value) {
+        return add_extent(8, reply_extent<typename is_std_optional<T>::element>());
+    } else if constexpr (WireStruct<T>) {
+        return std::apply(
+            [](auto... m) {
+                size_t total = 0;
+                ((total =
+                      add_extent(total, reply_extent<typename member_type<decltype(m)>::type>())),
+                 ...);
+                return total;
+            },
+            T::wire_fields.members);
+    } else {
+        return unbounded_reply;
+    }
+}
+
+/// Fills the first `extent` bytes of the reply payload (at most all of it) with a word
+/// new to this call, and returns it.
+APIR_EXPORT uint32_t mark_unwritten(Channel& c, std::span<std::byte> payload,
+                                    size_t extent) noexcept;
+/// After the decode of a reply that consumed `consumed` bytes (`decoded`: without an
+/// error): DECODE_OVERRUN if the reply ends in bytes the host did not write.
+APIR_EXPORT Expected<void> check_written(std::span<const std::byte> payload, size_t consumed,
+                                         bool decoded, uint32_t pattern);
 
 /// The channels of one session. Free channels are a lock-free stack (a call takes and
 /// gives back one without a lock); channels whose call timed out are kept aside until
