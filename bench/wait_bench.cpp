@@ -59,7 +59,8 @@ struct Host {
             // interrupt with the waiter's sleep, and so wake both at once).
             if (work > microseconds(600)) std::this_thread::sleep_until(until - microseconds(300));
             auto now = Clock::now();
-            while (now < until) now = Clock::now();
+            while (now < until)
+                now = Clock::now();
             stored_at.store(duration_cast<nanoseconds>(now.time_since_epoch()).count());
             apir::notify_reply(page, 0, sleepers);
         }
@@ -81,9 +82,8 @@ Line measure(bool loopback, nanoseconds work, int calls) {
     host.sleepers = loopback ? &sleepers : nullptr;
     host.work = work;
     host.thread = std::thread([&] { host.run(); });
-    const apir::WaitHooks hooks =
-        loopback ? apir::WaitHooks{&sleepers, &alive, &budget, nullptr}
-                 : apir::WaitHooks{nullptr, &alive, &budget, nullptr};
+    const apir::WaitHooks hooks = loopback ? apir::WaitHooks{&sleepers, &alive, &budget, nullptr}
+                                           : apir::WaitHooks{nullptr, &alive, &budget, nullptr};
     Line line;
     int64_t cpu = 0, wall = 0;
     for (int i = 0; i < calls; ++i) {
@@ -133,8 +133,10 @@ double pct(const std::vector<double>& v, double p) {
 int main(int argc, char** argv) {
     bool quick = false, json = false;
     for (int i = 1; i < argc; ++i) {
-        if (!std::strcmp(argv[i], "--quick")) quick = true;
-        else if (!std::strcmp(argv[i], "--json")) json = true;
+        if (!std::strcmp(argv[i], "--quick"))
+            quick = true;
+        else if (!std::strcmp(argv[i], "--json"))
+            json = true;
     }
     struct Case {
         nanoseconds work;

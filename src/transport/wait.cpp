@@ -67,16 +67,14 @@ nanoseconds PollPlan::next(nanoseconds waited, nanoseconds cpu_now) noexcept {
     const uint32_t div = std::max<uint32_t>(policy.sleep_divisor, 1);
     // As long as lateness allows: a share of the time waited so far.
     auto s = std::clamp<nanoseconds>(waited / div, lo, hi);
-    if (cpu_start >= nanoseconds::zero() && cpu_now >= nanoseconds::zero() &&
-        policy.poll_cpu > 0) {
+    if (cpu_start >= nanoseconds::zero() && cpu_now >= nanoseconds::zero() && policy.poll_cpu > 0) {
         const auto used = spun + (cpu_now - cpu_start);
         if (last_cpu >= nanoseconds::zero()) last_cost = cpu_now - last_cpu;
         last_cpu = cpu_now;
         // The shortest sleep after which (CPU so far + the next poll's cost) is within
         // the share: used + cost <= poll_cpu * (waited + s) + grace.
-        const double need =
-            double((used + last_cost - poll_cpu_grace).count()) / policy.poll_cpu -
-            double(waited.count());
+        const double need = double((used + last_cost - poll_cpu_grace).count()) / policy.poll_cpu -
+                            double(waited.count());
         if (need > double(s.count()))
             s = std::min(nanoseconds(int64_t(std::min(need, 1e15))), 4 * hi);
     }

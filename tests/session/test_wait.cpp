@@ -85,8 +85,7 @@ TEST_CASE("a polled reply is noticed within max(20 µs, 2 % of the call)", "[wai
     }
 }
 
-TEST_CASE("polls that cost CPU sleep longer: the wait stays within 10 % of a CPU",
-          "[wait]") {
+TEST_CASE("polls that cost CPU sleep longer: the wait stays within 10 % of a CPU", "[wait]") {
     alignas(64) std::array<std::byte, 64> page{};
     // 30 µs of CPU per wake-up (a loaded virtual machine: 15-20 µs measured).
     for (nanoseconds took : {nanoseconds(2ms), nanoseconds(5ms), nanoseconds(50ms)}) {
@@ -111,7 +110,8 @@ TEST_CASE("the polling wait sleeps with a 1 µs timer slack and restores the thr
     auto w = poll_wait(clock, page, 300us);
     REQUIRE(w.result);
     REQUIRE_FALSE(clock.slack_seen().empty());
-    for (int s : clock.slack_seen()) CHECK(s == 1000);
+    for (int s : clock.slack_seen())
+        CHECK(s == 1000);
     CHECK(prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0) == before);
     SECTION("and after a timeout") {
         alignas(64) std::array<std::byte, 64> never{};
@@ -133,5 +133,6 @@ TEST_CASE("a CPU-bound poll sleep is still cut to the deadline", "[wait]") {
     CHECK(w.result.error() == apir::Errc::timeout);
     CHECK(clock.now() >= deadline.time());
     CHECK(clock.now() - deadline.time() <= 1us);
-    for (auto s : clock.sleeps()) CHECK(s <= 2500us);
+    for (auto s : clock.sleeps())
+        CHECK(s <= 2500us);
 }

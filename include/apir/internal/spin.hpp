@@ -59,10 +59,10 @@ inline constexpr std::chrono::microseconds poll_cpu_grace{50};
 /// wait (the spin, counted as CPU, plus the polls) would pass poll_cpu of its time.
 struct PollPlan {
     const WaitPolicy& policy;
-    std::chrono::nanoseconds spun{0};        ///< the spin before the polls (all CPU)
-    std::chrono::nanoseconds cpu_start{-1};  ///< the thread's CPU time then (<0 unknown)
-    std::chrono::nanoseconds last_cpu{-1};   ///< at the previous poll
-    std::chrono::nanoseconds last_cost{0};   ///< the CPU the previous poll cost
+    std::chrono::nanoseconds spun{0};       ///< the spin before the polls (all CPU)
+    std::chrono::nanoseconds cpu_start{-1}; ///< the thread's CPU time then (<0 unknown)
+    std::chrono::nanoseconds last_cpu{-1};  ///< at the previous poll
+    std::chrono::nanoseconds last_cost{0};  ///< the CPU the previous poll cost
     /// The next sleep, `waited` into the wait, the thread's CPU time being cpu_now.
     [[nodiscard]] std::chrono::nanoseconds next(std::chrono::nanoseconds waited,
                                                 std::chrono::nanoseconds cpu_now) noexcept;
