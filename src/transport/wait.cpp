@@ -236,8 +236,12 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
 
     // Phase 2: block (futex), or poll a host that cannot wake us (DRM): each sleep a
     // share of the time waited so far, longer when the polls cost too much CPU.
-    const auto spun_for = duration_cast<nanoseconds>(clock.now() - start);
-    detail::PollPlan poll{policy, spun_for, clock.cpu_time()};
+    // (Only a polling wait reads the CPU time: a blocking one needs no budget.)
+    detail::PollPlan poll{policy};
+    if (!hooks.sleepers) {
+        poll.spun = duration_cast<nanoseconds>(clock.now() - start);
+        poll.cpu_start = poll.last_cpu = clock.cpu_time();
+    }
     TimerSlack slack;
     bool slept = false;
     while (!done()) {
