@@ -160,6 +160,12 @@ public:
     /// Blocks while *word == expected, at most d; may return early (callers look again).
     virtual void block(const uint32_t* word, uint32_t expected,
                        std::chrono::nanoseconds d) const noexcept = 0;
+    /// The CPU time the calling thread has used (the system clock: its
+    /// CLOCK_THREAD_CPUTIME_ID); negative when unknown (the default), which leaves the
+    /// polling wait without a CPU budget. A polling wait reads it once per sleep.
+    [[nodiscard]] virtual std::chrono::nanoseconds cpu_time() const noexcept {
+        return std::chrono::nanoseconds(-1);
+    }
     /// The real clock.
     [[nodiscard]] static const WaitClock& system() noexcept;
 
@@ -170,7 +176,12 @@ protected:
 /// How a guest thread waits for the notification word.
 ///
 /// adaptive (the default): spin, then block (futex) where the transport can be woken,
-/// otherwise sleep with exponential back-off up to max_sleep. spin_for is the longest
+/// otherwise poll: each sleep is 1/sleep_divisor of the time waited so far (so a reply
+/// is noticed late by about that share of the call, plus a wake-up), at least
+/// min_sleep, at most max_sleep, and longer when the polls' CPU would pass poll_cpu of
+/// the wait's time (WaitClock::cpu_time); the thread's timer slack is lowered to 1 µs
+/// for these sleeps and restored (else each short sleep overshoots by the default 50
+/// µs). spin_for is the longest
 /// spin; where the transport learns (SpinBudget), the spin is as long as spinning has
 /// lately paid: shorter, or none, when replies keep arriving only after the spin gave
 /// up (a slow host, or a host that needs this CPU). The spin backs off: it pauses
@@ -184,6 +195,14 @@ struct WaitPolicy {
     Kind kind = Kind::adaptive;
     std::chrono::nanoseconds spin_for = std::chrono::microseconds(50);
     std::chrono::nanoseconds max_sleep = std::chrono::microseconds(200);
+    /// The polling wait's shortest sleep, and its sleeps' share of the time waited so
+    /// far (1/64: a reply is noticed at most ~1.6 % of the call late, plus a wake-up).
+    std::chrono::nanoseconds min_sleep = std::chrono::microseconds(10);
+    uint32_t sleep_divisor = 64;
+    /// The polling wait's CPU (spin included) stays within this share of its time,
+    /// plus 50 µs (a short wait may spin): polls that cost more sleep longer, up to
+    /// 4 x max_sleep.
+    double poll_cpu = 0.10;
     std::chrono::nanoseconds poll_interval = std::chrono::microseconds(15);
     /// After this much spinning, every look at the clock also yields the CPU (off by
     /// default: with a CPU hog on the machine, each yield costs a time slice).

@@ -9,6 +9,7 @@
 #include <thread>
 
 #include <sched.h>
+#include <sys/prctl.h>
 #include <time.h>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -60,6 +61,26 @@ Clock::time_point saturating_after(Clock::time_point now, nanoseconds d) noexcep
     return now + duration_cast<Clock::duration>(d);
 }
 
+nanoseconds PollPlan::next(nanoseconds waited, nanoseconds cpu_now) noexcept {
+    const auto lo = std::max(policy.min_sleep, nanoseconds(1000));
+    const auto hi = std::max(policy.max_sleep, lo);
+    const uint32_t div = std::max<uint32_t>(policy.sleep_divisor, 1);
+    // As long as lateness allows: a share of the time waited so far.
+    auto s = std::clamp<nanoseconds>(waited / div, lo, hi);
+    if (cpu_start >= nanoseconds::zero() && cpu_now >= nanoseconds::zero() && policy.poll_cpu > 0) {
+        const auto used = spun + (cpu_now - cpu_start);
+        if (last_cpu >= nanoseconds::zero()) last_cost = cpu_now - last_cpu;
+        last_cpu = cpu_now;
+        // The shortest sleep after which (CPU so far + the next poll's cost) is within
+        // the share: used + cost <= poll_cpu * (waited + s) + grace.
+        const double need = double((used + last_cost - poll_cpu_grace).count()) / policy.poll_cpu -
+                            double(waited.count());
+        if (need > double(s.count()))
+            s = std::min(nanoseconds(int64_t(std::min(need, 1e15))), 4 * hi);
+    }
+    return s;
+}
+
 } // namespace detail
 
 namespace {
@@ -71,6 +92,34 @@ public:
     void block(const uint32_t* word, uint32_t expected, nanoseconds d) const noexcept override {
         detail::futex_wait(word, expected, d);
     }
+    nanoseconds cpu_time() const noexcept override {
+        timespec ts{};
+        if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return nanoseconds(-1);
+        return seconds(ts.tv_sec) + nanoseconds(ts.tv_nsec);
+    }
+};
+
+// Lowers the calling thread's timer slack to 1 µs while a polling wait sleeps, and
+// restores it: with the default 50 µs, every short sleep overshoots by up to that much.
+class TimerSlack {
+public:
+    TimerSlack() = default;
+    TimerSlack(const TimerSlack&) = delete;
+    TimerSlack& operator=(const TimerSlack&) = delete;
+    void lower() noexcept {
+        if (old_ != 0) return;
+        const int old = prctl(PR_GET_TIMERSLACK, 0, 0, 0, 0);
+        if (old <= detail::wait_timer_slack_ns) return old_ = -1, void();
+        if (prctl(PR_SET_TIMERSLACK, detail::wait_timer_slack_ns, 0, 0, 0) != 0)
+            return old_ = -1, void();
+        old_ = old;
+    }
+    ~TimerSlack() {
+        if (old_ > 0) prctl(PR_SET_TIMERSLACK, static_cast<unsigned long>(old_), 0, 0, 0);
+    }
+
+private:
+    long old_ = 0; // 0: not lowered yet; -1: left alone; else the slack to restore
 };
 
 uint32_t* word_ptr(std::span<std::byte> page) {
@@ -185,15 +234,15 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     if (start == Clock::time_point::min()) start = clock.now();
     if (spun.timeout) return timed_out(clock, start);
 
-    // Phase 2: block (futex) or sleep with back-off. A host that cannot wake us (DRM)
-    // is polled, the first sleep a fraction of what spinning has lately been worth.
-    nanoseconds sleep = microseconds(1);
-    if (hooks.budget && !hooks.sleepers) {
-        const auto b = hooks.budget->current();
-        if (b != nanoseconds::max())
-            sleep = std::max<nanoseconds>(microseconds(1),
-                                          std::min<nanoseconds>(b / 4, policy.max_sleep));
+    // Phase 2: block (futex), or poll a host that cannot wake us (DRM): each sleep a
+    // share of the time waited so far, longer when the polls cost too much CPU.
+    // (Only a polling wait reads the CPU time: a blocking one needs no budget.)
+    detail::PollPlan poll{policy};
+    if (!hooks.sleepers) {
+        poll.spun = duration_cast<nanoseconds>(clock.now() - start);
+        poll.cpu_start = poll.last_cpu = clock.cpu_time();
     }
+    TimerSlack slack;
     bool slept = false;
     while (!done()) {
         auto now = clock.now();
@@ -213,8 +262,8 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             }
             hooks.sleepers->fetch_sub(1, std::memory_order_seq_cst);
         } else {
-            clock.sleep(clamped(sleep, deadline, now));
-            sleep = sleep > policy.max_sleep / 2 ? policy.max_sleep : sleep * 2;
+            slack.lower();
+            clock.sleep(clamped(poll.next(now - start, clock.cpu_time()), deadline, now));
         }
     }
     if (hooks.budget && (slept || plan.budget > nanoseconds::zero()))

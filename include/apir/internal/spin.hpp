@@ -49,6 +49,25 @@ inline constexpr std::chrono::microseconds max_yield_gap{50};
 /// How long, after such a yield, waiters block instead of yielding to a peer.
 inline constexpr std::chrono::milliseconds yield_holdoff{20};
 
+/// The timer slack of a polling wait's sleeps (PR_SET_TIMERSLACK), restored after.
+inline constexpr long wait_timer_slack_ns = 1000;
+/// The CPU a short polling wait may use beyond WaitPolicy::poll_cpu of its time.
+inline constexpr std::chrono::microseconds poll_cpu_grace{50};
+
+/// The sleeps of a polling wait (a host that cannot wake the waiter): each one
+/// waited / sleep_divisor within [min_sleep, max_sleep], longer when the CPU of the
+/// wait (the spin, counted as CPU, plus the polls) would pass poll_cpu of its time.
+struct PollPlan {
+    const WaitPolicy& policy;
+    std::chrono::nanoseconds spun{0};       ///< the spin before the polls (all CPU)
+    std::chrono::nanoseconds cpu_start{-1}; ///< the thread's CPU time then (<0 unknown)
+    std::chrono::nanoseconds last_cpu{-1};  ///< at the previous poll
+    std::chrono::nanoseconds last_cost{0};  ///< the CPU the previous poll cost
+    /// The next sleep, `waited` into the wait, the thread's CPU time being cpu_now.
+    [[nodiscard]] std::chrono::nanoseconds next(std::chrono::nanoseconds waited,
+                                                std::chrono::nanoseconds cpu_now) noexcept;
+};
+
 /// Spins until done() (true), stop() (false), the budget or the deadline is over.
 /// The clock is read only every 64 looks: a fast answer costs no clock read.
 template <class Done, class Stop>
