@@ -240,12 +240,17 @@ public:
 
     // --- buffers ---------------------------------------------------------------
 
-    /// The host address of the buffer's base (never 0); tensors' data offsets count from it.
+    /// The host address of the buffer's base (never 0, and base + size does not wrap);
+    /// tensors' data offsets count from it.
     [[nodiscard]] Expected<uint64_t> base(BufferHandle b) {
-        APIR_TRY(live(b, Command::buffer_get_base));
+        auto rec = buffer(b);
+        if (!rec) return unknown(Command::buffer_get_base, "buffer");
         auto r = call<BufferGetBase>(BufferRequest{b}, metadata());
         if (!r) return Unexpected{std::move(r).error()};
         if (r->value == 0) return bad(Command::buffer_get_base, "base address 0");
+        if (r->value > UINT64_MAX - rec->size)
+            return bad(Command::buffer_get_base,
+                       fmt::format("base {:#x} + {} bytes wraps", r->value, rec->size));
         return r->value;
     }
     /// Writes data to the tensor's bytes [offset, offset + data.size()).
