@@ -201,8 +201,8 @@ bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, b
     Device* dev = device_of(b);
     auto buf = dev->hold(b);
     if (!buf) {
-        dev->log().error("{} '{}': its buffer is not a live buffer of this device (freed?)",
-                         what, t->name);
+        dev->log().error("{} '{}': its buffer is not a live buffer of this device (freed?)", what,
+                         t->name);
         return false;
     }
     const auto [begin, end] = byte_range(*buf, t, offset, size);

@@ -114,8 +114,7 @@ void Remote::end_call(const Ticket& t, const Error* err) {
     }
     bool lost = cat == Category::device;
     if (cat == Category::timeout) {
-        const bool answered_meanwhile =
-            last_reply_ns_.load(std::memory_order_relaxed) > t.start_ns;
+        const bool answered_meanwhile = last_reply_ns_.load(std::memory_order_relaxed) > t.start_ns;
         lost = !t.queued && !answered_meanwhile;
         if (!lost)
             logger_.warn("{}: the call waited behind another call of this device (the host "

@@ -85,7 +85,9 @@ public:
     /// True once a call found the host gone, or timed out waiting for the host alone.
     [[nodiscard]] bool lost() const noexcept { return lost_.load(std::memory_order_acquire); }
     /// Calls of this remote now in flight (for tests and diagnostics).
-    [[nodiscard]] int in_flight() const noexcept { return in_flight_.load(std::memory_order_acquire); }
+    [[nodiscard]] int in_flight() const noexcept {
+        return in_flight_.load(std::memory_order_acquire);
+    }
     [[nodiscard]] Session<AnyTransport>& session() noexcept { return session_; }
     [[nodiscard]] const Logger& logger() const noexcept { return logger_; }
     [[nodiscard]] std::string_view transport_name() noexcept { return session_.transport().name(); }

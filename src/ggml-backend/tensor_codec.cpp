@@ -25,13 +25,11 @@ Expected<void> check_op(const ggml_tensor* t) {
                                 static_cast<int>(t->op)));
     if (t->op == GGML_OP_UNARY &&
         (ggml_get_unary_op(t) < 0 || ggml_get_unary_op(t) >= GGML_UNARY_OP_COUNT))
-        return fail(Errc::invalid_argument,
-                    fmt::format("tensor '{}' has unary op {}", t->name,
-                                static_cast<int>(ggml_get_unary_op(t))));
+        return fail(Errc::invalid_argument, fmt::format("tensor '{}' has unary op {}", t->name,
+                                                        static_cast<int>(ggml_get_unary_op(t))));
     if (t->op == GGML_OP_GLU && (ggml_get_glu_op(t) < 0 || ggml_get_glu_op(t) >= GGML_GLU_OP_COUNT))
-        return fail(Errc::invalid_argument,
-                    fmt::format("tensor '{}' has GLU op {}", t->name,
-                                static_cast<int>(ggml_get_glu_op(t))));
+        return fail(Errc::invalid_argument, fmt::format("tensor '{}' has GLU op {}", t->name,
+                                                        static_cast<int>(ggml_get_glu_op(t))));
     return {};
 }
 
@@ -49,7 +47,8 @@ Expected<uint64_t> tensor_nbytes(const ggml_tensor* t) {
         if (t->ne[i] == 0) return uint64_t{0};
     }
     const uint64_t blck = ggml_blck_size(t->type);
-    if (blck == 0) return fail(Errc::invalid_argument, fmt::format("{}: block size 0", tensor_label(t)));
+    if (blck == 0)
+        return fail(Errc::invalid_argument, fmt::format("{}: block size 0", tensor_label(t)));
     // ggml_nbytes' formula, every product and sum checked.
     uint64_t total = 0, term = 0;
     bool wrapped = false;

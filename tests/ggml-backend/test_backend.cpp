@@ -15,10 +15,10 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstring>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -500,7 +500,8 @@ TEST_CASE("a call that timed out behind another stream's long compute does not l
     CHECK(got[5] == v[5] + v[5]);
     ggml_backend_dev_memory(f.dev, &free, &total);
     CHECK(total > 0);
-    ggml_backend_buffer_t more = ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096);
+    ggml_backend_buffer_t more =
+        ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096);
     CHECK(more != nullptr);
     CHECK(LogCapture::text().find("busy, not lost") != std::string::npos);
     if (more) ggml_backend_buffer_free(more);
@@ -520,15 +521,13 @@ TEST_CASE("host values ggml relies on are checked before ggml sees them") {
     LogCapture log;
     SECTION("a base not aligned to the buffer type's alignment: null") {
         Fixture f(test_backend_config("base_unaligned"));
-        CHECK(ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096) ==
-              nullptr);
+        CHECK(ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096) == nullptr);
         CHECK(LogCapture::text().find("not aligned") != std::string::npos);
         CHECK(f.forwards(21) == 1); // the host's buffer was freed
     }
     SECTION("a base whose buffer wraps the address space: null") {
         Fixture f(test_backend_config("base_wraps"));
-        CHECK(ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096) ==
-              nullptr);
+        CHECK(ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096) == nullptr);
         CHECK(LogCapture::text().find("wraps") != std::string::npos);
     }
     for (const char* mode : {"alignment_huge", "max_size_small", "bad_alignment"}) {
@@ -675,8 +674,8 @@ TEST_CASE("a buffer freed while another thread computes on it: no use after free
                 (s == GGML_STATUS_SUCCESS ? succeeded : refused) += 1;
             // Every compute that reached the host found its buffer there (the test host
             // refuses unknown handles, which would fail the compute after sending it).
-            const auto ok = static_cast<uint64_t>(
-                std::count(st.begin(), st.end(), GGML_STATUS_SUCCESS));
+            const auto ok =
+                static_cast<uint64_t>(std::count(st.begin(), st.end(), GGML_STATUS_SUCCESS));
             CHECK(f.forwards(22) - sent == ok);
         }
         CHECK(succeeded + refused == rounds * 20);

@@ -31,10 +31,10 @@
 
 #include <chrono>
 #include <cstring>
-#include <new>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>

@@ -436,8 +436,8 @@ TEST_CASE("Device: eight threads transferring at once never get wrong data repor
                 auto x = iota_floats(n, static_cast<float>(i * 100000 + round));
                 const bool set = f.dev->set_tensor(t, std::as_bytes(std::span(x))).has_value();
                 std::fill(back.begin(), back.end(), -1.f);
-                const bool got = f.dev->get_tensor(t, std::as_writable_bytes(std::span(back)))
-                                     .has_value();
+                const bool got =
+                    f.dev->get_tensor(t, std::as_writable_bytes(std::span(back))).has_value();
                 if (set && got && back != x)
                     ++wrong; // success with wrong data: never
                 else if (set && got)
@@ -458,11 +458,13 @@ TEST_CASE("Device: eight threads transferring at once never get wrong data repor
 TEST_CASE("Device: graphs ggml's host cannot survive are refused, never sent") {
     Fixture f;
     auto buf = f.buffer(4096);
-    auto place = [&](uint64_t off) { return ag::make_tensor(ag::Type::f32, {4}).place(buf.handle, off); };
+    auto place = [&](uint64_t off) {
+        return ag::make_tensor(ag::Type::f32, {4}).place(buf.handle, off);
+    };
     SECTION("an op id at or past GGML_OP_COUNT, or a custom op") {
-        for (uint32_t op : {ag::op_count, ag::op_count + 100, uint32_t{0xffffffff},
-                            static_cast<uint32_t>(ag::Op::custom),
-                            static_cast<uint32_t>(ag::Op::map_custom2)}) {
+        for (uint32_t op :
+             {ag::op_count, ag::op_count + 100, uint32_t{0xffffffff},
+              static_cast<uint32_t>(ag::Op::custom), static_cast<uint32_t>(ag::Op::map_custom2)}) {
             ag::Graph g;
             uint64_t a = g.add(place(0));
             g.add_node(place(16), static_cast<ag::Op>(op), {a, a});

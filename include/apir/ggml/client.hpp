@@ -16,13 +16,17 @@
 // Handles: the Device remembers every buffer type and buffer the host gave it and sends
 // only those (a freed buffer is unknown from then on: GGML_UNKNOWN_HANDLE), and it sends
 // a tensor only when it lies inside its buffer (ggml's host aborts on one that does not).
-// Host replies are checked: a null handle where one is required, a base of 0, a string
-// without NUL, a bool or enum out of range, a ggml_status outside ggml's enum are
-// protocol errors. Every error names the command ("buffer_set_tensor: ...").
+// Graphs are validated (validate_graph: ids, op ids ggml's host knows, no custom op, no
+// chain of sources deeper than max_graph_depth) before anything is sent.
+// Host replies are checked: a null handle where one is required, a base of 0 or one whose
+// buffer wraps the address space, a string without NUL, a bool or enum out of range, a ggml_status
+// outside ggml's enum are protocol errors. Every error names the command ("buffer_set_tensor:
+// ...").
 //
-// Bulk data (set/get) goes through the session's reused staging blob, in chunks of at
+// Bulk data (set/get) goes through the session's staging pool, in chunks of at
 // most DeviceOptions::chunk_size bytes; the graph goes there too. Thread-safe: transfers
-// from several threads take turns on the staging blob; other calls run concurrently.
+// from several threads stage their own chunks; other calls run concurrently. A chunk
+// that fails ends its transfer with the error (never success with data not moved).
 // Metadata and transfer calls have finite deadlines; graph_compute waits as long as the
 // computation takes unless DeviceOptions::compute_timeout is set.
 #pragma once

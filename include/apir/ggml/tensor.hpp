@@ -129,8 +129,8 @@ inline constexpr uint32_t op_count = 101;
 /// Whether ggml's host can run op as sent: one of ggml's ids, and not a custom op (their
 /// op_params hold function pointers of the guest, which the host would call).
 [[nodiscard]] constexpr bool op_runnable(uint32_t op) noexcept {
-    return op < op_count && (op < static_cast<uint32_t>(Op::map_custom1) ||
-                             op > static_cast<uint32_t>(Op::custom));
+    return op < op_count &&
+           (op < static_cast<uint32_t>(Op::map_custom1) || op > static_cast<uint32_t>(Op::custom));
 }
 
 /// ggml_tensor_flag bits.
