@@ -10,7 +10,10 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <mutex>
+#include <unordered_map>
+#include <vector>
 
 namespace apir::ggml_remote {
 
@@ -20,9 +23,54 @@ constexpr const char* reg_name = "APIR";
 
 struct Device;
 
+/// Byte ranges [begin, end) of a buffer (offsets from its base) whose contents are not
+/// what the program believes: a set, memset, copy or clear of them failed.
+class Untrusted {
+public:
+    void add(uint64_t begin, uint64_t end) {
+        if (begin >= end) return;
+        std::lock_guard lk(mu_);
+        ranges_.emplace_back(begin, end);
+    }
+    /// Written successfully: trusted again.
+    void remove(uint64_t begin, uint64_t end) {
+        if (begin >= end) return;
+        std::lock_guard lk(mu_);
+        std::vector<std::pair<uint64_t, uint64_t>> kept;
+        for (auto [b, e] : ranges_) {
+            if (e <= begin || b >= end) {
+                kept.emplace_back(b, e);
+                continue;
+            }
+            if (b < begin) kept.emplace_back(b, begin);
+            if (e > end) kept.emplace_back(end, e);
+        }
+        ranges_.swap(kept);
+    }
+    void clear() {
+        std::lock_guard lk(mu_);
+        ranges_.clear();
+    }
+    [[nodiscard]] bool overlaps(uint64_t begin, uint64_t end) const {
+        std::lock_guard lk(mu_);
+        for (auto [b, e] : ranges_)
+            if (b < end && begin < e) return true;
+        return false;
+    }
+
+private:
+    mutable std::mutex mu_;
+    std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+};
+
+/// A buffer of the device. Shared: the device's table of live buffers holds one
+/// reference, and every call that uses the buffer holds another while it runs, so the
+/// host's buffer is freed (by the last holder) only after every call that named it.
 struct Buffer {
-    Device* dev;
+    Device* dev = nullptr;
     RemoteBuffer remote;
+    Untrusted untrusted;
+    ~Buffer();
 };
 
 struct Stream {
@@ -40,14 +88,51 @@ struct Device {
     enum ggml_backend_dev_type type = GGML_BACKEND_DEVICE_TYPE_GPU;
     BufferTypeHandle buft_handle;
     size_t alignment = 0, max_size = 0;
+    // ggml's buffers of this device that are not freed; a pointer is looked up here
+    // before anything of it is read, so a freed buffer is never followed. After remote:
+    // destroyed first, each freeing its host buffer.
+    mutable std::mutex live_mu;
+    std::unordered_map<const ggml_backend_buffer*, std::shared_ptr<Buffer>> live;
 
     const Logger& log() const { return remote->logger(); }
-    /// The remote buffer behind a ggml buffer if it is one of this device's.
-    const RemoteBuffer* resolve(const ggml_backend_buffer* b) const {
-        if (!b || b->buft != &buft || !b->context) return nullptr;
-        return &static_cast<const Buffer*>(b->context)->remote;
+    /// The buffer behind a ggml buffer if it is a live one of this device's, held.
+    std::shared_ptr<Buffer> hold(const ggml_backend_buffer* b) const {
+        if (!b) return nullptr;
+        std::lock_guard lk(live_mu);
+        auto it = live.find(b);
+        return it == live.end() ? nullptr : it->second;
     }
-    BufferResolver resolver() const {
+    ~Device() {
+        std::lock_guard lk(live_mu);
+        live.clear();
+    }
+};
+
+Buffer::~Buffer() {
+    const BufferHandle h = remote.buffer.handle;
+    if (auto r = dev->remote->with_device([&](auto& d) { return d.free_buffer(h); }); !r)
+        dev->log().warn("free_buffer {:#x}: {}", h.value(), r.error().message());
+}
+
+/// Buffers a call resolved, held until the call is over.
+struct Holds {
+    const Device* dev;
+    std::unordered_map<const ggml_backend_buffer*, std::shared_ptr<Buffer>> held;
+
+    const RemoteBuffer* resolve(const ggml_backend_buffer* b) {
+        if (!b) return nullptr;
+        if (auto it = held.find(b); it != held.end()) return &it->second->remote;
+        auto h = dev->hold(b);
+        if (!h) return nullptr;
+        const RemoteBuffer* r = &h->remote;
+        held.emplace(b, std::move(h));
+        return r;
+    }
+    Buffer* buffer(const ggml_backend_buffer* b) const {
+        auto it = held.find(b);
+        return it == held.end() ? nullptr : it->second.get();
+    }
+    BufferResolver resolver() {
         return [this](const ggml_backend_buffer* b) { return resolve(b); };
     }
 };
@@ -58,83 +143,169 @@ Device* device_of(ggml_backend_dev_t d) {
 Device* device_of(ggml_backend_buffer_type_t b) {
     return static_cast<Device*>(b->context);
 }
-Buffer* buffer_of(ggml_backend_buffer_t b) {
-    return static_cast<Buffer*>(b->context);
+Device* device_of(ggml_backend_buffer_t b) {
+    return device_of(b->buft);
 }
 
 // ---- buffer
 
 void buffer_free(ggml_backend_buffer_t b) {
-    Buffer* ctx = buffer_of(b);
-    const BufferHandle h = ctx->remote.buffer.handle;
-    if (auto r = ctx->dev->remote->with_device([&](auto& d) { return d.free_buffer(h); }); !r)
-        ctx->dev->log().warn("free_buffer {:#x}: {}", h.value(), r.error().message());
-    delete ctx;
+    Device* dev = device_of(b);
+    std::shared_ptr<Buffer> last;
+    {
+        std::lock_guard lk(dev->live_mu);
+        if (auto it = dev->live.find(b); it != dev->live.end()) {
+            last = std::move(it->second);
+            dev->live.erase(it);
+        }
+    }
     b->context = nullptr;
+    // `last` goes here, or with the last call that still uses the buffer: then the host
+    // frees it.
 }
 
 void* buffer_get_base(ggml_backend_buffer_t b) {
-    return reinterpret_cast<void*>(static_cast<uintptr_t>(buffer_of(b)->remote.base));
+    return reinterpret_cast<void*>(
+        static_cast<uintptr_t>(static_cast<Buffer*>(b->context)->remote.base));
 }
 
-/// Runs a transfer of tensor t of buffer b; logs what failed.
+/// Bytes [offset, offset + size) of t as offsets from its buffer's base, clipped to the
+/// buffer.
+std::pair<uint64_t, uint64_t> byte_range(const Buffer& buf, const ggml_tensor* t, uint64_t offset,
+                                         uint64_t size) {
+    const uint64_t limit = buf.remote.buffer.size;
+    const auto addr = reinterpret_cast<uintptr_t>(t->data);
+    if (addr < buf.remote.base) return {0, 0};
+    const uint64_t at = addr - buf.remote.base;
+    auto clip = [&](uint64_t v) { return std::min(v, limit); };
+    const uint64_t begin = offset > limit - std::min(at, limit) ? limit : clip(at + offset);
+    const uint64_t end = size > limit - begin ? limit : clip(begin + size);
+    return {begin, end};
+}
+
+uint64_t nbytes_or_zero(const ggml_tensor* t) {
+    auto n = tensor_nbytes(t);
+    return n ? *n : 0;
+}
+
+/// What a failed get writes, so that the program cannot take it for data: every byte
+/// 0xff (NaN in f32, f16 and bf16; -1 in integer types).
+constexpr uint8_t failed_get_fill = 0xff;
+
+/// Runs a transfer of t's bytes [offset, +size) of buffer b; logs what failed. A write
+/// (set, memset) that fails leaves those bytes untrusted; one that succeeds makes them
+/// trusted again. A read of untrusted bytes fails without a call.
 template <class F>
-bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, F&& f) {
-    Buffer* ctx = buffer_of(b);
-    auto rt = encode_rpc_tensor(t, ctx->remote);
-    Expected<void> r = rt ? f(*ctx->dev->remote, ctx->remote, *rt, ggml_nbytes(t))
-                          : Expected<void>(Unexpected{std::move(rt).error()});
-    if (!r) ctx->dev->log().error("{} '{}': {}", what, t->name, r.error().message());
+bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, bool write,
+              uint64_t offset, uint64_t size, F&& f) {
+    Device* dev = device_of(b);
+    auto buf = dev->hold(b);
+    if (!buf) {
+        dev->log().error("{} '{}': its buffer is not a live buffer of this device (freed?)", what,
+                         t->name);
+        return false;
+    }
+    const auto [begin, end] = byte_range(*buf, t, offset, size);
+    Expected<void> r;
+    if (!write && buf->untrusted.overlaps(begin, end)) {
+        r = fail(Errc::invalid_argument,
+                 "its bytes are untrusted: an earlier set, memset, copy or clear of them failed");
+    } else {
+        auto rt = encode_rpc_tensor(t, buf->remote);
+        auto n = rt ? tensor_nbytes(t) : Expected<uint64_t>(Unexpected{rt.error()});
+        r = !rt  ? Expected<void>(Unexpected{std::move(rt).error()})
+            : !n ? Expected<void>(Unexpected{std::move(n).error()})
+                 : f(*dev->remote, buf->remote, *rt, *n);
+    }
+    if (write) {
+        if (r)
+            buf->untrusted.remove(begin, end);
+        else
+            buf->untrusted.add(begin, end);
+    }
+    if (!r)
+        dev->log().error("{} '{}' bytes [{}, +{}) failed{}: {}", what, t->name, offset, size,
+                         write ? "; they are untrusted until written again" : "",
+                         r.error().message());
     return r.has_value();
 }
 
 void buffer_memset_tensor(ggml_backend_buffer_t b, ggml_tensor* t, uint8_t value, size_t offset,
                           size_t size) {
-    transfer(b, t, "memset_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
-        return r.fill_tensor(rb, rt, n, value, offset, size);
-    });
+    transfer(b, t, "memset_tensor", true, offset, size,
+             [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+                 return r.fill_tensor(rb, rt, n, value, offset, size);
+             });
 }
 
 void buffer_set_tensor(ggml_backend_buffer_t b, ggml_tensor* t, const void* data, size_t offset,
                        size_t size) {
     const Bytes bytes(static_cast<const std::byte*>(data), size);
-    transfer(b, t, "set_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
-        return r.set_tensor(rb, rt, n, bytes, offset);
-    });
+    transfer(b, t, "set_tensor", true, offset, size,
+             [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+                 return r.set_tensor(rb, rt, n, bytes, offset);
+             });
 }
 
 void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data, size_t offset,
                        size_t size) {
     const std::span<std::byte> out(static_cast<std::byte*>(data), size);
-    if (!transfer(b, t, "get_tensor", [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
-            return r.get_tensor(rb, rt, n, out, offset);
-        }))
-        std::memset(data, 0, size); // defined contents rather than stale memory
+    if (!transfer(b, t, "get_tensor", false, offset, size,
+                  [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
+                      return r.get_tensor(rb, rt, n, out, offset);
+                  }))
+        std::memset(data, failed_get_fill, size);
 }
 
 bool buffer_cpy_tensor(ggml_backend_buffer_t b, const ggml_tensor* src, ggml_tensor* dst) {
-    Buffer* ctx = buffer_of(b);
+    Device* dev = device_of(b);
+    auto dst_buf = dev->hold(b);
     // The host can copy only between buffers it holds: src must be this device's too.
-    const RemoteBuffer* src_buf = ctx->dev->resolve(tensor_buffer(src));
-    if (!src_buf || ggml_nbytes(src) != ggml_nbytes(dst)) return false;
-    auto rs = encode_rpc_tensor(src, *src_buf);
-    auto rd = encode_rpc_tensor(dst, ctx->remote);
+    auto src_buf = dev->hold(tensor_buffer(src));
+    if (!dst_buf || !src_buf) return false;
+    auto ns = tensor_nbytes(src), nd = tensor_nbytes(dst);
+    if (!ns || !nd || *ns != *nd) return false;
+    const auto [sb, se] = byte_range(*src_buf, src, 0, *ns);
+    const auto [db, de] = byte_range(*dst_buf, dst, 0, *nd);
+    if (src_buf->untrusted.overlaps(sb, se)) {
+        // The copy would carry untrusted bytes: dst is untrusted as well.
+        dev->log().error("cpy_tensor '{}' -> '{}': the source's bytes are untrusted (an "
+                         "earlier write failed); the destination is untrusted too",
+                         src->name, dst->name);
+        dst_buf->untrusted.add(db, de);
+        return true;
+    }
+    auto rs = encode_rpc_tensor(src, src_buf->remote);
+    auto rd = encode_rpc_tensor(dst, dst_buf->remote);
     Expected<bool> r = !rs   ? Expected<bool>(Unexpected{rs.error()})
                        : !rd ? Expected<bool>(Unexpected{rd.error()})
-                             : ctx->dev->remote->copy_tensor(ctx->remote, *rs, *rd);
+                             : dev->remote->copy_tensor(dst_buf->remote, *rs, *rd);
     if (!r) {
-        ctx->dev->log().error("cpy_tensor '{}' -> '{}': {}", src->name, dst->name,
-                              r.error().message());
-        return false;
+        dev->log().error("cpy_tensor '{}' -> '{}' failed; the destination is untrusted until "
+                         "written again: {}",
+                         src->name, dst->name, r.error().message());
+        dst_buf->untrusted.add(db, de);
+        return false; // ggml falls back to get + set, which may heal it
     }
+    if (*r) dst_buf->untrusted.remove(db, de);
     return *r;
 }
 
 void buffer_clear(ggml_backend_buffer_t b, uint8_t value) {
-    Buffer* ctx = buffer_of(b);
-    const BufferHandle h = ctx->remote.buffer.handle;
-    if (auto r = ctx->dev->remote->with_device([&](auto& d) { return d.clear(h, value); }); !r)
-        ctx->dev->log().error("clear: {}", r.error().message());
+    Device* dev = device_of(b);
+    auto buf = dev->hold(b);
+    if (!buf) {
+        dev->log().error("clear: not a live buffer of this device (freed?)");
+        return;
+    }
+    const BufferHandle h = buf->remote.buffer.handle;
+    if (auto r = dev->remote->with_device([&](auto& d) { return d.clear(h, value); }); !r) {
+        dev->log().error("clear failed; the whole buffer is untrusted until written again: {}",
+                         r.error().message());
+        buf->untrusted.add(0, buf->remote.buffer.size);
+        return;
+    }
+    buf->untrusted.clear();
 }
 
 const ggml_backend_buffer_i buffer_iface = {
@@ -166,13 +337,28 @@ ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t siz
         return nullptr;
     }
     auto base = remote.with_device([&](auto& d) { return d.base(b->handle); });
+    // ggml's allocator relies on the base: aligned as the buffer type says, and the
+    // buffer's bytes not wrapping the address space.
+    if (base && *base % dev->alignment != 0)
+        base = fail(Errc::decode_bad_value,
+                    fmt::format("buffer_get_base: base {:#x} is not aligned to the buffer "
+                                "type's {} bytes",
+                                *base, dev->alignment));
+    else if (base && *base > UINTPTR_MAX - size)
+        base = fail(Errc::decode_bad_value,
+                    fmt::format("buffer_get_base: base {:#x} + {} bytes wraps", *base, size));
     if (!base) {
         dev->log().error("alloc_buffer of {} bytes: {}", size, base.error().message());
         (void)remote.with_device([&](auto& d) { return d.free_buffer(b->handle); });
         return nullptr;
     }
-    auto* ctx = new Buffer{dev, RemoteBuffer{*b, *base}};
-    return ggml_backend_buffer_init(t, buffer_iface, ctx, size);
+    auto ctx = std::make_shared<Buffer>();
+    ctx->dev = dev;
+    ctx->remote = RemoteBuffer{*b, *base};
+    ggml_backend_buffer_t gb = ggml_backend_buffer_init(t, buffer_iface, ctx.get(), size);
+    std::lock_guard lk(dev->live_mu);
+    dev->live.emplace(gb, std::move(ctx));
+    return gb;
 }
 
 size_t buft_get_alignment(ggml_backend_buffer_type_t t) {
@@ -206,11 +392,26 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
     auto* s = static_cast<Stream*>(b->context);
     Device* dev = s->dev;
     std::lock_guard lk(s->mu);
-    if (auto r = s->encoding.build(graph, dev->resolver()); !r) {
+    // Every buffer the graph names is held until the host has answered: one freed by
+    // another thread meanwhile is freed on the host only after this call.
+    Holds holds{dev, {}};
+    if (auto r = s->encoding.build(graph, holds.resolver()); !r) {
         dev->log().error("graph_compute: {}", r.error().message());
         return GGML_STATUS_FAILED;
     }
     if (s->encoding.node_count() == 0) return GGML_STATUS_SUCCESS; // nothing to run
+    // The data the graph reads must be what the program wrote.
+    for (auto [t, rb] : s->encoding.inputs()) {
+        Buffer* buf = holds.buffer(tensor_buffer(t));
+        if (!buf) continue;
+        const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
+        if (buf->untrusted.overlaps(begin, end)) {
+            dev->log().error("graph_compute: tensor '{}' holds untrusted bytes (an earlier "
+                             "set, memset, copy or clear of them failed); not computed",
+                             t->name);
+            return GGML_STATUS_FAILED;
+        }
+    }
     const size_t n = s->encoding.size();
     if (s->graph_blob.size() < n) {
         s->graph_blob.reset();
@@ -234,6 +435,15 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
     }
     if (*st != ggml::Status::success)
         dev->log().warn("graph_compute: the host answered {}", ggml::status_name(*st));
+    else
+        // The nodes' bytes are what the host just computed.
+        for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) {
+            const ggml_tensor* t = ggml_graph_node(graph, i);
+            Buffer* buf = t->view_src ? nullptr : holds.buffer(t->buffer);
+            if (!buf) continue;
+            const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
+            buf->untrusted.remove(begin, end);
+        }
     return static_cast<ggml_status>(static_cast<int32_t>(*st));
 }
 
@@ -326,8 +536,8 @@ bool dev_supports_op(ggml_backend_dev_t d, const ggml_tensor* op) {
         break;
     }
     Device* dev = device_of(d);
-    const RemoteBuffer* rb = op->buffer ? dev->resolve(op->buffer) : nullptr;
-    const BufferHandle h = rb ? rb->buffer.handle : BufferHandle{};
+    auto buf = dev->hold(op->buffer);
+    const BufferHandle h = buf ? buf->remote.buffer.handle : BufferHandle{};
     auto r = dev->remote->with_device([&](auto& d) { return ggml::supports_op(d, op, h); });
     if (!r) {
         dev->log().warn("supports_op {}: {}", ggml_op_desc(op), r.error().message());
@@ -396,6 +606,9 @@ const ggml_backend_reg_i reg_iface = {
     /* .get_proc_address = */ nullptr,
 };
 
+/// The largest buffer alignment taken from a host (ggml's backends ask 32 to 4096).
+constexpr uint64_t max_alignment = uint64_t{1} << 20;
+
 /// Reads what the device offers once; names and sizes do not change.
 Expected<void> describe(Device& d) {
     Remote& r = *d.remote;
@@ -419,6 +632,16 @@ Expected<void> describe(Device& d) {
     auto max = r.with_device([&](auto& dev) { return dev.max_size(*buft); });
     if (!max) return Unexpected{std::move(max).error()};
 
+    // ggml's allocator pads offsets to the alignment and splits buffers at max_size: a
+    // huge alignment overflows its arithmetic, a max_size below the alignment fits nothing.
+    if (*align > max_alignment)
+        return fail(Errc::decode_bad_value,
+                    fmt::format("buffer_type_get_alignment: alignment {} is above {}", *align,
+                                max_alignment));
+    if (*max < *align)
+        return fail(Errc::decode_bad_value,
+                    fmt::format("buffer_type_get_max_size: max size {} is below the alignment {}",
+                                *max, *align));
     d.description = fmt::format("{} ({} over APIR {})", *desc, *name, r.transport_name());
     d.buft_name = fmt::format("{}:{}", d.name, *buft_name);
     // The host's memory is not in this process's address space: to ggml, a host CPU is

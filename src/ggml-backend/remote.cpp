@@ -6,6 +6,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -87,12 +88,42 @@ Unexpected Remote::lost_error() {
                                     "this device fails every call from now on");
 }
 
-void Remote::note(const Error& e) {
-    const Category cat = e.category();
-    if (cat != Category::timeout && cat != Category::device) return;
-    if (!lost_.exchange(true, std::memory_order_acq_rel))
+namespace {
+int64_t now_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+} // namespace
+
+Remote::Ticket Remote::begin_call() noexcept {
+    const bool queued = in_flight_.fetch_add(1, std::memory_order_acq_rel) > 0;
+    return Ticket{now_ns(), queued};
+}
+
+void Remote::end_call(const Ticket& t, const Error* err) {
+    in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+    const Category cat = err ? err->category() : Category::backend;
+    if (!err || cat == Category::backend || cat == Category::protocol) {
+        // The host answered (a refusal or a malformed reply is an answer too).
+        int64_t now = now_ns(), seen = last_reply_ns_.load(std::memory_order_relaxed);
+        while (seen < now &&
+               !last_reply_ns_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+        }
+        return;
+    }
+    bool lost = cat == Category::device;
+    if (cat == Category::timeout) {
+        const bool answered_meanwhile = last_reply_ns_.load(std::memory_order_relaxed) > t.start_ns;
+        lost = !t.queued && !answered_meanwhile;
+        if (!lost)
+            logger_.warn("{}: the call waited behind another call of this device (the host "
+                         "is busy, not lost)",
+                         err->message());
+    }
+    if (lost && !lost_.exchange(true, std::memory_order_acq_rel))
         logger_.error("the host is lost ({}); every later call of this device fails at once",
-                      e.message());
+                      err->message());
 }
 
 template <class C>
@@ -100,8 +131,9 @@ Expected<typename C::response> Remote::call(const typename C::request& req, Dead
     if (lost()) return lost_error();
     CallOptions o;
     o.deadline = deadline;
+    const Ticket t = begin_call();
     auto r = session_.call<C>(req, o);
-    if (!r) note(r.error());
+    end_call(t, r ? nullptr : &r.error());
     return r;
 }
 

@@ -2,10 +2,14 @@
 // transport and an apir::ggml::Device on it (include/apir/ggml/), plus two things the
 // backend needs on top:
 //
-// - A lost host fails fast: a call that times out or finds the host gone marks the
-//   remote lost, and every later call fails at once with DISCONNECTED instead of
-//   waiting again, so a ggml program whose host died gets failed allocations and
-//   failed computes quickly, never a hang.
+// - A lost host fails fast: a call that finds the host gone (a device error such as
+//   DISCONNECTED) marks the remote lost, and every later call fails at once with
+//   DISCONNECTED instead of waiting again, so a ggml program whose host died gets failed
+//   allocations and failed computes quickly, never a hang. A timeout is evidence of loss
+//   only when the call waited for the host alone: no other call of this remote was in
+//   flight when it was made, and no reply came from the host during its wait. A call
+//   that timed out behind another (the host runs one command at a time, so behind a long
+//   graph of another stream) fails with TIMEOUT and leaves the device usable.
 // - Transfers, copies and graphs of every ggml type: apir::ggml::Device checks tensor
 //   sizes with its own table of types, which lacks ggml's k-quants and i-quants; here
 //   ggml itself (ggml_nbytes) sizes the tensor, and the same typed commands are sent.
@@ -53,8 +57,9 @@ public:
     template <class F>
     auto with_device(F&& f) -> decltype(f(std::declval<Device&>())) {
         if (lost()) return lost_error();
+        const Ticket t = begin_call();
         auto r = f(device_);
-        if (!r) note(r.error());
+        end_call(t, r ? nullptr : &r.error());
         return r;
     }
 
@@ -77,8 +82,12 @@ public:
     /// Shared memory for a caller's own use (the graph blob of a backend stream).
     [[nodiscard]] Expected<Shmem> create_shmem(size_t n);
 
-    /// True once a call timed out or found the host gone.
+    /// True once a call found the host gone, or timed out waiting for the host alone.
     [[nodiscard]] bool lost() const noexcept { return lost_.load(std::memory_order_acquire); }
+    /// Calls of this remote now in flight (for tests and diagnostics).
+    [[nodiscard]] int in_flight() const noexcept {
+        return in_flight_.load(std::memory_order_acquire);
+    }
     [[nodiscard]] Session<AnyTransport>& session() noexcept { return session_; }
     [[nodiscard]] const Logger& logger() const noexcept { return logger_; }
     [[nodiscard]] std::string_view transport_name() noexcept { return session_.transport().name(); }
@@ -93,7 +102,14 @@ private:
     template <class C, class Before, class After>
     Expected<void> chunked(const RpcTensor& t, uint64_t offset, uint64_t size, Before&& before,
                            After&& after);
-    void note(const Error& e);
+    // A call in flight: when it began, and whether another call was in flight then.
+    struct Ticket {
+        int64_t start_ns;
+        bool queued;
+    };
+    Ticket begin_call() noexcept;
+    // Ends the call of t; err: its error, or null. Marks the remote lost on evidence.
+    void end_call(const Ticket& t, const Error* err);
     static Unexpected lost_error();
 
     Session<AnyTransport> session_;
@@ -101,6 +117,8 @@ private:
     Device device_;
     Logger logger_;
     std::atomic<bool> lost_{false};
+    std::atomic<int> in_flight_{0};
+    std::atomic<int64_t> last_reply_ns_{0}; // steady clock, when the host last answered
 };
 
 } // namespace apir::ggml_remote

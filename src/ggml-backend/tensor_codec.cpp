@@ -16,7 +16,61 @@ std::string tensor_label(const ggml_tensor* t) {
     return fmt::format("tensor '{}' ({} {})", t->name, ggml_op_desc(t), ggml_type_name(t->type));
 }
 
+// ggml's host aborts on an op it does not know, calls the guest's function pointers of a
+// custom op, and indexes tables with the unary and GLU sub-ops.
+Expected<void> check_op(const ggml_tensor* t) {
+    if (t->op < 0 || t->op >= GGML_OP_COUNT || !ggml::op_runnable(static_cast<uint32_t>(t->op)))
+        return fail(Errc::invalid_argument,
+                    fmt::format("tensor '{}' has op {}, which ggml's host cannot run", t->name,
+                                static_cast<int>(t->op)));
+    if (t->op == GGML_OP_UNARY &&
+        (ggml_get_unary_op(t) < 0 || ggml_get_unary_op(t) >= GGML_UNARY_OP_COUNT))
+        return fail(Errc::invalid_argument, fmt::format("tensor '{}' has unary op {}", t->name,
+                                                        static_cast<int>(ggml_get_unary_op(t))));
+    if (t->op == GGML_OP_GLU && (ggml_get_glu_op(t) < 0 || ggml_get_glu_op(t) >= GGML_GLU_OP_COUNT))
+        return fail(Errc::invalid_argument, fmt::format("tensor '{}' has GLU op {}", t->name,
+                                                        static_cast<int>(ggml_get_glu_op(t))));
+    return {};
+}
+
+static_assert(ggml::op_count == GGML_OP_COUNT, "apir/ggml's op count is ggml's");
+static_assert(static_cast<int>(ggml::Op::map_custom1) == GGML_OP_MAP_CUSTOM1 &&
+              static_cast<int>(ggml::Op::custom) == GGML_OP_CUSTOM);
+
 } // namespace
+
+Expected<uint64_t> tensor_nbytes(const ggml_tensor* t) {
+    for (int i = 0; i < GGML_MAX_DIMS; ++i) {
+        if (t->ne[i] < 0)
+            return fail(Errc::invalid_argument,
+                        fmt::format("{}: negative dimension", tensor_label(t)));
+        if (t->ne[i] == 0) return uint64_t{0};
+    }
+    const uint64_t blck = ggml_blck_size(t->type);
+    if (blck == 0)
+        return fail(Errc::invalid_argument, fmt::format("{}: block size 0", tensor_label(t)));
+    // ggml_nbytes' formula, every product and sum checked.
+    uint64_t total = 0, term = 0;
+    bool wrapped = false;
+    auto add = [&](uint64_t a, uint64_t b) {
+        wrapped |= __builtin_mul_overflow(a, b, &term);
+        wrapped |= __builtin_add_overflow(total, term, &total);
+    };
+    if (blck == 1) {
+        total = ggml_type_size(t->type);
+        for (int i = 0; i < GGML_MAX_DIMS; ++i)
+            add(static_cast<uint64_t>(t->ne[i] - 1), t->nb[i]);
+    } else {
+        add(static_cast<uint64_t>(t->ne[0]), t->nb[0]);
+        total /= blck;
+        for (int i = 1; i < GGML_MAX_DIMS; ++i)
+            add(static_cast<uint64_t>(t->ne[i] - 1), t->nb[i]);
+    }
+    if (wrapped)
+        return fail(Errc::invalid_argument,
+                    fmt::format("{}: its byte size wraps 64 bits", tensor_label(t)));
+    return total;
+}
 
 const ggml_backend_buffer* tensor_buffer(const ggml_tensor* t) noexcept {
     return t->view_src ? t->view_src->buffer : t->buffer;
@@ -32,11 +86,15 @@ Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& 
             return fail(Errc::invalid_argument,
                         fmt::format("{}: ne/nb past 32 bits do not fit ggml's rpc tensor",
                                     tensor_label(t)));
+    APIR_TRY(check_op(t));
     const void* base = reinterpret_cast<const void*>(static_cast<uintptr_t>(buf.base));
     if (t->data) {
-        // ggml's host asserts (and aborts) unless the data lies inside the buffer.
+        // ggml's host asserts (and aborts) unless the data lies inside the buffer; its
+        // size is the checked one (ggml_nbytes can wrap to a small number).
         const auto addr = reinterpret_cast<uintptr_t>(t->data);
-        const uint64_t n = ggml_nbytes(t);
+        auto nb = tensor_nbytes(t);
+        if (!nb) return Unexpected{std::move(nb).error()};
+        const uint64_t n = *nb;
         const uint64_t size = buf.buffer.size;
         if (addr < buf.base || addr - buf.base > size || n > size - (addr - buf.base))
             return fail(Errc::invalid_argument,
@@ -49,9 +107,14 @@ Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& 
 Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& resolve) {
     nodes_.clear();
     tensors_.clear();
+    inputs_.clear();
     const int n = ggml_graph_n_nodes(graph);
     if (n < 0) return fail(Errc::invalid_argument, "graph with a negative node count");
     nodes_.reserve(static_cast<size_t>(n));
+    std::unordered_set<const ggml_tensor*> is_node;
+    is_node.reserve(static_cast<size_t>(n));
+    for (int i = 0; i < n; ++i)
+        is_node.insert(ggml_graph_node(graph, i));
 
     // Every tensor once, sources before users; iterative so that a deep graph cannot
     // exhaust the stack.
@@ -65,7 +128,15 @@ Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& re
             if (edge <= GGML_MAX_SRC) {
                 const ggml_tensor* next = edge < GGML_MAX_SRC ? t->src[edge] : t->view_src;
                 ++edge;
-                if (next && seen.insert(next).second) stack.emplace_back(next, 0);
+                if (next && seen.insert(next).second) {
+                    stack.emplace_back(next, 0);
+                    if (stack.size() > ggml::max_graph_depth)
+                        return fail(Errc::invalid_argument,
+                                    fmt::format("{} ends a chain of sources deeper than {} "
+                                                "tensors, which ggml's host would recurse "
+                                                "through",
+                                                tensor_label(next), ggml::max_graph_depth));
+                }
                 continue;
             }
             const ggml_tensor* done = t;
@@ -82,6 +153,7 @@ Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& re
             auto rt = encode_rpc_tensor(done, *rb);
             if (!rt) return Unexpected{std::move(rt).error()};
             tensors_.push_back(*rt);
+            if (!is_node.contains(done)) inputs_.emplace_back(done, rb);
         }
         return {};
     };

@@ -6,7 +6,8 @@
 #include <fmt/format.h>
 
 #include <limits>
-#include <unordered_set>
+#include <unordered_map>
+#include <vector>
 
 namespace apir::ggml {
 
@@ -151,28 +152,63 @@ Expected<void> validate_graph(std::span<const uint64_t> nodes, std::span<const R
     if (nodes.empty()) return fail(Errc::invalid_argument, "a graph needs at least one node");
     if (nodes.size() > max_count || tensors.size() > max_count)
         return fail(Errc::invalid_argument, "too many nodes or tensors for ggml's int counts");
-    std::unordered_set<uint64_t> ids;
-    ids.reserve(tensors.size());
-    for (const RpcTensor& t : tensors) {
+    std::unordered_map<uint64_t, size_t> index; // id -> position in tensors
+    index.reserve(tensors.size());
+    for (size_t i = 0; i < tensors.size(); ++i) {
+        const RpcTensor& t = tensors[i];
         if (t.id == 0) return fail(Errc::invalid_argument, "a tensor has id 0");
-        if (!ids.insert(t.id).second)
+        if (!index.emplace(t.id, i).second)
             return fail(Errc::invalid_argument, fmt::format("tensor id {} appears twice", t.id));
+        if (!op_runnable(t.op))
+            return fail(Errc::invalid_argument,
+                        fmt::format("tensor {} has op {}, which ggml's host cannot run "
+                                    "(not below GGML_OP_COUNT {}, or a custom op)",
+                                    t.id, t.op, op_count));
     }
     for (const RpcTensor& t : tensors) {
         for (uint64_t s : t.src)
-            if (s != 0 && !ids.contains(s))
+            if (s != 0 && !index.contains(s))
                 return fail(
                     Errc::invalid_argument,
                     fmt::format("tensor {} names source {}, which is not in the graph", t.id, s));
-        if (t.view_src != 0 && !ids.contains(t.view_src))
+        if (t.view_src != 0 && !index.contains(t.view_src))
             return fail(Errc::invalid_argument,
                         fmt::format("tensor {} is a view of {}, which is not in the graph", t.id,
                                     t.view_src));
     }
     for (uint64_t n : nodes)
-        if (!ids.contains(n))
+        if (!index.contains(n))
             return fail(Errc::invalid_argument,
                         fmt::format("node {} is not among the graph's tensors", n));
+    // The host's walk: from each node in order, depth first through src[0..] then
+    // view_src, each tensor made once (when first reached). Iterative here.
+    std::vector<uint8_t> made(tensors.size(), 0);
+    std::vector<std::pair<size_t, size_t>> stack; // tensor, next edge
+    for (uint64_t n : nodes) {
+        const size_t root = index.at(n);
+        if (made[root]) continue;
+        made[root] = 1;
+        stack.emplace_back(root, 0);
+        while (!stack.empty()) {
+            auto& [i, edge] = stack.back();
+            if (edge > max_src) {
+                stack.pop_back();
+                continue;
+            }
+            const uint64_t next = edge < max_src ? tensors[i].src[edge] : tensors[i].view_src;
+            ++edge;
+            if (next == 0) continue;
+            const size_t j = index.at(next);
+            if (made[j]) continue;
+            made[j] = 1;
+            stack.emplace_back(j, 0);
+            if (stack.size() > max_graph_depth)
+                return fail(Errc::invalid_argument,
+                            fmt::format("a chain of sources from node {} is deeper than {} "
+                                        "tensors (ggml's host would recurse through it)",
+                                        n, max_graph_depth));
+        }
+    }
     return {};
 }
 

@@ -13,10 +13,12 @@
 #include "ggml-backend.h"
 #include "ggml.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -43,6 +45,18 @@ BackendConfig loopback_config() {
     c.host_config["ggml.library.path"] = p + "/lib/libggml-cpu.so.0";
     c.host_config["ggml.library.reg"] = "ggml_backend_cpu_reg";
     c.call_timeout = std::chrono::milliseconds(5000);
+    return c;
+}
+
+/// The project's test backend (tests/ggml) as the host, misbehaving as `hostile` says.
+BackendConfig test_backend_config(const std::string& hostile = {},
+                                  std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
+    BackendConfig c;
+    c.transport = TransportKind::loopback;
+    c.backend_library = APIR_GGML_TEST_BACKEND;
+    c.host_config["apir.load_library.path"] = c.backend_library;
+    if (!hostile.empty()) c.host_config["ggml.test.hostile"] = hostile;
+    c.call_timeout = timeout;
     return c;
 }
 
@@ -288,7 +302,11 @@ TEST_CASE("errors reach ggml as null buffers and failed statuses, with the reaso
         std::vector<float> v(64, 1.f);
         ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
         ggml_backend_tensor_get(x, v.data(), 0, ggml_nbytes(x));
-        CHECK(v == std::vector<float>(64, 0.f)); // defined contents on failure
+        // A failed get fills the destination with 0xff bytes: NaN, not plausible data.
+        CHECK(std::isnan(v[0]));
+        CHECK(std::vector<uint8_t>(reinterpret_cast<uint8_t*>(v.data()),
+                                   reinterpret_cast<uint8_t*>(v.data() + 64)) ==
+              std::vector<uint8_t>(64 * sizeof(float), 0xff));
         CHECK_FALSE(ggml_backend_dev_supports_op(f.dev, y));
         CHECK(ggml_backend_dev_init(f.dev, nullptr) == nullptr);
         ggml_backend_buffer_free(buf); // logs, does not hang
@@ -324,6 +342,346 @@ TEST_CASE("many threads, each with its own stream and buffers, on one device") {
     CHECK(done == threads);
     CHECK(failures == 0);
     CHECK(f.forwards(22) == static_cast<uint64_t>(threads * rounds));
+}
+
+namespace {
+
+/// Captures ggml's log for the scope; text() is what apir logged meanwhile.
+struct LogCapture {
+    ggml_log_callback old_cb = nullptr;
+    void* old_ud = nullptr;
+    LogCapture() {
+        ggml_log_get(&old_cb, &old_ud);
+        std::lock_guard lk(log_mu);
+        ggml_log_text.clear();
+        ggml_log_set(capture_log, nullptr);
+    }
+    ~LogCapture() { ggml_log_set(old_cb, old_ud); }
+    static std::string text() {
+        std::lock_guard lk(log_mu);
+        return ggml_log_text;
+    }
+};
+
+bool all_bytes(const void* p, size_t n, uint8_t v) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    for (size_t i = 0; i < n; ++i)
+        if (b[i] != v) return false;
+    return true;
+}
+
+} // namespace
+
+TEST_CASE("a set that failed leaves its bytes untrusted: get and compute fail loudly until "
+          "they are written again") {
+    LogCapture log;
+    Fixture f(test_backend_config("refuse_bad_set"));
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+    ggml_tensor* y = ggml_add(c.ctx, x, x);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    REQUIRE(buf != nullptr);
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    ggml_build_forward_expand(g, y);
+
+    ggml_set_name(x, "bad-x"); // the host refuses this set
+    std::vector<float> v = random_floats(64, 11), got(64, 0.f);
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    CHECK(LogCapture::text().find("set_tensor 'bad-x'") != std::string::npos);
+    CHECK_FALSE(f.registry->remote()->lost()); // a refusal is an answer
+
+    // Reading the untrusted bytes: the 0xff fill and an error, without a call.
+    const uint64_t gets = f.forwards(18), computes = f.forwards(22);
+    ggml_backend_tensor_get(x, got.data(), 0, ggml_nbytes(x));
+    CHECK(all_bytes(got.data(), ggml_nbytes(x), 0xff));
+    CHECK(f.forwards(18) == gets);
+    CHECK(LogCapture::text().find("untrusted") != std::string::npos);
+    // A graph that reads them is not computed.
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+    CHECK(f.forwards(22) == computes);
+    // Part of them written again: the rest stays untrusted.
+    ggml_set_name(x, "x");
+    ggml_backend_tensor_set(x, v.data(), 0, 32 * sizeof(float));
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+    // All of them written again: trusted, and the graph computes.
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    ggml_backend_tensor_get(x, got.data(), 0, ggml_nbytes(x));
+    CHECK(got == v);
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS);
+    ggml_backend_tensor_get(y, got.data(), 0, ggml_nbytes(y));
+    for (int i = 0; i < 64; ++i)
+        CHECK(got[i] == v[i] + v[i]);
+    // A clear that succeeds trusts the whole buffer again.
+    ggml_set_name(x, "bad-again");
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+    ggml_backend_buffer_clear(buf, 0);
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS);
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
+}
+
+TEST_CASE("sixteen threads transferring at once: no wrong data is ever reported as success") {
+    Fixture f;
+    constexpr int threads = 16, rounds = 20;
+    constexpr int64_t n = 16384; // 64 KiB per tensor
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    Ctx c(threads);
+    std::vector<ggml_tensor*> ts;
+    for (int i = 0; i < threads; ++i)
+        ts.push_back(ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, n));
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    REQUIRE(buf != nullptr);
+    std::atomic<int> wrong{0}, failed{0}, right{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t)
+        pool.emplace_back([&, t] {
+            std::vector<float> got(n);
+            for (int r = 0; r < rounds; ++r) {
+                auto v = random_floats(n, static_cast<uint32_t>(t * 1000 + r));
+                ggml_backend_tensor_set(ts[t], v.data(), 0, n * sizeof(float));
+                ggml_backend_tensor_get(ts[t], got.data(), 0, n * sizeof(float));
+                // Every byte: this thread's data, or the whole failure fill (with an
+                // error logged); nothing in between, nothing of another thread.
+                if (std::memcmp(got.data(), v.data(), n * sizeof(float)) == 0)
+                    ++right;
+                else if (all_bytes(got.data(), n * sizeof(float), 0xff))
+                    ++failed;
+                else
+                    ++wrong;
+            }
+        });
+    for (auto& th : pool)
+        th.join();
+    CHECK(wrong == 0);
+    CHECK(right + failed == threads * rounds);
+    // Transfers wait their turn for staging (Session::stage within the deadline): none
+    // fails only because other threads are busy. Needs the session's waiting staging
+    // pool; with a pool that fails at once beyond its bound some rounds fail here.
+    CHECK(failed == 0);
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
+}
+
+TEST_CASE("a call that timed out behind another stream's long compute does not lose the "
+          "device") {
+    LogCapture log;
+    // Calls wait 200 ms; the host's graph takes 600 ms.
+    Fixture f(test_backend_config("slow_compute", std::chrono::milliseconds(200)));
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+    ggml_tensor* y = ggml_add(c.ctx, x, x);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    REQUIRE(buf != nullptr);
+    std::vector<float> v = random_floats(64, 3), got(64);
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    ggml_build_forward_expand(g, y);
+
+    std::atomic<bool> computing{false};
+    ggml_status st = GGML_STATUS_FAILED;
+    std::thread compute([&] {
+        computing = true;
+        st = ggml_backend_graph_compute(backend, g);
+    });
+    while (!computing || f.registry->remote()->in_flight() == 0)
+        std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20)); // the graph is on the host
+    size_t free = 1, total = 1;
+    ggml_backend_dev_memory(f.dev, &free, &total); // queued behind the graph: times out
+    CHECK(total == 0);
+    compute.join();
+    CHECK(st == GGML_STATUS_SUCCESS);
+    CHECK_FALSE(f.registry->remote()->lost());
+    // The device goes on.
+    ggml_backend_tensor_get(y, got.data(), 0, ggml_nbytes(y));
+    CHECK(got[5] == v[5] + v[5]);
+    ggml_backend_dev_memory(f.dev, &free, &total);
+    CHECK(total > 0);
+    ggml_backend_buffer_t more =
+        ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096);
+    CHECK(more != nullptr);
+    CHECK(LogCapture::text().find("busy, not lost") != std::string::npos);
+    if (more) ggml_backend_buffer_free(more);
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
+}
+
+TEST_CASE("a call that timed out waiting for the host alone marks the device lost") {
+    Fixture f(test_backend_config("slow_memory", std::chrono::milliseconds(200)));
+    size_t free = 1, total = 1;
+    ggml_backend_dev_memory(f.dev, &free, &total);
+    CHECK(total == 0);
+    CHECK(f.registry->remote()->lost());
+}
+
+TEST_CASE("host values ggml relies on are checked before ggml sees them") {
+    LogCapture log;
+    SECTION("a base not aligned to the buffer type's alignment: null") {
+        Fixture f(test_backend_config("base_unaligned"));
+        CHECK(ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096) == nullptr);
+        CHECK(LogCapture::text().find("not aligned") != std::string::npos);
+        CHECK(f.forwards(21) == 1); // the host's buffer was freed
+    }
+    SECTION("a base whose buffer wraps the address space: null") {
+        Fixture f(test_backend_config("base_wraps"));
+        CHECK(ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096) == nullptr);
+        CHECK(LogCapture::text().find("wraps") != std::string::npos);
+    }
+    for (const char* mode : {"alignment_huge", "max_size_small", "bad_alignment"}) {
+        DYNAMIC_SECTION("a buffer type whose " << mode << ": no device") {
+            BackendConfig c = test_backend_config(mode);
+            LoopbackOptions lo;
+            lo.host.config = c.host_config;
+            auto remote = std::make_unique<Remote>(
+                AnyTransport(std::make_unique<LoopbackTransport>(std::move(lo))), c,
+                ggml_logger(LogLevel::warn));
+            auto r = Registry::create(std::move(remote));
+            REQUIRE_FALSE(r);
+            CHECK(r.error().name() == std::string_view("DECODE_BAD_VALUE"));
+        }
+    }
+}
+
+TEST_CASE("a view whose byte size wraps 64 bits is outside its buffer: never sent") {
+    LogCapture log;
+    Fixture f;
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    REQUIRE(buf != nullptr);
+    // ne and nb fit 32 bits; (ne1-1)*nb1 + (ne2-1)*nb2 = 2^64 + 2, so ggml_nbytes says 6.
+    ggml_tensor* w = ggml_view_1d(c.ctx, x, 1, 0);
+    w->ne[1] = 0xffffffff;
+    w->nb[1] = 0xffffffff;
+    w->ne[2] = 7;
+    w->nb[2] = 0x80000000;
+    w->nb[3] = 0x80000000; // ne[3] is 1: no bytes of its own
+    REQUIRE(ggml_nbytes(w) == 6);
+    REQUIRE(ggml_backend_view_init(w) == GGML_STATUS_SUCCESS);
+    const uint64_t sets = f.forwards(17), computes = f.forwards(22);
+    float one = 1.f;
+    ggml_backend_tensor_set(w, &one, 0, sizeof one);
+    CHECK(f.forwards(17) == sets);
+    CHECK(LogCapture::text().find("wraps 64 bits") != std::string::npos);
+    ggml_tensor* y = ggml_add(c.ctx, x, x);
+    y->src[1] = w; // a source the host would read from
+    ggml_backend_buffer_t bs = ggml_backend_alloc_buffer(backend, 4096);
+    ggml_tallocr ta = ggml_tallocr_new(bs);
+    REQUIRE(ggml_tallocr_alloc(&ta, y) == GGML_STATUS_SUCCESS);
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    ggml_graph_add_node(g, y);
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+    CHECK(f.forwards(22) == computes);
+    ggml_backend_buffer_free(bs);
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
+}
+
+TEST_CASE("graphs ggml's host cannot survive are refused, never sent") {
+    LogCapture log;
+    Fixture f;
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    SECTION("a 300000-deep chain of sources left out of the node list") {
+        constexpr int depth = 300000;
+        ggml_init_params p{ggml_tensor_overhead() * (depth + 4) + ggml_graph_overhead(), nullptr,
+                           true};
+        ggml_context* ctx = ggml_init(p);
+        ggml_tensor* x = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 4);
+        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, backend);
+        REQUIRE(buf != nullptr);
+        ggml_tensor* t = x;
+        for (int i = 0; i < depth; ++i) {
+            t = ggml_add(ctx, t, x);
+            t->buffer = buf;
+            t->data = x->data; // every link inside the buffer
+        }
+        ggml_cgraph* g = ggml_new_graph(ctx);
+        ggml_graph_add_node(g, t); // only the last: the host would recurse through the rest
+        const uint64_t computes = f.forwards(22);
+        CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+        CHECK(f.forwards(22) == computes);
+        CHECK(LogCapture::text().find("deeper than") != std::string::npos);
+        ggml_backend_buffer_free(buf);
+        ggml_free(ctx);
+    }
+    SECTION("an op past GGML_OP_COUNT, a custom op") {
+        for (int op : {static_cast<int>(GGML_OP_COUNT), static_cast<int>(GGML_OP_COUNT) + 7,
+                       static_cast<int>(GGML_OP_CUSTOM), static_cast<int>(GGML_OP_MAP_CUSTOM1)}) {
+            Ctx c;
+            ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 4);
+            ggml_tensor* y = ggml_add(c.ctx, x, x);
+            ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+            REQUIRE(buf != nullptr);
+            y->op = static_cast<ggml_op>(op);
+            ggml_cgraph* g = ggml_new_graph(c.ctx);
+            ggml_graph_add_node(g, y);
+            const uint64_t computes = f.forwards(22);
+            CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+            CHECK(f.forwards(22) == computes);
+            ggml_backend_buffer_free(buf);
+        }
+    }
+    // The device carries on.
+    CHECK(matmul_add_round(backend, 9).empty());
+    ggml_backend_free(backend);
+}
+
+TEST_CASE("a buffer freed while another thread computes on it: no use after free, the freed "
+          "handle never reaches the host") {
+    Fixture f(test_backend_config());
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    SECTION("freed before the compute: refused here") {
+        Ctx c;
+        ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+        ggml_tensor* y = ggml_add(c.ctx, x, x);
+        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+        REQUIRE(buf != nullptr);
+        ggml_cgraph* g = ggml_new_graph(c.ctx);
+        ggml_build_forward_expand(g, y);
+        ggml_backend_buffer_free(buf); // the graph's tensors still point at it
+        const uint64_t computes = f.forwards(22);
+        CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+        CHECK(f.forwards(22) == computes);
+    }
+    SECTION("freed by another thread during computes") {
+        constexpr int rounds = 30;
+        int succeeded = 0, refused = 0;
+        for (int r = 0; r < rounds; ++r) {
+            Ctx c;
+            ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 4096);
+            ggml_tensor* y = ggml_add(c.ctx, x, x);
+            ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+            REQUIRE(buf != nullptr);
+            ggml_cgraph* g = ggml_new_graph(c.ctx);
+            ggml_build_forward_expand(g, y);
+            const uint64_t sent = f.forwards(22);
+            std::atomic<bool> go{false};
+            std::thread freer([&] {
+                while (!go)
+                    std::this_thread::yield();
+                ggml_backend_buffer_free(buf);
+            });
+            std::vector<ggml_status> st;
+            go = true;
+            for (int i = 0; i < 20; ++i)
+                st.push_back(ggml_backend_graph_compute(backend, g));
+            freer.join();
+            for (ggml_status s : st)
+                (s == GGML_STATUS_SUCCESS ? succeeded : refused) += 1;
+            // Every compute that reached the host found its buffer there (the test host
+            // refuses unknown handles, which would fail the compute after sending it).
+            const auto ok =
+                static_cast<uint64_t>(std::count(st.begin(), st.end(), GGML_STATUS_SUCCESS));
+            CHECK(f.forwards(22) - sent == ok);
+        }
+        CHECK(succeeded + refused == rounds * 20);
+        CHECK(f.forwards(21) >= static_cast<uint64_t>(rounds)); // every buffer freed on the host
+    }
+    ggml_backend_free(backend);
 }
 
 int main(int argc, char** argv) {

@@ -18,14 +18,23 @@
 //   negative_count    device_get_count answers -1
 //   refuse            every command returns 1 (the host refused)
 //   slow_name         device_get_name sleeps 500 ms first
+//   slow_memory       device_get_memory sleeps 600 ms first
+//   slow_compute      backend_graph_compute sleeps 600 ms first (a long legitimate graph)
+//   refuse_bad_set    buffer_set_tensor refuses tensors whose name starts with "bad"
+//   base_unaligned    buffer_get_base answers the base + 1 (not aligned to 32)
+//   base_wraps        buffer_get_base answers 0xffffffffffffff00 (base + size wraps)
+//   alignment_huge    buffer_type_get_alignment answers 2^40
+//   max_size_small    buffer_type_get_max_size answers 16 (below the alignment)
 #include <apir/backend.hpp>
 #include <apir/ggml/commands.hpp>
 #include <apir/ggml/graph.hpp>
 
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <thread>
 #include <vector>
@@ -36,8 +45,14 @@ using namespace apir::ggml;
 
 constexpr uint32_t refused = 1;
 
+// Blocks aligned to the alignment the buffer type claims (32), as ggml's allocator needs.
+constexpr std::align_val_t block_alignment{32};
+struct AlignedDelete {
+    void operator()(std::byte* p) const noexcept { ::operator delete[](p, block_alignment); }
+};
+
 struct TestBuffer {
-    std::unique_ptr<std::byte[]> owned; // null for host-pointer buffers
+    std::unique_ptr<std::byte[], AlignedDelete> owned; // null for host-pointer buffers
     std::byte* base = nullptr;
     uint64_t size = 0;
 };
@@ -177,6 +192,7 @@ uint32_t device_get_type(Context& c, Frame& f) {
     return 0;
 }
 uint32_t device_get_memory(Context& c, Frame& f) {
+    if (hostile(c) == "slow_memory") std::this_thread::sleep_for(std::chrono::milliseconds(600));
     f.reply().put(
         MemoryReply{hostile(c) == "memory_inverted" ? uint64_t{3} << 30 : uint64_t{1} << 30,
                     uint64_t{2} << 30});
@@ -219,12 +235,14 @@ uint32_t buffer_type_get_name(Context&, Frame& f) {
 }
 uint32_t buffer_type_get_alignment(Context& c, Frame& f) {
     if (!buffer_type(f)) return refused;
-    f.reply().write_u64(hostile(c) == "bad_alignment" ? 24 : 32);
+    f.reply().write_u64(hostile(c) == "bad_alignment"    ? 24
+                        : hostile(c) == "alignment_huge" ? uint64_t{1} << 40
+                                                         : 32);
     return 0;
 }
-uint32_t buffer_type_get_max_size(Context&, Frame& f) {
+uint32_t buffer_type_get_max_size(Context& c, Frame& f) {
     if (!buffer_type(f)) return refused;
-    f.reply().write_u64(UINT64_MAX);
+    f.reply().write_u64(hostile(c) == "max_size_small" ? 16 : UINT64_MAX);
     return 0;
 }
 uint32_t buffer_type_is_host(Context&, Frame& f) {
@@ -247,7 +265,9 @@ uint32_t buffer_type_alloc_buffer(Context& c, Frame& f) {
         return 0;
     }
     auto b = std::make_unique<TestBuffer>();
-    b->owned = std::make_unique<std::byte[]>(std::max<uint64_t>(size, 1));
+    const size_t n = static_cast<size_t>(std::max<uint64_t>(size, 1));
+    b->owned.reset(static_cast<std::byte*>(::operator new[](n, block_alignment)));
+    std::memset(b->owned.get(), 0, n);
     b->base = b->owned.get();
     b->size = size;
     uint64_t handle = handle_of(b.get());
@@ -259,7 +279,11 @@ uint32_t buffer_type_alloc_buffer(Context& c, Frame& f) {
 uint32_t buffer_get_base(Context& c, Frame& f) {
     auto it = c.state.buffers.find(f.request().read_u64());
     if (!f.request().ok() || it == c.state.buffers.end()) return refused;
-    f.reply().write_u64(hostile(c) == "base_zero" ? 0 : handle_of(it->second->base));
+    uint64_t base = handle_of(it->second->base);
+    if (hostile(c) == "base_zero") base = 0;
+    if (hostile(c) == "base_unaligned") base += 1;
+    if (hostile(c) == "base_wraps") base = 0xffffffffffffff00;
+    f.reply().write_u64(base);
     return 0;
 }
 // set_tensor (to_tensor) and get_tensor: one copy between the blob and the tensor.
@@ -277,6 +301,12 @@ uint32_t transfer(Context& c, Frame& f, bool to_tensor) {
     return 0;
 }
 uint32_t buffer_set_tensor(Context& c, Frame& f) {
+    if (hostile(c) == "refuse_bad_set") {
+        apir::Decoder peek = f.request();
+        TensorTransferRequest req;
+        if (peek.get_into(req) && std::string_view(req.tensor.name.data()).starts_with("bad"))
+            return refused;
+    }
     return transfer(c, f, true);
 }
 uint32_t buffer_get_tensor(Context& c, Frame& f) {
@@ -308,6 +338,7 @@ uint32_t buffer_free_buffer(Context& c, Frame& f) {
     return 0;
 }
 uint32_t backend_graph_compute(Context& c, Frame& f) {
+    if (hostile(c) == "slow_compute") std::this_thread::sleep_for(std::chrono::milliseconds(600));
     GraphComputeRequest req;
     if (!f.request().get_into(req) || req.size == 0) return refused;
     auto blob = shmem(c, req.res_id, req.size);

@@ -417,6 +417,96 @@ TEST_CASE("Device: transfers from several threads do not mix") {
     CHECK(bad == 0);
 }
 
+TEST_CASE("Device: eight threads transferring at once never get wrong data reported as "
+          "success") {
+    ag::DeviceOptions o;
+    o.chunk_size = 4096; // several chunks per transfer
+    Fixture f({}, o);
+    constexpr int threads = 8, rounds = 50;
+    constexpr uint32_t n = 4096; // 16 KiB per transfer
+    auto buf = f.buffer(threads * n * 4);
+    std::atomic<int> wrong{0}, failed{0}, right{0};
+    std::vector<std::thread> ts;
+    for (int i = 0; i < threads; ++i)
+        ts.emplace_back([&, i] {
+            auto t = ag::make_tensor(ag::Type::f32, {n})
+                         .place(buf.handle, static_cast<uint64_t>(i) * n * 4);
+            std::vector<float> back(n);
+            for (int round = 0; round < rounds; ++round) {
+                auto x = iota_floats(n, static_cast<float>(i * 100000 + round));
+                const bool set = f.dev->set_tensor(t, std::as_bytes(std::span(x))).has_value();
+                std::fill(back.begin(), back.end(), -1.f);
+                const bool got =
+                    f.dev->get_tensor(t, std::as_writable_bytes(std::span(back))).has_value();
+                if (set && got && back != x)
+                    ++wrong; // success with wrong data: never
+                else if (set && got)
+                    ++right;
+                else
+                    ++failed; // a failed chunk is an error, never a silent success
+            }
+        });
+    for (auto& t : ts)
+        t.join();
+    CHECK(wrong == 0);
+    CHECK(right + failed == threads * rounds);
+    // Transfers wait their turn for a staging blob (within their deadline): none fails
+    // because other threads are busy. Needs the session's waiting staging pool.
+    CHECK(failed == 0);
+}
+
+TEST_CASE("Device: graphs ggml's host cannot survive are refused, never sent") {
+    Fixture f;
+    auto buf = f.buffer(4096);
+    auto place = [&](uint64_t off) {
+        return ag::make_tensor(ag::Type::f32, {4}).place(buf.handle, off);
+    };
+    SECTION("an op id at or past GGML_OP_COUNT, or a custom op") {
+        for (uint32_t op :
+             {ag::op_count, ag::op_count + 100, uint32_t{0xffffffff},
+              static_cast<uint32_t>(ag::Op::custom), static_cast<uint32_t>(ag::Op::map_custom2)}) {
+            ag::Graph g;
+            uint64_t a = g.add(place(0));
+            g.add_node(place(16), static_cast<ag::Op>(op), {a, a});
+            const uint64_t before = f.calls(ag::Command::backend_graph_compute);
+            check_error(f.dev->graph_compute(g), Errc::invalid_argument, "backend_graph_compute");
+            CHECK(f.calls(ag::Command::backend_graph_compute) == before);
+        }
+    }
+    SECTION("a 300000-deep chain of sources left out of the node list") {
+        constexpr uint32_t depth = 300000;
+        std::vector<ag::RpcTensor> tensors;
+        tensors.reserve(depth + 1);
+        tensors.push_back(place(0));
+        tensors.back().id = 1;
+        for (uint64_t id = 2; id <= depth + 1; ++id) {
+            auto t = place(16);
+            t.id = id;
+            t.op = static_cast<uint32_t>(ag::Op::add);
+            t.src[0] = id - 1;
+            t.src[1] = 1;
+            tensors.push_back(t);
+        }
+        const std::vector<uint64_t> nodes{depth + 1}; // only the last
+        CHECK(ag::validate_graph(nodes, tensors).error() == Errc::invalid_argument);
+        const uint64_t before = f.calls(ag::Command::backend_graph_compute);
+        check_error(f.dev->graph_compute(nodes, tensors), Errc::invalid_argument,
+                    "backend_graph_compute");
+        CHECK(f.calls(ag::Command::backend_graph_compute) == before);
+        // The same chain with every link in the node list, in order: the host makes each
+        // tensor from already made ones, and the graph is valid.
+        std::vector<uint64_t> all;
+        for (uint64_t id = 2; id <= depth + 1; ++id)
+            all.push_back(id);
+        CHECK(ag::validate_graph(all, tensors));
+        // A chain at the bound passes; one more link does not.
+        std::vector<ag::RpcTensor> at_bound(tensors.begin(), tensors.begin() + ag::max_graph_depth);
+        CHECK(ag::validate_graph(std::vector<uint64_t>{ag::max_graph_depth}, at_bound));
+        at_bound.push_back(tensors[ag::max_graph_depth]);
+        CHECK_FALSE(ag::validate_graph(std::vector<uint64_t>{ag::max_graph_depth + 1}, at_bound));
+    }
+}
+
 TEST_CASE("Device: sends only handles it received and tensors inside their buffers") {
     Fixture f;
     Device& d = *f.dev;
@@ -513,6 +603,11 @@ TEST_CASE("Device: hostile replies are named errors") {
         REQUIRE(f.dev->alloc_buffer(*t, 64));
         check_error(f.dev->alloc_buffer(*t, 64), Errc::decode_bad_value,
                     "buffer_type_alloc_buffer");
+    }
+    SECTION("a base whose buffer wraps the address space") {
+        Fixture f("base_wraps");
+        auto b = f.buffer(4096);
+        check_error(f.dev->base(b.handle), Errc::decode_bad_value, "buffer_get_base");
     }
     SECTION("base address 0") {
         Fixture f("base_zero");
@@ -660,6 +755,10 @@ TEST_CASE("the numbers of apir/ggml match ggml.h") {
     static_assert(static_cast<int>(ag::Op::view) == GGML_OP_VIEW);
     static_assert(static_cast<int>(ag::Op::permute) == GGML_OP_PERMUTE);
     static_assert(static_cast<int>(ag::Op::transpose) == GGML_OP_TRANSPOSE);
+    static_assert(ag::op_count == GGML_OP_COUNT);
+    static_assert(static_cast<int>(ag::Op::map_custom1) == GGML_OP_MAP_CUSTOM1);
+    static_assert(static_cast<int>(ag::Op::map_custom3) == GGML_OP_MAP_CUSTOM3);
+    static_assert(static_cast<int>(ag::Op::custom) == GGML_OP_CUSTOM);
     static_assert(static_cast<int>(ag::Type::q8_0) == GGML_TYPE_Q8_0);
     static_assert(static_cast<int>(ag::Type::bf16) == GGML_TYPE_BF16);
     static_assert(static_cast<int>(ag::Type::i32) == GGML_TYPE_I32);

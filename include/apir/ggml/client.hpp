@@ -16,13 +16,17 @@
 // Handles: the Device remembers every buffer type and buffer the host gave it and sends
 // only those (a freed buffer is unknown from then on: GGML_UNKNOWN_HANDLE), and it sends
 // a tensor only when it lies inside its buffer (ggml's host aborts on one that does not).
-// Host replies are checked: a null handle where one is required, a base of 0, a string
-// without NUL, a bool or enum out of range, a ggml_status outside ggml's enum are
-// protocol errors. Every error names the command ("buffer_set_tensor: ...").
+// Graphs are validated (validate_graph: ids, op ids ggml's host knows, no custom op, no
+// chain of sources deeper than max_graph_depth) before anything is sent.
+// Host replies are checked: a null handle where one is required, a base of 0 or one whose
+// buffer wraps the address space, a string without NUL, a bool or enum out of range, a ggml_status
+// outside ggml's enum are protocol errors. Every error names the command ("buffer_set_tensor:
+// ...").
 //
-// Bulk data (set/get) goes through the session's reused staging blob, in chunks of at
+// Bulk data (set/get) goes through the session's staging pool, in chunks of at
 // most DeviceOptions::chunk_size bytes; the graph goes there too. Thread-safe: transfers
-// from several threads take turns on the staging blob; other calls run concurrently.
+// from several threads stage their own chunks; other calls run concurrently. A chunk
+// that fails ends its transfer with the error (never success with data not moved).
 // Metadata and transfer calls have finite deadlines; graph_compute waits as long as the
 // computation takes unless DeviceOptions::compute_timeout is set.
 #pragma once
@@ -240,12 +244,17 @@ public:
 
     // --- buffers ---------------------------------------------------------------
 
-    /// The host address of the buffer's base (never 0); tensors' data offsets count from it.
+    /// The host address of the buffer's base (never 0, and base + size does not wrap);
+    /// tensors' data offsets count from it.
     [[nodiscard]] Expected<uint64_t> base(BufferHandle b) {
-        APIR_TRY(live(b, Command::buffer_get_base));
+        auto rec = buffer(b);
+        if (!rec) return unknown(Command::buffer_get_base, "buffer");
         auto r = call<BufferGetBase>(BufferRequest{b}, metadata());
         if (!r) return Unexpected{std::move(r).error()};
         if (r->value == 0) return bad(Command::buffer_get_base, "base address 0");
+        if (r->value > UINT64_MAX - rec->size)
+            return bad(Command::buffer_get_base,
+                       fmt::format("base {:#x} + {} bytes wraps", r->value, rec->size));
         return r->value;
     }
     /// Writes data to the tensor's bytes [offset, offset + data.size()).

@@ -28,9 +28,18 @@ namespace apir::ggml {
     return 4 + 8 * n_nodes + 4 + sizeof(RpcTensor) * n_tensors;
 }
 
+/// Deepest chain of tensors that ggml's host follows through src and view_src before
+/// reaching one it already made. ggml's host builds the graph recursively, one stack
+/// frame per tensor of the chain, from each node in order; a chain past this bound
+/// (reachable only when the node list omits the tensors of the chain) could overflow
+/// a host thread's stack, so such a graph is refused.
+inline constexpr size_t max_graph_depth = 16384;
+
 /// Checks a graph the way a careful host reads it: at least one node, counts that fit
 /// ggml's int, non-zero unique ids, every node and every src/view_src id among the
-/// tensors. INVALID_ARGUMENT names the first violation.
+/// tensors, every op runnable (op_runnable: one of ggml's, no custom op), and no chain
+/// of sources deeper than max_graph_depth as ggml's host walks it. INVALID_ARGUMENT
+/// names the first violation.
 [[nodiscard]] Expected<void> validate_graph(std::span<const uint64_t> nodes,
                                             std::span<const RpcTensor> tensors);
 

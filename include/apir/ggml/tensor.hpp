@@ -117,7 +117,21 @@ enum class Op : uint32_t {
     view = 37,
     permute = 38,
     transpose = 39,
+    map_custom1 = 92,
+    map_custom2 = 93,
+    map_custom3 = 94,
+    custom = 95,
 };
+
+/// GGML_OP_COUNT of ggml d99724f2: an op id at or past it is not one of ggml's, and
+/// ggml's host aborts on it. Graphs carrying one are refused (validate_graph).
+inline constexpr uint32_t op_count = 101;
+/// Whether ggml's host can run op as sent: one of ggml's ids, and not a custom op (their
+/// op_params hold function pointers of the guest, which the host would call).
+[[nodiscard]] constexpr bool op_runnable(uint32_t op) noexcept {
+    return op < op_count &&
+           (op < static_cast<uint32_t>(Op::map_custom1) || op > static_cast<uint32_t>(Op::custom));
+}
 
 /// ggml_tensor_flag bits.
 enum TensorFlag : int32_t {
