@@ -2,7 +2,9 @@
 // $APIR_VIRGL_PEER_DIR, loading the demo backend), and against small socket servers of
 // this test that misbehave: no server, one that never answers, one that stops reading,
 // a server child killed in the middle of calls, a command the host drops.
-// Skips (77) without APIR_VIRGL_PEER_DIR.
+// Skips (77) without APIR_VIRGL_PEER_DIR. The cases tagged [demo] have the server load the
+// demo backend of this build: a sanitized build's cannot be loaded by the (unsanitized)
+// server, so sanitizer builds leave them out.
 #define CATCH_CONFIG_RUNNER
 #include "catch.hpp"
 
@@ -198,7 +200,7 @@ TEST_CASE("a server that stops answering and reading: calls end at their deadlin
     CHECK((after.error() == Errc::disconnected || after.error() == Errc::timeout));
 }
 
-TEST_CASE("the real host: a session connects, calls, and moves bulk data", "[host]") {
+TEST_CASE("the real host: a session connects, calls, and moves bulk data", "[host][demo]") {
     VtestServer server(demo_config());
     const auto start = apir::Clock::now();
     auto t = apir::VtestTransport::open(options_for(server.socket_path()));
@@ -272,7 +274,7 @@ TEST_CASE("a command the real host drops (unknown reply page) fails at once", "[
 
 TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new connection "
           "works",
-          "[faults]") {
+          "[faults][demo]") {
     VtestServer server(demo_config());
     {
         auto t = apir::VtestTransport::open(options_for(server.socket_path()));
