@@ -346,9 +346,9 @@ private:
     size_t size_ = 0;
 };
 
-Result bench_bulk(const Plan& p, Sessions& sessions) {
+template <class S>
+Result bulk_on(const Plan& p, S& s, std::string name, std::string title) {
     constexpr size_t bytes = size_t{64} << 20;
-    Session& s = sessions.adaptive();
     Buffer source(bytes), ref_dst(bytes), ref_tensor(bytes);
     for (size_t i = 0; i < bytes / 8; ++i) {
         const uint64_t w = i * 0x9e3779b97f4a7c15ull;
@@ -357,7 +357,7 @@ Result bench_bulk(const Plan& p, Sessions& sessions) {
     bench::RangeEnds want;
     std::memcpy(&want.first, source.data(), 8);
     std::memcpy(&want.last, source.data() + bytes - 8, 8);
-    take(s.call<bench::AllocTensor>(bench::AllocTensorRequest{bytes}), "alloc_tensor");
+    take(s.template call<bench::AllocTensor>(bench::AllocTensorRequest{bytes}), "alloc_tensor");
 
     // Ours: the guest writes the bytes into the reused staging blob (the one copy),
     // then one FORWARD names the blob. consume: the host reads the range in place;
@@ -367,7 +367,8 @@ Result bench_bulk(const Plan& p, Sessions& sessions) {
         auto staged = take(s.stage(bytes), "stage");
         std::memcpy(staged.bytes().data(), source.data(), bytes);
         const bench::BlobRange range{staged.res_id(), 0, bytes};
-        auto r = set_tensor ? s.call<bench::SetTensor>(range) : s.call<bench::Consume>(range);
+        auto r = set_tensor ? s.template call<bench::SetTensor>(range)
+                            : s.template call<bench::Consume>(range);
         const auto t1 = BenchClock::now();
         const auto got = take(std::move(r), set_tensor ? "set_tensor" : "consume");
         if (got.first != want.first || got.last != want.last)
@@ -406,7 +407,7 @@ Result bench_bulk(const Plan& p, Sessions& sessions) {
         return gbps(*std::min_element(v.begin(), v.end()));
     };
     const double o = best(ours), m = best(ref), t = best(st), m2 = best(ref2);
-    Result res("bulk", "64 MiB guest -> host through the staging blob, best of the reps, GB/s");
+    Result res(name, title);
     res.integer("bytes", bytes)
         .number("ours_gbps", o, 2, "ours: stage + write + FORWARD (host reads in place)", "GB/s")
         .number("memcpy_gbps", m, 2, "reference: one memcpy of the same bytes", "GB/s")
@@ -420,6 +421,68 @@ Result bench_bulk(const Plan& p, Sessions& sessions) {
         .integer("reps", p.bulk_reps)
         .target("memcpy", o / m, o >= 0.9 * m, "ours_gbps >= 0.9 * memcpy_gbps");
     return res;
+}
+
+Result bench_bulk(const Plan& p, Sessions& sessions) {
+    return bulk_on(p, sessions.adaptive(), "bulk",
+                   "64 MiB guest -> host through the staging blob, best of the reps, GB/s");
+}
+
+// ---------------------------------------------------------------------------
+// roundtrip_vtest, bulk_vtest: virglrenderer's APIR host through virgl_test_server
+//
+// The server is started by the user with the bench backend (--vtest-socket). The
+// floor of a call over vtest is one PING round trip on the same socket (the server
+// answers it after the command): a call is timed against PINGs in interleaved batches.
+
+std::unique_ptr<apir::Session<apir::VtestTransport>> vtest_session(const std::string& socket) {
+    apir::VtestOptions o;
+    o.socket_path = socket;
+    auto t = take(apir::VtestTransport::open(std::move(o)), "connect to the vtest server");
+    auto s = std::make_unique<apir::Session<apir::VtestTransport>>(std::move(t));
+    take(s->connect(), "connect through vtest (does the server load the bench backend?)");
+    return s;
+}
+
+Result vtest_skipped(std::string name) {
+    return Result::skipped(name, "no --vtest-socket: start virgl_test_server --no-virgl with "
+                                 "VIRGL_APIR_BACKEND_LIBRARY set to the bench backend");
+}
+
+Result bench_roundtrip_vtest(const Plan& p, const std::string& socket) {
+    if (socket.empty()) return vtest_skipped("roundtrip_vtest");
+    auto s = vtest_session(socket);
+    auto ping_batch = [&](size_t n) {
+        const auto t0 = BenchClock::now();
+        for (size_t i = 0; i < n; ++i)
+            if (auto r = s->transport().ping(apir::Deadline::after(seconds(5))); !r)
+                fatal("vtest PING", r.error());
+        return ns_since(t0, BenchClock::now()) / static_cast<double>(n);
+    };
+    std::vector<double> call_ns, ping_ns;
+    for (size_t r = 0; r < p.drm_rounds; ++r) {
+        in_turn(r, {[&] { call_ns.push_back(nop_batch(*s, p.rt_warmup, p.drm_batch)); }, settle,
+                    [&] { ping_ns.push_back(ping_batch(p.drm_batch)); }, settle});
+    }
+    const double c = median(call_ns), g = median(ping_ns);
+    const auto st = s->transport().stats();
+    Result res("roundtrip_vtest",
+               "empty FORWARD over vtest (virglrenderer's host), median ns per call");
+    res.number("ours_ns", c, 1, "empty FORWARD through virgl_test_server", "ns")
+        .number("ping_ns", g, 1, "one vtest PING round trip on the same socket (the floor)", "ns")
+        .number("ratio", c / g, 3, "call / PING")
+        .integer("spin_replies", st.spin_replies)
+        .integer("ping_replies", st.ping_replies)
+        .integer("batches", p.drm_rounds)
+        .integer("calls_per_batch", p.drm_batch);
+    return res;
+}
+
+Result bench_bulk_vtest(const Plan& p, const std::string& socket) {
+    if (socket.empty()) return vtest_skipped("bulk_vtest");
+    auto s = vtest_session(socket);
+    return bulk_on(p, *s, "bulk_vtest",
+                   "64 MiB guest -> virglrenderer's host through a staging blob, GB/s");
 }
 
 // ---------------------------------------------------------------------------
@@ -1167,38 +1230,44 @@ struct CpuClock {
 };
 
 void usage() {
-    fmt::print("usage: apir-bench [--json] [--quick] [--only NAME[,NAME...]] [--backend PATH]\n"
-               "\n"
-               "Measures apir's hot paths against references in the same process:\n"
-               "  roundtrip          empty FORWARD over the threaded loopback vs. a raw\n"
-               "                     two-thread ping-pong and vs. ggml's fixed 15 µs poll\n"
-               "  bulk               64 MiB guest -> host through the staging blob vs. memcpy\n"
-               "  codec              encode + decode of a small message vs. hand-written code\n"
-               "  wait_cpu           CPU the waiting guest burns while the host works 1 ms\n"
-               "  alloc              heap allocations per steady-state typed call\n"
-               "  shared_cpu         guest and host bound to one CPU vs. a futex ping-pong\n"
-               "  many_callers       8 callers on one session vs. 1 caller\n"
-               "  spaced             a call 100 µs after the last vs. back to back + a wake\n"
-               "  inline             ns per call with the host inline; 4000 B vs 16 B requests\n"
-               "  memory             bytes held after large commands and staging transfers\n"
-               "  staging_cold       the first transfer into a new staging blob vs. a warm one\n"
-               "  roundtrip_drm_sim  the DRM transport on the simulated virtio-gpu device\n"
-               "\n"
-               "options:\n"
-               "  --json            one JSON object per line instead of a table\n"
-               "  --quick           fewer samples (a few seconds; what CI runs)\n"
-               "  --only LIST       run only these benchmarks (comma-separated)\n"
-               "  --backend PATH    the bench backend library (default: {})\n"
-               "  -h, --help        this text\n"
-               "exit codes: 0 ran (targets are reported, not enforced), 1 a call failed,\n"
-               "2 bad arguments\n",
-               APIR_BENCH_BACKEND_PATH);
+    fmt::print(
+        "usage: apir-bench [--json] [--quick] [--only NAME[,NAME...]] [--backend PATH]\n"
+        "\n"
+        "Measures apir's hot paths against references in the same process:\n"
+        "  roundtrip          empty FORWARD over the threaded loopback vs. a raw\n"
+        "                     two-thread ping-pong and vs. ggml's fixed 15 µs poll\n"
+        "  bulk               64 MiB guest -> host through the staging blob vs. memcpy\n"
+        "  codec              encode + decode of a small message vs. hand-written code\n"
+        "  wait_cpu           CPU the waiting guest burns while the host works 1 ms\n"
+        "  alloc              heap allocations per steady-state typed call\n"
+        "  shared_cpu         guest and host bound to one CPU vs. a futex ping-pong\n"
+        "  many_callers       8 callers on one session vs. 1 caller\n"
+        "  spaced             a call 100 µs after the last vs. back to back + a wake\n"
+        "  inline             ns per call with the host inline; 4000 B vs 16 B requests\n"
+        "  memory             bytes held after large commands and staging transfers\n"
+        "  staging_cold       the first transfer into a new staging blob vs. a warm one\n"
+        "  roundtrip_drm_sim  the DRM transport on the simulated virtio-gpu device\n"
+        "  roundtrip_vtest    empty FORWARD over vtest vs. a vtest PING (--vtest-socket)\n"
+        "  bulk_vtest         64 MiB through virglrenderer's host vs. memcpy (--vtest-socket)\n"
+        "\n"
+        "options:\n"
+        "  --json            one JSON object per line instead of a table\n"
+        "  --quick           fewer samples (a few seconds; what CI runs)\n"
+        "  --only LIST       run only these benchmarks (comma-separated)\n"
+        "  --backend PATH    the bench backend library (default: {})\n"
+        "  --vtest-socket P  virgl_test_server's socket for the *_vtest lines (the\n"
+        "                    server loading the bench backend); without it they skip\n"
+        "  -h, --help        this text\n"
+        "exit codes: 0 ran (targets are reported, not enforced), 1 a call failed,\n"
+        "2 bad arguments\n",
+        APIR_BENCH_BACKEND_PATH);
 }
 
 int run(int argc, char** argv) {
     bool json = false, quick = false;
     std::string only;
     std::string backend = APIR_BENCH_BACKEND_PATH;
+    std::string vtest_socket;
     for (int i = 1; i < argc; ++i) {
         const std::string_view a = argv[i];
         auto value = [&]() -> std::string {
@@ -1219,6 +1288,8 @@ int run(int argc, char** argv) {
             only = "," + value() + ",";
         } else if (a == "--backend") {
             backend = value();
+        } else if (a == "--vtest-socket") {
+            vtest_socket = value();
         } else {
             fmt::print(stderr, "apir-bench: unknown option '{}' (try --help)\n", a);
             return 2;
@@ -1227,7 +1298,7 @@ int run(int argc, char** argv) {
     const Plan plan = quick ? Plan::quick_plan() : Plan{};
     Sessions sessions(backend);
 
-    const std::array<std::pair<std::string_view, std::function<Result()>>, 12> benches{{
+    const std::array<std::pair<std::string_view, std::function<Result()>>, 14> benches{{
         {"roundtrip", [&] { return bench_roundtrip(plan, sessions); }},
         {"shared_cpu", [&] { return bench_shared_cpu(plan, sessions); }},
         {"many_callers", [&] { return bench_many_callers(plan, sessions); }},
@@ -1240,6 +1311,8 @@ int run(int argc, char** argv) {
         {"memory", [&] { return bench_memory(plan, sessions); }},
         {"staging_cold", [&] { return bench_staging_cold(plan, sessions); }},
         {"roundtrip_drm_sim", [&] { return bench_roundtrip_drm_sim(plan, sessions); }},
+        {"roundtrip_vtest", [&] { return bench_roundtrip_vtest(plan, vtest_socket); }},
+        {"bulk_vtest", [&] { return bench_bulk_vtest(plan, vtest_socket); }},
     }};
     if (!only.empty()) {
         for (size_t pos = 1; pos < only.size();) {

@@ -86,8 +86,12 @@ void usage() {
         "library and times a series of echo calls.\n"
         "\n"
         "options:\n"
-        "  --transport drm|loopback  drm: the virtio-gpu device of this VM (default);\n"
-        "                            loopback: an in-process host (checks the library itself)\n"
+        "  --transport drm|loopback|vtest  drm: the virtio-gpu device of this VM (default);\n"
+        "                            loopback: an in-process host (checks the library itself);\n"
+        "                            vtest: virglrenderer's host behind virgl_test_server\n"
+        "  --vtest-socket PATH       vtest: the server's socket (default: $VTEST_SOCKET_NAME,\n"
+        "                            else /tmp/.virgl_test); the server's environment names\n"
+        "                            the backend library\n"
         "  --capset auto|apir|venus  virtio-gpu capset (default auto: APIR if\n"
         "                            GGML_REMOTING_USE_APIR_CAPSET is set or the device offers\n"
         "                            it, else Venus transition mode)\n"
@@ -226,13 +230,14 @@ std::string json_error(const apir::Error& e) {
 
 // --- Arguments.
 
-enum class TransportKind { drm, loopback };
+enum class TransportKind { drm, loopback, vtest };
 enum class EchoKind { automatic, demo, handshake, none };
 
 struct Args {
     TransportKind transport = TransportKind::drm;
     std::string capset = "auto";
     std::string node;
+    std::string vtest_socket;
     std::string backend;
     std::vector<std::pair<std::string, std::string>> config;
     EchoKind echo = EchoKind::automatic;
@@ -274,8 +279,12 @@ Args parse(int argc, char** argv) {
                 a.transport = TransportKind::drm;
             else if (v == "loopback")
                 a.transport = TransportKind::loopback;
+            else if (v == "vtest")
+                a.transport = TransportKind::vtest;
             else
-                bad_usage(fmt::format("unknown transport '{}' (drm or loopback)", v));
+                bad_usage(fmt::format("unknown transport '{}' (drm, loopback or vtest)", v));
+        } else if (f == "--vtest-socket") {
+            a.vtest_socket = value();
         } else if (f == "--capset") {
             auto v = value();
             if (v != "auto" && v != "apir" && v != "venus")
@@ -337,10 +346,14 @@ public:
     int run() {
         report_.str("probe", "apir-probe").str("version", APIR_PROBE_VERSION);
         report_.raw("build", json_build()).raw("system", json_system());
-        report_.str("transport", args_.transport == TransportKind::drm ? "drm" : "loopback");
+        report_.str("transport", args_.transport == TransportKind::drm     ? "drm"
+                                 : args_.transport == TransportKind::vtest ? "vtest"
+                                                                           : "loopback");
         std::optional<apir::AnyTransport> transport;
         if (args_.transport == TransportKind::drm) {
             if (int code = open_drm(transport); code != exit_ok) return code;
+        } else if (args_.transport == TransportKind::vtest) {
+            if (int code = open_vtest(transport); code != exit_ok) return code;
         } else {
             open_loopback(transport);
         }
@@ -367,6 +380,25 @@ private:
         else
             fmt::print("result: ok\n");
         return code;
+    }
+
+    int open_vtest(std::optional<apir::AnyTransport>& out) {
+        apir::VtestOptions vo;
+        vo.socket_path = args_.vtest_socket;
+        vo.logger = logger();
+        vo.connect_timeout = milliseconds(args_.timeout_ms);
+        const auto t0 = steady_clock::now();
+        auto t = apir::VtestTransport::open(std::move(vo));
+        if (!t)
+            return finish(t.error() == apir::Errc::no_device ? exit_no_device
+                                                             : exit_device_unusable,
+                          &t.error(), "vtest open");
+        const double ms = duration<double, std::milli>(steady_clock::now() - t0).count();
+        report_.str("vtest_socket", t->socket_path()).num("vtest_protocol", t->protocol_version());
+        say(fmt::format("transport: vtest at {} (protocol {}, capset 10), opened in {:.1f} ms",
+                        t->socket_path(), t->protocol_version(), ms));
+        out.emplace(std::move(*t));
+        return exit_ok;
     }
 
     void open_loopback(std::optional<apir::AnyTransport>& out) {

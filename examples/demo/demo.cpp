@@ -1,4 +1,5 @@
-// The main demo: a whole APIR session in one process, over the threaded loopback.
+// The main demo: a whole APIR session in one process, over the threaded loopback (or,
+// with --transport vtest, against virglrenderer's host behind virgl_test_server).
 //
 // handshake -> load the demo backend -> typed calls -> timed Add calls -> a 64 MiB bulk
 // transfer through shared memory -> per-command counters. Run with --help for the options.
@@ -11,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fmt/core.h>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -24,28 +26,35 @@ namespace {
 using namespace std::chrono;
 
 void usage() {
-    fmt::print("usage: apir-demo [options]\n"
-               "\n"
-               "Runs an APIR session over the loopback transport: handshake, LOADLIBRARY,\n"
-               "a few typed FORWARD calls, timed Add calls (median and p99 latency), a bulk\n"
-               "transfer through shared memory (the copy into it, and the copy plus the host's\n"
-               "checksum pass over it), and the session's per-command counters.\n"
-               "\n"
-               "options:\n"
-               "  --backend PATH     APIR backend library for the host to load\n"
-               "                     (default: the demo backend, {})\n"
-               "  --config KEY=VAL   host configuration passed to the backend through get_config\n"
-               "                     (repeatable; e.g. ggml.library.path=/path/libggml-vulkan.so)\n"
-               "  --inline           run the host inside submit() instead of on a host thread\n"
-               "  --calls N          number of timed Add calls (default 20000)\n"
-               "  --bulk-mib N       size of the bulk transfer in MiB (default 64; three rounds)\n"
-               "  -v, --verbose      log host and session messages\n"
-               "  -h, --help         this text\n"
-               "\n"
-               "With another backend library (e.g. ggml's libggml-virtgpu-backend.so) the demo\n"
-               "stops after LOADLIBRARY: its calls belong to that backend.\n"
-               "exit codes: 0 success, 1 a call failed, 2 bad arguments\n",
-               APIR_DEMO_BACKEND_PATH);
+    fmt::print(
+        "usage: apir-demo [options]\n"
+        "\n"
+        "Runs an APIR session over the loopback transport (or vtest): handshake, LOADLIBRARY,\n"
+        "a few typed FORWARD calls, timed Add calls (median and p99 latency), a bulk\n"
+        "transfer through shared memory (the copy into it, and the copy plus the host's\n"
+        "checksum pass over it), and the session's per-command counters.\n"
+        "\n"
+        "options:\n"
+        "  --backend PATH     APIR backend library for the host to load\n"
+        "                     (default: the demo backend, {})\n"
+        "  --config KEY=VAL   host configuration passed to the backend through get_config\n"
+        "                     (repeatable; e.g. ggml.library.path=/path/libggml-vulkan.so)\n"
+        "  --inline           run the host inside submit() instead of on a host thread\n"
+        "  --transport loopback|vtest  loopback: a host in this process (default);\n"
+        "                     vtest: virglrenderer's host behind virgl_test_server,\n"
+        "                     started with VIRGL_APIR_BACKEND_LIBRARY=the demo backend\n"
+        "                     (--backend and --config are then the server's business)\n"
+        "  --vtest-socket P   vtest: the server's socket (default $VTEST_SOCKET_NAME,\n"
+        "                     else /tmp/.virgl_test)\n"
+        "  --calls N          number of timed Add calls (default 20000)\n"
+        "  --bulk-mib N       size of the bulk transfer in MiB (default 64; three rounds)\n"
+        "  -v, --verbose      log host and session messages\n"
+        "  -h, --help         this text\n"
+        "\n"
+        "With another backend library (e.g. ggml's libggml-virtgpu-backend.so) the demo\n"
+        "stops after LOADLIBRARY: its calls belong to that backend.\n"
+        "exit codes: 0 success, 1 a call failed, 2 bad arguments\n",
+        APIR_DEMO_BACKEND_PATH);
 }
 
 double percentile(std::vector<double>& v, double p) {
@@ -70,6 +79,8 @@ int main(int argc, char** argv) {
     size_t calls = 20000;
     size_t bulk_mib = 64;
     apir::LogLevel level = apir::LogLevel::warn;
+    bool vtest = false;
+    std::string vtest_socket;
 
     for (int i = 1; i < argc; ++i) {
         std::string_view a = argv[i];
@@ -95,6 +106,15 @@ int main(int argc, char** argv) {
             lo.host.config[std::string(kv.substr(0, eq))] = std::string(kv.substr(eq + 1));
         } else if (a == "--inline") {
             lo.mode = apir::LoopbackOptions::Mode::inline_host;
+        } else if (a == "--transport") {
+            std::string_view t = value();
+            if (t != "loopback" && t != "vtest") {
+                fmt::print(stderr, "apir-demo: --transport loopback or vtest, not '{}'\n", t);
+                return 2;
+            }
+            vtest = t == "vtest";
+        } else if (a == "--vtest-socket") {
+            vtest_socket = value();
         } else if (a == "--calls") {
             calls = std::strtoull(value(), nullptr, 10);
         } else if (a == "--bulk-mib") {
@@ -113,7 +133,18 @@ int main(int argc, char** argv) {
     so.logger = apir::Logger(apir::stderr_sink, level);
     so.time_calls = true; // the summary below shows mean and max times
 
-    apir::Session session(apir::LoopbackTransport(std::move(lo)), so);
+    std::optional<apir::AnyTransport> transport;
+    if (vtest) {
+        apir::VtestOptions vo;
+        vo.socket_path = vtest_socket;
+        vo.logger = apir::Logger(apir::stderr_sink, level);
+        auto t = apir::VtestTransport::open(std::move(vo));
+        if (!check(t, "vtest open")) return 1;
+        transport.emplace(std::move(*t));
+    } else {
+        transport.emplace(apir::LoopbackTransport(std::move(lo)));
+    }
+    apir::Session session(std::move(*transport), so);
     fmt::print("transport: {}\n", session.transport().name());
 
     // 1. Handshake and LOADLIBRARY.

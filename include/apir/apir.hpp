@@ -21,6 +21,7 @@
 #include "apir/reply_page.hpp"
 #include "apir/session.hpp"
 #include "apir/transport.hpp"
+#include "apir/vtest.hpp"
 #include "apir/wire.hpp"
 #if APIR_HAVE_DRM
 #include "apir/virtgpu.hpp"

@@ -57,12 +57,16 @@ Expected<BackendConfig> config_from_environment(const EnvLookup& env) {
             c.transport = TransportKind::virtgpu;
         } else if (*t == "loopback") {
             c.transport = TransportKind::loopback;
+        } else if (*t == "vtest") {
+            c.transport = TransportKind::vtest;
         } else {
-            return fail(Errc::invalid_argument,
-                        fmt::format("APIR_GGML_TRANSPORT='{}': expected virtgpu or loopback", *t));
+            return fail(
+                Errc::invalid_argument,
+                fmt::format("APIR_GGML_TRANSPORT='{}': expected virtgpu, loopback or vtest", *t));
         }
     }
     if (auto n = get("APIR_GGML_NODE")) c.node = std::string(*n);
+    if (auto v = get("APIR_GGML_VTEST_SOCKET")) c.vtest_socket = std::string(*v);
     if (auto cfg = get("APIR_GGML_CONFIG")) {
         auto m = parse_config_string(*cfg);
         if (!m) return Unexpected{std::move(m).error()};

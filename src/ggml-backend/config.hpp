@@ -1,7 +1,9 @@
 // How libggml-apir connects: the environment variables it reads, parsed into a
 // BackendConfig (no ggml headers needed, so this part is tested everywhere).
 //
-//   APIR_GGML_TRANSPORT        virtgpu (default) or loopback
+//   APIR_GGML_TRANSPORT        virtgpu (default), loopback or vtest
+//   APIR_GGML_VTEST_SOCKET     vtest: virgl_test_server's socket (default: $VTEST_SOCKET_NAME,
+//                              else /tmp/.virgl_test); the host's configuration is the server's
 //   APIR_GGML_NODE             virtgpu: render node to use (default: the first usable one)
 //   GGML_REMOTING_USE_APIR_CAPSET  virtgpu: present = the APIR capset only (as ggml reads it)
 //   APIR_GGML_BACKEND_LIBRARY  loopback: the APIR backend library the in-process host loads
@@ -26,7 +28,7 @@
 
 namespace apir::ggml_remote {
 
-enum class TransportKind : uint8_t { virtgpu, loopback };
+enum class TransportKind : uint8_t { virtgpu, loopback, vtest };
 
 struct BackendConfig {
     TransportKind transport = TransportKind::virtgpu;
@@ -37,6 +39,8 @@ struct BackendConfig {
     /// loopback: the host's configuration (APIR_GGML_CONFIG, plus apir.load_library.path).
     std::map<std::string, std::string, std::less<>> host_config;
     bool loopback_threaded = true;
+    /// vtest: the server's socket; empty = the transport's default.
+    std::string vtest_socket;
     std::chrono::milliseconds call_timeout{30000};
     std::optional<std::chrono::milliseconds> compute_timeout;
     LogLevel log_level = LogLevel::warn;

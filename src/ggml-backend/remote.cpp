@@ -1,6 +1,7 @@
 #include "remote.hpp"
 
 #include "apir/loopback.hpp"
+#include "apir/vtest.hpp"
 #if APIR_GGML_HAVE_DRM
 #include "apir/virtgpu.hpp"
 #endif
@@ -22,6 +23,14 @@ Expected<AnyTransport> make_transport(const BackendConfig& c, const Logger& logg
         lo.host.config = c.host_config;
         lo.host.logger = logger;
         return AnyTransport(std::make_unique<LoopbackTransport>(std::move(lo)));
+    }
+    if (c.transport == TransportKind::vtest) {
+        VtestOptions vo;
+        vo.socket_path = c.vtest_socket;
+        vo.logger = logger;
+        auto t = VtestTransport::open(std::move(vo));
+        if (!t) return Unexpected{std::move(t).error()};
+        return AnyTransport(std::move(*t));
     }
 #if APIR_GGML_HAVE_DRM
     VirtgpuOptions vo;

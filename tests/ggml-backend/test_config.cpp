@@ -47,6 +47,19 @@ TEST_CASE("without variables: the virtio-gpu transport, 30 s calls, compute with
     CHECK(c->log_level == LogLevel::warn);
 }
 
+TEST_CASE("vtest takes its socket from APIR_GGML_VTEST_SOCKET and needs no library") {
+    Env e;
+    e.vars["APIR_GGML_TRANSPORT"] = "vtest";
+    auto d = config_from_environment(e.lookup());
+    REQUIRE(d);
+    CHECK(d->transport == TransportKind::vtest);
+    CHECK(d->vtest_socket.empty()); // the transport's default
+    e.vars["APIR_GGML_VTEST_SOCKET"] = "/run/x/vtest.sock";
+    auto c = config_from_environment(e.lookup());
+    REQUIRE(c);
+    CHECK(c->vtest_socket == "/run/x/vtest.sock");
+}
+
 TEST_CASE("loopback needs a backend library, which becomes apir.load_library.path") {
     Env e;
     e.vars["APIR_GGML_TRANSPORT"] = "loopback";

@@ -1,6 +1,9 @@
 #include "test_transports.hpp"
 
 #include <apir/loopback.hpp>
+#include <apir/vtest.hpp>
+
+#include "../vtest/vtest_server.hpp"
 
 #include <cstdlib>
 #include <string>
@@ -90,6 +93,45 @@ apir::AnyTransport make_drm_vdrm(TransportSetup setup) {
     return apir::AnyTransport(std::move(*t));
 }
 #endif
+
+// VtestTransport on a virgl_test_server of its own (virglrenderer's APIR host), started
+// with the test's host configuration in its environment. The server goes with the
+// transport. Commands the test drops are never sent.
+struct ServedVtest {
+    std::unique_ptr<VtestServer> server; // destroyed after the transport
+    apir::VtestTransport t;
+    std::function<bool(std::span<const std::byte>)> deliver;
+
+    apir::Expected<apir::Shmem> create_shmem(size_t n) { return t.create_shmem(n); }
+    apir::Expected<void> submit(std::span<const std::byte> cmd, apir::Deadline d) {
+        if (deliver && !deliver(cmd)) return {};
+        return t.submit(cmd, d);
+    }
+    apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
+                                        apir::Deadline d) {
+        return t.wait_reply(p, w, d);
+    }
+    int32_t command_type_offset() const { return t.command_type_offset(); }
+    std::string_view name() const { return t.name(); }
+};
+
+apir::AnyTransport make_vtest(TransportSetup setup) {
+    auto server = std::make_unique<VtestServer>(setup.host.config);
+    apir::VtestOptions o;
+    o.socket_path = server->socket_path();
+    o.logger = apir::Logger(nullptr);
+    auto t = apir::VtestTransport::open(std::move(o));
+    if (!t) {
+        std::fprintf(stderr, "vtest: %s\n", t.error().message().c_str());
+        std::abort(); // the server was started for this test: a bug
+    }
+    return apir::AnyTransport(std::make_unique<ServedVtest>(
+        ServedVtest{std::move(server), std::move(*t), std::move(setup.deliver)}));
+}
+
+bool named(const char* list, const std::string& name) {
+    return list && (std::string(",") + list + ",").find("," + name + ",") != std::string::npos;
+}
 } // namespace
 
 const std::vector<TestTransport>& test_transports() {
@@ -108,12 +150,26 @@ const std::vector<TestTransport>& test_transports() {
         v.push_back({"drm-sim", make_drm_sim});
         if (vdrm_set_host()) v.push_back({"drm-vdrm", make_drm_vdrm});
 #endif
+        const char* only = std::getenv("APIR_TEST_TRANSPORTS");
+        // vtest needs a server per test: only when asked for by name (tests/vtest).
+        if (named(only, "vtest")) {
+            if (auto why = VtestServer::unavailable()) {
+                std::printf("skip: vtest: %s\n", why->c_str());
+                std::exit(77);
+            }
+            v.push_back({"vtest", make_vtest});
+        }
         // APIR_TEST_TRANSPORTS=a,b keeps only those (e.g. drm-vdrm under the virtual node).
-        if (const char* only = std::getenv("APIR_TEST_TRANSPORTS"); only && *only) {
-            const std::string list = std::string(",") + only + ",";
-            std::erase_if(v, [&](const TestTransport& t) {
-                return list.find("," + t.name + ",") == std::string::npos;
-            });
+        if (only && *only)
+            std::erase_if(v, [&](const TestTransport& t) { return !named(only, t.name); });
+        // A suite over no transport would pass without testing anything.
+        if (v.empty()) {
+            std::fprintf(stderr,
+                         "FAIL: no transport to run over (APIR_TEST_TRANSPORTS=%s): "
+                         "a transport asked for is missing from this build or "
+                         "process\n",
+                         only ? only : "");
+            std::exit(1);
         }
         return v;
     }();

@@ -1,0 +1,752 @@
+// VtestTransport: the vtest socket protocol (docs/PROTOCOL.md, "vtest").
+#include "apir/vtest.hpp"
+
+#include "apir/internal/unique_handle.hpp"
+#include "apir/reply_page.hpp"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+namespace apir {
+
+using namespace std::chrono;
+
+namespace {
+
+// vtest command ids (the server's vtest_protocol.h numbering).
+namespace cmd {
+constexpr uint32_t resource_unref = 3;
+constexpr uint32_t create_renderer = 8;
+constexpr uint32_t ping_protocol_version = 10;
+constexpr uint32_t protocol_version = 11;
+constexpr uint32_t get_capset = 16;
+constexpr uint32_t context_init = 17;
+constexpr uint32_t resource_create_blob = 18;
+constexpr uint32_t submit_cmd2 = 24;
+} // namespace cmd
+
+constexpr uint32_t wanted_version = 4;
+constexpr uint32_t min_version = 3; // blobs, CONTEXT_INIT and SUBMIT_CMD2
+constexpr uint32_t blob_mem_host3d = 2;
+constexpr uint32_t blob_flag_mappable = 1;
+// The longest command buffer sent: the session's are 4 KiB; bulk data goes in blobs.
+constexpr size_t max_command_bytes = size_t{16} << 20;
+// The longest capset answer read (the APIR capset is 6 words).
+constexpr uint32_t max_capset_words = 1024;
+// How long a wait spins on the word before the PING barrier, at most: a small
+// FORWARD completes in about 14 µs on the real host, a PING round trip takes 16 µs.
+constexpr nanoseconds max_spin_window = microseconds(50);
+// How often a waiter blocked on the connection's lock looks at its word again.
+constexpr milliseconds lock_slice{1};
+
+using PosixFd = detail::PosixFd;
+using Mapping = detail::PosixMapping;
+
+// What an I/O step ended with.
+enum class Io : uint8_t { ok, timeout, eof, error };
+struct IoResult {
+    Io kind = Io::ok;
+    int err = 0;
+    size_t done = 0; // bytes moved
+};
+
+// The time left before a deadline, on the wait's clock; nullopt: no deadline.
+std::optional<nanoseconds> left(Deadline d, const WaitClock& clock) {
+    if (d.is_never()) return std::nullopt;
+    return std::max(nanoseconds::zero(), duration_cast<nanoseconds>(d.time() - clock.now()));
+}
+
+// Waits until fd is ready for events or the deadline; false on timeout.
+bool wait_ready(int fd, short events, Deadline d, const WaitClock& clock) {
+    for (;;) {
+        const auto rest = left(d, clock);
+        if (rest && *rest == nanoseconds::zero()) return false;
+        pollfd p{fd, events, 0};
+        timespec ts{};
+        if (rest) {
+            ts.tv_sec = static_cast<time_t>(duration_cast<seconds>(*rest).count());
+            ts.tv_nsec = static_cast<long>((*rest % seconds(1)).count());
+        }
+        const int r = ::ppoll(&p, 1, rest ? &ts : nullptr, nullptr);
+        if (r > 0) return true; // readable, writable, or an error/hang-up the I/O reports
+        if (r < 0 && errno != EINTR) return true;
+    }
+}
+
+// Sends all bytes; stops at the deadline (done < size then).
+IoResult send_all(int fd, std::span<const std::byte> bytes, Deadline d, const WaitClock& clock) {
+    IoResult r;
+    while (r.done < bytes.size()) {
+        const ssize_t n =
+            ::send(fd, bytes.data() + r.done, bytes.size() - r.done, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+            r.done += static_cast<size_t>(n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (!wait_ready(fd, POLLOUT, d, clock)) return {Io::timeout, 0, r.done};
+            continue;
+        }
+        const int e = n < 0 ? errno : EPIPE;
+        return {e == EPIPE || e == ECONNRESET ? Io::eof : Io::error, e, r.done};
+    }
+    return r;
+}
+
+// Receives exactly bytes.size() bytes (or stops at the deadline). When fd_out is given,
+// a file descriptor passed with the bytes (SCM_RIGHTS) is stored there; any other fd
+// that arrives is closed by the kernel or here.
+IoResult recv_exact(int fd, std::span<std::byte> bytes, Deadline d, const WaitClock& clock,
+                    PosixFd* fd_out = nullptr) {
+    IoResult r;
+    while (r.done < bytes.size()) {
+        iovec iov{bytes.data() + r.done, bytes.size() - r.done};
+        alignas(cmsghdr) std::array<char, CMSG_SPACE(sizeof(int) * 4)> control{};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.data();
+        msg.msg_controllen = control.size();
+        const ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+        if (n > 0) {
+            for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+                if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+                const size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+                for (size_t i = 0; i < count; ++i) {
+                    int got = -1;
+                    std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
+                    if (fd_out && !*fd_out)
+                        fd_out->reset(got);
+                    else
+                        (void)::close(got); // not asked for: never leak it
+                }
+            }
+            r.done += static_cast<size_t>(n);
+            continue;
+        }
+        if (n == 0) return {Io::eof, 0, r.done};
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (!wait_ready(fd, POLLIN, d, clock)) return {Io::timeout, 0, r.done};
+            continue;
+        }
+        return {errno == ECONNRESET ? Io::eof : Io::error, errno, r.done};
+    }
+    return r;
+}
+
+void put_words(std::vector<std::byte>& out, std::initializer_list<uint32_t> words) {
+    for (uint32_t w : words) {
+        std::byte b[4];
+        std::memcpy(b, &w, 4);
+        out.insert(out.end(), b, b + 4);
+    }
+}
+
+uint32_t word_at(std::span<const std::byte> bytes, size_t i) {
+    uint32_t w = 0;
+    std::memcpy(&w, bytes.data() + i * 4, 4);
+    return w;
+}
+
+std::string ms_text(nanoseconds d) {
+    return fmt::format("{:.0f} ms", duration<double, std::milli>(d).count());
+}
+
+} // namespace
+
+struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
+    Impl(VtestOptions o, PosixFd f) : options(std::move(o)), fd(std::move(f)) {}
+    ~Impl() {
+        disown_shmem(); // a Shmem destroyed after the transport does nothing
+        std::lock_guard lk(blobs_mu);
+        if (!live.empty())
+            options.logger.warn("vtest: {} shared-memory blobs outlive their transport",
+                                live.size());
+        // The mappings go with `live`, then the socket: the server ends the context.
+    }
+
+    // --- the connection's state; everything below is guarded by io_mu
+    VtestOptions options;
+    PosixFd fd;
+    uint32_t version = 0;
+    std::timed_mutex io_mu;
+    std::optional<Error> broken; // set once: every later call fails with it
+    std::atomic<bool> is_broken{false};
+    uint64_t sent = 0;                  // SUBMIT_CMD2 fully sent
+    uint64_t completed = 0;             // submits the host is known to have executed
+    std::deque<uint64_t> pings_owed;    // per PING not yet answered: `sent` when it went out
+    std::array<std::byte, 8> partial{}; // a PING answer read in part by an earlier holder
+    size_t partial_len = 0;
+
+    std::atomic<uint64_t> sent_count{0}; // `sent`, readable without the lock
+    std::atomic<uint64_t> n_pings{0}, n_spin{0}, n_ping_replies{0}, n_dropped{0};
+    std::atomic<uint64_t> n_created{0}, n_released{0};
+
+    mutable std::mutex blobs_mu;
+    std::unordered_map<uint32_t, Mapping> live;
+    size_t live_bytes = 0;
+
+    // Caller holds io_mu. The stream is unusable from now on (a message was cut, the
+    // server left or sent garbage): every later call fails with DISCONNECTED.
+    Error break_connection(std::string why, int err = 0) {
+        if (!broken) {
+            Error e(Errc::disconnected,
+                    fmt::format("vtest server at {}: {}", options.socket_path, why));
+            if (err) e.with_errno(err);
+            broken = std::move(e);
+            is_broken.store(true, std::memory_order_release);
+            (void)::shutdown(fd.get(), SHUT_RDWR);
+            options.logger.warn("vtest: connection lost: {}", why);
+        }
+        return *broken;
+    }
+
+    Error io_error(const IoResult& r, std::string_view what) {
+        if (r.kind == Io::eof)
+            return break_connection(fmt::format("the server closed the "
+                                                "connection during {}",
+                                                what),
+                                    r.err);
+        return break_connection(fmt::format("{} failed: {}", what, std::strerror(r.err)), r.err);
+    }
+
+    // Caller holds io_mu. Sends one whole message; a message cut by the deadline breaks
+    // the stream (its rest cannot be taken back), one not begun leaves it intact.
+    Expected<void> send_message(std::span<const std::byte> msg, Deadline d, const WaitClock& clk,
+                                std::string_view what) {
+        if (broken) return fail(*broken);
+        const IoResult r = send_all(fd.get(), msg, d, clk);
+        if (r.kind == Io::ok) return {};
+        if (r.kind == Io::timeout) {
+            if (r.done > 0) (void)break_connection(fmt::format("{} cut by its deadline", what));
+            return fail(Errc::timeout,
+                        fmt::format("vtest: the server at {} did not take {} before the deadline "
+                                    "(it stopped reading)",
+                                    options.socket_path, what));
+        }
+        return fail(io_error(r, what));
+    }
+
+    // Caller holds io_mu. Reads the answer to the oldest PING owed (kept across holders
+    // when the deadline cuts it). True when one was read.
+    Expected<void> read_ping_answer(Deadline d, const WaitClock& clk) {
+        if (broken) return fail(*broken);
+        std::span<std::byte> rest(partial.data() + partial_len, partial.size() - partial_len);
+        const IoResult r = recv_exact(fd.get(), rest, d, clk);
+        partial_len += r.done;
+        if (r.kind == Io::timeout)
+            return fail(Errc::timeout, fmt::format("vtest: no answer from the server at {} "
+                                                   "before the deadline (the host is busy or "
+                                                   "stopped)",
+                                                   options.socket_path));
+        if (r.kind != Io::ok) return fail(io_error(r, "a PING"));
+        partial_len = 0;
+        const uint32_t len = word_at(partial, 0), id = word_at(partial, 1);
+        if (len != 0 || id != cmd::ping_protocol_version)
+            return fail(break_connection(
+                fmt::format("answer ({} words, id {}) where a PING's (0 words, id {}) was due", len,
+                            id, cmd::ping_protocol_version)));
+        completed = std::max(completed, pings_owed.front());
+        pings_owed.pop_front();
+        return {};
+    }
+
+    // Caller holds io_mu. Sends a PING covering every submit sent so far.
+    Expected<void> send_ping(Deadline d, const WaitClock& clk) {
+        std::vector<std::byte> m;
+        put_words(m, {0, cmd::ping_protocol_version});
+        APIR_TRY(send_message(m, d, clk, "a PING"));
+        pings_owed.push_back(sent);
+        n_pings.fetch_add(1, std::memory_order_relaxed);
+        return {};
+    }
+
+    // Caller holds io_mu. Reads the answers owed before a new request's.
+    Expected<void> drain(Deadline d, const WaitClock& clk) {
+        while (!pings_owed.empty())
+            APIR_TRY(read_ping_answer(d, clk));
+        return {};
+    }
+
+    // Locks io_mu before the deadline (real time), or TIMEOUT.
+    Expected<std::unique_lock<std::timed_mutex>> lock(Deadline d) {
+        std::unique_lock lk(io_mu, std::defer_lock);
+        if (d.is_never())
+            lk.lock();
+        else if (!lk.try_lock_until(d.time()))
+            return fail(Errc::timeout, "vtest: the connection stayed busy until the deadline");
+        return lk;
+    }
+
+    Expected<Shmem> create_shmem(size_t size) {
+        if (size == 0) return fail(Errc::invalid_argument, "shared memory of 0 bytes");
+        if (size > SIZE_MAX - shmem_alignment)
+            return fail(Errc::out_of_memory, fmt::format("{} bytes of shared memory", size));
+        const size_t rounded = (size + shmem_alignment - 1) & ~(shmem_alignment - 1);
+        const WaitClock& clk = WaitClock::system();
+        const Deadline d = Deadline::after(options.io_timeout);
+        PosixFd blob_fd;
+        uint32_t res_id = 0;
+        {
+            auto lk = lock(d);
+            if (!lk) return Unexpected{std::move(lk).error()};
+            APIR_TRY(drain(d, clk));
+            std::vector<std::byte> m;
+            const uint64_t n = rounded;
+            put_words(m, {6, cmd::resource_create_blob, blob_mem_host3d, blob_flag_mappable,
+                          static_cast<uint32_t>(n), static_cast<uint32_t>(n >> 32), 0, 0});
+            APIR_TRY(send_message(m, d, clk, "RESOURCE_CREATE_BLOB"));
+            // Exactly the 12 reply bytes, then the one byte that carries the fd: a longer
+            // read could swallow that byte and lose the fd.
+            std::array<std::byte, 12> reply{};
+            IoResult r = recv_exact(fd.get(), reply, d, clk);
+            if (r.kind == Io::timeout)
+                return fail(break_connection(fmt::format(
+                    "no answer to RESOURCE_CREATE_BLOB within {}", ms_text(options.io_timeout))));
+            if (r.kind != Io::ok) return fail(io_error(r, "RESOURCE_CREATE_BLOB"));
+            if (word_at(reply, 0) != 1 || word_at(reply, 1) != cmd::resource_create_blob)
+                return fail(
+                    break_connection(fmt::format("answer ({} words, id {}) to RESOURCE_CREATE_BLOB",
+                                                 word_at(reply, 0), word_at(reply, 1))));
+            res_id = word_at(reply, 2);
+            std::array<std::byte, 1> carrier{};
+            r = recv_exact(fd.get(), carrier, d, clk, &blob_fd);
+            if (r.kind == Io::timeout)
+                return fail(break_connection("the blob's fd did not arrive"));
+            if (r.kind != Io::ok) return fail(io_error(r, "RESOURCE_CREATE_BLOB's fd"));
+            if (!blob_fd) {
+                (void)unref_locked(res_id, d, clk);
+                return fail(Errc::device_error,
+                            fmt::format("vtest: blob {} came without its fd (SCM_RIGHTS)", res_id));
+            }
+        }
+        // The server is untrusted: the fd must be a file at least as large as asked.
+        struct stat st {};
+        if (::fstat(blob_fd.get(), &st) != 0 || st.st_size < 0 ||
+            static_cast<uint64_t>(st.st_size) < rounded) {
+            release_remote(res_id);
+            return fail(Errc::device_error,
+                        fmt::format("vtest: blob {}'s fd holds {} bytes, {} were asked", res_id,
+                                    static_cast<long long>(st.st_size), rounded));
+        }
+        void* addr = ::mmap(nullptr, rounded, PROT_READ | PROT_WRITE, MAP_SHARED, blob_fd.get(), 0);
+        if (addr == MAP_FAILED) {
+            const int e = errno;
+            release_remote(res_id);
+            return fail(Error(e == ENOMEM ? Errc::out_of_memory : Errc::device_error,
+                              fmt::format("vtest: mmap of blob {} ({} bytes): {}", res_id, rounded,
+                                          std::strerror(e)))
+                            .with_errno(e));
+        }
+        Mapping mapping({addr, rounded});
+        std::span<std::byte> bytes(mapping.get().data(), rounded);
+        {
+            std::lock_guard lk(blobs_mu);
+            if (live.count(res_id)) {
+                // Two live blobs with one id: the server reused an id we still hold.
+                return fail(Errc::decode_bad_value,
+                            fmt::format("vtest: the server gave resource id {} twice", res_id));
+            }
+            live.emplace(res_id, std::move(mapping));
+            live_bytes += rounded;
+        }
+        n_created.fetch_add(1, std::memory_order_relaxed);
+        return Shmem(this, res_id, bytes);
+    }
+
+    // Caller holds io_mu.
+    Expected<void> unref_locked(uint32_t res_id, Deadline d, const WaitClock& clk) {
+        std::vector<std::byte> m;
+        put_words(m, {1, cmd::resource_unref, res_id});
+        return send_message(m, d, clk, "RESOURCE_UNREF");
+    }
+
+    void release_remote(uint32_t res_id) noexcept {
+        try {
+            const Deadline d = Deadline::after(options.io_timeout);
+            auto lk = lock(d);
+            if (!lk) return;
+            if (auto r = unref_locked(res_id, d, WaitClock::system()); !r)
+                options.logger.debug("vtest: RESOURCE_UNREF {}: {}", res_id, r.error());
+        } catch (...) { // allocation failure: the server frees the blob with the context
+        }
+    }
+
+    // --- ShmemOwner. The server runs messages in order: a command sent before the
+    // UNREF has run when the host drops the blob, so the blob is released at once.
+    void release_shmem(uint32_t res_id) noexcept override {
+        Mapping doomed;
+        {
+            std::lock_guard lk(blobs_mu);
+            auto it = live.find(res_id);
+            if (it == live.end()) return;
+            live_bytes -= it->second.get().size;
+            doomed = std::move(it->second);
+            live.erase(it);
+        }
+        n_released.fetch_add(1, std::memory_order_relaxed);
+        if (!is_broken.load(std::memory_order_acquire)) release_remote(res_id);
+    }
+
+    Expected<void> submit(std::span<const std::byte> command, Deadline d) {
+        if (command.size() > max_command_bytes)
+            return fail(Errc::invalid_argument,
+                        fmt::format("{} byte command exceeds the vtest limit of {}", command.size(),
+                                    max_command_bytes));
+        const uint32_t words = static_cast<uint32_t>((command.size() + 3) / 4);
+        std::vector<std::byte> m;
+        m.reserve(44 + size_t{words} * 4);
+        // One batch: flags 0 (no ring index: APIR has no fences), the command at word 9
+        // of the payload, no sync objects.
+        put_words(m, {9 + words, cmd::submit_cmd2, 1, 0, 9, words, 9 + words, 0, 0, 0, 0});
+        m.insert(m.end(), command.begin(), command.end());
+        m.resize(m.size() + (size_t{words} * 4 - command.size()));
+        auto lk = lock(d);
+        if (!lk) return Unexpected{std::move(lk).error()};
+        APIR_TRY(send_message(m, d, WaitClock::system(), "SUBMIT_CMD2"));
+        ++sent;
+        sent_count.store(sent, std::memory_order_release);
+        return {};
+    }
+
+    Expected<uint32_t> dropped_or(std::span<std::byte> page, Error e) {
+        const uint32_t w = notification_word(page).load(std::memory_order_acquire);
+        if (w != 0) return w - 1;
+        return fail(std::move(e));
+    }
+
+    Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy, Deadline deadline) {
+        if (page.size() < reply_header_size)
+            return fail(Errc::invalid_argument, "reply page too small");
+        auto bytes = page.bytes();
+        // Every command sent before this wait, the caller's among them.
+        const uint64_t mine = sent_count.load(std::memory_order_acquire);
+        const WaitClock& clk = policy.time();
+
+        // 1. The shared wait, briefly: a short command is done before a PING could be.
+        const nanoseconds window =
+            std::clamp(policy.spin_for, nanoseconds::zero(), max_spin_window);
+        const auto spin_end = detail_spin_deadline(clk, window, deadline);
+        auto spun = wait_for_reply(bytes, policy, spin_end);
+        if (spun) {
+            n_spin.fetch_add(1, std::memory_order_relaxed);
+            return spun;
+        }
+        if (spun.error().code() != Errc::timeout) return spun;
+
+        // 2. The PING barrier: the server answers in order, so once a PING sent after our
+        // command is answered, the command has run.
+        for (;;) {
+            if (const uint32_t w = notification_word(bytes).load(std::memory_order_acquire)) {
+                n_ping_replies.fetch_add(1, std::memory_order_relaxed);
+                return w - 1;
+            }
+            if (deadline.expired(clk.now()))
+                return fail(Errc::timeout, "vtest: no reply before the deadline");
+            // The lock may be held by a waiter for a longer command that ran after ours:
+            // our word is looked at while waiting for it.
+            std::unique_lock lk(io_mu, std::defer_lock);
+            bool answered = false;
+            while (!lk.try_lock_for(lock_slice)) {
+                if (notification_word(bytes).load(std::memory_order_acquire) != 0) {
+                    answered = true;
+                    break;
+                }
+                if (deadline.expired(clk.now()))
+                    return dropped_or(bytes, Error(Errc::timeout,
+                                                   "vtest: the connection stayed busy until the "
+                                                   "deadline"));
+            }
+            if (answered) continue;
+            if (broken) return dropped_or(bytes, *broken);
+            if (completed >= mine) {
+                n_dropped.fetch_add(1, std::memory_order_relaxed);
+                return dropped_or(
+                    bytes,
+                    Error(Errc::unknown_resource,
+                          fmt::format("vtest: the host finished the command without a reply on "
+                                      "page {} (it drops a command whose reply page it does not "
+                                      "know or that is too small; it may also have marked the "
+                                      "context fatal: reconnect)",
+                                      page.res_id())));
+            }
+            const uint64_t covered = pings_owed.empty() ? completed : pings_owed.back();
+            if (covered < mine) {
+                if (auto s = send_ping(deadline, clk); !s) return dropped_or(bytes, s.error());
+            }
+            if (auto r = read_ping_answer(deadline, clk); !r) return dropped_or(bytes, r.error());
+        }
+    }
+
+    static Deadline detail_spin_deadline(const WaitClock& clk, nanoseconds window, Deadline d) {
+        const Deadline s = Deadline::after(window, clk);
+        return (!d.is_never() && d.time() < s.time()) ? d : s;
+    }
+
+    Expected<void> ping(Deadline d) {
+        const WaitClock& clk = WaitClock::system();
+        auto lk = lock(d);
+        if (!lk) return Unexpected{std::move(lk).error()};
+        APIR_TRY(drain(d, clk));
+        APIR_TRY(send_ping(d, clk));
+        return read_ping_answer(d, clk);
+    }
+};
+
+// --- opening: connect, CREATE_RENDERER, version, capset, context
+
+namespace {
+
+struct Opener {
+    const VtestOptions& o;
+    int fd;
+    Deadline d;
+    const WaitClock& clk = WaitClock::system();
+
+    Error timed_out(std::string_view step) const {
+        return Error(Errc::timeout,
+                     fmt::format("vtest: the server at {} accepted the connection but did not "
+                                 "answer {} within {} (is it a vtest server? is it stuck?)",
+                                 o.socket_path, step, ms_text(o.connect_timeout)));
+    }
+    Error lost(std::string_view step, const IoResult& r) const {
+        return Error(Errc::disconnected,
+                     fmt::format("vtest: the server at {} closed the connection at {}{}; its "
+                                 "log says why",
+                                 o.socket_path, step,
+                                 r.err ? fmt::format(" ({})", std::strerror(r.err)) : ""))
+            .with_errno(r.err);
+    }
+    Expected<void> send(std::span<const std::byte> m, std::string_view step) {
+        const IoResult r = send_all(fd, m, d, clk);
+        if (r.kind == Io::ok) return {};
+        if (r.kind == Io::timeout) return fail(timed_out(step));
+        return fail(lost(step, r));
+    }
+    Expected<void> recv(std::span<std::byte> m, std::string_view step) {
+        const IoResult r = recv_exact(fd, m, d, clk);
+        if (r.kind == Io::ok) return {};
+        if (r.kind == Io::timeout) return fail(timed_out(step));
+        return fail(lost(step, r));
+    }
+    // A reply header: its length in words, checked against the id expected.
+    Expected<uint32_t> header(uint32_t id, std::string_view step) {
+        std::array<std::byte, 8> h{};
+        APIR_TRY(recv(h, step));
+        if (word_at(h, 1) != id)
+            return fail(Errc::decode_bad_value,
+                        fmt::format("vtest: the server at {} answered {} with id {} (expected {})",
+                                    o.socket_path, step, word_at(h, 1), id));
+        return word_at(h, 0);
+    }
+};
+
+Expected<PosixFd> connect_socket(const VtestOptions& o, Deadline d) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (o.socket_path.empty() || o.socket_path.size() >= sizeof addr.sun_path)
+        return fail(Errc::invalid_argument,
+                    fmt::format("vtest socket path '{}' is empty or longer than {} bytes",
+                                o.socket_path, sizeof addr.sun_path - 1));
+    std::memcpy(addr.sun_path, o.socket_path.data(), o.socket_path.size());
+    for (;;) {
+        PosixFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+        if (!fd)
+            return fail(
+                Error(Errc::device_error, fmt::format("socket(AF_UNIX): {}", std::strerror(errno)))
+                    .with_errno(errno));
+        if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0)
+            return fd;
+        const int e = errno;
+        if (e == EAGAIN || e == EINTR) { // the listen queue is full: try again
+            if (d.expired())
+                return fail(Errc::timeout,
+                            fmt::format("vtest: the server at {} did not accept the connection "
+                                        "within {}",
+                                        o.socket_path, ms_text(o.connect_timeout)));
+            std::this_thread::sleep_for(milliseconds(1));
+            continue;
+        }
+        if (e == ENOENT || e == ECONNREFUSED || e == ENOTSOCK)
+            return fail(Error(Errc::no_device,
+                              fmt::format("no vtest server at {} ({}): start one with "
+                                          "'virgl_test_server --no-virgl --socket-path {}' "
+                                          "(docs/VTEST.md), or set the path",
+                                          o.socket_path, std::strerror(e), o.socket_path))
+                            .with_errno(e));
+        return fail(Error(Errc::device_error,
+                          fmt::format("vtest: connect({}): {}", o.socket_path, std::strerror(e)))
+                        .with_errno(e));
+    }
+}
+
+} // namespace
+
+Expected<VtestTransport> VtestTransport::open(VtestOptions options) {
+    if (options.socket_path.empty()) {
+        const char* env = std::getenv(vtest_socket_env_var);
+        options.socket_path = env && *env ? env : vtest_default_socket;
+    }
+    const auto start = Clock::now();
+    const Deadline d = Deadline::after(options.connect_timeout);
+    auto fd = connect_socket(options, d);
+    if (!fd) return Unexpected{std::move(fd).error()};
+    Opener op{options, fd->get(), d};
+
+    // CREATE_RENDERER comes first; its length alone counts bytes, not words.
+    std::vector<std::byte> m;
+    std::string name = options.client_name.substr(0, 255);
+    const uint32_t name_bytes = static_cast<uint32_t>((name.size() + 1 + 3) / 4 * 4);
+    put_words(m, {name_bytes, cmd::create_renderer});
+    const size_t at = m.size();
+    m.resize(at + name_bytes);
+    std::memcpy(m.data() + at, name.data(), name.size());
+    // Then the version: PING_PROTOCOL_VERSION says the server negotiates at all.
+    put_words(m, {0, cmd::ping_protocol_version, 1, cmd::protocol_version, wanted_version});
+    APIR_TRY(op.send(m, "CREATE_RENDERER"));
+    {
+        auto len = op.header(cmd::ping_protocol_version, "PING_PROTOCOL_VERSION");
+        if (!len) return Unexpected{std::move(len).error()};
+        if (*len != 0)
+            return fail(Errc::decode_bad_value, "vtest: PING_PROTOCOL_VERSION answered with data");
+    }
+    {
+        auto len = op.header(cmd::protocol_version, "PROTOCOL_VERSION");
+        if (!len) return Unexpected{std::move(len).error()};
+        if (*len != 1)
+            return fail(Errc::decode_bad_value,
+                        fmt::format("vtest: PROTOCOL_VERSION answered with {} words", *len));
+    }
+    std::array<std::byte, 4> vw{};
+    APIR_TRY(op.recv(vw, "PROTOCOL_VERSION"));
+    const uint32_t version = word_at(vw, 0);
+    if (version < min_version)
+        return fail(Errc::version_mismatch,
+                    fmt::format("vtest: the server at {} speaks vtest protocol {}; apir needs {} "
+                                "or later (blobs, CONTEXT_INIT, SUBMIT_CMD2): use a newer "
+                                "virglrenderer",
+                                options.socket_path, version, min_version));
+
+    // The capset: offered at all, and with blob support.
+    m.clear();
+    put_words(m, {2, cmd::get_capset, options.capset, 0});
+    APIR_TRY(op.send(m, "GET_CAPSET"));
+    auto len = op.header(cmd::get_capset, "GET_CAPSET");
+    if (!len) return Unexpected{std::move(len).error()};
+    if (*len < 1 || *len > max_capset_words)
+        return fail(Errc::decode_bad_value,
+                    fmt::format("vtest: GET_CAPSET answered with {} words", *len));
+    std::vector<std::byte> caps(size_t{*len} * 4);
+    APIR_TRY(op.recv(caps, "GET_CAPSET"));
+    const std::string cap_fix = fmt::format(
+        "the server lacks the APIR host: use a virglrenderer built with -Dapir=true and start "
+        "it without --venus");
+    if (word_at(caps, 0) == 0)
+        return fail(Errc::unsupported,
+                    fmt::format("vtest: the server at {} does not offer capset {}: {}",
+                                options.socket_path, options.capset, cap_fix));
+    if (options.capset == capset_apir && *len >= 3 && word_at(caps, 2) == 0)
+        return fail(Errc::unsupported,
+                    fmt::format("vtest: the server's capset {} has no blob resources: {}",
+                                options.capset, cap_fix));
+
+    // CONTEXT_INIT has no answer: a refusal shows as the connection dropped at the next
+    // message, so a PING confirms it.
+    m.clear();
+    put_words(m, {1, cmd::context_init, options.capset, 0, cmd::ping_protocol_version});
+    APIR_TRY(op.send(m, "CONTEXT_INIT"));
+    if (auto h = op.header(cmd::ping_protocol_version, "CONTEXT_INIT"); !h) {
+        Error e = std::move(h).error();
+        if (e.code() == Errc::disconnected)
+            return fail(Errc::disconnected,
+                        fmt::format("vtest: the server at {} refused a context on capset {} "
+                                    "(it closed the connection): its log says why",
+                                    options.socket_path, options.capset));
+        return fail(std::move(e));
+    }
+
+    auto impl = std::make_unique<Impl>(std::move(options), std::move(*fd));
+    impl->version = version;
+    impl->options.logger.info("vtest: connected to {} (protocol {}, capset {}) in {}",
+                              impl->options.socket_path, version, impl->options.capset,
+                              ms_text(duration_cast<nanoseconds>(Clock::now() - start)));
+    return VtestTransport(std::move(impl));
+}
+
+VtestTransport::VtestTransport(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
+VtestTransport::VtestTransport(VtestTransport&&) noexcept = default;
+VtestTransport& VtestTransport::operator=(VtestTransport&&) noexcept = default;
+VtestTransport::~VtestTransport() = default;
+
+namespace {
+Unexpected moved_from() {
+    return fail(Errc::disconnected, "the vtest transport was moved from");
+}
+} // namespace
+
+Expected<Shmem> VtestTransport::create_shmem(size_t size) {
+    if (!impl_) return moved_from();
+    return impl_->create_shmem(size);
+}
+Expected<void> VtestTransport::submit(std::span<const std::byte> command, Deadline deadline) {
+    if (!impl_) return moved_from();
+    return impl_->submit(command, deadline);
+}
+Expected<uint32_t> VtestTransport::wait_reply(const Shmem& page, const WaitPolicy& policy,
+                                              Deadline deadline) {
+    if (!impl_) return moved_from();
+    return impl_->wait_reply(page, policy, deadline);
+}
+Expected<void> VtestTransport::ping(Deadline deadline) {
+    if (!impl_) return moved_from();
+    return impl_->ping(deadline);
+}
+std::string_view VtestTransport::name() const noexcept {
+    return impl_ ? "vtest" : "moved-from";
+}
+uint32_t VtestTransport::protocol_version() const noexcept {
+    return impl_ ? impl_->version : 0;
+}
+const std::string& VtestTransport::socket_path() const noexcept {
+    static const std::string none;
+    return impl_ ? impl_->options.socket_path : none;
+}
+VtestStats VtestTransport::stats() const noexcept {
+    if (!impl_) return {};
+    VtestStats s;
+    s.submits = impl_->sent_count.load(std::memory_order_relaxed);
+    s.pings = impl_->n_pings.load(std::memory_order_relaxed);
+    s.spin_replies = impl_->n_spin.load(std::memory_order_relaxed);
+    s.ping_replies = impl_->n_ping_replies.load(std::memory_order_relaxed);
+    s.dropped = impl_->n_dropped.load(std::memory_order_relaxed);
+    s.blobs_created = impl_->n_created.load(std::memory_order_relaxed);
+    s.blobs_released = impl_->n_released.load(std::memory_order_relaxed);
+    std::lock_guard lk(impl_->blobs_mu);
+    s.live_blobs = impl_->live.size();
+    s.live_bytes = impl_->live_bytes;
+    return s;
+}
+
+} // namespace apir

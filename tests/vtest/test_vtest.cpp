@@ -1,0 +1,340 @@
+// VtestTransport against virglrenderer's own APIR host (virgl_test_server in
+// $APIR_VIRGL_PEER_DIR, loading the demo backend), and against small socket servers of
+// this test that misbehave: no server, one that never answers, one that stops reading,
+// a server child killed in the middle of calls, a command the host drops.
+// Skips (77) without APIR_VIRGL_PEER_DIR. The cases tagged [demo] have the server load the
+// demo backend of this build: a sanitized build's cannot be loaded by the (unsanitized)
+// server, so sanitizer builds leave them out.
+#define CATCH_CONFIG_RUNNER
+#include "catch.hpp"
+
+#include "vtest_server.hpp"
+
+#include <apir/reply_page.hpp>
+#include <apir/session.hpp>
+#include <apir/vtest.hpp>
+
+#include "demo_protocol.hpp"
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+using namespace std::chrono_literals;
+using apir::Errc;
+using apir_test::VtestServer;
+using Session = apir::Session<apir::VtestTransport>;
+
+namespace {
+
+apir::VtestOptions options_for(const std::string& path) {
+    apir::VtestOptions o;
+    o.socket_path = path;
+    o.logger = apir::Logger(nullptr);
+    return o;
+}
+
+std::map<std::string, std::string, std::less<>> demo_config() {
+    return {{"apir.load_library.path", APIR_TEST_BACKEND_DEMO}};
+}
+
+apir::SessionOptions quiet_session() {
+    apir::SessionOptions s;
+    s.logger = apir::Logger(nullptr);
+    return s;
+}
+
+double ms_since(apir::Clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(apir::Clock::now() - t).count();
+}
+
+// A Unix socket server of this test in a thread: accepts one client; answers the vtest
+// opening (version 4, the APIR capset) unless silent; then either does nothing (neither
+// reads nor answers again) or answers every PING and runs no command.
+class SilentServer {
+public:
+    enum Mode { silent, opens_then_silent, answers_pings };
+    explicit SilentServer(Mode mode) {
+        char tmpl[] = "/tmp/apir-vtest-silent-XXXXXX";
+        REQUIRE(::mkdtemp(tmpl));
+        dir_ = tmpl;
+        path_ = dir_ + "/s.sock";
+        listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
+        REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        REQUIRE(::listen(listen_fd_, 4) == 0);
+        thread_ = std::thread([this, mode] {
+            client_ = ::accept(listen_fd_, nullptr, nullptr);
+            if (client_ < 0 || mode == silent) return;
+            // CREATE_RENDERER (length in bytes), PING, PROTOCOL_VERSION, GET_CAPSET,
+            // CONTEXT_INIT, PING: answer the four that have answers.
+            uint32_t h[2];
+            std::vector<char> skip;
+            for (int i = 0; i < 6; ++i) {
+                if (!read_all(h, 8)) return;
+                const size_t len = i == 0 ? h[0] : size_t{h[0]} * 4;
+                skip.resize(len);
+                if (len && !read_all(skip.data(), len)) return;
+                switch (h[1]) {
+                case 10:
+                    write_words({0, 10});
+                    break;
+                case 11:
+                    write_words({1, 11, 4});
+                    break;
+                case 16:
+                    write_words({7, 16, 1, 1, 1, 0, 0, 0, 0});
+                    break;
+                default:
+                    break;
+                }
+            }
+            while (mode == answers_pings && read_all(h, 8)) {
+                skip.resize(size_t{h[0]} * 4);
+                if (!skip.empty() && !read_all(skip.data(), skip.size())) return;
+                if (h[1] == 10) write_words({0, 10});
+            }
+        });
+    }
+    ~SilentServer() {
+        ::shutdown(listen_fd_, SHUT_RDWR);
+        thread_.join();
+        if (client_ >= 0) ::close(client_);
+        ::close(listen_fd_);
+        std::error_code ec;
+        std::filesystem::remove_all(dir_, ec);
+    }
+    [[nodiscard]] const std::string& path() const { return path_; }
+
+private:
+    bool read_all(void* p, size_t n) {
+        auto* c = static_cast<char*>(p);
+        while (n) {
+            const ssize_t r = ::read(client_, c, n);
+            if (r <= 0) return false;
+            c += r;
+            n -= static_cast<size_t>(r);
+        }
+        return true;
+    }
+    void write_words(std::initializer_list<uint32_t> w) {
+        std::vector<uint32_t> v(w);
+        (void)!::write(client_, v.data(), v.size() * 4);
+    }
+    std::string dir_, path_;
+    int listen_fd_ = -1;
+    int client_ = -1;
+    std::thread thread_;
+};
+
+std::vector<std::byte> raw_command(int32_t type, int32_t flags, uint32_t reply_id) {
+    std::vector<std::byte> c(apir::command_header_size + 4);
+    std::memcpy(c.data(), &type, 4);
+    std::memcpy(c.data() + 4, &flags, 4);
+    std::memcpy(c.data() + 8, &reply_id, 4);
+    return c;
+}
+
+} // namespace
+
+TEST_CASE("open: no server at the path is NO_DEVICE, naming the path and the fix", "[open]") {
+    const std::string path = "/tmp/apir-vtest-nothing-here.sock";
+    const auto start = apir::Clock::now();
+    auto t = apir::VtestTransport::open(options_for(path));
+    REQUIRE_FALSE(t);
+    CHECK(t.error() == Errc::no_device);
+    CHECK(t.error().message().find(path) != std::string::npos);
+    CHECK(t.error().message().find("virgl_test_server") != std::string::npos);
+    CHECK(ms_since(start) < 1000);
+}
+
+TEST_CASE("open: a server that accepts and never answers is TIMEOUT at the deadline", "[open]") {
+    SilentServer s(SilentServer::silent);
+    auto o = options_for(s.path());
+    o.connect_timeout = 200ms;
+    const auto start = apir::Clock::now();
+    auto t = apir::VtestTransport::open(o);
+    const double took = ms_since(start);
+    REQUIRE_FALSE(t);
+    CHECK(t.error() == Errc::timeout);
+    CHECK(took >= 200);
+    CHECK(took < 2000);
+}
+
+TEST_CASE("a server that stops answering and reading: calls end at their deadlines", "[faults]") {
+    SilentServer s(SilentServer::opens_then_silent);
+    auto t = apir::VtestTransport::open(options_for(s.path()));
+    REQUIRE(t);
+    CHECK(t->protocol_version() == 4);
+
+    // wait_reply: the PING barrier gets no answer; TIMEOUT at the deadline.
+    std::vector<std::byte> page_bytes(apir::reply_page_size);
+    apir::Shmem page(nullptr, 1, page_bytes);
+    auto cmd = raw_command(2, 0, 1);
+    REQUIRE(t->submit(cmd, apir::Deadline::after(1s)));
+    auto start = apir::Clock::now();
+    auto r = t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(100ms));
+    double took = ms_since(start);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+    CHECK(took >= 100);
+    CHECK(took < 2000);
+
+    // submit: the server reads nothing, the socket buffer fills, the send waits for room
+    // until the deadline.
+    std::vector<std::byte> big(1 << 20);
+    start = apir::Clock::now();
+    apir::Expected<void> sent;
+    for (int i = 0; i < 64 && sent; ++i)
+        sent = t->submit(big, apir::Deadline::after(100ms));
+    took = ms_since(start);
+    REQUIRE_FALSE(sent);
+    CHECK(sent.error() == Errc::timeout);
+    CHECK(took < 10000);
+    // A message cut by the deadline cannot be finished: the connection is given up.
+    auto after = t->submit(cmd, apir::Deadline::after(100ms));
+    REQUIRE_FALSE(after);
+    CHECK((after.error() == Errc::disconnected || after.error() == Errc::timeout));
+}
+
+TEST_CASE("the real host: a session connects, calls, and moves bulk data", "[host][demo]") {
+    VtestServer server(demo_config());
+    const auto start = apir::Clock::now();
+    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
+    REQUIRE(t);
+    CHECK(t->protocol_version() >= 3);
+    CHECK(t->name() == "vtest");
+    Session s(std::move(*t), quiet_session());
+    auto c = s.connect();
+    INFO((c ? "" : c.error().message()));
+    REQUIRE(c);
+    INFO("connect through LOADLIBRARY: " << ms_since(start) << " ms");
+    CHECK(c->major == 0); // virglrenderer's host reports its own version (0.1)
+
+    auto e = s.call<demo::Echo>(demo::EchoRequest{7, "vtest"});
+    REQUIRE(e);
+    CHECK(e->tag == 7);
+    CHECK(e->text == "vtest");
+    auto f = s.call<demo::Fail>(demo::FailRequest{5});
+    REQUIRE_FALSE(f);
+    CHECK(f.error().wire_code() == 4 + 5);
+
+    std::vector<std::byte> data(5 << 20);
+    demo::fill_pattern(data.data(), data.size(), 3);
+    auto st = s.stage(data);
+    REQUIRE(st);
+    auto sum = s.call<demo::Checksum>(demo::BlobRange{st->res_id(), 0, data.size(), 0});
+    REQUIRE(sum);
+    CHECK(sum->checksum == demo::checksum(data.data(), data.size()));
+}
+
+TEST_CASE("a command the host runs without a reply fails at once with UNKNOWN_RESOURCE",
+          "[faults]") {
+    SilentServer server(SilentServer::answers_pings); // answers PINGs, writes no reply
+    auto t = apir::VtestTransport::open(options_for(server.path()));
+    REQUIRE(t);
+    std::vector<std::byte> page_bytes(apir::reply_page_size);
+    apir::Shmem page(nullptr, 1, page_bytes);
+    apir::reset_notification(page);
+    REQUIRE(t->submit(raw_command(2, 0, 1), apir::Deadline::after(5s)));
+    const auto start = apir::Clock::now();
+    auto r = t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(10s));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::unknown_resource);
+    CHECK(ms_since(start) < 2000); // not the deadline
+    CHECK(t->stats().dropped == 1);
+    // The connection is intact: a PING still goes through.
+    CHECK(t->ping(apir::Deadline::after(5s)));
+}
+
+TEST_CASE("a command the real host drops (unknown reply page) fails at once", "[faults]") {
+    VtestServer server(demo_config());
+    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
+    REQUIRE(t);
+    auto page = t->create_shmem(apir::reply_page_size);
+    REQUIRE(page);
+    apir::reset_notification(*page);
+    // A FORWARD naming a reply page the host does not know: it runs nothing, replies
+    // nowhere, and keeps the connection.
+    auto cmd = raw_command(2, 0, page->res_id() + 1000);
+    REQUIRE(t->submit(cmd, apir::Deadline::after(5s)));
+    const auto start = apir::Clock::now();
+    auto r = t->wait_reply(*page, apir::WaitPolicy{}, apir::Deadline::after(10s));
+    // virglrenderer's host treats it as a dispatch error and closes the connection.
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::disconnected);
+    CHECK(ms_since(start) < 2000); // not the deadline
+    auto again = t->create_shmem(16);
+    REQUIRE_FALSE(again);
+    CHECK(again.error() == Errc::disconnected);
+}
+
+TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new connection "
+          "works",
+          "[faults][demo]") {
+    VtestServer server(demo_config());
+    {
+        auto t = apir::VtestTransport::open(options_for(server.socket_path()));
+        REQUIRE(t);
+        Session s(std::move(*t), quiet_session());
+        REQUIRE(s.connect());
+        constexpr int threads = 4;
+        std::vector<apir::Expected<apir::Empty>> results(threads);
+        std::vector<double> took(threads);
+        std::vector<std::thread> pool;
+        const auto start = apir::Clock::now();
+        for (int i = 0; i < threads; ++i)
+            pool.emplace_back([&, i] {
+                apir::CallOptions co;
+                co.deadline = apir::Deadline::after(20s);
+                results[i] = s.call<demo::Sleep>(demo::SleepRequest{5000}, co);
+                took[i] = ms_since(start);
+            });
+        std::this_thread::sleep_for(300ms);
+        auto kids = server.children();
+        REQUIRE_FALSE(kids.empty());
+        for (pid_t k : kids)
+            ::kill(k, SIGKILL);
+        for (auto& p : pool)
+            p.join();
+        for (int i = 0; i < threads; ++i) {
+            INFO("thread " << i);
+            REQUIRE_FALSE(results[i]);
+            CHECK(results[i].error() == Errc::disconnected);
+            CHECK(took[i] < 4000); // long before the sleep or the deadline
+        }
+        auto later = s.call<demo::Echo>(demo::EchoRequest{1, "x"});
+        REQUIRE_FALSE(later);
+        CHECK(later.error() == Errc::disconnected);
+    }
+    auto t2 = apir::VtestTransport::open(options_for(server.socket_path()));
+    REQUIRE(t2);
+    Session s2(std::move(*t2), quiet_session());
+    REQUIRE(s2.connect());
+    auto e = s2.call<demo::Echo>(demo::EchoRequest{2, "again"});
+    REQUIRE(e);
+    CHECK(e->text == "again");
+}
+
+TEST_CASE("a moved-from transport fails with DISCONNECTED", "[open]") {
+    VtestServer server(demo_config());
+    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
+    REQUIRE(t);
+    apir::VtestTransport moved = std::move(*t);
+    auto r = t->create_shmem(16);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::disconnected);
+    CHECK(t->name() == "moved-from");
+    CHECK(moved.ping(apir::Deadline::after(5s)));
+}
+
+int main(int argc, char** argv) {
+    if (auto why = VtestServer::unavailable()) {
+        std::printf("skip: %s\n", why->c_str());
+        return 77;
+    }
+    return Catch::Session().run(argc, argv);
+}
