@@ -27,6 +27,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -90,6 +91,12 @@ struct SimConfig {
     apir::HostOptions host;
     /// Called with each submitted command; false drops it (the host never sees it).
     std::function<bool(std::span<const std::byte>)> deliver;
+    /// How long destroying a context (its file's close, the device's destruction) waits
+    /// for its host thread to come back; past it the thread is abandoned (detached, with
+    /// what it uses kept alive until it returns) and `logger` says so.
+    std::chrono::milliseconds stop_grace{2000};
+    /// The device's own messages (a host thread abandoned).
+    apir::Logger logger{apir::stderr_sink, apir::LogLevel::warn};
 
     static std::vector<SimCapset> default_capsets();
     /// An APIR capset of the given bytes (apir_version, supports_blob_resources).
@@ -110,9 +117,19 @@ public:
     int ioctl(int fd, unsigned long request, void* arg) override;
     int mmap(int fd, uint64_t offset, size_t length, void** addr) override;
     int munmap(void* addr, size_t length) override;
-    [[nodiscard]] const std::atomic<bool>* simulated_host_alive() const noexcept override {
-        return &host_alive_;
-    }
+    [[nodiscard]] const std::atomic<bool>* simulated_host_alive() const noexcept override;
+
+    /// munmap(2) of any range, as a program may do it (the seam's munmap() above wants a
+    /// whole mapping, which is what the transport does): every page of [addr, addr +
+    /// length) is unmapped, whatever is mapped there, and each mapping of the device with
+    /// no page left is released (its object freed when nothing else holds it). 0, or a
+    /// negative errno: -EINVAL for a misaligned addr or a zero length, -ENOENT when no
+    /// mapping of the device is in the range (nothing is done), or an injected fault.
+    /// `released` (optional) counts the mappings released.
+    int munmap_range(void* addr, size_t length, size_t* released = nullptr);
+    /// Closes every open file (as close() would: hosts stop, handles go); mappings stay,
+    /// with their objects, until they are unmapped.
+    void close_all();
 
     /// The host options and delivery hook (SimConfig::host, SimConfig::deliver) of the
     /// contexts created from now on; existing contexts keep theirs.
@@ -160,7 +177,6 @@ public:
 
 private:
     std::unique_ptr<State> s_;
-    std::atomic<bool> host_alive_{true};
 };
 
 } // namespace apir
