@@ -9,7 +9,10 @@
 // are per file from 1 (lowest free reused), MAP gives fake offsets from 4 GiB, mmap
 // wants the exact offset. Blobs are backed by memfd memory: the guest's mmap is a
 // second mapping of the pages the host writes. Each context created with the APIR or
-// Venus capset runs an apir::Host on its own thread, fed by EXECBUFFER.
+// Venus capset runs an apir::Host on its own thread, fed by EXECBUFFER. A pointer the
+// caller passes (the struct, and the pointers inside it) is copied as the kernel copies
+// it: memory the caller cannot read or write is -EFAULT, never a fault in the device.
+// Destroying a context never waits longer than SimConfig::stop_grace for its host.
 //
 // Every step can be made to fail (fail()), and what is alive is counted (open files,
 // GEM handles, mappings, objects) so that tests can prove nothing leaks.

@@ -144,8 +144,7 @@ public:
         std::unique_lock lk(core_->q_mu);
         core_->stopping = true;
         core_->cv.notify_all();
-        const bool back =
-            core_->idle_cv.wait_for(lk, grace_, [&] { return core_->exited; });
+        const bool back = core_->idle_cv.wait_for(lk, grace_, [&] { return core_->exited; });
         lk.unlock();
         if (back) {
             thread_.join();
@@ -173,9 +172,8 @@ public:
     void detach(uint32_t res_id) { push(Core::Item{{}, res_id}); }
     void drain() {
         std::unique_lock lk(core_->q_mu);
-        core_->idle_cv.wait(lk, [&] {
-            return (core_->items.empty() && !core_->busy) || core_->stopping;
-        });
+        core_->idle_cv.wait(
+            lk, [&] { return (core_->items.empty() && !core_->busy) || core_->stopping; });
     }
 
 private:
@@ -583,8 +581,7 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 if (ci.num_params > max_params) return -EINVAL;
                 if (ci.num_params && ci.ctx_set_params == 0) return -EFAULT;
                 std::vector<uapi::context_set_param> params(ci.num_params);
-                if (!from_user(params.data(), ci.ctx_set_params,
-                               params.size() * sizeof(params[0])))
+                if (!from_user(params.data(), ci.ctx_set_params, params.size() * sizeof(params[0])))
                     return -EFAULT;
                 if (f->context_created) return -EEXIST;
                 bool rings_seen = false;

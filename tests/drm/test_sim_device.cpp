@@ -474,9 +474,9 @@ TEST_CASE("munmap_range unmaps any part of a mapping; the last page releases it"
     CHECK(dev->munmap_range(b + 4096, 4096, &released) == 0);
     CHECK(released == 0);
     CHECK(dev->mappings() == 1);
-    b[0] = 1, b[2 * 4096] = 2; // the rest is still mapped
+    b[0] = 1, b[2 * 4096] = 2;                           // the rest is still mapped
     CHECK(dev->munmap_range(b + 4096, 4096) == -ENOENT); // nothing of the device there
-    CHECK(dev->munmap(p, 3 * 4096) == -EINVAL);         // the seam wants a whole mapping
+    CHECK(dev->munmap(p, 3 * 4096) == -EINVAL);          // the seam wants a whole mapping
     REQUIRE(drm::ioctl_gem_close(*dev, fd, h) == 0);
     CHECK(dev->munmap_range(b, 3 * 4096, &released) == 0);
     CHECK(released == 1);
@@ -486,8 +486,7 @@ TEST_CASE("munmap_range unmaps any part of a mapping; the last page releases it"
     CHECK(dev->nothing_alive());
 }
 
-TEST_CASE("closing a file whose host is stuck in a backend call returns after the grace",
-          "[sim]") {
+TEST_CASE("closing a file whose host is stuck in a backend call returns after the grace", "[sim]") {
     SimConfig c;
     c.host = demo_host();
     c.stop_grace = std::chrono::milliseconds(100);

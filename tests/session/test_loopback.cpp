@@ -326,8 +326,7 @@ TEST_CASE("a host thread stuck in a command is abandoned, never joined: destroyi
     CHECK(gate->peers_destroyed.load() == 1);
 }
 
-TEST_CASE("stop_host() with a host stuck in a backend call returns after the grace",
-          "[loopback]") {
+TEST_CASE("stop_host() with a host stuck in a backend call returns after the grace", "[loopback]") {
     auto o = options();
     o.stop_grace = 100ms;
     o.logger = apir_test::quiet();

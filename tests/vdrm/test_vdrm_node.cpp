@@ -195,9 +195,9 @@ int run_child(const std::string& mode, const char* self) {
 std::string g_self; // this binary
 
 struct Child {
-    int status = -1;  // waitpid's status; -1 when it was killed for running too long
+    int status = -1; // waitpid's status; -1 when it was killed for running too long
     double seconds = 0;
-    std::string err;  // its stderr
+    std::string err; // its stderr
     pid_t pid = 0;
 };
 
@@ -647,7 +647,7 @@ TEST_CASE("a partial munmap of a node mapping unmaps those pages and keeps the r
     CHECK(counts().mappings == 1);
     CHECK(p[3 * pg] == 9);
     REQUIRE(gem_close(fd, b.handle) == 0);
-    CHECK(counts().objects == 1); // the mapping still holds the object
+    CHECK(counts().objects == 1);    // the mapping still holds the object
     REQUIRE(munmap(p, 4 * pg) == 0); // the rest, holes included
     CHECK(counts().mappings == 0);
     CHECK(counts().objects == 0);
