@@ -9,9 +9,10 @@
 // are per file from 1 (lowest free reused), MAP gives fake offsets from 4 GiB, mmap
 // wants the exact offset. Blobs are backed by memfd memory: the guest's mmap is a
 // second mapping of the pages the host writes. Each context created with the APIR or
-// Venus capset runs an apir::Host on its own thread, fed by EXECBUFFER. A pointer the
-// caller passes (the struct, and the pointers inside it) is copied as the kernel copies
-// it: memory the caller cannot read or write is -EFAULT, never a fault in the device.
+// Venus capset runs an apir::Host on its own thread, fed by EXECBUFFER. With
+// SimConfig::check_user_memory, a pointer the caller passes (the struct, and the
+// pointers inside it) is copied as the kernel copies it: memory the caller cannot read
+// or write is -EFAULT, never a fault in the device.
 // Destroying a context never waits longer than SimConfig::stop_grace for its host.
 //
 // Every step can be made to fail (fail()), and what is alive is counted (open files,
@@ -100,6 +101,12 @@ struct SimConfig {
     std::chrono::milliseconds stop_grace{2000};
     /// The device's own messages (a host thread abandoned).
     apir::Logger logger{apir::stderr_sink, apir::LogLevel::warn};
+    /// Whether ioctl() checks the caller's memory as the kernel does (a pointer it cannot
+    /// read or write is -EFAULT) instead of copying it with memcpy (a bad pointer
+    /// faults). The check costs system calls on every ioctl (process_vm_readv/writev:
+    /// the struct in and out, and what it points to); the virtual render node, whose
+    /// callers are any program, turns it on.
+    bool check_user_memory = false;
 
     static std::vector<SimCapset> default_capsets();
     /// An APIR capset of the given bytes (apir_version, supports_blob_resources).

@@ -267,9 +267,18 @@ bool pipe_copy(void* dst, const void* src, size_t n) {
     return true;
 }
 enum class Copy { from_user, to_user };
+// SimConfig::check_user_memory of the device whose ioctl this thread runs.
+thread_local bool t_check_user_memory = false;
 bool user_copy(Copy dir, void* local, uint64_t user, size_t n) {
     if (n == 0) return true;
     if (user == 0) return false;
+    if (!t_check_user_memory) { // a trusted caller: the copy costs no system call
+        if (dir == Copy::from_user)
+            std::memcpy(local, reinterpret_cast<const void*>(user), n);
+        else
+            std::memcpy(reinterpret_cast<void*>(user), local, n);
+        return true;
+    }
     iovec l{local, n};
     iovec u{reinterpret_cast<void*>(user), n};
     const ssize_t r = dir == Copy::from_user ? ::process_vm_readv(::getpid(), &l, 1, &u, 1, 0)
@@ -495,6 +504,7 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
     }
     alignas(8) std::byte k[64] = {};
     const size_t n = std::min(usize, ksize);
+    t_check_user_memory = s_->cfg.check_user_memory;
     if ((_IOC_DIR(request) & _IOC_WRITE) && n && !from_user(k, user_addr(arg), n)) return -EFAULT;
 
     std::unique_lock lk(s_->mu);

@@ -286,6 +286,7 @@ bool ready() noexcept {
         v->sys_class = "/sys/class/drm/renderD" + minor;
         apir::SimConfig c = v->settings.sim;
         c.nodes.front().path = v->node_path;
+        c.check_user_memory = true; // any program's pointers: EFAULT, never a fault here
         c.logger = apir::Logger([](apir::LogLevel, std::string_view m) { say(std::string(m)); },
                                 apir::LogLevel::warn);
         v->dev = std::make_shared<apir::SimDevice>(std::move(c));

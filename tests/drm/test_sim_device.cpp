@@ -414,7 +414,9 @@ TEST_CASE("injected faults hit the chosen call, then stop", "[sim]") {
 }
 
 TEST_CASE("bad user pointers are EFAULT, as the kernel's copies make them", "[sim]") {
-    auto [dev, fd] = open_sim();
+    SimConfig checked;
+    checked.check_user_memory = true;
+    auto [dev, fd] = open_sim(checked);
     void* none = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     void* ro = ::mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     REQUIRE(none != MAP_FAILED);
