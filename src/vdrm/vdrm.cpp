@@ -88,6 +88,17 @@ Vdrm* g_vdrm = nullptr;
 pid_t g_owner = 0; // the process that made the node
 std::mutex g_init_mu;
 thread_local bool t_inside = false; // in our own initialization: pass everything through
+// In a call into the device: its own munmap calls (a blob's memory freed, a range
+// unmapped under its lock) come back to munmap() below and must pass through, or they
+// would wait for the lock the device holds.
+thread_local bool t_in_device = false;
+struct InDevice {
+    bool was = t_in_device;
+    InDevice() noexcept { t_in_device = true; }
+    ~InDevice() { t_in_device = was; }
+    InDevice(const InDevice&) = delete;
+    InDevice& operator=(const InDevice&) = delete;
+};
 
 void say(const std::string& line) noexcept {
     std::string l = "apir-vdrm: " + line + "\n";
@@ -223,6 +234,7 @@ void teardown() noexcept {
     std::lock_guard lk(g_init_mu);
     if (g_state.load() != st_ready) return;
     g_state.store(st_gone);
+    InDevice in;
     g_vdrm->dev->close_all();
     remove_tree(*g_vdrm);
 }
@@ -367,7 +379,11 @@ int open_node(int flags) noexcept {
         memfd.reset();
         return fail_with(EMFILE);
     }
-    const int s = g_vdrm->dev->open(g_vdrm->node_path);
+    int s = 0;
+    {
+        InDevice in;
+        s = g_vdrm->dev->open(g_vdrm->node_path);
+    }
     if (s < 0) {
         memfd.reset();
         return fail_with(-s);
@@ -397,6 +413,7 @@ int release_fd(int fd) noexcept {
         if (it != g_vdrm->refs.end() && --it->second > 0) return 0;
         if (it != g_vdrm->refs.end()) g_vdrm->refs.erase(it);
     }
+    InDevice in;
     return g_vdrm->dev->close(s); // like close(2): the descriptor goes even on an error
 }
 
@@ -587,7 +604,11 @@ APIR_VDRM_EXPORT int ioctl(int fd, unsigned long request, ...) noexcept {
     const int s = sim_file(fd);
     if (s < 0) return APIR_NEXT(ioctl)(fd, request, arg);
     if (g_state.load() == st_forked) return fail_with(ENODEV);
-    const int r = g_vdrm->dev->ioctl(s, request, arg);
+    int r = 0;
+    {
+        InDevice in;
+        r = g_vdrm->dev->ioctl(s, request, arg);
+    }
     return r < 0 ? fail_with(-r) : r;
 }
 
@@ -605,7 +626,11 @@ void* map_node(int s, void* addr, size_t length, int prot, int flags, off_t offs
     }
     void* p = nullptr;
     g_mappings.fetch_add(1); // before the mapping exists: munmap must not miss it
-    const int r = g_vdrm->dev->mmap(s, uint64_t(offset), length, &p);
+    int r = 0;
+    {
+        InDevice in;
+        r = g_vdrm->dev->mmap(s, uint64_t(offset), length, &p);
+    }
     if (r < 0) {
         g_mappings.fetch_sub(1);
         errno = -r;
@@ -630,17 +655,15 @@ APIR_VDRM_EXPORT void* mmap64(void* addr, size_t length, int prot, int flags, in
 
 // Any range, as munmap(2): the pages of the node's mappings in it are unmapped (with
 // whatever else is there), and a mapping with no page left releases its object.
-// The device's own munmap (it unmaps the range under its lock) comes back here, and
-// passes through.
-thread_local bool t_unmapping = false;
-
 APIR_VDRM_EXPORT int munmap(void* addr, size_t length) noexcept {
-    if (g_mappings.load() == 0 || g_state.load() != st_ready || t_unmapping)
+    if (g_mappings.load() == 0 || g_state.load() != st_ready || t_in_device)
         return APIR_NEXT(munmap)(addr, length);
     size_t released = 0;
-    t_unmapping = true;
-    const int r = g_vdrm->dev->munmap_range(addr, length, &released);
-    t_unmapping = false;
+    int r = 0;
+    {
+        InDevice in;
+        r = g_vdrm->dev->munmap_range(addr, length, &released);
+    }
     if (r == -ENOENT || r == -EINVAL) // no mapping of the node there, or a bad range
         return APIR_NEXT(munmap)(addr, length);
     g_mappings.fetch_sub(int(released));
