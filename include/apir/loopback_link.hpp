@@ -19,8 +19,10 @@
 
 #include "apir/export.hpp"
 #include "apir/host_memory.hpp"
+#include "apir/log.hpp"
 #include "apir/transport.hpp"
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -64,6 +66,14 @@ struct LoopbackLinkOptions {
     /// it spins as long as the gaps between commands have lately been short enough
     /// for a spin to catch the next one (learned, apir::SpinBudget), else not at all.
     std::chrono::nanoseconds host_spin = std::chrono::microseconds(200);
+    /// How long stop_host() and the destructor wait for the host thread to come back
+    /// from the command it runs. Past it the thread is abandoned, never joined: it is
+    /// detached, and what it uses (the peer and its backend, the shared memory, the
+    /// ring) stays alive until it returns, then it frees them itself; if it never
+    /// returns they are never freed. `logger` says so (a warning).
+    std::chrono::milliseconds stop_grace{2000};
+    /// The link's own messages (a host thread abandoned).
+    Logger logger{stderr_sink, LogLevel::warn};
     LoopbackTestHooks test_hooks;
 };
 
@@ -91,16 +101,23 @@ public:
     /// error's detail).
     [[nodiscard]] std::string load_library_failure();
     /// Stops the host thread as if the host died: waits and submits then fail with
-    /// DISCONNECTED. (Inline mode: later submits fail the same way.)
+    /// DISCONNECTED. (Inline mode: later submits fail the same way.) Waits at most
+    /// `stop_grace` for a host thread inside a command (see there).
     void stop_host();
+    /// Whether the host thread was abandoned (it did not come back within stop_grace).
+    [[nodiscard]] bool host_abandoned() const noexcept;
     /// Shared-memory blobs alive now, and their bytes.
     [[nodiscard]] size_t shmem_count() const noexcept;
     [[nodiscard]] size_t shmem_bytes() const noexcept;
 
     struct Impl; // opaque
+    /// Destroys the link's state, or hands it to an abandoned host thread.
+    struct APIR_EXPORT ImplDeleter {
+        void operator()(Impl* impl) const noexcept;
+    };
 
 private:
-    std::unique_ptr<Impl> impl_;
+    std::unique_ptr<Impl, ImplDeleter> impl_;
 };
 
 static_assert(Transport<LoopbackLink>);

@@ -9,7 +9,11 @@
 // are per file from 1 (lowest free reused), MAP gives fake offsets from 4 GiB, mmap
 // wants the exact offset. Blobs are backed by memfd memory: the guest's mmap is a
 // second mapping of the pages the host writes. Each context created with the APIR or
-// Venus capset runs an apir::Host on its own thread, fed by EXECBUFFER.
+// Venus capset runs an apir::Host on its own thread, fed by EXECBUFFER. With
+// SimConfig::check_user_memory, a pointer the caller passes (the struct, and the
+// pointers inside it) is copied as the kernel copies it: memory the caller cannot read
+// or write is -EFAULT, never a fault in the device.
+// Destroying a context never waits longer than SimConfig::stop_grace for its host.
 //
 // Every step can be made to fail (fail()), and what is alive is counted (open files,
 // GEM handles, mappings, objects) so that tests can prove nothing leaks.
@@ -27,6 +31,7 @@
 
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -90,6 +95,18 @@ struct SimConfig {
     apir::HostOptions host;
     /// Called with each submitted command; false drops it (the host never sees it).
     std::function<bool(std::span<const std::byte>)> deliver;
+    /// How long destroying a context (its file's close, the device's destruction) waits
+    /// for its host thread to come back; past it the thread is abandoned (detached, with
+    /// what it uses kept alive until it returns) and `logger` says so.
+    std::chrono::milliseconds stop_grace{2000};
+    /// The device's own messages (a host thread abandoned).
+    apir::Logger logger{apir::stderr_sink, apir::LogLevel::warn};
+    /// Whether ioctl() checks the caller's memory as the kernel does (a pointer it cannot
+    /// read or write is -EFAULT) instead of copying it with memcpy (a bad pointer
+    /// faults). The check costs system calls on every ioctl (process_vm_readv/writev:
+    /// the struct in and out, and what it points to); the virtual render node, whose
+    /// callers are any program, turns it on.
+    bool check_user_memory = false;
 
     static std::vector<SimCapset> default_capsets();
     /// An APIR capset of the given bytes (apir_version, supports_blob_resources).
@@ -110,9 +127,19 @@ public:
     int ioctl(int fd, unsigned long request, void* arg) override;
     int mmap(int fd, uint64_t offset, size_t length, void** addr) override;
     int munmap(void* addr, size_t length) override;
-    [[nodiscard]] const std::atomic<bool>* simulated_host_alive() const noexcept override {
-        return &host_alive_;
-    }
+    [[nodiscard]] const std::atomic<bool>* simulated_host_alive() const noexcept override;
+
+    /// munmap(2) of any range, as a program may do it (the seam's munmap() above wants a
+    /// whole mapping, which is what the transport does): every page of [addr, addr +
+    /// length) is unmapped, whatever is mapped there, and each mapping of the device with
+    /// no page left is released (its object freed when nothing else holds it). 0, or a
+    /// negative errno: -EINVAL for a misaligned addr or a zero length, -ENOENT when no
+    /// mapping of the device is in the range (nothing is done), or an injected fault.
+    /// `released` (optional) counts the mappings released.
+    int munmap_range(void* addr, size_t length, size_t* released = nullptr);
+    /// Closes every open file (as close() would: hosts stop, handles go); mappings stay,
+    /// with their objects, until they are unmapped.
+    void close_all();
 
     /// The host options and delivery hook (SimConfig::host, SimConfig::deliver) of the
     /// contexts created from now on; existing contexts keep theirs.
@@ -160,7 +187,6 @@ public:
 
 private:
     std::unique_ptr<State> s_;
-    std::atomic<bool> host_alive_{true};
 };
 
 } // namespace apir

@@ -29,9 +29,12 @@ struct Registry {
     std::unordered_map<uint32_t, Host::Impl*> hosts;
     uint32_t next_id = 1;
 };
+// Never destroyed: a host thread abandoned in a backend call (a loopback link's or the
+// simulated device's, after their grace) may still look a host up while the process's
+// static objects are destroyed at exit.
 Registry& registry() {
-    static Registry r;
-    return r;
+    static Registry* r = new Registry;
+    return *r;
 }
 
 /// Closes a dlopen handle.

@@ -14,7 +14,9 @@
 #include <optional>
 #include <thread>
 
+#include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 namespace apir {
@@ -59,29 +61,102 @@ struct Memory {
     apir::detail::PosixMapping host; // unmapped before the fd is closed
 };
 
+// What the device and its host threads share; it outlives the device while a host
+// thread that did not come back still runs.
+struct Shared {
+    std::atomic<bool> host_alive{true};
+    std::atomic<uint64_t> executed{0};
+};
+
 // The host end of one guest context: an apir::Host on its own thread. A thread, like
 // the real device: EXECBUFFER returns once the command is queued and the host answers
 // later, so the guest really waits on the notification word (an inline host would
 // answer before submit() returns and hide ordering bugs in the wait). Blob releases go
 // through the same queue, so a command always finds the memory it was sent with.
-class Context final : public apir::HostMemory {
+//
+// What the thread uses (the host, the queue, the blobs' memory, the counters) is in a
+// Core the thread owns a share of: a context destroyed while its host is stuck in a
+// backend call waits a bounded grace, then abandons the thread, which frees the Core
+// when (if ever) it comes back.
+class Context final {
+    struct Core final : apir::HostMemory {
+        Core(std::shared_ptr<Shared> sh) : shared(std::move(sh)) {}
+        ~Core() {
+            host.reset(); // the backend's deinit may still look at shared memory
+            std::lock_guard lk(mu);
+            resources.clear();
+        }
+        std::span<std::byte> resource(uint32_t res_id) noexcept override {
+            std::lock_guard lk(mu);
+            auto it = resources.find(res_id);
+            if (it == resources.end()) return {};
+            return {it->second->host.get().data(), it->second->host.get().size};
+        }
+        void serve() {
+            std::unique_lock lk(q_mu);
+            for (;;) {
+                cv.wait(lk, [&] { return stopping || !items.empty(); });
+                if (stopping) break;
+                Item it = std::move(items.front());
+                items.pop_front();
+                busy = true;
+                lk.unlock();
+                if (it.detach != 0) {
+                    std::lock_guard mk(mu);
+                    resources.erase(it.detach);
+                } else if (shared->host_alive.load(std::memory_order_acquire)) {
+                    (void)host->execute(it.command); // a rejected command gets no reply
+                    shared->executed.fetch_add(1, std::memory_order_relaxed);
+                }
+                lk.lock();
+                busy = false;
+                if (items.empty()) idle_cv.notify_all();
+            }
+            exited = true;
+            idle_cv.notify_all();
+        }
+
+        struct Item {
+            std::vector<std::byte> command; // empty: a detach
+            uint32_t detach = 0;
+        };
+        std::shared_ptr<Shared> shared;
+        std::mutex mu; // resources
+        std::map<uint32_t, std::shared_ptr<Memory>> resources;
+        std::mutex q_mu; // items, busy, stopping, exited
+        std::condition_variable cv, idle_cv;
+        std::deque<Item> items;
+        bool busy = false;
+        bool stopping = false;
+        bool exited = false; // serve() has returned
+        std::optional<apir::Host> host;
+    };
+
 public:
     Context(apir::HostOptions options, std::function<bool(std::span<const std::byte>)> deliver,
-            const std::atomic<bool>& alive, std::atomic<uint64_t>& executed)
-        : deliver(std::move(deliver)), alive_(alive), executed_(executed) {
-        host_.emplace(std::move(options), *this);
-        thread_ = std::thread([this] { serve(); });
+            std::shared_ptr<Shared> shared, std::chrono::milliseconds grace, apir::Logger log)
+        : deliver(std::move(deliver)), core_(std::make_shared<Core>(std::move(shared))),
+          grace_(grace), log_(std::move(log)) {
+        core_->host.emplace(std::move(options), *core_);
+        thread_ = std::thread([core = core_] { core->serve(); });
     }
     ~Context() {
-        {
-            std::lock_guard lk(q_mu_);
-            stopping_ = true;
+        std::unique_lock lk(core_->q_mu);
+        core_->stopping = true;
+        core_->cv.notify_all();
+        const bool back = core_->idle_cv.wait_for(lk, grace_, [&] { return core_->exited; });
+        lk.unlock();
+        if (back) {
+            thread_.join();
+            return; // the Core goes with the last share (the host, then the memory)
         }
-        cv_.notify_all();
-        thread_.join();
-        host_.reset(); // the backend's deinit may still look at shared memory
-        std::lock_guard lk(mu_);
-        resources_.clear();
+        // The host is stuck in a backend call: never wait for it. The thread keeps the
+        // Core (host, backend, blob memory) alive and frees it if it ever returns.
+        thread_.detach();
+        log_.warn("simulated virtio-gpu device: a context's host thread did not come back "
+                  "within {} ms (stuck in a backend call); it is abandoned, with its host and "
+                  "memory, until it returns",
+                  grace_.count());
     }
     Context(const Context&) = delete;
     Context& operator=(const Context&) = delete;
@@ -89,68 +164,30 @@ public:
     /// SimConfig::deliver as it was when the context was created.
     const std::function<bool(std::span<const std::byte>)> deliver;
 
-    std::span<std::byte> resource(uint32_t res_id) noexcept override {
-        std::lock_guard lk(mu_);
-        auto it = resources_.find(res_id);
-        if (it == resources_.end()) return {};
-        return {it->second->host.get().data(), it->second->host.get().size};
-    }
-
     void attach(uint32_t res_id, std::shared_ptr<Memory> mem) {
-        std::lock_guard lk(mu_);
-        resources_[res_id] = std::move(mem);
+        std::lock_guard lk(core_->mu);
+        core_->resources[res_id] = std::move(mem);
     }
-    void execute(std::vector<std::byte> command) { push(Item{std::move(command), 0}); }
-    void detach(uint32_t res_id) { push(Item{{}, res_id}); }
+    void execute(std::vector<std::byte> command) { push(Core::Item{std::move(command), 0}); }
+    void detach(uint32_t res_id) { push(Core::Item{{}, res_id}); }
     void drain() {
-        std::unique_lock lk(q_mu_);
-        idle_cv_.wait(lk, [&] { return (items_.empty() && !busy_) || stopping_; });
+        std::unique_lock lk(core_->q_mu);
+        core_->idle_cv.wait(
+            lk, [&] { return (core_->items.empty() && !core_->busy) || core_->stopping; });
     }
 
 private:
-    struct Item {
-        std::vector<std::byte> command; // empty: a detach
-        uint32_t detach = 0;
-    };
-    void push(Item it) {
+    void push(Core::Item it) {
         {
-            std::lock_guard lk(q_mu_);
-            items_.push_back(std::move(it));
+            std::lock_guard lk(core_->q_mu);
+            core_->items.push_back(std::move(it));
         }
-        cv_.notify_one();
-    }
-    void serve() {
-        std::unique_lock lk(q_mu_);
-        for (;;) {
-            cv_.wait(lk, [&] { return stopping_ || !items_.empty(); });
-            if (stopping_) return;
-            Item it = std::move(items_.front());
-            items_.pop_front();
-            busy_ = true;
-            lk.unlock();
-            if (it.detach != 0) {
-                std::lock_guard mk(mu_);
-                resources_.erase(it.detach);
-            } else if (alive_.load(std::memory_order_acquire)) {
-                (void)host_->execute(it.command); // a rejected command gets no reply
-                executed_.fetch_add(1, std::memory_order_relaxed);
-            }
-            lk.lock();
-            busy_ = false;
-            if (items_.empty()) idle_cv_.notify_all();
-        }
+        core_->cv.notify_one();
     }
 
-    const std::atomic<bool>& alive_;
-    std::atomic<uint64_t>& executed_;
-    std::mutex mu_; // resources_
-    std::map<uint32_t, std::shared_ptr<Memory>> resources_;
-    std::mutex q_mu_; // items_, busy_, stopping_
-    std::condition_variable cv_, idle_cv_;
-    std::deque<Item> items_;
-    bool busy_ = false;
-    bool stopping_ = false;
-    std::optional<apir::Host> host_;
+    std::shared_ptr<Core> core_;
+    std::chrono::milliseconds grace_;
+    apir::Logger log_;
     std::thread thread_;
 };
 
@@ -205,11 +242,69 @@ int with_struct(std::byte* k, F&& f) {
     return r;
 }
 
-void copy_field(const std::string& value, char* buf, size_t& len) {
-    // drm_copy_field: copy what fits, report the full length.
+// Copies between the caller's memory and the device's, as the kernel's copy_from_user
+// and copy_to_user do: memory the caller cannot read (or write) is EFAULT, never a
+// fault in the device. process_vm_readv/writev on the process itself check the pages
+// without touching them; where a sandbox refuses those calls (ENOSYS, EPERM), a pipe
+// does the same check (write(2) from, read(2) into the caller's memory).
+bool pipe_copy(void* dst, const void* src, size_t n) {
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) return false;
+    apir::detail::PosixFd rd(p[0]), wr(p[1]);
+    auto* d = static_cast<char*>(dst);
+    const auto* s = static_cast<const char*>(src);
+    while (n > 0) {
+        const size_t chunk = std::min<size_t>(n, 4096); // within the pipe's capacity
+        const ssize_t w = ::write(wr.get(), s, chunk);
+        if (w <= 0) return false;
+        for (ssize_t got = 0; got < w;) {
+            const ssize_t r = ::read(rd.get(), d + got, size_t(w - got));
+            if (r <= 0) return false;
+            got += r;
+        }
+        d += w, s += w, n -= size_t(w);
+    }
+    return true;
+}
+enum class Copy { from_user, to_user };
+// SimConfig::check_user_memory of the device whose ioctl this thread runs.
+thread_local bool t_check_user_memory = false;
+bool user_copy(Copy dir, void* local, uint64_t user, size_t n) {
+    if (n == 0) return true;
+    if (user == 0) return false;
+    if (!t_check_user_memory) { // a trusted caller: the copy costs no system call
+        if (dir == Copy::from_user)
+            std::memcpy(local, reinterpret_cast<const void*>(user), n);
+        else
+            std::memcpy(reinterpret_cast<void*>(user), local, n);
+        return true;
+    }
+    iovec l{local, n};
+    iovec u{reinterpret_cast<void*>(user), n};
+    const ssize_t r = dir == Copy::from_user ? ::process_vm_readv(::getpid(), &l, 1, &u, 1, 0)
+                                             : ::process_vm_writev(::getpid(), &l, 1, &u, 1, 0);
+    if (r == ssize_t(n)) return true;
+    if (r >= 0 || (errno != ENOSYS && errno != EPERM)) return false; // EFAULT, or a part
+    return dir == Copy::from_user ? pipe_copy(local, u.iov_base, n)
+                                  : pipe_copy(u.iov_base, local, n);
+}
+bool from_user(void* dst, uint64_t user, size_t n) {
+    return user_copy(Copy::from_user, dst, user, n);
+}
+bool to_user(uint64_t user, const void* src, size_t n) {
+    return user_copy(Copy::to_user, const_cast<void*>(src), user, n);
+}
+uint64_t user_addr(const void* p) {
+    return reinterpret_cast<uintptr_t>(p);
+}
+
+int copy_field(const std::string& value, char* buf, size_t& len) {
+    // drm_copy_field: copy what fits, report the full length; a buffer it cannot write
+    // is EFAULT.
     const size_t n = std::min(len, value.size());
-    if (buf && n) std::memcpy(buf, value.data(), n);
     len = value.size();
+    if (buf && n && !to_user(user_addr(buf), value.data(), n)) return -EFAULT;
+    return 0;
 }
 
 } // namespace
@@ -244,6 +339,9 @@ struct SimDevice::State {
     struct Map {
         std::shared_ptr<Object> obj;
         size_t length;
+        // The page ranges still mapped ([begin, end)): all of it until a program's
+        // munmap takes part of it (munmap_range).
+        std::vector<std::pair<uintptr_t, uintptr_t>> pieces;
     };
     std::map<void*, Map> maps;
     std::array<Fault, size_t(SimOp::count_)> faults{};
@@ -253,7 +351,7 @@ struct SimDevice::State {
     uint64_t contexts = 0;
     uint32_t last_capset = 0;
     std::atomic<uint64_t> dropped{0};
-    std::atomic<uint64_t> executed{0};
+    std::shared_ptr<Shared> shared = std::make_shared<Shared>();
     std::vector<std::weak_ptr<Context>> all_contexts;
 
     // Counts the call; returns the injected error (negative) or 0.
@@ -282,14 +380,15 @@ struct SimDevice::State {
     }
 
     // A context made by CONTEXT_INIT, or implicitly (capset 0) by a blob or execbuffer.
-    void create_context(File& f, const std::atomic<bool>& alive) {
+    void create_context(File& f) {
         f.context_created = true;
         ++contexts;
         last_capset = f.capset;
         if (f.capset != apir::capset_apir && f.capset != apir::capset_venus) return;
         apir::HostOptions o = cfg.host;
         o.command_type_offset = f.capset == apir::capset_venus ? apir::venus_command_offset : 0;
-        f.ctx = std::make_shared<Context>(std::move(o), cfg.deliver, alive, executed);
+        f.ctx = std::make_shared<Context>(std::move(o), cfg.deliver, shared, cfg.stop_grace,
+                                          cfg.logger);
         all_contexts.push_back(f.ctx);
     }
 
@@ -311,7 +410,8 @@ SimDevice::~SimDevice() {
     {
         std::lock_guard lk(s_->mu);
         for (auto& [addr, m] : s_->maps)
-            ::munmap(addr, m.length);
+            for (auto [b, e] : m.pieces)
+                ::munmap(reinterpret_cast<void*>(b), e - b);
         s_->maps.clear();
         for (auto& [fd, f] : s_->files)
             if (f->ctx) ctxs.push_back(std::move(f->ctx));
@@ -404,7 +504,8 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
     }
     alignas(8) std::byte k[64] = {};
     const size_t n = std::min(usize, ksize);
-    if ((_IOC_DIR(request) & _IOC_WRITE) && n) std::memcpy(k, arg, n);
+    t_check_user_memory = s_->cfg.check_user_memory;
+    if ((_IOC_DIR(request) & _IOC_WRITE) && n && !from_user(k, user_addr(arg), n)) return -EFAULT;
 
     std::unique_lock lk(s_->mu);
     int r = s_->injected(op);
@@ -420,10 +521,11 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 v.version_major = f->node->driver_major;
                 v.version_minor = f->virtio ? 1 : 0;
                 v.version_patchlevel = 0;
-                copy_field(f->node->driver, v.name, v.name_len);
-                copy_field("0", v.date, v.date_len);
-                copy_field(f->virtio ? "virtio GPU" : "another GPU", v.desc, v.desc_len);
-                return 0;
+                int e = copy_field(f->node->driver, v.name, v.name_len);
+                if (e == 0) e = copy_field("0", v.date, v.date_len);
+                if (e == 0)
+                    e = copy_field(f->virtio ? "virtio GPU" : "another GPU", v.desc, v.desc_len);
+                return e;
             });
             break;
 
@@ -462,8 +564,7 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 if (p.value == 0) return -EFAULT;
                 // The kernel copies an int: 4 bytes, whatever the caller's variable.
                 const auto v32 = static_cast<uint32_t>(v);
-                std::memcpy(reinterpret_cast<void*>(p.value), &v32, sizeof(v32));
-                return 0;
+                return to_user(p.value, &v32, sizeof(v32)) ? 0 : -EFAULT;
             });
             break;
 
@@ -477,9 +578,9 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                     });
                 if (c == cfg.capsets.end()) return -EINVAL;
                 if (g.addr == 0) return -EFAULT;
-                std::memcpy(reinterpret_cast<void*>(g.addr), c->data.data(),
-                            std::min<size_t>(g.size, c->data.size()));
-                return 0;
+                return to_user(g.addr, c->data.data(), std::min<size_t>(g.size, c->data.size()))
+                           ? 0
+                           : -EFAULT;
             });
             break;
 
@@ -490,9 +591,8 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 if (ci.num_params > max_params) return -EINVAL;
                 if (ci.num_params && ci.ctx_set_params == 0) return -EFAULT;
                 std::vector<uapi::context_set_param> params(ci.num_params);
-                if (ci.num_params)
-                    std::memcpy(params.data(), reinterpret_cast<const void*>(ci.ctx_set_params),
-                                params.size() * sizeof(params[0]));
+                if (!from_user(params.data(), ci.ctx_set_params, params.size() * sizeof(params[0])))
+                    return -EFAULT;
                 if (f->context_created) return -EEXIST;
                 bool rings_seen = false;
                 for (const auto& p : params) {
@@ -523,7 +623,7 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 const uint64_t valid =
                     f->num_rings >= 64 ? ~uint64_t{0} : (uint64_t{1} << f->num_rings) - 1;
                 if (f->ring_mask & ~valid) return -EINVAL;
-                s.create_context(*f, host_alive_);
+                s.create_context(*f);
                 return 0;
             });
             break;
@@ -549,7 +649,7 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 const bool visible = b.blob_mem == uapi::blob_mem_host3d &&
                                      (b.blob_flags & uapi::blob_flag_use_mappable);
                 if (visible && cfg.host_visible_bytes == 0) return -EINVAL;
-                if (!f->context_created) s.create_context(*f, host_alive_);
+                if (!f->context_created) s.create_context(*f);
                 const uint64_t size = page_align(b.size);
                 if (size == 0) return -ENOSPC;
                 if (visible && s.visible_used + size > cfg.host_visible_bytes) return -ENOSPC;
@@ -626,8 +726,8 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                 std::vector<uint32_t> bos(e.num_bo_handles);
                 if (!bos.empty()) {
                     if (e.bo_handles == 0) return -EFAULT;
-                    std::memcpy(bos.data(), reinterpret_cast<const void*>(e.bo_handles),
-                                bos.size() * sizeof(uint32_t));
+                    if (!from_user(bos.data(), e.bo_handles, bos.size() * sizeof(uint32_t)))
+                        return -EFAULT;
                 }
                 for (size_t i = 0; i < bos.size(); ++i) {
                     if (!f->handles.count(bos[i])) return -ENOENT;
@@ -635,15 +735,15 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
                         bos.begin() + long(i))
                         return -EALREADY;
                 }
-                if (!f->context_created) s.create_context(*f, host_alive_);
+                if (!f->context_created) s.create_context(*f);
                 if ((e.flags & uapi::execbuf_fence_fd_out) || e.num_out_syncobjs || !bos.empty() ||
                     (f->ring_mask >> ring & 1)) {
                     ++s.fenced;
                     if (e.flags & uapi::execbuf_fence_fd_out) e.fence_fd = -1;
                 }
                 if (e.size && e.command == 0) return -EFAULT;
-                const auto* p = reinterpret_cast<const std::byte*>(e.command);
-                std::vector<std::byte> command(p, p + e.size); // the kernel's copy
+                std::vector<std::byte> command(e.size); // the kernel's copy
+                if (!from_user(command.data(), e.command, command.size())) return -EFAULT;
                 std::shared_ptr<Context> ctx = f->ctx;
                 lk.unlock(); // the host and the deliver hook run without the device lock
                 if (!ctx || (ctx->deliver && !ctx->deliver(command)))
@@ -658,7 +758,7 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
             r = -EINVAL;
         }
     if (lk.owns_lock()) lk.unlock();
-    if ((_IOC_DIR(request) & _IOC_READ) && n) std::memcpy(arg, k, n);
+    if ((_IOC_DIR(request) & _IOC_READ) && n && !to_user(user_addr(arg), k, n)) return -EFAULT;
     return r;
 }
 
@@ -680,7 +780,8 @@ int SimDevice::mmap(int fd, uint64_t offset, size_t length, void** addr) {
     void* p = ::mmap(nullptr, length, PROT_READ | PROT_WRITE, MAP_SHARED, obj->mem->fd.get(), 0);
     if (p == MAP_FAILED) return -errno;
     ++obj->maps;
-    s_->maps.emplace(p, State::Map{obj, length});
+    const auto b = reinterpret_cast<uintptr_t>(p);
+    s_->maps.emplace(p, State::Map{obj, length, {{b, b + page_align(length)}}});
     *addr = p;
     return 0;
 }
@@ -689,7 +790,9 @@ int SimDevice::munmap(void* addr, size_t length) {
     std::lock_guard lk(s_->mu);
     if (int e = s_->injected(SimOp::munmap)) return e;
     auto it = s_->maps.find(addr);
-    if (it == s_->maps.end() || it->second.length != length) {
+    const auto b = reinterpret_cast<uintptr_t>(addr);
+    if (it == s_->maps.end() || it->second.length != length || it->second.pieces.size() != 1 ||
+        it->second.pieces.front() != std::pair(b, b + page_align(length))) {
         ++s_->bad_munmaps;
         return -EINVAL;
     }
@@ -699,6 +802,65 @@ int SimDevice::munmap(void* addr, size_t length) {
     --obj->maps;
     s_->maybe_free(obj);
     return 0;
+}
+
+int SimDevice::munmap_range(void* addr, size_t length, size_t* released) {
+    if (released) *released = 0;
+    const auto b = reinterpret_cast<uintptr_t>(addr);
+    if ((b & (page_size - 1)) != 0 || length == 0 || length > UINTPTR_MAX - b - page_size)
+        return -EINVAL;
+    const uintptr_t e = b + page_align(length);
+    std::lock_guard lk(s_->mu);
+    auto overlaps = [&](const State::Map& m) {
+        for (auto [pb, pe] : m.pieces)
+            if (pb < e && b < pe) return true;
+        return false;
+    };
+    bool any = false;
+    for (const auto& [start, m] : s_->maps)
+        any = any || overlaps(m);
+    if (!any) return -ENOENT;
+    if (int err = s_->injected(SimOp::munmap)) return err;
+    // Under the lock, so that no mapping of the device is made in the range meanwhile.
+    ::munmap(addr, e - b);
+    for (auto it = s_->maps.begin(); it != s_->maps.end();) {
+        auto& pieces = it->second.pieces;
+        std::vector<std::pair<uintptr_t, uintptr_t>> left;
+        for (auto [pb, pe] : pieces) {
+            if (pe <= b || e <= pb) {
+                left.emplace_back(pb, pe);
+                continue;
+            }
+            if (pb < b) left.emplace_back(pb, b);
+            if (e < pe) left.emplace_back(e, pe);
+        }
+        pieces = std::move(left);
+        if (!pieces.empty()) {
+            ++it;
+            continue;
+        }
+        auto obj = std::move(it->second.obj);
+        it = s_->maps.erase(it);
+        --obj->maps;
+        s_->maybe_free(obj);
+        if (released) ++*released;
+    }
+    return 0;
+}
+
+void SimDevice::close_all() {
+    std::vector<int> fds;
+    {
+        std::lock_guard lk(s_->mu);
+        for (const auto& [fd, f] : s_->files)
+            fds.push_back(fd);
+    }
+    for (int fd : fds)
+        (void)close(fd);
+}
+
+const std::atomic<bool>* SimDevice::simulated_host_alive() const noexcept {
+    return &s_->shared->host_alive;
 }
 
 void SimDevice::fail(SimOp op, int err, unsigned after, unsigned times) {
@@ -719,7 +881,7 @@ void SimDevice::clear_faults() {
 }
 
 void SimDevice::stop_host() {
-    host_alive_.store(false, std::memory_order_release);
+    s_->shared->host_alive.store(false, std::memory_order_release);
 }
 
 size_t SimDevice::open_files() const {
@@ -757,7 +919,7 @@ uint64_t SimDevice::dropped_commands() const {
     return s_->dropped.load();
 }
 uint64_t SimDevice::executed_commands() const {
-    return s_->executed.load();
+    return s_->shared->executed.load();
 }
 uint64_t SimDevice::bad_munmaps() const {
     std::lock_guard lk(s_->mu);

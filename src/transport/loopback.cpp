@@ -43,7 +43,10 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         if (options.mode == LoopbackLinkOptions::Mode::threaded) {
             slot_count = options.queue_depth;
             slots = std::make_unique<Slot[]>(slot_count);
-            thread = std::thread([this] { serve(); });
+            thread = std::thread([this, ex = exit_] {
+                serve();
+                finished(*ex);
+            });
         }
     }
     ~Impl() {
@@ -304,6 +307,39 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
             host_cpu.store(cpu, std::memory_order_relaxed);
     }
 
+    // Where the host thread and the link's owner meet when the thread ends: shared,
+    // so that neither touches the other's memory after the hand-over.
+    struct Exit {
+        std::mutex mu;
+        std::condition_variable cv;
+        enum class State : uint8_t { running, exited, abandoned } state = State::running;
+    };
+
+    // The host thread's last act: report that it returned, or, when the owner gave up
+    // on it (the link is gone), free what it was kept alive for.
+    void finished(Exit& ex) noexcept {
+        std::unique_lock lk(ex.mu);
+        if (ex.state == Exit::State::abandoned) {
+            lk.unlock();
+            delete this; // the destructor's join is skipped: the thread is detached
+            return;
+        }
+        ex.state = Exit::State::exited;
+        ex.cv.notify_all();
+    }
+
+    // For the destructor: true when the host thread is abandoned and now owns this
+    // state (it frees it when it returns); false when the state can be freed now.
+    bool hand_over() noexcept {
+        disown_shmem(); // a Shmem destroyed after the transport does nothing
+        stop();
+        if (!abandoned) return false;
+        std::lock_guard lk(exit_->mu);
+        if (exit_->state == Exit::State::exited) return false; // it came back meanwhile
+        exit_->state = Exit::State::abandoned;
+        return true;
+    }
+
     void stop() {
         if (!alive.exchange(false)) return;
         {
@@ -314,7 +350,24 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         if (thread.joinable()) {
             wake.fetch_add(1); // wake the host thread so it notices
             detail::futex_wake_all(&wake);
-            thread.join();
+            bool back = false;
+            {
+                std::unique_lock lk(exit_->mu);
+                back = exit_->cv.wait_for(lk, options.stop_grace,
+                                          [&] { return exit_->state == Exit::State::exited; });
+            }
+            if (back) {
+                thread.join();
+            } else {
+                // Stuck in the peer (a backend call that does not return): never joined.
+                thread.detach();
+                abandoned = true;
+                options.logger.warn(
+                    "loopback: the host thread did not come back within {} ms (stuck in a "
+                    "command); it is abandoned, and what it uses stays allocated until it "
+                    "returns",
+                    options.stop_grace.count());
+            }
         }
         // Wake guests blocked on any page so they see the host is gone.
         std::lock_guard lk(mem_mu);
@@ -362,10 +415,16 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
 
     alignas(64) std::unique_ptr<LoopbackPeer> peer; // not beside tail: read every command
     std::thread thread;
+    std::shared_ptr<Exit> exit_ = std::make_shared<Exit>();
+    std::atomic<bool> abandoned{false}; // the host thread did not come back in stop()
 };
 
+void LoopbackLink::ImplDeleter::operator()(Impl* impl) const noexcept {
+    if (!impl->hand_over()) delete impl;
+}
+
 LoopbackLink::LoopbackLink(LoopbackPeerFactory make_peer, LoopbackLinkOptions options)
-    : impl_(std::make_unique<Impl>(make_peer, std::move(options))) {}
+    : impl_(new Impl(make_peer, std::move(options))) {}
 LoopbackLink::LoopbackLink(LoopbackLink&&) noexcept = default;
 LoopbackLink& LoopbackLink::operator=(LoopbackLink&&) noexcept = default;
 LoopbackLink::~LoopbackLink() = default;
@@ -406,6 +465,9 @@ std::string LoopbackLink::load_library_failure() {
 }
 void LoopbackLink::stop_host() {
     if (impl_) impl_->stop();
+}
+bool LoopbackLink::host_abandoned() const noexcept {
+    return impl_ && impl_->abandoned.load();
 }
 size_t LoopbackLink::shmem_count() const noexcept {
     if (!impl_) return 0;

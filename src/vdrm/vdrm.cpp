@@ -36,9 +36,11 @@
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -72,17 +74,31 @@ struct Vdrm {
     std::string sys_class;         // /sys/class/drm/renderDN
     std::vector<std::string> made; // what to remove at exit, in creation order
     std::shared_ptr<apir::SimDevice> dev;
-    std::mutex maps_mu;
-    std::map<void*, size_t> maps; // mappings of virtual-node descriptors
     std::mutex refs_mu;
     std::map<int, int> refs; // descriptors (dup) per file of the device
     struct timespec born {};
 };
 
-std::atomic<int> g_state{0}; // 0 not yet, 1 initializing, 2 ready, 3 disabled or gone
+// 0 not yet, 1 initializing, 2 ready, 3 disabled or exit has begun, 4 a child of fork():
+// the device and its host threads are the parent's, and the node is gone.
+enum : int { st_none, st_init, st_ready, st_gone, st_forked };
+std::atomic<int> g_state{st_none};
+// Never freed once made: a thread may still be inside a call when exit begins.
 Vdrm* g_vdrm = nullptr;
+pid_t g_owner = 0; // the process that made the node
 std::mutex g_init_mu;
 thread_local bool t_inside = false; // in our own initialization: pass everything through
+// In a call into the device: its own munmap calls (a blob's memory freed, a range
+// unmapped under its lock) come back to munmap() below and must pass through, or they
+// would wait for the lock the device holds.
+thread_local bool t_in_device = false;
+struct InDevice {
+    bool was = t_in_device;
+    InDevice() noexcept { t_in_device = true; }
+    ~InDevice() { t_in_device = was; }
+    InDevice(const InDevice&) = delete;
+    InDevice& operator=(const InDevice&) = delete;
+};
 
 void say(const std::string& line) noexcept {
     std::string l = "apir-vdrm: " + line + "\n";
@@ -183,7 +199,8 @@ void remove_tree(Vdrm& v) {
     v.made.clear();
 }
 
-// Trees of processes that died without their exit handlers (a crash, a kill): the
+// Trees of processes that died without their exit handlers (a crash, a kill), and
+// trees of this very process (made before an exec, which runs no exit handler): the
 // tree is named after its process, and the next node to start removes the orphans.
 void remove_orphans(const std::string& dir) noexcept {
     DIR* d = APIR_NEXT(opendir)(dir.c_str());
@@ -192,7 +209,8 @@ void remove_orphans(const std::string& dir) noexcept {
     while (const dirent* e = ::readdir(d)) {
         int pid = 0;
         if (std::sscanf(e->d_name, "apir-vdrm-%d-", &pid) != 1 || pid <= 0) continue;
-        if (::kill(pid, 0) != 0 && errno == ESRCH) gone.push_back(dir + "/" + e->d_name);
+        if (pid == ::getpid() || (::kill(pid, 0) != 0 && errno == ESRCH))
+            gone.push_back(dir + "/" + e->d_name);
     }
     ::closedir(d);
     for (const auto& g : gone)
@@ -204,33 +222,44 @@ void remove_orphans(const std::string& dir) noexcept {
             16, FTW_DEPTH | FTW_PHYS);
 }
 
+// The exit handler. Other threads may still be inside a call, and the program's
+// mappings stay in use until the process ends, so nothing is freed: the files the
+// program left open are closed (their hosts stop, backends unload; a host stuck in a
+// backend call is abandoned after SimConfig::stop_grace), later calls on the node's
+// descriptors get EBADF, and the private tree is removed. In a child of fork() (which
+// inherits the handler) nothing happens: the device, its threads and the tree are the
+// parent's.
 void teardown() noexcept {
+    if (g_state.load() != st_ready || ::getpid() != g_owner) return;
     std::lock_guard lk(g_init_mu);
-    if (g_state.load() != 2) return;
-    g_state.store(3);
-    Vdrm* v = g_vdrm;
-    // Files the program left open go with the device (hosts stop, backends unload).
-    for (int fd = 0; fd < max_fd && g_open_nodes.load() > 0; ++fd)
-        if (g_fd_sim[fd].exchange(0) != 0) g_open_nodes.fetch_sub(1);
-    v->refs.clear();
-    {
-        std::lock_guard mk(v->maps_mu);
-        v->maps.clear();
-        g_mappings.store(0);
-    }
-    v->dev.reset();
-    remove_tree(*v);
-    delete v;
-    g_vdrm = nullptr;
+    if (g_state.load() != st_ready) return;
+    g_state.store(st_gone);
+    InDevice in;
+    g_vdrm->dev->close_all();
+    remove_tree(*g_vdrm);
+}
+
+// In the child of fork(): the node is gone. Its descriptors stay open (as memfds) but
+// every call on them fails with ENODEV, and close() only closes them; nothing of the
+// device (whose locks another thread of the parent may have held) is touched.
+void on_fork_child() noexcept {
+    const int s = g_state.load();
+    if (s == st_ready) g_state.store(st_forked);
+    if (s == st_init) g_state.store(st_gone); // the parent was initializing: not here
+}
+
+[[gnu::constructor]] void register_fork_handler() noexcept {
+    (void)::pthread_atfork(nullptr, nullptr, on_fork_child);
 }
 
 // Sets the virtual node up on first use; false when it is disabled.
 bool ready() noexcept {
     const int s = g_state.load(std::memory_order_acquire);
-    if (s == 2) return true;
-    if (s == 3 || t_inside) return false;
+    if (s == st_ready) return true;
+    if (s == st_gone || s == st_forked || t_inside) return false;
     std::lock_guard lk(g_init_mu);
-    if (g_state.load() != 0) return g_state.load() == 2;
+    if (g_state.load() != st_none) return g_state.load() == st_ready;
+    g_state.store(st_init);
     t_inside = true;
     auto v = std::make_unique<Vdrm>();
     std::string why;
@@ -269,16 +298,20 @@ bool ready() noexcept {
         v->sys_class = "/sys/class/drm/renderD" + minor;
         apir::SimConfig c = v->settings.sim;
         c.nodes.front().path = v->node_path;
+        c.check_user_memory = true; // any program's pointers: EFAULT, never a fault here
+        c.logger = apir::Logger([](apir::LogLevel, std::string_view m) { say(std::string(m)); },
+                                apir::LogLevel::warn);
         v->dev = std::make_shared<apir::SimDevice>(std::move(c));
         for (const auto& f : v->settings.faults)
             v->dev->fail(f.op, f.err, f.after, f.times);
         ::clock_gettime(CLOCK_REALTIME, &v->born);
         g_vdrm = v.release();
+        g_owner = ::getpid();
         std::atexit(teardown);
-        g_state.store(2, std::memory_order_release);
+        g_state.store(st_ready, std::memory_order_release);
     } else {
         say(why + "; the virtual node is disabled");
-        g_state.store(3, std::memory_order_release);
+        g_state.store(st_gone, std::memory_order_release);
     }
     t_inside = false;
     return ok;
@@ -346,7 +379,11 @@ int open_node(int flags) noexcept {
         memfd.reset();
         return fail_with(EMFILE);
     }
-    const int s = g_vdrm->dev->open(g_vdrm->node_path);
+    int s = 0;
+    {
+        InDevice in;
+        s = g_vdrm->dev->open(g_vdrm->node_path);
+    }
     if (s < 0) {
         memfd.reset();
         return fail_with(-s);
@@ -367,12 +404,16 @@ int release_fd(int fd) noexcept {
     const int s = g_fd_sim[fd].exchange(0) - 1;
     if (s < 0) return 0;
     g_open_nodes.fetch_sub(1);
+    // After fork (the device is the parent's) or once exit has begun (its files are
+    // closed), the descriptor just goes.
+    if (g_state.load() != st_ready) return 0;
     {
         std::lock_guard lk(g_vdrm->refs_mu);
         auto it = g_vdrm->refs.find(s);
         if (it != g_vdrm->refs.end() && --it->second > 0) return 0;
         if (it != g_vdrm->refs.end()) g_vdrm->refs.erase(it);
     }
+    InDevice in;
     return g_vdrm->dev->close(s); // like close(2): the descriptor goes even on an error
 }
 
@@ -384,7 +425,7 @@ int adopt_fd(int newfd, int s) noexcept {
         ::close(newfd);
         return fail_with(EMFILE);
     }
-    {
+    if (g_state.load() == st_ready) {
         std::lock_guard lk(g_vdrm->refs_mu);
         ++g_vdrm->refs[s];
     }
@@ -469,10 +510,42 @@ APIR_VDRM_EXPORT DIR* opendir(const char* path) {
 
 APIR_VDRM_EXPORT int close(int fd) {
     if (sim_file(fd) < 0) return APIR_NEXT(close)(fd);
+    // The number stays taken (the descriptor open) until the device has let it go, so
+    // that an open() on another thread cannot get it and then lose it here.
     const int r = release_fd(fd);
     const int rc = APIR_NEXT(close)(fd);
     if (r < 0) return fail_with(-r);
     return rc;
+}
+
+namespace {
+// The node's descriptors in [first, last] stop being the node before the range is
+// closed (as close() does), so that a later file on one of those numbers is not taken
+// for the node.
+void release_range(unsigned first, unsigned last) noexcept {
+    if (g_open_nodes.load() == 0) return;
+    for (unsigned fd = first; fd <= last && fd < unsigned(max_fd); ++fd)
+        if (sim_file(int(fd)) >= 0) (void)release_fd(int(fd));
+}
+} // namespace
+
+APIR_VDRM_EXPORT int close_range(unsigned first, unsigned last, int flags) noexcept {
+    using Fn = int (*)(unsigned, unsigned, int);
+    static const auto real = next<Fn>("close_range");
+    const bool closes = (flags & ~(CLOSE_RANGE_UNSHARE | CLOSE_RANGE_CLOEXEC)) == 0 &&
+                        (flags & CLOSE_RANGE_CLOEXEC) == 0 && first <= last;
+    if (closes) release_range(first, last);
+    return real ? real(first, last, flags) : int(::syscall(SYS_close_range, first, last, flags));
+}
+
+APIR_VDRM_EXPORT void closefrom(int lowfd) noexcept {
+    using Fn = void (*)(int);
+    static const auto real = next<Fn>("closefrom");
+    release_range(unsigned(std::max(lowfd, 0)), ~0u);
+    if (real)
+        real(lowfd);
+    else
+        (void)::syscall(SYS_close_range, unsigned(std::max(lowfd, 0)), ~0u, 0);
 }
 
 APIR_VDRM_EXPORT int dup(int fd) noexcept {
@@ -530,27 +603,39 @@ APIR_VDRM_EXPORT int ioctl(int fd, unsigned long request, ...) noexcept {
     va_end(ap);
     const int s = sim_file(fd);
     if (s < 0) return APIR_NEXT(ioctl)(fd, request, arg);
-    const int r = g_vdrm->dev->ioctl(s, request, arg);
+    if (g_state.load() == st_forked) return fail_with(ENODEV);
+    int r = 0;
+    {
+        InDevice in;
+        r = g_vdrm->dev->ioctl(s, request, arg);
+    }
     return r < 0 ? fail_with(-r) : r;
 }
 
 namespace {
 void* map_node(int s, void* addr, size_t length, int prot, int flags, off_t offset) noexcept {
     // The simulated device maps blobs shared and read-write wherever the kernel puts them.
+    if (g_state.load() == st_forked) {
+        errno = ENODEV;
+        return MAP_FAILED;
+    }
     if ((flags & MAP_TYPE) != MAP_SHARED || (flags & MAP_FIXED) || addr != nullptr ||
         (prot & ~(PROT_READ | PROT_WRITE)) != 0) {
         errno = EINVAL;
         return MAP_FAILED;
     }
     void* p = nullptr;
-    const int r = g_vdrm->dev->mmap(s, uint64_t(offset), length, &p);
+    g_mappings.fetch_add(1); // before the mapping exists: munmap must not miss it
+    int r = 0;
+    {
+        InDevice in;
+        r = g_vdrm->dev->mmap(s, uint64_t(offset), length, &p);
+    }
     if (r < 0) {
+        g_mappings.fetch_sub(1);
         errno = -r;
         return MAP_FAILED;
     }
-    std::lock_guard lk(g_vdrm->maps_mu);
-    g_vdrm->maps[p] = length;
-    g_mappings.fetch_add(1);
     return p;
 }
 } // namespace
@@ -568,27 +653,21 @@ APIR_VDRM_EXPORT void* mmap64(void* addr, size_t length, int prot, int flags, in
     return map_node(s, addr, length, prot, flags, offset);
 }
 
+// Any range, as munmap(2): the pages of the node's mappings in it are unmapped (with
+// whatever else is there), and a mapping with no page left releases its object.
 APIR_VDRM_EXPORT int munmap(void* addr, size_t length) noexcept {
-    if (g_mappings.load(std::memory_order_relaxed) == 0 || g_state.load() != 2)
+    if (g_mappings.load() == 0 || g_state.load() != st_ready || t_in_device)
         return APIR_NEXT(munmap)(addr, length);
-    Vdrm& v = *g_vdrm;
+    size_t released = 0;
+    int r = 0;
     {
-        std::lock_guard lk(v.maps_mu);
-        auto it = v.maps.find(addr);
-        if (it == v.maps.end()) return APIR_NEXT(munmap)(addr, length);
-        v.maps.erase(it); // the device's own munmap below passes through
-        g_mappings.fetch_sub(1);
+        InDevice in;
+        r = g_vdrm->dev->munmap_range(addr, length, &released);
     }
-    const int r = v.dev->munmap(addr, length);
-    if (r < 0) {
-        if (r != -EINVAL) { // still mapped (an injected failure)
-            std::lock_guard lk(v.maps_mu);
-            v.maps[addr] = length;
-            g_mappings.fetch_add(1);
-        }
-        return fail_with(-r);
-    }
-    return 0;
+    if (r == -ENOENT || r == -EINVAL) // no mapping of the node there, or a bad range
+        return APIR_NEXT(munmap)(addr, length);
+    g_mappings.fetch_sub(int(released));
+    return r < 0 ? fail_with(-r) : 0;
 }
 
 // --- stat, access, readlink, realpath

@@ -4,9 +4,16 @@
 #include "catch.hpp"
 #include "drm_test_util.hpp"
 
+#include <apir/reply_page.hpp>
+
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <string>
 #include <thread>
+#include <vector>
+
+#include <sys/mman.h>
 
 using namespace apir_test;
 namespace uapi = apir::uapi;
@@ -404,4 +411,116 @@ TEST_CASE("injected faults hit the chosen call, then stop", "[sim]") {
     dev->clear_faults();
     CHECK(drm::ioctl_version(*dev, fd, ver) == 0);
     dev->close(fd);
+}
+
+TEST_CASE("bad user pointers are EFAULT, as the kernel's copies make them", "[sim]") {
+    SimConfig checked;
+    checked.check_user_memory = true;
+    auto [dev, fd] = open_sim(checked);
+    void* none = ::mmap(nullptr, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    void* ro = ::mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(none != MAP_FAILED);
+    REQUIRE(ro != MAP_FAILED);
+    const auto bad = reinterpret_cast<uintptr_t>(none);
+    const auto readonly = reinterpret_cast<uintptr_t>(ro);
+
+    CHECK(dev->ioctl(fd, uapi::ioctl_version, none) == -EFAULT);
+    CHECK(dev->ioctl(fd, uapi::ioctl_getparam, ro) == -EFAULT); // written back
+    uapi::getparam p{};
+    p.param = uint64_t(uapi::Param::features_3d);
+    p.value = readonly;
+    CHECK(dev->ioctl(fd, uapi::ioctl_getparam, &p) == -EFAULT);
+    uapi::get_caps g{};
+    g.cap_set_id = 10;
+    g.size = 24;
+    g.addr = bad;
+    CHECK(dev->ioctl(fd, uapi::ioctl_get_caps, &g) == -EFAULT);
+    uapi::context_init ci{};
+    ci.num_params = 1;
+    ci.ctx_set_params = bad;
+    CHECK(dev->ioctl(fd, uapi::ioctl_context_init, &ci) == -EFAULT);
+    char name[32];
+    uapi::version v{};
+    v.name = name;
+    v.name_len = sizeof name;
+    v.desc = static_cast<char*>(ro);
+    v.desc_len = 8;
+    CHECK(dev->ioctl(fd, uapi::ioctl_version, &v) == -EFAULT);
+    CHECK(std::string(name, 10) == "virtio_gpu"); // what came before the bad buffer
+    uapi::execbuffer e{};
+    e.size = 12;
+    e.command = bad;
+    CHECK(dev->ioctl(fd, uapi::ioctl_execbuffer, &e) == -EFAULT);
+    const uint32_t cmd[3] = {};
+    e.command = reinterpret_cast<uintptr_t>(cmd);
+    e.num_bo_handles = 1;
+    e.bo_handles = bad;
+    CHECK(dev->ioctl(fd, uapi::ioctl_execbuffer, &e) == -EFAULT);
+    ::munmap(none, 4096);
+    ::munmap(ro, 4096);
+    CHECK(dev->close(fd) == 0);
+    CHECK(dev->nothing_alive());
+}
+
+TEST_CASE("munmap_range unmaps any part of a mapping; the last page releases it", "[sim]") {
+    auto [dev, fd] = open_sim();
+    uint32_t h = 0, r = 0;
+    REQUIRE(create_blob(*dev, fd, 3 * 4096, h, r) == 0);
+    uint64_t off = 0;
+    REQUIRE(drm::ioctl_map(*dev, fd, h, off) == 0);
+    void* p = nullptr;
+    REQUIRE(dev->mmap(fd, off, 3 * 4096, &p) == 0);
+    auto* b = static_cast<char*>(p);
+    size_t released = 9;
+    CHECK(dev->munmap_range(b + 1, 4096) == -EINVAL); // misaligned
+    CHECK(dev->munmap_range(b + 4096, 4096, &released) == 0);
+    CHECK(released == 0);
+    CHECK(dev->mappings() == 1);
+    b[0] = 1, b[2 * 4096] = 2;                           // the rest is still mapped
+    CHECK(dev->munmap_range(b + 4096, 4096) == -ENOENT); // nothing of the device there
+    CHECK(dev->munmap(p, 3 * 4096) == -EINVAL);          // the seam wants a whole mapping
+    REQUIRE(drm::ioctl_gem_close(*dev, fd, h) == 0);
+    CHECK(dev->munmap_range(b, 3 * 4096, &released) == 0);
+    CHECK(released == 1);
+    CHECK(dev->mappings() == 0);
+    CHECK(dev->objects() == 0);
+    dev->close(fd);
+    CHECK(dev->nothing_alive());
+}
+
+TEST_CASE("closing a file whose host is stuck in a backend call returns after the grace", "[sim]") {
+    SimConfig c;
+    c.host = demo_host();
+    c.stop_grace = std::chrono::milliseconds(100);
+    std::vector<std::string> logged;
+    c.logger = apir::Logger([&](apir::LogLevel, std::string_view m) { logged.emplace_back(m); },
+                            apir::LogLevel::warn);
+    auto dev = std::make_shared<SimDevice>(c);
+    const int fd = dev->open("/dev/dri/renderD128");
+    REQUIRE(fd >= 0);
+    REQUIRE(drm::ioctl_context_init(*dev, fd, 10, 1) == 0);
+    uint32_t h = 0, r = 0;
+    REQUIRE(create_blob(*dev, fd, 16384, h, r) == 0);
+    uint64_t off = 0;
+    REQUIRE(drm::ioctl_map(*dev, fd, h, off) == 0);
+    void* p = nullptr;
+    REQUIRE(dev->mmap(fd, off, 16384, &p) == 0);
+    std::span<std::byte> page(static_cast<std::byte*>(p), 16384);
+    auto call = [&](std::vector<uint32_t> words, std::chrono::milliseconds limit) {
+        apir::notification_word(page).store(0);
+        REQUIRE(drm::ioctl_execbuffer(*dev, fd, std::as_bytes(std::span(words))) == 0);
+        return apir::wait_for_reply(page, {}, apir::Deadline::after(limit));
+    };
+    REQUIRE(call({0, 0, r, apir::protocol_major, apir::protocol_minor}, std::chrono::seconds(5)));
+    REQUIRE(call({1, 0, r}, std::chrono::seconds(5)));
+    // FORWARD: the demo backend sleeps for 49 days.
+    CHECK_FALSE(call({2, 4, r, 0xffffffffu}, std::chrono::milliseconds(50)));
+    dev->munmap(p, 16384);
+    drm::ioctl_gem_close(*dev, fd, h);
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(dev->close(fd) == 0); // was: joined the host thread, forever
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(20));
+    REQUIRE(logged.size() == 1);
+    CHECK(logged[0].find("abandoned") != std::string::npos);
+    CHECK(dev->nothing_alive());
 }

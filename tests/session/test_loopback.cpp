@@ -11,7 +11,11 @@
 #include "demo_protocol.hpp"
 
 #include <array>
+#include <condition_variable>
+#include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
 using apir::Errc;
@@ -227,4 +231,120 @@ TEST_CASE("a loopback link without a peer fails with DISCONNECTED", "[loopback]"
     auto r = link.submit(cmd, apir::Deadline::after(1s));
     REQUIRE_FALSE(r);
     CHECK(r.error().code() == Errc::disconnected);
+}
+
+// A peer that blocks in every command until its gate opens (never, unless the test
+// opens it), as a backend call that does not return.
+namespace {
+struct Gate {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool open = false;
+    std::atomic<int> entered{0};
+    std::atomic<int> peers_destroyed{0};
+    void release() {
+        {
+            std::lock_guard lk(mu);
+            open = true;
+        }
+        cv.notify_all();
+    }
+};
+struct StuckPeer final : apir::LoopbackPeer {
+    explicit StuckPeer(std::shared_ptr<Gate> g) : gate(std::move(g)) {}
+    ~StuckPeer() override { gate->peers_destroyed.fetch_add(1); }
+    void execute(std::span<const std::byte>) override {
+        gate->entered.fetch_add(1);
+        std::unique_lock lk(gate->mu);
+        gate->cv.wait(lk, [&] { return gate->open; });
+    }
+    std::shared_ptr<Gate> gate;
+};
+
+// Runs f on a thread of its own; whether it returned within limit.
+template <class F>
+bool returns_within(std::chrono::milliseconds limit, F f) {
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    std::thread([f = std::move(f), done]() mutable {
+        f();
+        done->store(true);
+    }).detach();
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!done->load() && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(1ms);
+    return done->load();
+}
+} // namespace
+
+TEST_CASE("a host thread stuck in a command is abandoned, never joined: destroying the link "
+          "returns",
+          "[loopback]") {
+    auto gate = std::make_shared<Gate>();
+    std::vector<std::string> logged;
+    std::mutex log_mu;
+    apir::LoopbackLinkOptions o;
+    o.stop_grace = 100ms;
+    o.logger = apir::Logger(
+        [&](apir::LogLevel, std::string_view m) {
+            std::lock_guard lk(log_mu);
+            logged.emplace_back(m);
+        },
+        apir::LogLevel::warn);
+    auto link = std::make_unique<apir::LoopbackLink>(
+        [gate](apir::HostMemory&) { return std::make_unique<StuckPeer>(gate); }, o);
+    auto page = link->create_shmem(4096);
+    REQUIRE(page);
+    std::array<std::byte, 64> buf{};
+    apir::Encoder enc(buf);
+    enc.put(apir::CommandHeader{2, 1, page->res_id()});
+    apir::reset_notification(*page);
+    REQUIRE(link->submit(enc.written(), apir::Deadline::after(5s)));
+    auto r = link->wait_reply(*page, apir::WaitPolicy{}, apir::Deadline::after(50ms));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+    while (gate->entered.load() == 0)
+        std::this_thread::yield();
+
+    // The Shmem outlives the link: destroying it later must not touch the abandoned state.
+    apir::LoopbackLink* raw = link.release();
+    const bool returned = returns_within(20s, [raw] { delete raw; });
+    if (!returned) gate->release(); // let a joined thread finish, so the test can end
+    REQUIRE(returned);
+    {
+        std::lock_guard lk(log_mu);
+        REQUIRE(logged.size() == 1);
+        CHECK(logged[0].find("abandoned") != std::string::npos);
+    }
+    CHECK(gate->peers_destroyed.load() == 0); // the stuck thread still uses it
+    page = apir::Shmem();                     // harmless: the link disowned its blobs
+
+    // When the call finally returns, the thread frees what it was kept alive for.
+    gate->release();
+    const auto end = std::chrono::steady_clock::now() + 20s;
+    while (gate->peers_destroyed.load() == 0 && std::chrono::steady_clock::now() < end)
+        std::this_thread::sleep_for(1ms);
+    CHECK(gate->peers_destroyed.load() == 1);
+}
+
+TEST_CASE("stop_host() with a host stuck in a backend call returns after the grace", "[loopback]") {
+    auto o = options();
+    o.stop_grace = 100ms;
+    o.logger = apir_test::quiet();
+    {
+        auto so = quiet_session();
+        so.forward_timeout = 100ms;
+        apir::Session s(apir::LoopbackTransport(std::move(o)), so);
+        REQUIRE(s.connect());
+        // The demo backend sleeps for 49 days: the call times out at its deadline.
+        auto r = s.call<demo::Sleep>(demo::SleepRequest{0xffffffffu});
+        REQUIRE_FALSE(r);
+        CHECK(r.error().category() == apir::Category::timeout);
+        auto* tr = &s.transport();
+        REQUIRE(returns_within(20s, [tr] { tr->stop_host(); }));
+        CHECK(tr->host_abandoned());
+        auto again = s.call<demo::Add>(demo::AddRequest{1, 2});
+        REQUIRE_FALSE(again);
+        CHECK(again.error() == Errc::disconnected);
+        // The session and its transport go now, with the host thread still asleep.
+    }
 }
