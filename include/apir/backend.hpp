@@ -229,6 +229,8 @@ struct DispatchCodes {
     /// A typed handler's request did not decode (too short, a bad value). Bytes after the
     /// request are left alone: ggml's guest may send a command buffer's padding.
     uint32_t bad_request = 0;
+    /// A typed handler threw (e.g. std::bad_alloc): nothing crosses the C ABI.
+    uint32_t failed = 0;
 };
 
 /// A typed handler's refusal: the function's result, non-zero (0 is success).
@@ -285,7 +287,8 @@ public:
     /// request and reply types are Call's own, so a guest's Forward<Id, Req, Resp> and the
     /// handler of Id cannot disagree (a mismatch does not compile). The table decodes the
     /// request (codes().bad_request when it does not decode), encodes
-    /// the reply and finishes it. The handler is a captureless lambda (or any empty,
+    /// the reply and finishes it; an exception from the handler answers codes().failed.
+    /// The handler is a captureless lambda (or any empty,
     /// default-constructible callable); on<Call, &function>() takes a function.
     ///
     ///     t.on<Add>([](Context& c, const AddRequest& r) -> apir::Answer<AddReply> {
@@ -318,6 +321,7 @@ public:
         if (!context) return codes_.no_context;
         const uint32_t result = handlers_[cmd](*context, frame);
         if (result == bad_request_marker) return codes_.bad_request;
+        if (result == failed_marker) return codes_.failed;
         return result == 0 ? frame.finish(codes_.reply_overflow) : result;
     }
     /// The whole apir_backend_dispatcher: finds the context in the registry, then
@@ -333,19 +337,24 @@ public:
 private:
     template <class C, class F>
     static uint32_t typed_thunk(Context& context, BackendFrame& frame) {
-        typename C::request req{};
-        Decoder& d = frame.request();
-        const Answer<typename C::response> answer = [&]() -> Answer<typename C::response> {
-            if (!d.get_into(req)) return Refusal{bad_request_marker};
-            return F{}(context, std::as_const(req));
-        }();
-        if (!answer.ok()) return answer.code();
-        frame.reply().put(answer.value());
-        return 0;
+        try {
+            typename C::request req{};
+            Decoder& d = frame.request();
+            const Answer<typename C::response> answer = [&]() -> Answer<typename C::response> {
+                if (!d.get_into(req)) return Refusal{bad_request_marker};
+                return F{}(context, std::as_const(req));
+            }();
+            if (!answer.ok()) return answer.code();
+            frame.reply().put(answer.value());
+            return 0;
+        } catch (...) {
+            return failed_marker;
+        }
     }
     // A decoding failure travels out of the thunk as this code and is replaced by
     // codes().bad_request in dispatch() (the thunk is static and has no table).
     static constexpr uint32_t bad_request_marker = 0xffffffffu;
+    static constexpr uint32_t failed_marker = 0xfffffffeu;
 
     DispatchCodes codes_;
     std::array<CommandHandler<Context>, N> handlers_{};
