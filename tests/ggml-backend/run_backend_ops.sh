@@ -28,7 +28,8 @@ done
 
 export GGML_BACKEND_PATH=$lib
 export APIR_GGML_TRANSPORT=loopback
-export APIR_GGML_BACKEND_LIBRARY=$peer/lib/libggml-virtgpu-backend.so.0
+# APIR_GGML_HOST_BACKEND names another host backend library (e.g. libggml-apir-host).
+export APIR_GGML_BACKEND_LIBRARY=${APIR_GGML_HOST_BACKEND:-$peer/lib/libggml-virtgpu-backend.so.0}
 export APIR_GGML_CONFIG="ggml.library.path=$peer/lib/libggml-cpu.so.0;ggml.library.reg=ggml_backend_cpu_reg"
 if [ -n "${TSAN_PRELOAD:-}" ]; then
     export LD_PRELOAD=$TSAN_PRELOAD
