@@ -51,8 +51,7 @@ Code layout_of(uint64_t type, const uint64_t (&ne)[4], const uint64_t (&nb)[4],
     uint64_t elements = 1;
     for (uint64_t n : ne) {
         if (n > max_elements) return Code::bad_tensor;
-        if (__builtin_mul_overflow(elements, n == 0 ? 1 : n, &elements) ||
-            elements > max_elements)
+        if (__builtin_mul_overflow(elements, n == 0 ? 1 : n, &elements) || elements > max_elements)
             return Code::bad_tensor;
     }
     if (blck > 1) {
@@ -160,8 +159,8 @@ Code check_mul_mat(const ggml_tensor* d) {
     if (!a || !b) return Code::bad_tensor;
     if (a->ne[2] == 0 || a->ne[3] == 0) return Code::bad_tensor;
     const bool shapes = a->ne[0] == b->ne[0] && b->ne[2] % a->ne[2] == 0 &&
-                        b->ne[3] % a->ne[3] == 0 && d->ne[0] == a->ne[1] &&
-                        d->ne[1] == b->ne[1] && d->ne[2] == b->ne[2] && d->ne[3] == b->ne[3];
+                        b->ne[3] % a->ne[3] == 0 && d->ne[0] == a->ne[1] && d->ne[1] == b->ne[1] &&
+                        d->ne[2] == b->ne[2] && d->ne[3] == b->ne[3];
     const bool strides = elem_stride(a) && elem_stride(b) && !ggml_is_transposed(a) &&
                          d->type == GGML_TYPE_F32 && elem_stride(d) && d->nb[0] <= d->nb[1] &&
                          d->nb[1] <= d->nb[2] && d->nb[2] <= d->nb[3];
@@ -183,7 +182,8 @@ Code check_soft_max(const ggml_tensor* d) {
             a->ne[3] % mask->ne[3] != 0)
             return Code::bad_tensor;
     }
-    if (sinks && (sinks->type != GGML_TYPE_F32 || sinks->ne[0] != a->ne[2])) return Code::bad_tensor;
+    if (sinks && (sinks->type != GGML_TYPE_F32 || sinks->ne[0] != a->ne[2]))
+        return Code::bad_tensor;
     return Code::ok;
 }
 
@@ -221,8 +221,9 @@ Code check_get_rows(const ggml_tensor* d) {
     const bool shapes = a->ne[2] == b->ne[1] && a->ne[3] == b->ne[2] && b->ne[3] == 1 &&
                         d->ne[0] == a->ne[0] && d->ne[1] == b->ne[0] && d->ne[2] == b->ne[1] &&
                         d->ne[3] == b->ne[2];
-    const bool types = b->type == GGML_TYPE_I32 &&
-                       (d->type == GGML_TYPE_F32 || (d->type == a->type && a->type == GGML_TYPE_I32));
+    const bool types =
+        b->type == GGML_TYPE_I32 &&
+        (d->type == GGML_TYPE_F32 || (d->type == a->type && a->type == GGML_TYPE_I32));
     return ok_if(shapes && types && elem_stride(d) && elem_stride(a));
 }
 

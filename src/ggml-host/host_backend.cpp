@@ -51,6 +51,13 @@ void log(const char* what, const char* detail = "") {
     std::fprintf(stderr, "ggml-apir-host: %s%s%s\n", what, detail[0] ? ": " : "", detail);
 }
 
+/// One line per refused node: the guest's frontend may abort on the refusal, and this
+/// says which op it was.
+void log_refusal(Code e, const ggml_tensor* n) {
+    std::fprintf(stderr, "ggml-apir-host: graph refused: %s: node %s (%s, %s)\n",
+                 code_name(e).data(), n->name, ggml_op_desc(n), ggml_type_name(n->type));
+}
+
 uint64_t random_salt() {
     uint64_t v = 0;
     if (getrandom(&v, sizeof v, GRND_NONBLOCK) != sizeof v) {
@@ -306,9 +313,9 @@ Answer<g::BufferReply> buft_alloc(Context& c, const g::AllocBufferRequest& r) {
     if (!buf) return g::BufferReply{};
     const uint64_t slot = s.next_slot++;
     const uint64_t handle = s.salt | slot;
-    s.buffers.emplace(handle, Buffer{buf, static_cast<char*>(ggml_backend_buffer_get_base(buf)),
-                                     ggml_backend_buffer_get_size(buf), slot << fake_base_shift,
-                                     false, 0});
+    s.buffers.emplace(handle,
+                      Buffer{buf, static_cast<char*>(ggml_backend_buffer_get_base(buf)),
+                             ggml_backend_buffer_get_size(buf), slot << fake_base_shift, false, 0});
     return g::BufferReply{to_buffer_handle(handle)};
 }
 
@@ -456,7 +463,8 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
 
     // Each tensor: layout, op number, buffer and extent.
     s.made.assign(n_tensors, nullptr);
-    const size_t need = ggml_tensor_overhead() * n_tensors + ggml_graph_overhead_custom(n_nodes, false) + 1024;
+    const size_t need =
+        ggml_tensor_overhead() * n_tensors + ggml_graph_overhead_custom(n_nodes, false) + 1024;
     ggml_context* ctx = graph_context(s, need);
     if (!ctx) return Code::no_memory;
     for (uint32_t i = 0; i < n_tensors; ++i) {
@@ -510,8 +518,12 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
     // Nodes: the op table, then the device.
     for (uint64_t id : s.nodes) {
         ggml_tensor* n = s.made[s.index[id]];
-        if (Code e = check_op(*n); e != Code::ok) return e;
-        if (!ggml_backend_dev_supports_op(s.dev, n)) return Code::unsupported_op;
+        Code e = check_op(*n);
+        if (e == Code::ok && !ggml_backend_dev_supports_op(s.dev, n)) e = Code::unsupported_op;
+        if (e != Code::ok) {
+            log_refusal(e, n);
+            return e;
+        }
     }
 
     ggml_cgraph* graph = ggml_new_graph_custom(ctx, n_nodes, false);

@@ -37,9 +37,9 @@ struct PageAllocator {
     template <class U>
     PageAllocator(const PageAllocator<U>&) {}
     T* allocate(size_t n) {
-        return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{4096}));
+        return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{4096}));
     }
-    void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t{4096}); }
+    void deallocate(T* p, size_t) { ::operator delete (p, std::align_val_t{4096}); }
     friend bool operator==(PageAllocator, PageAllocator) { return true; }
 };
 using Blob = std::vector<std::byte, PageAllocator<std::byte>>;
@@ -88,9 +88,11 @@ Library& library() {
             std::printf("cannot load %s: %s\n", APIR_GGML_HOST_BACKEND, dlerror());
             std::exit(1);
         }
-        l.init = reinterpret_cast<apir_backend_initialize_fn>(dlsym(l.handle, "apir_backend_initialize"));
+        l.init = reinterpret_cast<apir_backend_initialize_fn>(
+            dlsym(l.handle, "apir_backend_initialize"));
         l.deinit = reinterpret_cast<apir_backend_deinit_fn>(dlsym(l.handle, "apir_backend_deinit"));
-        l.dispatch = reinterpret_cast<apir_backend_dispatcher_fn>(dlsym(l.handle, "apir_backend_dispatcher"));
+        l.dispatch = reinterpret_cast<apir_backend_dispatcher_fn>(
+            dlsym(l.handle, "apir_backend_dispatcher"));
         l.set_sized = reinterpret_cast<apir_backend_set_shmem_sized_fn>(
             dlsym(l.handle, "apir_backend_set_shmem_sized"));
         return l;
@@ -116,7 +118,8 @@ public:
     Guest(const Guest&) = delete;
     Guest& operator=(const Guest&) = delete;
 
-    uint32_t raw(uint32_t cmd, std::span<const std::byte> req, std::vector<std::byte>* reply = nullptr) {
+    uint32_t raw(uint32_t cmd, std::span<const std::byte> req,
+                 std::vector<std::byte>* reply = nullptr) {
         std::vector<std::byte> in(req.begin(), req.end());
         in.resize(in.size() + 4);
         std::vector<char> out(1 << 16);
@@ -124,7 +127,9 @@ public:
         char* dec = reinterpret_cast<char*>(in.data());
         const uint32_t code = library().dispatch(ctx_, &g_callbacks, cmd, dec, dec + req.size(),
                                                  out.data(), out.data() + out.size(), &end);
-        if (reply) reply->assign(reinterpret_cast<std::byte*>(out.data()), reinterpret_cast<std::byte*>(end));
+        if (reply)
+            reply->assign(reinterpret_cast<std::byte*>(out.data()),
+                          reinterpret_cast<std::byte*>(end));
         return code;
     }
 
@@ -155,10 +160,12 @@ public:
         REQUIRE(!r.reply.buffer.is_null());
         return r.reply.buffer;
     }
-    uint32_t set(g::BufferHandle b, const g::RpcTensor& t, uint32_t res, uint64_t off, uint64_t size) {
+    uint32_t set(g::BufferHandle b, const g::RpcTensor& t, uint32_t res, uint64_t off,
+                 uint64_t size) {
         return call<g::BufferSetTensor>({b, t, res, off, size}).code;
     }
-    uint32_t get(g::BufferHandle b, const g::RpcTensor& t, uint32_t res, uint64_t off, uint64_t size) {
+    uint32_t get(g::BufferHandle b, const g::RpcTensor& t, uint32_t res, uint64_t off,
+                 uint64_t size) {
         return call<g::BufferGetTensor>({b, t, res, off, size}).code;
     }
     /// Puts the packed graph into blob res and computes it.
