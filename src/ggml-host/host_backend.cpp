@@ -20,6 +20,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <cstddef>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +28,7 @@
 #include <new>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace apir::ggml_host {
@@ -166,6 +168,7 @@ struct State {
     uint64_t salt = 0;
     uint64_t next_slot = 1;
     std::unordered_map<uint64_t, Buffer> buffers;
+    std::unordered_set<ggml_backend_buffer_t> guest_backed; ///< the from_ptr buffers
 
     // Reused between graph computes.
     ggml_context* graph_ctx = nullptr;
@@ -284,6 +287,7 @@ Answer<g::BufferFromPtrReply> buffer_from_ptr(Context& c, const g::BufferFromPtr
     const uint64_t handle = s.salt | slot;
     s.buffers.emplace(handle, Buffer{buf, reinterpret_cast<char*>(blob.data()), r.size,
                                      slot << fake_base_shift, true, r.res_id});
+    s.guest_backed.insert(buf);
     return g::BufferFromPtrReply{to_buffer_handle(handle), to_buft_handle(s.buft_handle())};
 }
 
@@ -382,6 +386,7 @@ Answer<Empty> buffer_free(Context& c, const g::BufferRequest& r) {
     auto it = c.state.buffers.find(r.buffer.value());
     if (it == c.state.buffers.end()) return Refusal{raw(Code::unknown_handle)};
     // ggml_backend_buffer_free, not the interface's free: a buffer over a blob has none.
+    c.state.guest_backed.erase(it->second.buffer);
     ggml_backend_buffer_free(it->second.buffer);
     c.state.buffers.erase(it);
     return Empty{};
@@ -544,7 +549,9 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
             if (status != GGML_STATUS_SUCCESS) return Code::ok;
             from = i;
         }
-        if (!indices_in_range(rule)) return Code::bad_index;
+        // Indices in guest memory could change between the check and the kernel's read.
+        if (s.guest_backed.count(rule.indices->buffer) || !indices_in_range(rule))
+            return Code::bad_index;
     }
     compute_nodes(s, graph, from, n_nodes, status);
     return Code::ok;
@@ -562,22 +569,29 @@ Answer<g::StatusReply> graph_compute(Context& c, const g::GraphComputeRequest& r
 /// ggml's tensor as sent, reduced to what describes it (no pointer survives), checked.
 Code sanitized(const Bytes& raw_bytes, ggml_tensor& out) {
     if (raw_bytes.size() < sizeof(ggml_tensor)) return Code::bad_request;
-    ggml_tensor in;
-    std::memcpy(&in, raw_bytes.data(), sizeof in);
+    // The enums are read as numbers and checked before they become enums (a value past
+    // ggml_type or ggml_op is not a value of its type).
+    const std::byte* p = raw_bytes.data();
+    uint32_t type = 0, op = 0;
+    std::memcpy(&type, p + offsetof(ggml_tensor, type), sizeof type);
+    std::memcpy(&op, p + offsetof(ggml_tensor, op), sizeof op);
+    if (type >= GGML_TYPE_COUNT || op >= GGML_OP_COUNT) return Code::bad_tensor;
     out = ggml_tensor{};
-    out.type = in.type;
-    for (int i = 0; i < 4; ++i) {
-        out.ne[i] = in.ne[i];
-        out.nb[i] = in.nb[i];
-    }
-    out.op = in.op;
-    std::memcpy(out.op_params, in.op_params, sizeof out.op_params);
-    out.flags = in.flags;
+    out.type = static_cast<ggml_type>(type);
+    out.op = static_cast<ggml_op>(op);
+    std::memcpy(out.ne, p + offsetof(ggml_tensor, ne), sizeof out.ne);
+    std::memcpy(out.nb, p + offsetof(ggml_tensor, nb), sizeof out.nb);
+    std::memcpy(out.op_params, p + offsetof(ggml_tensor, op_params), sizeof out.op_params);
+    std::memcpy(&out.flags, p + offsetof(ggml_tensor, flags), sizeof out.flags);
     Layout l;
-    if (static_cast<uint32_t>(in.type) >= GGML_TYPE_COUNT || check_layout(out, l) != Code::ok)
-        return Code::bad_tensor;
-    if (static_cast<uint32_t>(in.op) >= GGML_OP_COUNT) return Code::bad_tensor;
-    return Code::ok;
+    return check_layout(out, l) == Code::ok ? Code::ok : Code::bad_tensor;
+}
+
+/// Whether the pointer field at offset `at` of a raw ggml tensor is non-null.
+bool present(const Bytes& raw_bytes, size_t at) {
+    void* v = nullptr;
+    std::memcpy(&v, raw_bytes.data() + at, sizeof v);
+    return v != nullptr;
 }
 
 struct InlineOp {
@@ -592,23 +606,22 @@ struct InlineOp {
 Code read_inline(Context& c, Decoder& d, InlineOp& out) {
     Bytes raw_op = d.read_bytes(sizeof(ggml_tensor));
     if (!d.ok()) return Code::bad_request;
-    ggml_tensor sent;
-    std::memcpy(&sent, raw_op.data(), sizeof sent);
     if (Code e = sanitized(raw_op, out.op); e != Code::ok) return e;
-    if (sent.buffer) {
+    if (present(raw_op, offsetof(ggml_tensor, buffer))) {
         const uint64_t h = d.read_u64();
         if (!d.ok()) return Code::bad_request;
         out.buffer = find_buffer(c, h);
         if (!out.buffer) return Code::unknown_handle;
         out.op.buffer = out.buffer->buffer;
     }
-    if (sent.view_src) {
+    if (present(raw_op, offsetof(ggml_tensor, view_src))) {
         Bytes v = d.read_bytes(sizeof(ggml_tensor));
         if (!d.ok()) return Code::bad_request;
         if (Code e = sanitized(v, out.view_src); e != Code::ok) return e;
         out.op.view_src = &out.view_src;
     }
-    for (int i = 0; i < GGML_MAX_SRC && sent.src[i]; ++i) {
+    for (size_t i = 0;
+         i < GGML_MAX_SRC && present(raw_op, offsetof(ggml_tensor, src) + i * sizeof(void*)); ++i) {
         Bytes v = d.read_bytes(sizeof(ggml_tensor));
         if (!d.ok()) return Code::bad_request;
         if (Code e = sanitized(v, out.src[i]); e != Code::ok) return e;

@@ -11,8 +11,8 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export APIR_GGML_HOST_BACKEND=${1:?usage: run_vdrm_ops.sh LIBGGML_APIR_HOST [options]}
 shift
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+log=${APIR_GGML_OPS_LOG:-$(mktemp)} # APIR_GGML_OPS_LOG keeps the whole output
+[ -n "${APIR_GGML_OPS_LOG:-}" ] || trap 'rm -f "$log"' EXIT
 VDRM_TIMEOUT=${VDRM_TIMEOUT:-800} bash "$here/../vdrm/run_ggml.sh" test apir "$@" >"$log" 2>&1
 rc=$?
 [ $rc -eq 77 ] && { cat "$log"; exit 77; }

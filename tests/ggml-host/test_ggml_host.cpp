@@ -501,6 +501,21 @@ TEST_CASE("device_buffer_from_ptr: a buffer over a blob, checked and freed") {
     fill_blob(std::vector<float>{5, 6, 7, 8});
     REQUIRE(guest.set(r.reply.buffer, f32({4}, r.reply.buffer, 0), blob, 0, 16) == 0);
     CHECK(std::memcmp(g_blobs[60].data(), g_blobs[blob].data(), 16) == 0);
+    // Row indices in guest memory could change after the check: refused.
+    {
+        g::BufferHandle own = guest.alloc(256);
+        g::RpcTensor src = f32({2, 3}, own, 0);
+        g::RpcTensor idx = g::make_tensor(g::Type::i32, {2}).place(r.reply.buffer, 64);
+        g::RpcTensor out = f32({2, 2}, own, 128);
+        src.id = 1, idx.id = 2, out.id = 3;
+        out.op = GGML_OP_GET_ROWS, out.src[0] = 1, out.src[1] = 2, out.flags = g::flag_compute;
+        std::vector<g::RpcTensor> t{src, idx, out};
+        std::vector<uint64_t> nodes{3};
+        CHECK(guest.compute(packed(1, nodes, 3, t)).code == bad_index);
+        t[1].buffer = own;
+        REQUIRE(guest.call<g::BufferClear>({own, 0}).code == 0); // indices 0
+        CHECK(guest.compute(packed(1, nodes, 3, t)).code == 0);
+    }
     auto kept = std::move(g_blobs[60]);
     g_blobs.erase(60);
     CHECK(guest.set(r.reply.buffer, f32({4}, r.reply.buffer, 0), blob, 0, 16) == unknown_handle);
