@@ -48,6 +48,7 @@ const char* get_config(uint32_t, const char* key) {
     if (std::strcmp(key, "ggml.library.path") == 0) return g_cpu_lib.c_str();
     if (std::strcmp(key, "ggml.library.reg") == 0) return "ggml_backend_cpu_reg";
     if (std::strcmp(key, "ggml.cpu.threads") == 0) return "1";
+    if (std::strcmp(key, "ggml.host.max_memory") == 0) return "268435456";
     return nullptr;
 }
 void* get_shmem(uint32_t, uint32_t res) {

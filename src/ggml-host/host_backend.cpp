@@ -40,6 +40,8 @@ using g::BufferTypeHandle;
 
 /// Configuration keys (beside ggml's ggml.library.path / ggml.library.reg).
 constexpr const char* config_threads = "ggml.cpu.threads";
+/// Bytes of buffers one context may hold (default: the device's total memory).
+constexpr const char* config_max_memory = "ggml.host.max_memory";
 
 /// Buffers one context may hold at once (each handle indexes a slot).
 constexpr uint64_t max_buffers = uint64_t{1} << 20;
@@ -56,8 +58,17 @@ void log(const char* what, const char* detail = "") {
 /// One line per refused node: the guest's frontend may abort on the refusal, and this
 /// says which op it was.
 void log_refusal(Code e, const ggml_tensor* n) {
-    std::fprintf(stderr, "ggml-apir-host: graph refused: %s: node %s (%s, %s)\n",
-                 code_name(e).data(), n->name, ggml_op_desc(n), ggml_type_name(n->type));
+    std::fprintf(stderr,
+                 "ggml-apir-host: graph refused: %s: node %s (%s, %s [%lld,%lld,%lld,%lld])",
+                 code_name(e).data(), n->name, ggml_op_desc(n), ggml_type_name(n->type),
+                 static_cast<long long>(n->ne[0]), static_cast<long long>(n->ne[1]),
+                 static_cast<long long>(n->ne[2]), static_cast<long long>(n->ne[3]));
+    for (const ggml_tensor* s : n->src)
+        if (s)
+            std::fprintf(stderr, " src %s [%lld,%lld,%lld,%lld]", ggml_type_name(s->type),
+                         static_cast<long long>(s->ne[0]), static_cast<long long>(s->ne[1]),
+                         static_cast<long long>(s->ne[2]), static_cast<long long>(s->ne[3]));
+    std::fprintf(stderr, "\n");
 }
 
 uint64_t random_salt() {
@@ -155,6 +166,18 @@ struct State {
         if (auto set = reinterpret_cast<ggml_backend_set_n_threads_t>(
                 ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads")))
             set(backend, threads);
+        size_t free_mem = 0, total_mem = 0;
+        ggml_backend_dev_memory(dev, &free_mem, &total_mem);
+        max_memory = total_mem;
+        if (const char* m = c.config(config_max_memory)) {
+            char* end = nullptr;
+            const unsigned long long v = std::strtoull(m, &end, 10);
+            if (end == m || *end != '\0') {
+                log("bad memory limit", config_max_memory);
+                return false;
+            }
+            max_memory = v;
+        }
         salt = random_salt();
         return true;
     }
@@ -167,6 +190,8 @@ struct State {
     ggml_backend_buffer_type_t buft = nullptr;
     uint64_t salt = 0;
     uint64_t next_slot = 1;
+    uint64_t max_memory = 0; ///< bytes of buffers this context may hold
+    uint64_t allocated = 0;  ///< bytes of buffers it holds
     std::unordered_map<uint64_t, Buffer> buffers;
     std::unordered_set<ggml_backend_buffer_t> guest_backed; ///< the from_ptr buffers
 
@@ -311,10 +336,12 @@ Answer<g::BufferReply> buft_alloc(Context& c, const g::AllocBufferRequest& r) {
     if (!known_buft(c, r.buffer_type)) return Refusal{raw(Code::unknown_handle)};
     // 0 is the protocol's "allocation failed".
     if (r.size > ggml_backend_buft_get_max_size(s.buft) || s.next_slot >= max_buffers ||
-        r.size > (uint64_t{1} << fake_base_shift))
+        r.size > (uint64_t{1} << fake_base_shift) || s.allocated > s.max_memory ||
+        r.size > s.max_memory - s.allocated)
         return g::BufferReply{};
     ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(s.buft, r.size);
     if (!buf) return g::BufferReply{};
+    s.allocated += ggml_backend_buffer_get_size(buf);
     const uint64_t slot = s.next_slot++;
     const uint64_t handle = s.salt | slot;
     s.buffers.emplace(handle,
@@ -387,6 +414,7 @@ Answer<Empty> buffer_free(Context& c, const g::BufferRequest& r) {
     if (it == c.state.buffers.end()) return Refusal{raw(Code::unknown_handle)};
     // ggml_backend_buffer_free, not the interface's free: a buffer over a blob has none.
     c.state.guest_backed.erase(it->second.buffer);
+    if (!it->second.from_ptr) c.state.allocated -= it->second.size;
     ggml_backend_buffer_free(it->second.buffer);
     c.state.buffers.erase(it);
     return Empty{};

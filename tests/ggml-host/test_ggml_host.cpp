@@ -52,6 +52,7 @@ const char* get_config(uint32_t ctx, const char* key) {
     }
     if (std::strcmp(key, "ggml.library.reg") == 0) return "ggml_backend_cpu_reg";
     if (std::strcmp(key, "ggml.cpu.threads") == 0) return "1";
+    if (std::strcmp(key, "ggml.host.max_memory") == 0 && ctx == 10) return "1048576";
     return nullptr;
 }
 void* get_shmem(uint32_t, uint32_t res) {
@@ -554,4 +555,16 @@ TEST_CASE("two contexts are independent") {
     uint64_t ia = graph.add(a);
     graph.add_node(c, static_cast<g::Op>(GGML_OP_ADD), {ia, ia});
     CHECK(two.compute(graph).code == 0);
+}
+
+TEST_CASE("a context holds at most its memory limit of buffers") {
+    Guest guest(10); // ggml.host.max_memory = 1 MiB
+    auto r = guest.call<g::BufferTypeAllocBuffer>({guest.buft(), uint64_t{0xbdbdbdbdbd}});
+    REQUIRE(r.code == 0);
+    CHECK(r.reply.buffer.is_null()); // the protocol's "allocation failed"
+    g::BufferHandle a = guest.alloc(512 * 1024);
+    r = guest.call<g::BufferTypeAllocBuffer>({guest.buft(), 600 * 1024});
+    CHECK(r.reply.buffer.is_null());
+    REQUIRE(guest.call<g::BufferFreeBuffer>({a}).code == 0);
+    CHECK(!guest.alloc(600 * 1024).is_null());
 }
