@@ -55,6 +55,11 @@ public:
     [[nodiscard]] Decoder& request() noexcept { return dec_; }
     [[nodiscard]] Encoder& reply() noexcept { return enc_; }
 
+    /// What a typed handler's thunk reports to its table, beside the handler's result.
+    enum class Outcome : uint8_t { handled, bad_request, failed };
+    void set_outcome(Outcome o) noexcept { outcome_ = o; }
+    [[nodiscard]] Outcome outcome() const noexcept { return outcome_; }
+
     /// Reports the end of the reply and returns 0, or overflow_code (reporting an
     /// empty reply) when the reply did not fit its region.
     [[nodiscard]] uint32_t finish(uint32_t overflow_code) noexcept {
@@ -68,6 +73,7 @@ private:
     Encoder enc_;
     char* enc_cur_;
     char** enc_cur_after_;
+    Outcome outcome_ = Outcome::handled;
 };
 
 /// The end of a blob range a backend accepts when the host offered no sized look-up
@@ -320,8 +326,9 @@ public:
         if (cmd >= N || handlers_[cmd] == nullptr) return forward_invalid_index;
         if (!context) return codes_.no_context;
         const uint32_t result = handlers_[cmd](*context, frame);
-        if (result == bad_request_marker) return codes_.bad_request;
-        if (result == failed_marker) return codes_.failed;
+        // The thunk is static and has no table: it reports through the frame.
+        if (frame.outcome() == BackendFrame::Outcome::bad_request) return codes_.bad_request;
+        if (frame.outcome() == BackendFrame::Outcome::failed) return codes_.failed;
         return result == 0 ? frame.finish(codes_.reply_overflow) : result;
     }
     /// The whole apir_backend_dispatcher: finds the context in the registry, then
@@ -340,21 +347,19 @@ private:
         try {
             typename C::request req{};
             Decoder& d = frame.request();
-            const Answer<typename C::response> answer = [&]() -> Answer<typename C::response> {
-                if (!d.get_into(req)) return Refusal{bad_request_marker};
-                return F{}(context, std::as_const(req));
-            }();
+            if (!d.get_into(req)) {
+                frame.set_outcome(BackendFrame::Outcome::bad_request);
+                return 1;
+            }
+            const Answer<typename C::response> answer = F{}(context, std::as_const(req));
             if (!answer.ok()) return answer.code();
             frame.reply().put(answer.value());
             return 0;
         } catch (...) {
-            return failed_marker;
+            frame.set_outcome(BackendFrame::Outcome::failed);
+            return 1;
         }
     }
-    // A decoding failure travels out of the thunk as this code and is replaced by
-    // codes().bad_request in dispatch() (the thunk is static and has no table).
-    static constexpr uint32_t bad_request_marker = 0xffffffffu;
-    static constexpr uint32_t failed_marker = 0xfffffffeu;
 
     DispatchCodes codes_;
     std::array<CommandHandler<Context>, N> handlers_{};
