@@ -60,7 +60,7 @@ void log(const char* what, const char* detail = "") {
 void log_refusal(Code e, const ggml_tensor* n) {
     std::fprintf(stderr,
                  "ggml-apir-host: graph refused: %s: node %s (%s, %s [%lld,%lld,%lld,%lld])",
-                 code_name(e).data(), n->name, ggml_op_desc(n), ggml_type_name(n->type),
+                 code_name(e).data(), n->name, ggml_op_name(n->op), ggml_type_name(n->type),
                  static_cast<long long>(n->ne[0]), static_cast<long long>(n->ne[1]),
                  static_cast<long long>(n->ne[2]), static_cast<long long>(n->ne[3]));
     for (const ggml_tensor* s : n->src)
@@ -194,6 +194,7 @@ struct State {
     uint64_t allocated = 0;  ///< bytes of buffers it holds
     std::unordered_map<uint64_t, Buffer> buffers;
     std::unordered_set<ggml_backend_buffer_t> guest_backed; ///< the from_ptr buffers
+    std::vector<std::unique_ptr<std::byte[]>> index_copies; ///< of the current graph
 
     // Reused between graph computes.
     ggml_context* graph_ctx = nullptr;
@@ -447,6 +448,48 @@ bool overlaps(const ggml_tensor* a, const ggml_tensor* b) {
     return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
 }
 
+/// Points an indexing node at a host copy of its index tensor (src[1], I32 or I64 as the op
+/// table checked), read once from guest memory.
+Code copy_indices(State& s, ggml_context* ctx, ggml_tensor* node) {
+    const ggml_tensor* t = node->src[1];
+    const size_t es = ggml_type_size(t->type);
+    const auto count = static_cast<size_t>(ggml_nelements(t));
+    std::unique_ptr<std::byte[]> mem(new (std::nothrow) std::byte[count * es + 1]);
+    ggml_tensor* c = mem ? ggml_new_tensor(ctx, t->type, 4, t->ne) : nullptr;
+    if (!c) return Code::no_memory;
+    c->buffer = t->buffer;
+    c->data = mem.get();
+    std::byte* out = mem.get();
+    const auto* base = static_cast<const std::byte*>(t->data);
+    for (int64_t i3 = 0; i3 < t->ne[3]; ++i3)
+        for (int64_t i2 = 0; i2 < t->ne[2]; ++i2)
+            for (int64_t i1 = 0; i1 < t->ne[1]; ++i1)
+                for (int64_t i0 = 0; i0 < t->ne[0]; ++i0, out += es)
+                    std::memcpy(
+                        out, base + i0 * t->nb[0] + i1 * t->nb[1] + i2 * t->nb[2] + i3 * t->nb[3],
+                        es);
+    node->src[1] = c;
+    s.index_copies.push_back(std::move(mem));
+    return Code::ok;
+}
+
+/// Whether every value of a contiguous host copy of indices is in [0, rows).
+bool copied_in_range(const ggml_tensor* t, int64_t rows) {
+    const auto count = static_cast<size_t>(ggml_nelements(t));
+    for (size_t i = 0; i < count; ++i) {
+        int64_t v = 0;
+        if (t->type == GGML_TYPE_I64) {
+            std::memcpy(&v, static_cast<const std::byte*>(t->data) + i * 8, 8);
+        } else {
+            int32_t v32 = 0;
+            std::memcpy(&v32, static_cast<const std::byte*>(t->data) + i * 4, 4);
+            v = v32;
+        }
+        if (v < 0 || v >= rows) return false;
+    }
+    return true;
+}
+
 Code compute_nodes(State& s, ggml_cgraph* graph, size_t from, size_t to, int32_t& status) {
     if (from >= to) return Code::ok;
     ggml_graph_clear(graph);
@@ -497,7 +540,9 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
     // Each tensor: layout, op number, buffer and extent.
     s.made.assign(n_tensors, nullptr);
     const size_t need =
-        ggml_tensor_overhead() * n_tensors + ggml_graph_overhead_custom(n_nodes, false) + 1024;
+        ggml_tensor_overhead() * (uint64_t{n_tensors} + n_nodes) + // + the index copies
+        ggml_graph_overhead_custom(n_nodes, false) + 1024;
+    s.index_copies.clear();
     ggml_context* ctx = graph_context(s, need);
     if (!ctx) return Code::no_memory;
     for (uint32_t i = 0; i < n_tensors; ++i) {
@@ -577,9 +622,14 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
             if (status != GGML_STATUS_SUCCESS) return Code::ok;
             from = i;
         }
-        // Indices in guest memory could change between the check and the kernel's read.
-        if (s.guest_backed.count(rule.indices->buffer) || !indices_in_range(rule))
+        if (s.guest_backed.count(rule.indices->buffer)) {
+            // Indices in guest memory could change between the check and the kernel's
+            // read: the kernel reads a host copy, the copy is checked.
+            if (Code e = copy_indices(s, ctx, n); e != Code::ok) return e;
+            if (!copied_in_range(n->src[1], index_rule(*n).rows)) return Code::bad_index;
+        } else if (!indices_in_range(rule)) {
             return Code::bad_index;
+        }
     }
     compute_nodes(s, graph, from, n_nodes, status);
     return Code::ok;

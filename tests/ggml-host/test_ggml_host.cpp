@@ -502,7 +502,8 @@ TEST_CASE("device_buffer_from_ptr: a buffer over a blob, checked and freed") {
     fill_blob(std::vector<float>{5, 6, 7, 8});
     REQUIRE(guest.set(r.reply.buffer, f32({4}, r.reply.buffer, 0), blob, 0, 16) == 0);
     CHECK(std::memcmp(g_blobs[60].data(), g_blobs[blob].data(), 16) == 0);
-    // Row indices in guest memory could change after the check: refused.
+    // Row indices in guest memory could change after the check: the kernel reads a
+    // checked host copy.
     {
         g::BufferHandle own = guest.alloc(256);
         g::RpcTensor src = f32({2, 3}, own, 0);
@@ -512,6 +513,11 @@ TEST_CASE("device_buffer_from_ptr: a buffer over a blob, checked and freed") {
         out.op = GGML_OP_GET_ROWS, out.src[0] = 1, out.src[1] = 2, out.flags = g::flag_compute;
         std::vector<g::RpcTensor> t{src, idx, out};
         std::vector<uint64_t> nodes{3};
+        int32_t rows[2] = {2, 0};
+        std::memcpy(g_blobs[60].data() + 64, rows, 8);
+        CHECK(guest.compute(packed(1, nodes, 3, t)).code == 0);
+        rows[0] = 3; // past the 3 rows
+        std::memcpy(g_blobs[60].data() + 64, rows, 8);
         CHECK(guest.compute(packed(1, nodes, 3, t)).code == bad_index);
         t[1].buffer = own;
         REQUIRE(guest.call<g::BufferClear>({own, 0}).code == 0); // indices 0
