@@ -1,23 +1,26 @@
 // A backend library's umbrella header: the C ABI (backend_abi.h), the wire codec and the
 // protocol's codes, and the kit for writing the backend in C++ (the host side of a call):
-// a registry of per-context state, a dispatch table from command id to handler, named
-// return codes, the shared-memory range checks.
+// a registry of per-context state, a dispatch table binding each call type to its handler,
+// named return codes, the shared-memory range checks.
 //
 //     using Contexts = apir::ContextRegistry<MyState>;
 //     Contexts g_contexts;
-//     uint32_t add(Contexts::Context&, apir::BackendFrame& f) {
-//         AddRequest req;
-//         if (!f.request().get_into(req)) return my_bad_request;
-//         f.reply().put(AddReply{req.a + req.b});
-//         return 0; // the table finishes the reply
+//     // The guest's call type: using Add = apir::Forward<cmd_add, AddRequest, AddReply>;
+//     apir::Answer<AddReply> add(Contexts::Context&, const AddRequest& req) {
+//         if (req.a < 0) return apir::Refusal{my_negative};
+//         return AddReply{req.a + req.b}; // the table encodes and finishes the reply
 //     }
 //     constexpr auto g_table = [] {
-//         apir::DispatchTable<Contexts::Context, 1> t({.reply_overflow = 4, .no_context = 5});
-//         t.on(cmd_add, &add);
+//         apir::DispatchTable<Contexts::Context, 1> t(
+//             {.reply_overflow = 4, .no_context = 5, .bad_request = 1, .failed = 7});
+//         t.on<Add, &add>();
 //         return t;
 //     }();
 //     APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts) // initialize, deinit, set_shmem_sized
 //     APIR_BACKEND_DISPATCHER(g_contexts, g_table)
+//
+// A handler that reads or writes the frame itself (raw bytes, a layout with no wire type)
+// is `uint32_t (Context&, BackendFrame&)`, bound with t.on(id, &handler).
 #pragma once
 
 #include "apir/backend_abi.h"
