@@ -209,7 +209,7 @@ std::vector<std::byte> packed(uint32_t n_nodes, std::span<const uint64_t> nodes,
     std::vector<std::byte> out(8 + nodes.size_bytes() + tensors.size_bytes());
     std::byte* p = out.data();
     std::memcpy(p, &n_nodes, 4);
-    std::memcpy(p + 4, nodes.data(), nodes.size_bytes());
+    if (!nodes.empty()) std::memcpy(p + 4, nodes.data(), nodes.size_bytes());
     std::memcpy(p + 4 + nodes.size_bytes(), &n_tensors, 4);
     std::memcpy(p + 8 + nodes.size_bytes(), tensors.data(), tensors.size_bytes());
     return out;
