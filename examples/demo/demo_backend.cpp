@@ -22,19 +22,15 @@ using Contexts = apir::ContextRegistry<State>;
 using Context = Contexts::Context;
 Contexts g_contexts;
 
-uint32_t echo(Context&, apir::BackendFrame& f) {
-    EchoRequest req;
-    if (!f.request().get_into(req)) return error_bad_request;
-    f.reply().put(EchoReply{req.tag, req.text});
-    return 0;
+// Each handler is bound to its call type (demo_protocol.hpp): the table decodes the
+// request, encodes the answer and finishes the reply.
+apir::Answer<EchoReply> echo(Context&, const EchoRequest& req) {
+    return EchoReply{req.tag, req.text};
 }
 
-uint32_t add(Context&, apir::BackendFrame& f) {
-    AddRequest req;
-    if (!f.request().get_into(req)) return error_bad_request;
-    f.reply().put(AddReply{
-        static_cast<int64_t>(static_cast<uint64_t>(req.a) + static_cast<uint64_t>(req.b))});
-    return 0;
+apir::Answer<AddReply> add(Context&, const AddRequest& req) {
+    return AddReply{
+        static_cast<int64_t>(static_cast<uint64_t>(req.a) + static_cast<uint64_t>(req.b))};
 }
 
 // The blob range a request names, bounds-checked; false when it names none.
@@ -43,37 +39,30 @@ bool blob_of(Context& c, const BlobRange& req, std::span<std::byte>& blob) {
     return blob.data() != nullptr || req.size == 0;
 }
 
-uint32_t checksum_of(Context& c, apir::BackendFrame& f) {
-    BlobRange req;
+apir::Answer<ChecksumReply> checksum_of(Context& c, const BlobRange& req) {
     std::span<std::byte> blob;
-    if (!f.request().get_into(req)) return error_bad_request;
-    if (!blob_of(c, req, blob)) return error_bad_resource;
-    f.reply().put(ChecksumReply{checksum(blob.data(), blob.size())});
-    return 0;
+    if (!blob_of(c, req, blob)) return apir::Refusal{error_bad_resource};
+    return ChecksumReply{checksum(blob.data(), blob.size())};
 }
 
-uint32_t fill(Context& c, apir::BackendFrame& f) {
-    BlobRange req;
+apir::Answer<apir::Empty> fill(Context& c, const BlobRange& req) {
     std::span<std::byte> blob;
-    if (!f.request().get_into(req)) return error_bad_request;
-    if (!blob_of(c, req, blob)) return error_bad_resource;
+    if (!blob_of(c, req, blob)) return apir::Refusal{error_bad_resource};
     fill_pattern(blob.data(), blob.size(), req.seed);
-    return 0;
+    return apir::Empty{};
 }
 
-uint32_t fail_with(Context&, apir::BackendFrame& f) {
-    FailRequest req;
-    if (!f.request().get_into(req)) return error_bad_request;
-    return req.code;
+apir::Answer<apir::Empty> fail_with(Context&, const FailRequest& req) {
+    if (req.code == 0) return apir::Empty{};
+    return apir::Refusal{req.code};
 }
 
-uint32_t sleep_for(Context&, apir::BackendFrame& f) {
-    SleepRequest req;
-    if (!f.request().get_into(req)) return error_bad_request;
+apir::Answer<apir::Empty> sleep_for(Context&, const SleepRequest& req) {
     std::this_thread::sleep_for(std::chrono::milliseconds(req.milliseconds));
-    return 0;
+    return apir::Empty{};
 }
 
+// Writes raw bytes past what BigReply's encoder would: a hand-written handler.
 uint32_t big_reply(Context&, apir::BackendFrame& f) {
     BigReplyRequest req;
     if (!f.request().get_into(req)) return error_bad_request;
@@ -86,15 +75,17 @@ uint32_t big_reply(Context&, apir::BackendFrame& f) {
 }
 
 constexpr auto g_table = [] {
-    apir::DispatchTable<Context, cmd_count> t(
-        {.reply_overflow = error_reply_overflow, .no_context = error_bad_resource});
-    t.on(cmd_echo, &echo)
-        .on(cmd_add, &add)
-        .on(cmd_checksum, &checksum_of)
-        .on(cmd_fail, &fail_with)
-        .on(cmd_sleep, &sleep_for)
+    apir::DispatchTable<Context, cmd_count> t({.reply_overflow = error_reply_overflow,
+                                               .no_context = error_bad_resource,
+                                               .bad_request = error_bad_request,
+                                               .failed = error_bad_request});
+    t.on<Echo, &echo>()
+        .on<Add, &add>()
+        .on<Checksum, &checksum_of>()
+        .on<Fail, &fail_with>()
+        .on<Sleep, &sleep_for>()
         .on(cmd_big_reply, &big_reply)
-        .on(cmd_fill, &fill);
+        .on<Fill, &fill>();
     return t;
 }();
 

@@ -1,26 +1,30 @@
 // A backend library's umbrella header: the C ABI (backend_abi.h), the wire codec and the
 // protocol's codes, and the kit for writing the backend in C++ (the host side of a call):
-// a registry of per-context state, a dispatch table from command id to handler, named
-// return codes, the shared-memory range checks.
+// a registry of per-context state, a dispatch table binding each call type to its handler,
+// named return codes, the shared-memory range checks.
 //
 //     using Contexts = apir::ContextRegistry<MyState>;
 //     Contexts g_contexts;
-//     uint32_t add(Contexts::Context&, apir::BackendFrame& f) {
-//         AddRequest req;
-//         if (!f.request().get_into(req)) return my_bad_request;
-//         f.reply().put(AddReply{req.a + req.b});
-//         return 0; // the table finishes the reply
+//     // The guest's call type: using Add = apir::Forward<cmd_add, AddRequest, AddReply>;
+//     apir::Answer<AddReply> add(Contexts::Context&, const AddRequest& req) {
+//         if (req.a < 0) return apir::Refusal{my_negative};
+//         return AddReply{req.a + req.b}; // the table encodes and finishes the reply
 //     }
 //     constexpr auto g_table = [] {
-//         apir::DispatchTable<Contexts::Context, 1> t({.reply_overflow = 4, .no_context = 5});
-//         t.on(cmd_add, &add);
+//         apir::DispatchTable<Contexts::Context, 1> t(
+//             {.reply_overflow = 4, .no_context = 5, .bad_request = 1, .failed = 7});
+//         t.on<Add, &add>();
 //         return t;
 //     }();
 //     APIR_BACKEND_CONTEXT_ENTRY_POINTS(g_contexts) // initialize, deinit, set_shmem_sized
 //     APIR_BACKEND_DISPATCHER(g_contexts, g_table)
+//
+// A handler that reads or writes the frame itself (raw bytes, a layout with no wire type)
+// is `uint32_t (Context&, BackendFrame&)`, bound with t.on(id, &handler).
 #pragma once
 
 #include "apir/backend_abi.h"
+#include "apir/call.hpp"
 #include "apir/protocol.hpp"
 #include "apir/wire.hpp"
 
@@ -30,7 +34,9 @@
 #include <cstdint>
 #include <mutex>
 #include <span>
+#include <type_traits>
 #include <unordered_map>
+#include <utility>
 
 namespace apir {
 
@@ -52,6 +58,11 @@ public:
     [[nodiscard]] Decoder& request() noexcept { return dec_; }
     [[nodiscard]] Encoder& reply() noexcept { return enc_; }
 
+    /// What a typed handler's thunk reports to its table, beside the handler's result.
+    enum class Outcome : uint8_t { handled, bad_request, failed };
+    void set_outcome(Outcome o) noexcept { outcome_ = o; }
+    [[nodiscard]] Outcome outcome() const noexcept { return outcome_; }
+
     /// Reports the end of the reply and returns 0, or overflow_code (reporting an
     /// empty reply) when the reply did not fit its region.
     [[nodiscard]] uint32_t finish(uint32_t overflow_code) noexcept {
@@ -65,6 +76,7 @@ private:
     Encoder enc_;
     char* enc_cur_;
     char** enc_cur_after_;
+    Outcome outcome_ = Outcome::handled;
 };
 
 /// The end of a blob range a backend accepts when the host offered no sized look-up
@@ -184,7 +196,7 @@ public:
     /// the context it asked for last, with no context closed since, takes no lock.
     [[nodiscard]] Context* find(uint32_t ctx_id) {
         struct Hint {
-            const ContextRegistry* registry = nullptr;
+            uint64_t registry = 0; // serial_, not the address: a new registry may reuse it
             uint32_t id = 0;
             uint64_t closes = 0;
             Context* context = nullptr;
@@ -192,13 +204,13 @@ public:
         thread_local Hint hint;
         // Nodes of the map never move, and ctx_id cannot be closed while it is being
         // dispatched; a close of any context since the hint was taken voids it.
-        if (hint.registry == this && hint.id == ctx_id && hint.context &&
+        if (hint.registry == serial_ && hint.id == ctx_id && hint.context &&
             hint.closes == closes_.load(std::memory_order_acquire))
             return hint.context;
         std::lock_guard lk(mu_);
         auto it = contexts_.find(ctx_id);
         Context* c = it == contexts_.end() || !it->second.callbacks ? nullptr : &it->second;
-        hint = Hint{this, ctx_id, closes_.load(std::memory_order_relaxed), c};
+        hint = Hint{serial_, ctx_id, closes_.load(std::memory_order_relaxed), c};
         return c;
     }
 
@@ -211,6 +223,10 @@ private:
     std::mutex mu_;
     std::unordered_map<uint32_t, Context> contexts_;
     std::atomic<uint64_t> closes_{0}; // contexts closed so far (under mu_)
+    const uint64_t serial_ = [] {
+        static std::atomic<uint64_t> next{1};
+        return next.fetch_add(1, std::memory_order_relaxed);
+    }();
 };
 
 /// The codes a DispatchTable answers on its own behalf: the backend's own numbers.
@@ -219,6 +235,38 @@ struct DispatchCodes {
     uint32_t reply_overflow = 0;
     /// The dispatcher was called for a context that is not open.
     uint32_t no_context = 0;
+    /// A typed handler's request did not decode (too short, a bad value). Bytes after the
+    /// request are left alone: ggml's guest may send a command buffer's padding.
+    uint32_t bad_request = 0;
+    /// A typed handler threw (e.g. std::bad_alloc): nothing crosses the C ABI.
+    uint32_t failed = 0;
+};
+
+/// A typed handler's refusal: the function's result, non-zero (0 is success).
+struct Refusal {
+    uint32_t code = 1;
+};
+
+/// What a typed handler answers: the reply, or a refusal carrying the backend's code.
+///
+///     apir::Answer<AddReply> add(Context&, const AddRequest& r) {
+///         if (r.a < 0) return apir::Refusal{my_negative};
+///         return AddReply{r.a + r.b};
+///     }
+template <class Resp>
+class [[nodiscard]] Answer {
+public:
+    Answer(Resp value) noexcept(std::is_nothrow_move_constructible_v<Resp>)
+        : value_(std::move(value)) {}
+    Answer(Refusal r) noexcept : code_(r.code == 0 ? 1 : r.code) {}
+
+    [[nodiscard]] bool ok() const noexcept { return code_ == 0; }
+    [[nodiscard]] uint32_t code() const noexcept { return code_; }
+    [[nodiscard]] const Resp& value() const noexcept { return value_; }
+
+private:
+    uint32_t code_ = 0;
+    Resp value_{};
 };
 
 /// A FORWARD handler: decodes its request from frame.request(), encodes its reply into
@@ -243,6 +291,36 @@ public:
         if (id < N) handlers_[id] = handler;
         return *this;
     }
+
+    /// Binds a call type to its handler: `Answer<Resp>(Context&, const Req&)` where the
+    /// request and reply types are Call's own, so a guest's Forward<Id, Req, Resp> and the
+    /// handler of Id cannot disagree (a mismatch does not compile). The table decodes the
+    /// request (codes().bad_request when it does not decode), encodes
+    /// the reply and finishes it; an exception from the handler answers codes().failed.
+    /// The handler is a captureless lambda (or any empty,
+    /// default-constructible callable); on<Call, &function>() takes a function.
+    ///
+    ///     t.on<Add>([](Context& c, const AddRequest& r) -> apir::Answer<AddReply> {
+    ///         return AddReply{r.a + r.b};
+    ///     });
+    template <class C, class F>
+    constexpr DispatchTable& on(F) noexcept {
+        static_assert(is_call_v<C> && C::type == CommandType::forward,
+                      "DispatchTable::on<C>: C must be an apir::Forward<Id, Req, Resp>");
+        static_assert(std::is_empty_v<F> && std::is_default_constructible_v<F>,
+                      "DispatchTable::on<C>(f): f must be captureless (its type is the handler)");
+        static_assert(
+            std::is_same_v<std::invoke_result_t<const F&, Context&, const typename C::request&>,
+                           Answer<typename C::response>>,
+            "DispatchTable::on<C>(f): f must be Answer<C::response>(Context&, const "
+            "C::request&)");
+        if (C::flags < N) handlers_[C::flags] = &typed_thunk<C, F>;
+        return *this;
+    }
+    template <class C, Answer<typename C::response> (*Fn)(Context&, const typename C::request&)>
+    constexpr DispatchTable& on() noexcept {
+        return on<C>([](Context& c, const typename C::request& r) { return Fn(c, r); });
+    }
     [[nodiscard]] constexpr const DispatchCodes& codes() const noexcept { return codes_; }
 
     /// Runs the handler of cmd on an open context (null: codes().no_context).
@@ -251,6 +329,9 @@ public:
         if (cmd >= N || handlers_[cmd] == nullptr) return forward_invalid_index;
         if (!context) return codes_.no_context;
         const uint32_t result = handlers_[cmd](*context, frame);
+        // The thunk is static and has no table: it reports through the frame.
+        if (frame.outcome() == BackendFrame::Outcome::bad_request) return codes_.bad_request;
+        if (frame.outcome() == BackendFrame::Outcome::failed) return codes_.failed;
         return result == 0 ? frame.finish(codes_.reply_overflow) : result;
     }
     /// The whole apir_backend_dispatcher: finds the context in the registry, then
@@ -264,6 +345,25 @@ public:
     }
 
 private:
+    template <class C, class F>
+    static uint32_t typed_thunk(Context& context, BackendFrame& frame) {
+        try {
+            typename C::request req{};
+            Decoder& d = frame.request();
+            if (!d.get_into(req)) {
+                frame.set_outcome(BackendFrame::Outcome::bad_request);
+                return 1;
+            }
+            const Answer<typename C::response> answer = F{}(context, std::as_const(req));
+            if (!answer.ok()) return answer.code();
+            frame.reply().put(answer.value());
+            return 0;
+        } catch (...) {
+            frame.set_outcome(BackendFrame::Outcome::failed);
+            return 1;
+        }
+    }
+
     DispatchCodes codes_;
     std::array<CommandHandler<Context>, N> handlers_{};
 };

@@ -32,6 +32,8 @@ done
 
 transport=${APIR_GGML_OPS_TRANSPORT:-loopback}
 export GGML_BACKEND_PATH=$lib
+# APIR_GGML_HOST_BACKEND names another host backend library (e.g. libggml-apir-host).
+host_backend=${APIR_GGML_HOST_BACKEND:-$peer/lib/libggml-virtgpu-backend.so.0}
 log=${APIR_GGML_OPS_LOG:-$(mktemp)}
 server_pid= server_dir=
 cleanup() {
@@ -47,7 +49,7 @@ trap cleanup EXIT
 case $transport in
 loopback)
     export APIR_GGML_TRANSPORT=loopback
-    export APIR_GGML_BACKEND_LIBRARY=$peer/lib/libggml-virtgpu-backend.so.0
+    export APIR_GGML_BACKEND_LIBRARY=$host_backend
     export APIR_GGML_CONFIG="ggml.library.path=$peer/lib/libggml-cpu.so.0;ggml.library.reg=ggml_backend_cpu_reg"
     ;;
 vtest)
@@ -59,7 +61,7 @@ vtest)
     server_dir=$(mktemp -d)
     sock=$server_dir/vtest.sock
     # setsid: the server leads a process group of its own (its forked children join it).
-    VIRGL_APIR_BACKEND_LIBRARY=$peer/lib/libggml-virtgpu-backend.so.0 \
+    VIRGL_APIR_BACKEND_LIBRARY=$host_backend \
     APIR_LLAMA_CPP_GGML_LIBRARY_PATH=$peer/lib/libggml-cpu.so.0 \
     APIR_LLAMA_CPP_GGML_LIBRARY_REG=ggml_backend_cpu_reg \
     GGML_NO_BACKTRACE=1 \

@@ -4,6 +4,7 @@
 
 #include <apir/backend.hpp>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <string>
@@ -169,4 +170,116 @@ TEST_CASE("a state's open() sees the new context and can refuse it") {
     CHECK(contexts.open(13, &g_callbacks) == nullptr);
     CHECK(contexts.find(13) == nullptr);
     CHECK(contexts.find(1) == c);
+}
+
+namespace typed {
+
+struct AddRequest {
+    int32_t a = 0;
+    int32_t b = 0;
+    static constexpr auto wire_fields = apir::fields(&AddRequest::a, &AddRequest::b);
+};
+struct AddReply {
+    int64_t sum = 0;
+    static constexpr auto wire_fields = apir::fields(&AddReply::sum);
+};
+struct NameReply {
+    std::string name;
+    static constexpr auto wire_fields = apir::fields(&NameReply::name);
+};
+// The guest's view of the calls: the same types bind the handlers below.
+using Add = apir::Forward<0, AddRequest, AddReply>;
+using Name = apir::Forward<1, apir::Empty, NameReply>;
+using Nothing = apir::Forward<2, AddRequest>;
+
+constexpr uint32_t bad_request_code = 42;
+constexpr uint32_t negative_code = 43;
+
+apir::Answer<NameReply> name(Context& c, const apir::Empty&) {
+    ++c.state.calls;
+    return NameReply{"typed"};
+}
+
+constexpr auto g_typed = [] {
+    apir::DispatchTable<Context, 3> t({.reply_overflow = overflow_code,
+                                       .no_context = no_context_code,
+                                       .bad_request = bad_request_code});
+    t.on<Add>([](Context& c, const AddRequest& r) -> apir::Answer<AddReply> {
+         ++c.state.calls;
+         if (r.a < 0) return apir::Refusal{negative_code};
+         return AddReply{int64_t{r.a} + r.b};
+     })
+        .on<Name, &name>()
+        .on<Nothing>(
+            [](Context&, const AddRequest&) -> apir::Answer<apir::Empty> { return apir::Empty{}; });
+    return t;
+}();
+
+struct Result {
+    uint32_t code = 0;
+    std::vector<std::byte> reply;
+};
+
+template <class Req>
+Result call_typed(Contexts& contexts, uint32_t cmd, const Req& req, size_t extra = 0,
+                  size_t reply_room = 64) {
+    std::vector<std::byte> in(64);
+    apir::Encoder e(in);
+    e.put(req);
+    REQUIRE(e.ok());
+    std::vector<char> out(reply_room);
+    char* end = nullptr;
+    char* dec = reinterpret_cast<char*>(in.data());
+    Result r;
+    const size_t sent = e.size() - std::min(e.size(), extra); // extra: bytes cut off the end
+    r.code = g_typed(contexts, 5, cmd, dec, dec + sent, out.data(), out.data() + out.size(), &end);
+    r.reply.assign(reinterpret_cast<std::byte*>(out.data()), reinterpret_cast<std::byte*>(end));
+    return r;
+}
+
+} // namespace typed
+
+TEST_CASE("a typed handler gets its decoded request and its answer is encoded") {
+    using namespace typed;
+    Contexts contexts;
+    REQUIRE(contexts.open(5, &g_callbacks) != nullptr);
+    SECTION("the reply is the call's reply type, as the guest decodes it") {
+        Result r = call_typed(contexts, 0, AddRequest{2, 40});
+        REQUIRE(r.code == 0);
+        apir::Decoder d(r.reply);
+        AddReply reply;
+        REQUIRE(d.get_into(reply));
+        CHECK(reply.sum == 42);
+        CHECK(d.remaining() == 0);
+        CHECK(contexts.find(5)->state.calls == 1);
+    }
+    SECTION("a function bound with on<Call, &f>() and a string reply") {
+        Result r = call_typed(contexts, 1, apir::Empty{});
+        REQUIRE(r.code == 0);
+        apir::Decoder d(r.reply);
+        NameReply reply;
+        REQUIRE(d.get_into(reply));
+        CHECK(reply.name == "typed");
+    }
+    SECTION("an empty reply type writes nothing and succeeds") {
+        Result r = call_typed(contexts, 2, AddRequest{1, 1});
+        CHECK(r.code == 0);
+        CHECK(r.reply.empty());
+    }
+    SECTION("a refusal returns the handler's code with an empty reply") {
+        Result r = call_typed(contexts, 0, AddRequest{-1, 1});
+        CHECK(r.code == negative_code);
+        CHECK(r.reply.empty());
+    }
+    SECTION("a request that does not decode: the bad-request code, the handler not run") {
+        Result r = call_typed(contexts, 0, AddRequest{1, 2}, /*cut*/ 2);
+        CHECK(r.code == bad_request_code);
+        CHECK(r.reply.empty());
+        CHECK(contexts.find(5)->state.calls == 0);
+    }
+    SECTION("a reply larger than its region: the overflow code") {
+        Result r = call_typed(contexts, 1, apir::Empty{}, 0, 4);
+        CHECK(r.code == overflow_code);
+        CHECK(r.reply.empty());
+    }
 }

@@ -2,7 +2,8 @@
 # ggml's unmodified guest frontend (libggml-virtgpu.so.0 in libggml.so.0) through the
 # virtual render node, against apir's host loading ggml's unmodified host backend over
 # ggml's CPU backend. The peer is $APIR_GGML_PEER_DIR (skip, 77, without it); the node
-# is $APIR_VDRM_LIB.
+# is $APIR_VDRM_LIB. APIR_GGML_HOST_BACKEND names another host backend library to load
+# instead of ggml's (e.g. libggml-apir-host).
 #
 #   run_ggml.sh check apir|venus   test-backend-ops support on the VirtGPU device, for
 #                                  ADD MUL MUL_MAT SOFT_MAX ROPE GET_ROWS CPY; the capset
@@ -26,7 +27,7 @@ ggml() {
     local capset=$1
     shift
     local env=(LD_PRELOAD="$lib"
-        APIR_VDRM_BACKEND="$peer/lib/libggml-virtgpu-backend.so.0"
+        APIR_VDRM_BACKEND="${APIR_GGML_HOST_BACKEND:-$peer/lib/libggml-virtgpu-backend.so.0}"
         APIR_VDRM_CONFIG="ggml.library.path=$peer/lib/libggml-cpu.so.0;ggml.library.reg=ggml_backend_cpu_reg")
     if [ "$capset" = apir ]; then
         env+=(GGML_REMOTING_USE_APIR_CAPSET=1)
