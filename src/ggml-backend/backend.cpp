@@ -30,6 +30,8 @@ public:
     void add(uint64_t begin, uint64_t end) {
         if (begin >= end) return;
         std::lock_guard lk(mu_);
+        for (auto [b, e] : ranges_)
+            if (b <= begin && end <= e) return;  // already there: repeated failures add nothing
         ranges_.emplace_back(begin, end);
     }
     /// Written successfully: trusted again.
@@ -428,6 +430,19 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         return GGML_STATUS_FAILED;
     }
     auto st = dev->remote->graph_compute(s->graph_blob.res_id(), n);
+    // The nodes' bytes are what the host just computed when it succeeded; after a
+    // failure or a timeout (the host may still be writing them) they are not to be trusted.
+    const bool computed = st && *st == ggml::Status::success;
+    for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) {
+        const ggml_tensor* t = ggml_graph_node(graph, i);
+        Buffer* buf = t->view_src ? nullptr : holds.buffer(t->buffer);
+        if (!buf) continue;
+        const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
+        if (computed)
+            buf->untrusted.remove(begin, end);
+        else
+            buf->untrusted.add(begin, end);
+    }
     if (!st) {
         dev->log().error("graph_compute of {} nodes: {}", ggml_graph_n_nodes(graph),
                          st.error().message());
@@ -435,15 +450,6 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
     }
     if (*st != ggml::Status::success)
         dev->log().warn("graph_compute: the host answered {}", ggml::status_name(*st));
-    else
-        // The nodes' bytes are what the host just computed.
-        for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) {
-            const ggml_tensor* t = ggml_graph_node(graph, i);
-            Buffer* buf = t->view_src ? nullptr : holds.buffer(t->buffer);
-            if (!buf) continue;
-            const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
-            buf->untrusted.remove(begin, end);
-        }
     return static_cast<ggml_status>(static_cast<int32_t>(*st));
 }
 

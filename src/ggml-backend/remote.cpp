@@ -152,13 +152,15 @@ Expected<void> Remote::chunked(const RpcTensor& t, uint64_t offset, uint64_t siz
     ggml::TensorTransferRequest req{t.buffer, t, 0, 0, 0};
     for (uint64_t done = 0; done < size;) {
         const size_t n = static_cast<size_t>(std::min<uint64_t>(chunk_size(), size - done));
-        auto s = session_.stage(n);
+        // One deadline per chunk: waiting for a staging blob counts against it too.
+        const Deadline deadline = Deadline::after(options_.transfer_timeout);
+        auto s = session_.stage(n, deadline);
         if (!s) return Unexpected{std::move(s).error()};
         before(s->bytes(), static_cast<size_t>(done));
         req.res_id = s->res_id();
         req.offset = offset + done;
         req.size = n;
-        APIR_TRY(call<C>(req, Deadline::after(options_.transfer_timeout)));
+        APIR_TRY(call<C>(req, deadline));
         after(s->bytes(), static_cast<size_t>(done));
         done += n;
     }

@@ -422,6 +422,40 @@ TEST_CASE("a set that failed leaves its bytes untrusted: get and compute fail lo
     ggml_backend_free(backend);
 }
 
+TEST_CASE("a graph that failed leaves its outputs untrusted: a get of them fails loudly until "
+          "they are computed or written again") {
+    LogCapture log;
+    Fixture f(test_backend_config("status_failed"));
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+    ggml_tensor* y = ggml_add(c.ctx, x, x);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    REQUIRE(buf != nullptr);
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    ggml_build_forward_expand(g, y);
+
+    std::vector<float> v = random_floats(64, 12), got(64, 0.f);
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    ggml_backend_tensor_set(y, v.data(), 0, ggml_nbytes(y));
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+    // y's bytes are whatever the failed compute left: the 0xff fill and an error, no call.
+    const uint64_t gets = f.forwards(18);
+    ggml_backend_tensor_get(y, got.data(), 0, ggml_nbytes(y));
+    CHECK(all_bytes(got.data(), ggml_nbytes(y), 0xff));
+    CHECK(f.forwards(18) == gets);
+    CHECK(LogCapture::text().find("untrusted") != std::string::npos);
+    // The graph's input was not touched by it: still trusted.
+    ggml_backend_tensor_get(x, got.data(), 0, ggml_nbytes(x));
+    CHECK(got == v);
+    // Written again: trusted.
+    ggml_backend_tensor_set(y, v.data(), 0, ggml_nbytes(y));
+    ggml_backend_tensor_get(y, got.data(), 0, ggml_nbytes(y));
+    CHECK(got == v);
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
+}
+
 TEST_CASE("sixteen threads transferring at once: no wrong data is ever reported as success") {
     Fixture f;
     constexpr int threads = 16, rounds = 20;
