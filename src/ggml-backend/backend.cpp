@@ -31,7 +31,7 @@ public:
         if (begin >= end) return;
         std::lock_guard lk(mu_);
         for (auto [b, e] : ranges_)
-            if (b <= begin && end <= e) return;  // already there: repeated failures add nothing
+            if (b <= begin && end <= e) return; // already there: repeated failures add nothing
         ranges_.emplace_back(begin, end);
     }
     /// Written successfully: trusted again.
