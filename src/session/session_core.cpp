@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <exception>
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -121,7 +122,14 @@ Expected<StagingPool::Lent> StagingPool::lend(size_t n, Deadline deadline, const
     Shmem old = std::move(e.blob); // too small: replaced
     lk.unlock();
     old.reset();
-    auto blob = create(ctx, std::max(n, min_size));
+    // A transport that throws (an allocation of its own) must not leave the entry held.
+    auto blob = [&]() -> Expected<Shmem> {
+        try {
+            return create(ctx, std::max(n, min_size));
+        } catch (const std::exception& x) {
+            return fail(Errc::out_of_memory, fmt::format("a staging blob: {}", x.what()));
+        }
+    }();
     if (blob) prefault(blob->bytes());
     lk.lock();
     if (!blob) {

@@ -737,3 +737,19 @@ TEST_CASE("destroying a Session while a call is in flight stops with a message (
     CHECK(text.find("in flight") != std::string::npos);
 }
 #endif
+
+TEST_CASE("a staging blob whose creation throws leaves no blob held: the pool serves on",
+          "[bulk]") {
+    apir::detail::StagingPool pool(1, 0);
+    auto throwing = [](void*, size_t) -> apir::Expected<apir::Shmem> { throw std::bad_alloc(); };
+    auto r = pool.lend(4096, apir::Deadline::never(), apir::WaitClock::system(), throwing, nullptr);
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code() == apir::Errc::out_of_memory);
+    CHECK(pool.held() == 0);
+    // The one blob the bound allows is still there for the next thread (it would wait
+    // forever for a blob nobody holds if the failure had kept it).
+    auto again = pool.lend(4096, apir::Deadline::after(std::chrono::milliseconds(50)),
+                           apir::WaitClock::system(), throwing, nullptr);
+    REQUIRE_FALSE(again);
+    CHECK(again.error().code() == apir::Errc::out_of_memory);
+}
