@@ -288,8 +288,8 @@ Code check_get_rows(const ggml_tensor* d) {
                         d->ne[0] == a->ne[0] && d->ne[1] == b->ne[0] && d->ne[2] == b->ne[1] &&
                         d->ne[3] == b->ne[2];
     // The source types ggml-cpu's get_rows has a case for; anything else aborts.
-    const bool src_type = is_float(a->type) || a->type == GGML_TYPE_I32 ||
-                          cpu_reads_quantized(a->type);
+    const bool src_type =
+        is_float(a->type) || a->type == GGML_TYPE_I32 || cpu_reads_quantized(a->type);
     const bool types =
         src_type && b->type == GGML_TYPE_I32 &&
         (d->type == GGML_TYPE_F32 || (d->type == a->type && a->type == GGML_TYPE_I32));

@@ -228,12 +228,12 @@ struct State {
     ggml_backend_t backend = nullptr;
     ggml_backend_buffer_type_t buft = nullptr;
     uint64_t salt = 0;
-    uint64_t next_slot = 1;                 ///< the first never-used slot
-    uint64_t buffer_limit = max_buffers;    ///< slots this context may use
-    std::vector<uint32_t> free_slots;       ///< freed slots, for reuse
-    std::vector<uint32_t> generation;       ///< per slot (index slot - 1)
-    uint64_t max_memory = 0; ///< bytes of buffers this context may hold
-    uint64_t allocated = 0;  ///< bytes of buffers it holds
+    uint64_t next_slot = 1;              ///< the first never-used slot
+    uint64_t buffer_limit = max_buffers; ///< slots this context may use
+    std::vector<uint32_t> free_slots;    ///< freed slots, for reuse
+    std::vector<uint32_t> generation;    ///< per slot (index slot - 1)
+    uint64_t max_memory = 0;             ///< bytes of buffers this context may hold
+    uint64_t allocated = 0;              ///< bytes of buffers it holds
     std::unordered_map<uint64_t, Buffer> buffers;
     std::unordered_set<ggml_backend_buffer_t> guest_backed; ///< the from_ptr buffers
     std::vector<std::unique_ptr<std::byte[]>> index_copies; ///< of the current graph

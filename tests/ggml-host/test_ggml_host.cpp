@@ -269,7 +269,8 @@ uint32_t one_node(Guest& guest, std::vector<g::RpcTensor> srcs, g::RpcTensor out
         out.src[i] = i + 1;
     }
     out.id = n + 1, out.op = op, out.flags = g::flag_compute;
-    for (auto [i, v] : params) out.op_params[static_cast<size_t>(i)] = v;
+    for (auto [i, v] : params)
+        out.op_params[static_cast<size_t>(i)] = v;
     srcs.push_back(out);
     std::vector<uint64_t> nodes{n + 1};
     return guest.compute(packed(1, nodes, n + 1, srcs)).code;
@@ -639,7 +640,7 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
     Guest guest(11);
     g::BufferHandle buf = guest.alloc(128 * 1024);
     REQUIRE(guest.call<g::BufferClear>({buf, 0}).code == 0); // every index 0, in range
-    constexpr uint64_t k = 16 * 1024; // tensors k apart
+    constexpr uint64_t k = 16 * 1024;                        // tensors k apart
     const ggml_type no_kernel[] = {GGML_TYPE_I8,  GGML_TYPE_I16,  GGML_TYPE_I64,
                                    GGML_TYPE_F64, GGML_TYPE_Q8_1, GGML_TYPE_Q8_K};
 
@@ -650,17 +651,17 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
             CHECK(one_node(guest, {typed(t, {256, 2}, buf, 0), b}, d, GGML_OP_MUL_MAT) ==
                   bad_tensor);
         }
-        CHECK(one_node(guest, {typed(GGML_TYPE_I32, {256, 2}, buf, 0), b}, d,
-                       GGML_OP_MUL_MAT) == bad_tensor);
+        CHECK(one_node(guest, {typed(GGML_TYPE_I32, {256, 2}, buf, 0), b}, d, GGML_OP_MUL_MAT) ==
+              bad_tensor);
         CHECK(one_node(guest, {f32({256, 2}, buf, 0), typed(GGML_TYPE_F16, {256, 1}, buf, k)}, d,
                        GGML_OP_MUL_MAT) == bad_tensor);
         // What ggml-cpu computes still computes.
         CHECK(one_node(guest, {typed(GGML_TYPE_Q4_0, {256, 2}, buf, 0), b}, d, GGML_OP_MUL_MAT) ==
               0);
-        CHECK(one_node(guest,
-                       {typed(GGML_TYPE_F16, {256, 2}, buf, 0),
-                        typed(GGML_TYPE_F16, {256, 1}, buf, k)},
-                       d, GGML_OP_MUL_MAT) == 0);
+        CHECK(one_node(
+                  guest,
+                  {typed(GGML_TYPE_F16, {256, 2}, buf, 0), typed(GGML_TYPE_F16, {256, 1}, buf, k)},
+                  d, GGML_OP_MUL_MAT) == 0);
     }
     SECTION("GET_ROWS: a source type get_rows has no case for") {
         const g::RpcTensor idx = typed(GGML_TYPE_I32, {2}, buf, k);
@@ -676,11 +677,11 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
     SECTION("SET_ROWS: a destination type ggml-cpu cannot write") {
         const g::RpcTensor rows = f32({256, 2}, buf, 0);
         const g::RpcTensor idx = typed(GGML_TYPE_I64, {2}, buf, k);
-        for (ggml_type t : {GGML_TYPE_I8, GGML_TYPE_I64, GGML_TYPE_F64, GGML_TYPE_IQ2_XXS,
-                            GGML_TYPE_IQ1_M}) {
+        for (ggml_type t :
+             {GGML_TYPE_I8, GGML_TYPE_I64, GGML_TYPE_F64, GGML_TYPE_IQ2_XXS, GGML_TYPE_IQ1_M}) {
             INFO("type " << static_cast<int>(t));
-            CHECK(one_node(guest, {rows, idx}, typed(t, {256, 4}, buf, 2 * k),
-                           GGML_OP_SET_ROWS) == bad_tensor);
+            CHECK(one_node(guest, {rows, idx}, typed(t, {256, 4}, buf, 2 * k), GGML_OP_SET_ROWS) ==
+                  bad_tensor);
         }
         CHECK(one_node(guest, {rows, idx}, typed(GGML_TYPE_Q4_0, {256, 4}, buf, 2 * k),
                        GGML_OP_SET_ROWS) == 0);
@@ -726,6 +727,7 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         };
         CHECK(rope(-1, 3, 0, 0) == bad_tensor);
         CHECK(rope(0, 0, 0, 0) == bad_tensor);
+        CHECK(rope(-1, 1, 0, 0) == bad_tensor);
         CHECK(rope(4, 4, 4, 0) == bad_tensor); // 12 > n_dims 8
         CHECK(rope(0, 0, 0, -2) == bad_tensor);
         CHECK(rope(2, 1, 1, 0) == 0);
@@ -755,5 +757,6 @@ TEST_CASE("buffer slots are reused, and a freed buffer's handle stays unknown") 
     auto r = guest.call<g::BufferTypeAllocBuffer>({guest.buft(), 64});
     REQUIRE(r.code == 0);
     CHECK(r.reply.buffer.is_null());
-    for (g::BufferHandle h : held) CHECK(guest.call<g::BufferGetBase>({h}).code == 0);
+    for (g::BufferHandle h : held)
+        CHECK(guest.call<g::BufferGetBase>({h}).code == 0);
 }
