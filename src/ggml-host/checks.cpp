@@ -128,6 +128,60 @@ bool elem_stride(const ggml_tensor* t) {
 bool is_float(ggml_type t) {
     return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
 }
+// Quantized types ggml-cpu turns into floats (its to_float, and a vec_dot for MUL_MAT):
+// all but Q8_1 and Q8_K, which it only writes. Named one by one: a type this list does
+// not know is refused.
+bool cpu_reads_quantized(ggml_type t) {
+    switch (t) {
+    case GGML_TYPE_Q4_0:
+    case GGML_TYPE_Q4_1:
+    case GGML_TYPE_Q5_0:
+    case GGML_TYPE_Q5_1:
+    case GGML_TYPE_Q8_0:
+    case GGML_TYPE_Q2_K:
+    case GGML_TYPE_Q3_K:
+    case GGML_TYPE_Q4_K:
+    case GGML_TYPE_Q5_K:
+    case GGML_TYPE_Q6_K:
+    case GGML_TYPE_IQ2_XXS:
+    case GGML_TYPE_IQ2_XS:
+    case GGML_TYPE_IQ3_XXS:
+    case GGML_TYPE_IQ1_S:
+    case GGML_TYPE_IQ4_NL:
+    case GGML_TYPE_IQ3_S:
+    case GGML_TYPE_IQ2_S:
+    case GGML_TYPE_IQ4_XS:
+    case GGML_TYPE_IQ1_M:
+    case GGML_TYPE_TQ1_0:
+    case GGML_TYPE_TQ2_0:
+    case GGML_TYPE_MXFP4:
+    case GGML_TYPE_NVFP4:
+    case GGML_TYPE_Q1_0:
+    case GGML_TYPE_Q2_0:
+        return true;
+    default:
+        return false;
+    }
+}
+// Quantized types ggml-cpu writes from floats (its from_float): the IQ1/IQ2/IQ3 types have
+// none and their copies abort.
+bool cpu_writes_quantized(ggml_type t) {
+    switch (t) {
+    case GGML_TYPE_IQ2_XXS:
+    case GGML_TYPE_IQ2_XS:
+    case GGML_TYPE_IQ3_XXS:
+    case GGML_TYPE_IQ1_S:
+    case GGML_TYPE_IQ3_S:
+    case GGML_TYPE_IQ2_S:
+    case GGML_TYPE_IQ1_M:
+        return false;
+    case GGML_TYPE_Q8_1:
+    case GGML_TYPE_Q8_K:
+        return true;
+    default:
+        return cpu_reads_quantized(t);
+    }
+}
 int32_t param(const ggml_tensor* t, int i) {
     return t->op_params[i];
 }
@@ -158,6 +212,11 @@ Code check_mul_mat(const ggml_tensor* d) {
     const ggml_tensor* b = d->src[1];
     if (!a || !b) return Code::bad_tensor;
     if (a->ne[2] == 0 || a->ne[3] == 0) return Code::bad_tensor;
+    // src0: a type with a CPU vec_dot; src1: F32 (converted to src0's dot type), or the
+    // float type of src0 itself.
+    if (!is_float(a->type) && !cpu_reads_quantized(a->type)) return Code::bad_tensor;
+    if (b->type != GGML_TYPE_F32 && !(b->type == a->type && is_float(a->type)))
+        return Code::bad_tensor;
     const bool shapes = a->ne[0] == b->ne[0] && b->ne[2] % a->ne[2] == 0 &&
                         b->ne[3] % a->ne[3] == 0 && d->ne[0] == a->ne[1] && d->ne[1] == b->ne[1] &&
                         d->ne[2] == b->ne[2] && d->ne[3] == b->ne[3];
@@ -205,8 +264,15 @@ Code check_rope(const ggml_tensor* d) {
     if (n_dims <= 0 || n_dims % 2 != 0 || n_dims > a->ne[0] || n_offs < 0 || n_offs % 2 != 0 ||
         n_offs + int64_t{n_dims} > a->ne[0])
         return Code::bad_tensor;
-    if (mrope && param(d, 11) <= 0 && param(d, 12) <= 0 && param(d, 13) <= 0)
-        return Code::bad_tensor;
+    if (mrope) {
+        // The sections (params 11..14): ggml divides by their sum and asserts it fits.
+        int64_t sum = 0;
+        for (int i = 11; i <= 14; ++i) {
+            if (param(d, i) < 0) return Code::bad_tensor;
+            sum += param(d, i);
+        }
+        if (sum <= 0 || sum > n_dims) return Code::bad_tensor;
+    }
     if (mode == GGML_ROPE_TYPE_VISION && (n_dims != a->ne[0] / 2 || n_offs != 0))
         return Code::bad_tensor;
     if (freq && (freq->type != GGML_TYPE_F32 || freq->ne[0] < n_dims / 2 || !elem_stride(freq)))
@@ -221,8 +287,11 @@ Code check_get_rows(const ggml_tensor* d) {
     const bool shapes = a->ne[2] == b->ne[1] && a->ne[3] == b->ne[2] && b->ne[3] == 1 &&
                         d->ne[0] == a->ne[0] && d->ne[1] == b->ne[0] && d->ne[2] == b->ne[1] &&
                         d->ne[3] == b->ne[2];
+    // The source types ggml-cpu's get_rows has a case for; anything else aborts.
+    const bool src_type =
+        is_float(a->type) || a->type == GGML_TYPE_I32 || cpu_reads_quantized(a->type);
     const bool types =
-        b->type == GGML_TYPE_I32 &&
+        src_type && b->type == GGML_TYPE_I32 &&
         (d->type == GGML_TYPE_F32 || (d->type == a->type && a->type == GGML_TYPE_I32));
     return ok_if(shapes && types && elem_stride(d) && elem_stride(a));
 }
@@ -235,8 +304,10 @@ Code check_set_rows(const ggml_tensor* d) {
     const bool shapes = d->ne[0] == a->ne[0] && d->ne[2] == a->ne[2] && d->ne[3] == a->ne[3] &&
                         a->ne[1] == idx->ne[0] && a->ne[2] % idx->ne[1] == 0 &&
                         a->ne[3] % idx->ne[2] == 0 && idx->ne[3] == 1;
+    // The destination is written through its from_float: floats or a type ggml-cpu quantizes.
     const bool types = (a->type == GGML_TYPE_F32 || a->type == GGML_TYPE_F16) &&
-                       (idx->type == GGML_TYPE_I64 || idx->type == GGML_TYPE_I32);
+                       (idx->type == GGML_TYPE_I64 || idx->type == GGML_TYPE_I32) &&
+                       (is_float(d->type) || cpu_writes_quantized(d->type));
     return ok_if(shapes && types && ggml_is_contiguous_rows(a) && ggml_is_contiguous_rows(d));
 }
 
@@ -256,8 +327,10 @@ Code check_copy(const ggml_tensor* d) {
     if (is_float(ta) && (is_float(td) || (ta == GGML_TYPE_F32 && td == GGML_TYPE_I32)))
         return Code::ok;
     if (ta == GGML_TYPE_I32 && td == GGML_TYPE_F32) return Code::ok;
-    if (is_float(ta) && qd) return ok_if(ggml_is_contiguous(d) && elem_stride(a));
-    if (qa && td == GGML_TYPE_F32) return ok_if(ggml_is_contiguous(a) && ggml_is_contiguous(d));
+    if (is_float(ta) && qd)
+        return ok_if(cpu_writes_quantized(td) && ggml_is_contiguous(d) && elem_stride(a));
+    if (qa && td == GGML_TYPE_F32)
+        return ok_if(cpu_reads_quantized(ta) && ggml_is_contiguous(a) && ggml_is_contiguous(d));
     return Code::bad_tensor;
 }
 
@@ -284,6 +357,8 @@ Code check_glu(const ggml_tensor* d) {
     if (!a) return Code::bad_tensor;
     const int32_t g = param(d, 0);
     if (g < 0 || g >= GGML_GLU_OP_COUNT) return Code::unsupported_op;
+    // ggml-cpu's SWIGLU_OAI has an F32 kernel only.
+    if (g == GGML_GLU_OP_SWIGLU_OAI && a->type != GGML_TYPE_F32) return Code::bad_tensor;
     if ((a->type != GGML_TYPE_F32 && a->type != GGML_TYPE_F16) || d->type != a->type ||
         !ggml_is_contiguous_1(a) || !ggml_is_contiguous_1(d))
         return Code::bad_tensor;

@@ -43,8 +43,16 @@ constexpr const char* config_threads = "ggml.cpu.threads";
 /// Bytes of buffers one context may hold (default: the device's total memory).
 constexpr const char* config_max_memory = "ggml.host.max_memory";
 
-/// Buffers one context may hold at once (each handle indexes a slot).
-constexpr uint64_t max_buffers = uint64_t{1} << 20;
+/// Buffers one context may hold at once (each handle indexes a slot); a configuration key
+/// may lower it.
+constexpr uint64_t max_buffers = (uint64_t{1} << 20) - 1;
+constexpr const char* config_max_buffers = "ggml.host.max_buffers";
+/// A buffer handle: bit 63, the context's salt (bits 40..62), the slot's generation (bits
+/// 20..39) and the slot (bits 0..19, never 0). A freed slot is reused with the next
+/// generation, so a stale handle stays unknown; a slot whose generation would wrap is retired.
+constexpr unsigned slot_bits = 20;
+constexpr uint64_t slot_mask = (uint64_t{1} << slot_bits) - 1;
+constexpr uint32_t max_generation = (uint32_t{1} << slot_bits) - 1;
 /// A graph blob larger than this is refused before anything is copied.
 constexpr uint64_t max_graph_bytes = uint64_t{1} << 31;
 /// What buffer_get_base answers: a per-buffer address that is not a host address (the
@@ -79,7 +87,7 @@ uint64_t random_salt() {
         v = static_cast<uint64_t>(ts.tv_nsec) * 0x9e3779b97f4a7c15ull ^
             reinterpret_cast<uintptr_t>(&v);
     }
-    return (v << 32) | (uint64_t{1} << 63); // the top half: slots fill the bottom one
+    return (v << 40) | (uint64_t{1} << 63); // the top bits: generation and slot fill the rest
 }
 
 int usable_cpus() {
@@ -178,20 +186,54 @@ struct State {
             }
             max_memory = v;
         }
+        if (const char* m = c.config(config_max_buffers)) {
+            char* end = nullptr;
+            const unsigned long long v = std::strtoull(m, &end, 10);
+            if (end == m || *end != '\0' || v < 1 || v > max_buffers) {
+                log("bad buffer count", config_max_buffers);
+                return false;
+            }
+            buffer_limit = v;
+        }
         salt = random_salt();
         return true;
     }
 
     [[nodiscard]] uint64_t buft_handle() const noexcept { return salt; }
 
+    /// Whether take_slot() has a slot to give.
+    [[nodiscard]] bool slot_available() const noexcept {
+        return !free_slots.empty() || next_slot <= buffer_limit;
+    }
+    /// A free slot and the handle naming it (slot_available() first).
+    uint64_t take_slot(uint64_t& slot) {
+        if (!free_slots.empty()) {
+            slot = free_slots.back();
+            free_slots.pop_back();
+        } else {
+            slot = next_slot++;
+            generation.push_back(0); // generation[slot - 1]
+        }
+        return salt | (uint64_t{generation[slot - 1]} << slot_bits) | slot;
+    }
+    /// Gives back the slot of a freed buffer's handle.
+    void release_slot(uint64_t handle) {
+        const uint64_t slot = handle & slot_mask;
+        if (++generation[slot - 1] < max_generation)
+            free_slots.push_back(static_cast<uint32_t>(slot));
+    }
+
     ggml_backend_reg_t reg = nullptr;
     ggml_backend_dev_t dev = nullptr;
     ggml_backend_t backend = nullptr;
     ggml_backend_buffer_type_t buft = nullptr;
     uint64_t salt = 0;
-    uint64_t next_slot = 1;
-    uint64_t max_memory = 0; ///< bytes of buffers this context may hold
-    uint64_t allocated = 0;  ///< bytes of buffers it holds
+    uint64_t next_slot = 1;              ///< the first never-used slot
+    uint64_t buffer_limit = max_buffers; ///< slots this context may use
+    std::vector<uint32_t> free_slots;    ///< freed slots, for reuse
+    std::vector<uint32_t> generation;    ///< per slot (index slot - 1)
+    uint64_t max_memory = 0;             ///< bytes of buffers this context may hold
+    uint64_t allocated = 0;              ///< bytes of buffers it holds
     std::unordered_map<uint64_t, Buffer> buffers;
     std::unordered_set<ggml_backend_buffer_t> guest_backed; ///< the from_ptr buffers
     std::vector<std::unique_ptr<std::byte[]>> index_copies; ///< of the current graph
@@ -305,12 +347,12 @@ Answer<g::BufferFromPtrReply> buffer_from_ptr(Context& c, const g::BufferFromPtr
     if (blob.empty()) return Refusal{raw(Code::bad_range)};
     // ggml's CPU buffers assert their alignment.
     if (reinterpret_cast<uintptr_t>(blob.data()) % 64 != 0) return Refusal{raw(Code::bad_range)};
-    if (s.next_slot >= max_buffers) return Refusal{raw(Code::no_memory)};
+    if (!s.slot_available()) return Refusal{raw(Code::no_memory)};
     ggml_backend_buffer_t buf =
         ggml_backend_dev_buffer_from_host_ptr(s.dev, blob.data(), r.size, r.max_tensor_size);
     if (!buf) return Refusal{raw(Code::no_memory)};
-    const uint64_t slot = s.next_slot++;
-    const uint64_t handle = s.salt | slot;
+    uint64_t slot = 0;
+    const uint64_t handle = s.take_slot(slot);
     s.buffers.emplace(handle, Buffer{buf, reinterpret_cast<char*>(blob.data()), r.size,
                                      slot << fake_base_shift, true, r.res_id});
     s.guest_backed.insert(buf);
@@ -336,15 +378,15 @@ Answer<g::BufferReply> buft_alloc(Context& c, const g::AllocBufferRequest& r) {
     State& s = c.state;
     if (!known_buft(c, r.buffer_type)) return Refusal{raw(Code::unknown_handle)};
     // 0 is the protocol's "allocation failed".
-    if (r.size > ggml_backend_buft_get_max_size(s.buft) || s.next_slot >= max_buffers ||
+    if (r.size > ggml_backend_buft_get_max_size(s.buft) || !s.slot_available() ||
         r.size > (uint64_t{1} << fake_base_shift) || s.allocated > s.max_memory ||
         r.size > s.max_memory - s.allocated)
         return g::BufferReply{};
     ggml_backend_buffer_t buf = ggml_backend_buft_alloc_buffer(s.buft, r.size);
     if (!buf) return g::BufferReply{};
     s.allocated += ggml_backend_buffer_get_size(buf);
-    const uint64_t slot = s.next_slot++;
-    const uint64_t handle = s.salt | slot;
+    uint64_t slot = 0;
+    const uint64_t handle = s.take_slot(slot);
     s.buffers.emplace(handle,
                       Buffer{buf, static_cast<char*>(ggml_backend_buffer_get_base(buf)),
                              ggml_backend_buffer_get_size(buf), slot << fake_base_shift, false, 0});
@@ -417,6 +459,7 @@ Answer<Empty> buffer_free(Context& c, const g::BufferRequest& r) {
     c.state.guest_backed.erase(it->second.buffer);
     if (!it->second.from_ptr) c.state.allocated -= it->second.size;
     ggml_backend_buffer_free(it->second.buffer);
+    c.state.release_slot(it->first);
     c.state.buffers.erase(it);
     return Empty{};
 }

@@ -53,6 +53,7 @@ const char* get_config(uint32_t ctx, const char* key) {
     if (std::strcmp(key, "ggml.library.reg") == 0) return "ggml_backend_cpu_reg";
     if (std::strcmp(key, "ggml.cpu.threads") == 0) return "1";
     if (std::strcmp(key, "ggml.host.max_memory") == 0 && ctx == 10) return "1048576";
+    if (std::strcmp(key, "ggml.host.max_buffers") == 0 && ctx == 12) return "4";
     return nullptr;
 }
 void* get_shmem(uint32_t, uint32_t res) {
@@ -213,6 +214,66 @@ std::vector<std::byte> packed(uint32_t n_nodes, std::span<const uint64_t> nodes,
     std::memcpy(p + 4 + nodes.size_bytes(), &n_tensors, 4);
     std::memcpy(p + 8 + nodes.size_bytes(), tensors.data(), tensors.size_bytes());
     return out;
+}
+
+/// Block elements and bytes of the types the tests below use (ggml's type traits; this
+/// test does not link ggml).
+std::pair<uint32_t, uint32_t> block_of(ggml_type type) {
+    switch (type) {
+    case GGML_TYPE_I8:
+        return {1, 1};
+    case GGML_TYPE_I16:
+    case GGML_TYPE_F16:
+        return {1, 2};
+    case GGML_TYPE_I32:
+        return {1, 4};
+    case GGML_TYPE_I64:
+    case GGML_TYPE_F64:
+        return {1, 8};
+    case GGML_TYPE_Q4_0:
+        return {32, 18};
+    case GGML_TYPE_Q8_1:
+        return {32, 36};
+    case GGML_TYPE_Q8_K:
+        return {256, 292};
+    case GGML_TYPE_IQ2_XXS:
+        return {256, 66};
+    case GGML_TYPE_IQ3_S:
+        return {256, 110};
+    case GGML_TYPE_IQ1_M:
+        return {256, 56};
+    default:
+        return {1, 4};
+    }
+}
+
+/// A tensor of the given ggml type, its strides those of a contiguous tensor.
+g::RpcTensor typed(ggml_type type, std::initializer_list<uint32_t> ne, g::BufferHandle b,
+                   uint64_t off) {
+    g::RpcTensor t = f32(ne, b, off);
+    const auto [blck, size] = block_of(type);
+    t.type = static_cast<uint32_t>(type);
+    t.nb[0] = size;
+    t.nb[1] = size * (t.ne[0] / blck);
+    t.nb[2] = t.nb[1] * t.ne[1];
+    t.nb[3] = t.nb[2] * t.ne[2];
+    return t;
+}
+
+/// Computes one node over its sources (ids 1..n, the node n + 1); the code answered.
+uint32_t one_node(Guest& guest, std::vector<g::RpcTensor> srcs, g::RpcTensor out, ggml_op op,
+                  std::initializer_list<std::pair<int, int32_t>> params = {}) {
+    const auto n = static_cast<uint32_t>(srcs.size());
+    for (uint32_t i = 0; i < n; ++i) {
+        srcs[i].id = i + 1;
+        out.src[i] = i + 1;
+    }
+    out.id = n + 1, out.op = op, out.flags = g::flag_compute;
+    for (auto [i, v] : params)
+        out.op_params[static_cast<size_t>(i)] = v;
+    srcs.push_back(out);
+    std::vector<uint64_t> nodes{n + 1};
+    return guest.compute(packed(1, nodes, n + 1, srcs)).code;
 }
 
 } // namespace
@@ -573,4 +634,129 @@ TEST_CASE("a context holds at most its memory limit of buffers") {
     CHECK(r.reply.buffer.is_null());
     REQUIRE(guest.call<g::BufferFreeBuffer>({a}).code == 0);
     CHECK(!guest.alloc(600 * 1024).is_null());
+}
+
+TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context goes on") {
+    Guest guest(11);
+    g::BufferHandle buf = guest.alloc(128 * 1024);
+    REQUIRE(guest.call<g::BufferClear>({buf, 0}).code == 0); // every index 0, in range
+    constexpr uint64_t k = 16 * 1024;                        // tensors k apart
+    const ggml_type no_kernel[] = {GGML_TYPE_I8,  GGML_TYPE_I16,  GGML_TYPE_I64,
+                                   GGML_TYPE_F64, GGML_TYPE_Q8_1, GGML_TYPE_Q8_K};
+
+    SECTION("MUL_MAT: src0 without a CPU vec_dot, src1 not F32 nor src0's float type") {
+        const g::RpcTensor b = f32({256, 1}, buf, k), d = f32({2, 1}, buf, 2 * k);
+        for (ggml_type t : no_kernel) {
+            INFO("type " << static_cast<int>(t));
+            CHECK(one_node(guest, {typed(t, {256, 2}, buf, 0), b}, d, GGML_OP_MUL_MAT) ==
+                  bad_tensor);
+        }
+        CHECK(one_node(guest, {typed(GGML_TYPE_I32, {256, 2}, buf, 0), b}, d, GGML_OP_MUL_MAT) ==
+              bad_tensor);
+        CHECK(one_node(guest, {f32({256, 2}, buf, 0), typed(GGML_TYPE_F16, {256, 1}, buf, k)}, d,
+                       GGML_OP_MUL_MAT) == bad_tensor);
+        // What ggml-cpu computes still computes.
+        CHECK(one_node(guest, {typed(GGML_TYPE_Q4_0, {256, 2}, buf, 0), b}, d, GGML_OP_MUL_MAT) ==
+              0);
+        CHECK(one_node(
+                  guest,
+                  {typed(GGML_TYPE_F16, {256, 2}, buf, 0), typed(GGML_TYPE_F16, {256, 1}, buf, k)},
+                  d, GGML_OP_MUL_MAT) == 0);
+    }
+    SECTION("GET_ROWS: a source type get_rows has no case for") {
+        const g::RpcTensor idx = typed(GGML_TYPE_I32, {2}, buf, k);
+        const g::RpcTensor d = f32({256, 2}, buf, 2 * k);
+        for (ggml_type t : no_kernel) {
+            INFO("type " << static_cast<int>(t));
+            CHECK(one_node(guest, {typed(t, {256, 4}, buf, 0), idx}, d, GGML_OP_GET_ROWS) ==
+                  bad_tensor);
+        }
+        CHECK(one_node(guest, {typed(GGML_TYPE_Q4_0, {256, 4}, buf, 0), idx}, d,
+                       GGML_OP_GET_ROWS) == 0);
+    }
+    SECTION("SET_ROWS: a destination type ggml-cpu cannot write") {
+        const g::RpcTensor rows = f32({256, 2}, buf, 0);
+        const g::RpcTensor idx = typed(GGML_TYPE_I64, {2}, buf, k);
+        for (ggml_type t :
+             {GGML_TYPE_I8, GGML_TYPE_I64, GGML_TYPE_F64, GGML_TYPE_IQ2_XXS, GGML_TYPE_IQ1_M}) {
+            INFO("type " << static_cast<int>(t));
+            CHECK(one_node(guest, {rows, idx}, typed(t, {256, 4}, buf, 2 * k), GGML_OP_SET_ROWS) ==
+                  bad_tensor);
+        }
+        CHECK(one_node(guest, {rows, idx}, typed(GGML_TYPE_Q4_0, {256, 4}, buf, 2 * k),
+                       GGML_OP_SET_ROWS) == 0);
+    }
+    SECTION("CPY: to a type with no from_float, from one with no to_float") {
+        for (ggml_type t : {GGML_TYPE_IQ2_XXS, GGML_TYPE_IQ3_S, GGML_TYPE_IQ1_M}) {
+            INFO("type " << static_cast<int>(t));
+            const g::RpcTensor d = typed(t, {256, 2}, buf, 2 * k);
+            CHECK(one_node(guest, {f32({256, 2}, buf, 0), d}, d, GGML_OP_CPY) == bad_tensor);
+        }
+        for (ggml_type t : {GGML_TYPE_Q8_1, GGML_TYPE_Q8_K}) {
+            INFO("type " << static_cast<int>(t));
+            const g::RpcTensor d = f32({256, 2}, buf, 2 * k);
+            CHECK(one_node(guest, {typed(t, {256, 2}, buf, 0), d}, d, GGML_OP_CPY) == bad_tensor);
+        }
+        const g::RpcTensor d = f32({256, 2}, buf, 2 * k);
+        CHECK(one_node(guest, {typed(GGML_TYPE_Q4_0, {256, 2}, buf, 0), d}, d, GGML_OP_CPY) == 0);
+    }
+    SECTION("GLU: SWIGLU_OAI on F16 (ggml-cpu has an F32 kernel only)") {
+        const g::RpcTensor a = typed(GGML_TYPE_F16, {8, 2}, buf, 0);
+        const g::RpcTensor d = typed(GGML_TYPE_F16, {4, 2}, buf, k);
+        CHECK(one_node(guest, {a}, d, GGML_OP_GLU, {{0, GGML_GLU_OP_SWIGLU_OAI}}) == bad_tensor);
+        CHECK(one_node(guest, {a}, d, GGML_OP_GLU, {{0, GGML_GLU_OP_SWIGLU}}) == 0);
+    }
+    SECTION("ROPE: M-RoPE sections negative, summing to 0, or past n_dims") {
+        const g::RpcTensor a = f32({8, 2, 3}, buf, 0);
+        const g::RpcTensor pos = typed(GGML_TYPE_I32, {12}, buf, k); // 4 per token
+        const g::RpcTensor d = f32({8, 2, 3}, buf, 2 * k);
+        auto rope = [&](int32_t s0, int32_t s1, int32_t s2, int32_t s3) {
+            float base = 10000.0f, scale = 1.0f, attn = 1.0f;
+            int32_t fb = 0, fs = 0, fa = 0;
+            std::memcpy(&fb, &base, 4), std::memcpy(&fs, &scale, 4), std::memcpy(&fa, &attn, 4);
+            return one_node(guest, {a, pos}, d, GGML_OP_ROPE,
+                            {{1, 8},
+                             {2, GGML_ROPE_TYPE_MROPE},
+                             {5, fb},
+                             {6, fs},
+                             {8, fa},
+                             {11, s0},
+                             {12, s1},
+                             {13, s2},
+                             {14, s3}});
+        };
+        CHECK(rope(-1, 3, 0, 0) == bad_tensor);
+        CHECK(rope(0, 0, 0, 0) == bad_tensor);
+        CHECK(rope(-1, 1, 0, 0) == bad_tensor);
+        CHECK(rope(4, 4, 4, 0) == bad_tensor); // 12 > n_dims 8
+        CHECK(rope(0, 0, 0, -2) == bad_tensor);
+        CHECK(rope(2, 1, 1, 0) == 0);
+    }
+    // After every refusal the context goes on.
+    const g::RpcTensor b = f32({4}, buf, 0), c = f32({4}, buf, k);
+    CHECK(one_node(guest, {b, b}, c, GGML_OP_ADD) == 0);
+}
+
+TEST_CASE("buffer slots are reused, and a freed buffer's handle stays unknown") {
+    Guest guest(12); // ggml.host.max_buffers = 4
+    std::vector<g::BufferHandle> held{guest.alloc(64), guest.alloc(64), guest.alloc(64)};
+    g::BufferHandle stale = guest.alloc(64);
+    REQUIRE(guest.call<g::BufferFreeBuffer>({stale}).code == 0);
+    // Many more allocations than slots, each freed: every one is given a slot.
+    for (int i = 0; i < 64; ++i) {
+        g::BufferHandle h = guest.alloc(64);
+        CHECK(h != stale); // the same slot, a new generation
+        CHECK(guest.call<g::BufferGetBase>({stale}).code == unknown_handle);
+        CHECK(guest.call<g::BufferGetBase>({h}).code == 0);
+        REQUIRE(guest.call<g::BufferFreeBuffer>({h}).code == 0);
+        CHECK(guest.call<g::BufferFreeBuffer>({h}).code == unknown_handle);
+    }
+    CHECK(guest.call<g::BufferFreeBuffer>({stale}).code == unknown_handle);
+    // The bound still holds: four buffers at once, not five.
+    held.push_back(guest.alloc(64));
+    auto r = guest.call<g::BufferTypeAllocBuffer>({guest.buft(), 64});
+    REQUIRE(r.code == 0);
+    CHECK(r.reply.buffer.is_null());
+    for (g::BufferHandle h : held)
+        CHECK(guest.call<g::BufferGetBase>({h}).code == 0);
 }
