@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -270,6 +271,71 @@ TEST_CASE("a command the real host drops (unknown reply page) fails at once", "[
     auto again = t->create_shmem(16);
     REQUIRE_FALSE(again);
     CHECK(again.error() == Errc::disconnected);
+}
+
+TEST_CASE("a server that never answers a PING: a call with no deadline ends with DISCONNECTED "
+          "when the transport is closed or destroyed; others keep their deadlines",
+          "[faults]") {
+    const bool destroy = GENERATE(false, true);
+    INFO((destroy ? "destroyed" : "closed"));
+    SilentServer s(SilentServer::opens_then_silent);
+    auto opened = apir::VtestTransport::open(options_for(s.path()));
+    REQUIRE(opened);
+    auto t = std::make_unique<apir::VtestTransport>(std::move(*opened));
+
+    std::vector<std::byte> page_bytes(apir::reply_page_size), other_bytes(apir::reply_page_size);
+    apir::Shmem page(nullptr, 1, page_bytes), other(nullptr, 2, other_bytes);
+    REQUIRE(t->submit(raw_command(2, 0, 1), apir::Deadline::after(1s)));
+
+    // The waiter: no deadline (ggml's graph_compute), the PING barrier never answered.
+    std::atomic<bool> done{false};
+    apir::Expected<uint32_t> stuck = 0u;
+    apir::Clock::time_point ended{};
+    std::thread waiter([&] {
+        stuck = t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::never());
+        ended = apir::Clock::now();
+        done = true;
+    });
+    std::this_thread::sleep_for(300ms);
+    REQUIRE_FALSE(done.load());
+
+    // Another caller, with a deadline, while the waiter holds the connection: TIMEOUT at
+    // its deadline, not later.
+    auto start = apir::Clock::now();
+    auto r = t->wait_reply(other, apir::WaitPolicy{}, apir::Deadline::after(200ms));
+    double took = ms_since(start);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+    CHECK(took >= 200);
+    CHECK(took < 1500);
+    start = apir::Clock::now();
+    auto p = t->ping(apir::Deadline::after(200ms));
+    took = ms_since(start);
+    REQUIRE_FALSE(p);
+    CHECK(p.error() == Errc::timeout);
+    CHECK(took >= 200);
+    CHECK(took < 1500);
+    CHECK_FALSE(done.load());
+
+    // Closing (or destroying) the transport ends the wait with DISCONNECTED.
+    start = apir::Clock::now();
+    if (destroy)
+        t.reset(); // waits for the waiter to leave
+    else
+        t->close();
+    waiter.join();
+    const double to_end = std::chrono::duration<double, std::milli>(ended - start).count();
+    REQUIRE_FALSE(stuck);
+    CHECK(stuck.error() == Errc::disconnected);
+    CHECK(to_end < 2000);
+    if (!destroy) {
+        auto later = t->submit(raw_command(2, 0, 1), apir::Deadline::after(1s));
+        REQUIRE_FALSE(later);
+        CHECK(later.error() == Errc::disconnected);
+        auto blob = t->create_shmem(16);
+        REQUIRE_FALSE(blob);
+        CHECK(blob.error() == Errc::disconnected);
+    }
 }
 
 TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new connection "
