@@ -20,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -415,7 +416,24 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                             fmt::format("vtest: blob {} came without its fd (SCM_RIGHTS)", res_id));
             }
         }
-        // The server is untrusted: the fd must be a file at least as large as asked.
+        // The server is untrusted: it could shrink the file under the mapping, and the
+        // next touch of a page past the end would be SIGBUS. virglrenderer's blobs are
+        // memfds created with sealing allowed and no seal set: seal them against
+        // shrinking here, before the size is checked (a shrink done before the seal
+        // shows in the size). An fd that cannot be sealed is refused.
+        const int sealed = ::fcntl(blob_fd.get(), F_ADD_SEALS, F_SEAL_SHRINK);
+        const int seal_err = errno;
+        const int seals = ::fcntl(blob_fd.get(), F_GET_SEALS);
+        if (sealed != 0 && (seals < 0 || (seals & F_SEAL_SHRINK) == 0)) {
+            const int e = seal_err;
+            release_remote(res_id);
+            return fail(Error(Errc::device_error,
+                              fmt::format("vtest: blob {}'s fd cannot be sealed against "
+                                          "shrinking ({}): the server could truncate it under "
+                                          "the mapping; apir needs a memfd with sealing allowed",
+                                          res_id, std::strerror(e)))
+                            .with_errno(e));
+        }
         struct stat st {};
         if (::fstat(blob_fd.get(), &st) != 0 || st.st_size < 0 ||
             static_cast<uint64_t>(st.st_size) < rounded) {

@@ -16,6 +16,9 @@
 
 #include "demo_protocol.hpp"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
+
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -52,11 +55,13 @@ double ms_since(apir::Clock::time_point t) {
 
 // A Unix socket server of this test in a thread: accepts one client; answers the vtest
 // opening (version 4, the APIR capset) unless silent; then either does nothing (neither
-// reads nor answers again) or answers every PING and runs no command.
+// reads nor answers again) or answers every PING and runs no command. serves_blobs
+// also answers RESOURCE_CREATE_BLOB with a memfd of its own (sealing allowed or not,
+// kept in blob_fd() so the test can truncate it as a hostile server would).
 class SilentServer {
 public:
-    enum Mode { silent, opens_then_silent, answers_pings };
-    explicit SilentServer(Mode mode) {
+    enum Mode { silent, opens_then_silent, answers_pings, serves_blobs };
+    explicit SilentServer(Mode mode, bool allow_sealing = true) {
         char tmpl[] = "/tmp/apir-vtest-silent-XXXXXX";
         REQUIRE(::mkdtemp(tmpl));
         dir_ = tmpl;
@@ -67,7 +72,7 @@ public:
         std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
         REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
         REQUIRE(::listen(listen_fd_, 4) == 0);
-        thread_ = std::thread([this, mode] {
+        thread_ = std::thread([this, mode, allow_sealing] {
             client_ = ::accept(listen_fd_, nullptr, nullptr);
             if (client_ < 0 || mode == silent) return;
             // CREATE_RENDERER (length in bytes), PING, PROTOCOL_VERSION, GET_CAPSET,
@@ -93,22 +98,35 @@ public:
                     break;
                 }
             }
-            while (mode == answers_pings && read_all(h, 8)) {
+            while ((mode == answers_pings || mode == serves_blobs) && read_all(h, 8)) {
                 skip.resize(size_t{h[0]} * 4);
                 if (!skip.empty() && !read_all(skip.data(), skip.size())) return;
                 if (h[1] == 10) write_words({0, 10});
+                if (h[1] == 18 && mode == serves_blobs && skip.size() >= 24) {
+                    uint64_t size = 0;
+                    std::memcpy(&size, skip.data() + 8, 8);
+                    const int m = ::memfd_create(
+                        "fake-blob", MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0u));
+                    if (m < 0 || ::ftruncate(m, static_cast<off_t>(size)) != 0) return;
+                    blob_fd_ = m;
+                    write_words({1, 18, 7});
+                    send_fd(m);
+                }
             }
         });
     }
     ~SilentServer() {
         ::shutdown(listen_fd_, SHUT_RDWR);
         thread_.join();
+        if (blob_fd_ >= 0) ::close(blob_fd_);
         if (client_ >= 0) ::close(client_);
         ::close(listen_fd_);
         std::error_code ec;
         std::filesystem::remove_all(dir_, ec);
     }
     [[nodiscard]] const std::string& path() const { return path_; }
+    // The last blob's memfd (serves_blobs), valid once create_shmem returned.
+    [[nodiscard]] int blob_fd() const { return blob_fd_; }
 
 private:
     bool read_all(void* p, size_t n) {
@@ -121,6 +139,22 @@ private:
         }
         return true;
     }
+    void send_fd(int f) {
+        char byte = 0;
+        iovec iov{&byte, 1};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        cmsghdr* c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(c), &f, sizeof f);
+        (void)!::sendmsg(client_, &msg, MSG_NOSIGNAL);
+    }
     void write_words(std::initializer_list<uint32_t> w) {
         std::vector<uint32_t> v(w);
         (void)!::write(client_, v.data(), v.size() * 4);
@@ -128,6 +162,7 @@ private:
     std::string dir_, path_;
     int listen_fd_ = -1;
     int client_ = -1;
+    std::atomic<int> blob_fd_{-1};
     std::thread thread_;
 };
 
@@ -336,6 +371,37 @@ TEST_CASE("a server that never answers a PING: a call with no deadline ends with
         REQUIRE_FALSE(blob);
         CHECK(blob.error() == Errc::disconnected);
     }
+}
+
+TEST_CASE("a server cannot shrink a blob under the guest's mapping (no SIGBUS)", "[faults]") {
+    SilentServer s(SilentServer::serves_blobs);
+    auto t = apir::VtestTransport::open(options_for(s.path()));
+    REQUIRE(t);
+    auto blob = t->create_shmem(64 * 1024);
+    REQUIRE(blob);
+    REQUIRE(s.blob_fd() >= 0);
+    // The hostile server truncates its memfd: refused, the file keeps its size.
+    CHECK(::ftruncate(s.blob_fd(), 0) != 0);
+    CHECK(errno == EPERM);
+    struct stat st {};
+    REQUIRE(::fstat(s.blob_fd(), &st) == 0);
+    CHECK(st.st_size == 64 * 1024);
+    // Every page can still be touched (a SIGBUS here would end the test program).
+    auto bytes = blob->bytes();
+    for (size_t i = 0; i < bytes.size(); i += 4096)
+        bytes[i] = std::byte{1};
+    CHECK(bytes[bytes.size() - 1] == std::byte{0});
+}
+
+TEST_CASE("a blob whose fd cannot be sealed against shrinking is refused", "[faults]") {
+    SilentServer s(SilentServer::serves_blobs, /*allow_sealing=*/false);
+    auto t = apir::VtestTransport::open(options_for(s.path()));
+    REQUIRE(t);
+    auto blob = t->create_shmem(16 * 1024);
+    REQUIRE_FALSE(blob);
+    CHECK(blob.error() == Errc::device_error);
+    CHECK(blob.error().message().find("sealed") != std::string::npos);
+    CHECK(t->stats().live_blobs == 0);
 }
 
 TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new connection "
