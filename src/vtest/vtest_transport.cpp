@@ -10,8 +10,8 @@
 #include <array>
 #include <cerrno>
 #include <climits>
-#include <cstdlib>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <mutex>
@@ -338,9 +338,8 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     }
 
     Error closed_error() const {
-        return Error(Errc::disconnected,
-                     fmt::format("vtest server at {}: the transport was closed",
-                                 options.socket_path));
+        return Error(Errc::disconnected, fmt::format("vtest server at {}: the transport was closed",
+                                                     options.socket_path));
     }
 
     // Any thread, any time: every waiter (in poll, or for the lock) returns DISCONNECTED
