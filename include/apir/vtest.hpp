@@ -21,7 +21,11 @@
 // Thread-safe: writes and reply reads of the connection take one lock, acquired with
 // the caller's deadline; the socket is non-blocking and every wait on it is a poll()
 // cut to the deadline, so a server that stops reading or answering never holds a
-// caller past its deadline. A lost connection fails every later call with DISCONNECTED.
+// caller past its deadline. Every wait (on the socket or the lock) is also cut in
+// slices of 100 ms that look at a `closing` flag: a call with no deadline (a ggml
+// graph_compute's default) stuck behind a silent server ends with DISCONNECTED once
+// close() or the destructor shuts the connection down. A lost connection fails every
+// later call with DISCONNECTED.
 #pragma once
 
 #include "apir/error.hpp"
@@ -84,7 +88,18 @@ public:
 
     VtestTransport(VtestTransport&&) noexcept;
     VtestTransport& operator=(VtestTransport&&) noexcept;
-    ~VtestTransport(); // unmaps every blob and closes the socket (the host's context ends)
+    /// Unmaps every blob and closes the socket (the host's context ends). Calls already
+    /// inside the transport on other threads may be waiting (a wait with no deadline
+    /// included): it first does close(), then waits for them to return, which each does
+    /// within about 100 ms. A call must not start once destruction has begun.
+    /// Assigning to a transport ends its old connection the same way.
+    ~VtestTransport();
+
+    /// Shuts the connection down from any thread: every call waiting on the socket or
+    /// for the connection's lock returns DISCONNECTED within about 100 ms (at once when
+    /// it is in poll: the socket is shut down), and every later call fails with
+    /// DISCONNECTED. Blobs stay mapped until released or the transport is destroyed.
+    void close() noexcept;
 
     /// A mappable HOST3D blob of at least size bytes (rounded to 16 KiB).
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);

@@ -10,6 +10,7 @@
 #include <array>
 #include <cerrno>
 #include <climits>
+#include <condition_variable>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -19,6 +20,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -58,12 +60,15 @@ constexpr uint32_t max_capset_words = 1024;
 constexpr nanoseconds max_spin_window = microseconds(50);
 // How often a waiter blocked on the connection's lock looks at its word again.
 constexpr milliseconds lock_slice{1};
+// The longest single wait on the socket or the lock: a waiter with no deadline looks
+// at the transport's `closing` flag at least this often.
+constexpr milliseconds close_slice{100};
 
 using PosixFd = detail::PosixFd;
 using Mapping = detail::PosixMapping;
 
 // What an I/O step ended with.
-enum class Io : uint8_t { ok, timeout, eof, error };
+enum class Io : uint8_t { ok, timeout, eof, error, closed };
 struct IoResult {
     Io kind = Io::ok;
     int err = 0;
@@ -76,11 +81,17 @@ std::optional<nanoseconds> left(Deadline d, const WaitClock& clock) {
     return std::max(nanoseconds::zero(), duration_cast<nanoseconds>(d.time() - clock.now()));
 }
 
-// Waits until fd is ready for events or the deadline; false on timeout.
-bool wait_ready(int fd, short events, Deadline d, const WaitClock& clock) {
+enum class Ready : uint8_t { yes, timeout, closed };
+
+// Waits until fd is ready for events, the deadline, or `stop` set (looked at every
+// close_slice: a wait with no deadline still ends when the transport is closed).
+Ready wait_ready(int fd, short events, Deadline d, const WaitClock& clock,
+                 const std::atomic<bool>* stop) {
     for (;;) {
-        const auto rest = left(d, clock);
-        if (rest && *rest == nanoseconds::zero()) return false;
+        if (stop && stop->load(std::memory_order_acquire)) return Ready::closed;
+        auto rest = left(d, clock);
+        if (rest && *rest == nanoseconds::zero()) return Ready::timeout;
+        if (stop) rest = std::min(rest.value_or(close_slice), nanoseconds(close_slice));
         pollfd p{fd, events, 0};
         timespec ts{};
         if (rest) {
@@ -88,13 +99,18 @@ bool wait_ready(int fd, short events, Deadline d, const WaitClock& clock) {
             ts.tv_nsec = static_cast<long>((*rest % seconds(1)).count());
         }
         const int r = ::ppoll(&p, 1, rest ? &ts : nullptr, nullptr);
-        if (r > 0) return true; // readable, writable, or an error/hang-up the I/O reports
-        if (r < 0 && errno != EINTR) return true;
+        if (r > 0) return Ready::yes; // readable, writable, or an error/hang-up the I/O reports
+        if (r < 0 && errno != EINTR) return Ready::yes;
     }
 }
 
+IoResult not_ready(Ready w, size_t done) {
+    return {w == Ready::closed ? Io::closed : Io::timeout, 0, done};
+}
+
 // Sends all bytes; stops at the deadline (done < size then).
-IoResult send_all(int fd, std::span<const std::byte> bytes, Deadline d, const WaitClock& clock) {
+IoResult send_all(int fd, std::span<const std::byte> bytes, Deadline d, const WaitClock& clock,
+                  const std::atomic<bool>* stop = nullptr) {
     IoResult r;
     while (r.done < bytes.size()) {
         const ssize_t n =
@@ -105,7 +121,8 @@ IoResult send_all(int fd, std::span<const std::byte> bytes, Deadline d, const Wa
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (!wait_ready(fd, POLLOUT, d, clock)) return {Io::timeout, 0, r.done};
+            if (const Ready w = wait_ready(fd, POLLOUT, d, clock, stop); w != Ready::yes)
+                return not_ready(w, r.done);
             continue;
         }
         const int e = n < 0 ? errno : EPIPE;
@@ -118,7 +135,7 @@ IoResult send_all(int fd, std::span<const std::byte> bytes, Deadline d, const Wa
 // a file descriptor passed with the bytes (SCM_RIGHTS) is stored there; any other fd
 // that arrives is closed by the kernel or here.
 IoResult recv_exact(int fd, std::span<std::byte> bytes, Deadline d, const WaitClock& clock,
-                    PosixFd* fd_out = nullptr) {
+                    PosixFd* fd_out = nullptr, const std::atomic<bool>* stop = nullptr) {
     IoResult r;
     while (r.done < bytes.size()) {
         iovec iov{bytes.data() + r.done, bytes.size() - r.done};
@@ -148,7 +165,8 @@ IoResult recv_exact(int fd, std::span<std::byte> bytes, Deadline d, const WaitCl
         if (n == 0) return {Io::eof, 0, r.done};
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (!wait_ready(fd, POLLIN, d, clock)) return {Io::timeout, 0, r.done};
+            if (const Ready w = wait_ready(fd, POLLIN, d, clock, stop); w != Ready::yes)
+                return not_ready(w, r.done);
             continue;
         }
         return {errno == ECONNRESET ? Io::eof : Io::error, errno, r.done};
@@ -194,6 +212,13 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     std::timed_mutex io_mu;
     std::optional<Error> broken; // set once: every later call fails with it
     std::atomic<bool> is_broken{false};
+    // close(): set once; every wait looks at it at least every close_slice and ends
+    // with DISCONNECTED. Not guarded by io_mu (a closer never waits for the lock).
+    std::atomic<bool> closing{false};
+    // Calls inside the transport; the destructor waits for them to leave.
+    std::mutex calls_mu;
+    std::condition_variable calls_cv;
+    uint32_t calls = 0;
     uint64_t sent = 0;                  // SUBMIT_CMD2 fully sent
     uint64_t completed = 0;             // submits the host is known to have executed
     std::deque<uint64_t> pings_owed;    // per PING not yet answered: `sent` when it went out
@@ -224,6 +249,8 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     }
 
     Error io_error(const IoResult& r, std::string_view what) {
+        if (r.kind == Io::closed || closing.load(std::memory_order_acquire))
+            return break_connection(fmt::format("the transport was closed during {}", what));
         if (r.kind == Io::eof)
             return break_connection(fmt::format("the server closed the "
                                                 "connection during {}",
@@ -237,7 +264,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     Expected<void> send_message(std::span<const std::byte> msg, Deadline d, const WaitClock& clk,
                                 std::string_view what) {
         if (broken) return fail(*broken);
-        const IoResult r = send_all(fd.get(), msg, d, clk);
+        const IoResult r = send_all(fd.get(), msg, d, clk, &closing);
         if (r.kind == Io::ok) return {};
         if (r.kind == Io::timeout) {
             if (r.done > 0) (void)break_connection(fmt::format("{} cut by its deadline", what));
@@ -254,7 +281,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     Expected<void> read_ping_answer(Deadline d, const WaitClock& clk) {
         if (broken) return fail(*broken);
         std::span<std::byte> rest(partial.data() + partial_len, partial.size() - partial_len);
-        const IoResult r = recv_exact(fd.get(), rest, d, clk);
+        const IoResult r = recv_exact(fd.get(), rest, d, clk, nullptr, &closing);
         partial_len += r.done;
         if (r.kind == Io::timeout)
             return fail(Errc::timeout, fmt::format("vtest: no answer from the server at {} "
@@ -290,14 +317,60 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         return {};
     }
 
-    // Locks io_mu before the deadline (real time), or TIMEOUT.
+    // Locks io_mu before the deadline (real time), or TIMEOUT; DISCONNECTED once the
+    // transport is closed. Waits in slices of close_slice, so no deadline (never) still
+    // ends when the holder is stuck and the transport is closed.
     Expected<std::unique_lock<std::timed_mutex>> lock(Deadline d) {
         std::unique_lock lk(io_mu, std::defer_lock);
-        if (d.is_never())
-            lk.lock();
-        else if (!lk.try_lock_until(d.time()))
-            return fail(Errc::timeout, "vtest: the connection stayed busy until the deadline");
+        for (;;) {
+            if (closing.load(std::memory_order_acquire)) return fail(closed_error());
+            auto until = Clock::now() + close_slice;
+            if (!d.is_never() && d.time() < until) until = d.time();
+            if (lk.try_lock_until(until)) break;
+            if (!d.is_never() && d.expired())
+                return fail(Errc::timeout, "vtest: the connection stayed busy until the deadline");
+        }
+        if (closing.load(std::memory_order_acquire)) {
+            (void)break_connection("the transport was closed");
+            return fail(closed_error());
+        }
         return lk;
+    }
+
+    Error closed_error() const {
+        return Error(Errc::disconnected, fmt::format("vtest server at {}: the transport was closed",
+                                                     options.socket_path));
+    }
+
+    // Any thread, any time: every waiter (in poll, or for the lock) returns DISCONNECTED
+    // within close_slice; shutdown() wakes the ones in poll at once.
+    void close() noexcept {
+        if (closing.exchange(true, std::memory_order_acq_rel)) return;
+        is_broken.store(true, std::memory_order_release);
+        (void)::shutdown(fd.get(), SHUT_RDWR);
+    }
+
+    // Counts a call inside the transport (the destructor waits for it to leave).
+    struct Call {
+        Impl& impl;
+        explicit Call(Impl& i) : impl(i) {
+            std::lock_guard lk(impl.calls_mu);
+            ++impl.calls;
+        }
+        ~Call() {
+            std::lock_guard lk(impl.calls_mu);
+            if (--impl.calls == 0) impl.calls_cv.notify_all();
+        }
+        Call(const Call&) = delete;
+        Call& operator=(const Call&) = delete;
+    };
+
+    // close(), then wait for the calls inside to return (each does within close_slice
+    // plus the time to unwind).
+    void close_and_wait() noexcept {
+        close();
+        std::unique_lock lk(calls_mu);
+        calls_cv.wait(lk, [&] { return calls == 0; });
     }
 
     Expected<Shmem> create_shmem(size_t size) {
@@ -321,7 +394,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
             // Exactly the 12 reply bytes, then the one byte that carries the fd: a longer
             // read could swallow that byte and lose the fd.
             std::array<std::byte, 12> reply{};
-            IoResult r = recv_exact(fd.get(), reply, d, clk);
+            IoResult r = recv_exact(fd.get(), reply, d, clk, nullptr, &closing);
             if (r.kind == Io::timeout)
                 return fail(break_connection(fmt::format(
                     "no answer to RESOURCE_CREATE_BLOB within {}", ms_text(options.io_timeout))));
@@ -332,7 +405,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                                                  word_at(reply, 0), word_at(reply, 1))));
             res_id = word_at(reply, 2);
             std::array<std::byte, 1> carrier{};
-            r = recv_exact(fd.get(), carrier, d, clk, &blob_fd);
+            r = recv_exact(fd.get(), carrier, d, clk, &blob_fd, &closing);
             if (r.kind == Io::timeout)
                 return fail(break_connection("the blob's fd did not arrive"));
             if (r.kind != Io::ok) return fail(io_error(r, "RESOURCE_CREATE_BLOB's fd"));
@@ -342,7 +415,24 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                             fmt::format("vtest: blob {} came without its fd (SCM_RIGHTS)", res_id));
             }
         }
-        // The server is untrusted: the fd must be a file at least as large as asked.
+        // The server is untrusted: it could shrink the file under the mapping, and the
+        // next touch of a page past the end would be SIGBUS. virglrenderer's blobs are
+        // memfds created with sealing allowed and no seal set: seal them against
+        // shrinking here, before the size is checked (a shrink done before the seal
+        // shows in the size). An fd that cannot be sealed is refused.
+        const int sealed = ::fcntl(blob_fd.get(), F_ADD_SEALS, F_SEAL_SHRINK);
+        const int seal_err = errno;
+        const int seals = ::fcntl(blob_fd.get(), F_GET_SEALS);
+        if (sealed != 0 && (seals < 0 || (seals & F_SEAL_SHRINK) == 0)) {
+            const int e = seal_err;
+            release_remote(res_id);
+            return fail(Error(Errc::device_error,
+                              fmt::format("vtest: blob {}'s fd cannot be sealed against "
+                                          "shrinking ({}): the server could truncate it under "
+                                          "the mapping; apir needs a memfd with sealing allowed",
+                                          res_id, std::strerror(e)))
+                            .with_errno(e));
+        }
         struct stat st {};
         if (::fstat(blob_fd.get(), &st) != 0 || st.st_size < 0 ||
             static_cast<uint64_t>(st.st_size) < rounded) {
@@ -397,6 +487,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     // --- ShmemOwner. The server runs messages in order: a command sent before the
     // UNREF has run when the host drops the blob, so the blob is released at once.
     void release_shmem(uint32_t res_id) noexcept override {
+        const Call in(*this);
         Mapping doomed;
         {
             std::lock_guard lk(blobs_mu);
@@ -474,12 +565,16 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                     answered = true;
                     break;
                 }
+                if (closing.load(std::memory_order_acquire))
+                    return dropped_or(bytes, closed_error());
                 if (deadline.expired(clk.now()))
                     return dropped_or(bytes, Error(Errc::timeout,
                                                    "vtest: the connection stayed busy until the "
                                                    "deadline"));
             }
             if (answered) continue;
+            if (closing.load(std::memory_order_acquire))
+                (void)break_connection("the transport was closed");
             if (broken) return dropped_or(bytes, *broken);
             if (completed >= mine) {
                 n_dropped.fetch_add(1, std::memory_order_relaxed);
@@ -697,8 +792,20 @@ Expected<VtestTransport> VtestTransport::open(VtestOptions options) {
 
 VtestTransport::VtestTransport(std::unique_ptr<Impl> impl) noexcept : impl_(std::move(impl)) {}
 VtestTransport::VtestTransport(VtestTransport&&) noexcept = default;
-VtestTransport& VtestTransport::operator=(VtestTransport&&) noexcept = default;
-VtestTransport::~VtestTransport() = default;
+VtestTransport& VtestTransport::operator=(VtestTransport&& other) noexcept {
+    if (this != &other) {
+        if (impl_) impl_->close_and_wait();
+        impl_ = std::move(other.impl_);
+    }
+    return *this;
+}
+VtestTransport::~VtestTransport() {
+    if (impl_) impl_->close_and_wait();
+}
+
+void VtestTransport::close() noexcept {
+    if (impl_) impl_->close();
+}
 
 namespace {
 Unexpected moved_from() {
@@ -708,19 +815,23 @@ Unexpected moved_from() {
 
 Expected<Shmem> VtestTransport::create_shmem(size_t size) {
     if (!impl_) return moved_from();
+    Impl::Call in(*impl_);
     return impl_->create_shmem(size);
 }
 Expected<void> VtestTransport::submit(std::span<const std::byte> command, Deadline deadline) {
     if (!impl_) return moved_from();
+    Impl::Call in(*impl_);
     return impl_->submit(command, deadline);
 }
 Expected<uint32_t> VtestTransport::wait_reply(const Shmem& page, const WaitPolicy& policy,
                                               Deadline deadline) {
     if (!impl_) return moved_from();
+    Impl::Call in(*impl_);
     return impl_->wait_reply(page, policy, deadline);
 }
 Expected<void> VtestTransport::ping(Deadline deadline) {
     if (!impl_) return moved_from();
+    Impl::Call in(*impl_);
     return impl_->ping(deadline);
 }
 std::string_view VtestTransport::name() const noexcept {

@@ -16,8 +16,12 @@
 
 #include "demo_protocol.hpp"
 
+#include <sys/mman.h>
+#include <sys/stat.h>
+
 #include <atomic>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -51,11 +55,13 @@ double ms_since(apir::Clock::time_point t) {
 
 // A Unix socket server of this test in a thread: accepts one client; answers the vtest
 // opening (version 4, the APIR capset) unless silent; then either does nothing (neither
-// reads nor answers again) or answers every PING and runs no command.
+// reads nor answers again) or answers every PING and runs no command. serves_blobs
+// also answers RESOURCE_CREATE_BLOB with a memfd of its own (sealing allowed or not,
+// kept in blob_fd() so the test can truncate it as a hostile server would).
 class SilentServer {
 public:
-    enum Mode { silent, opens_then_silent, answers_pings };
-    explicit SilentServer(Mode mode) {
+    enum Mode { silent, opens_then_silent, answers_pings, serves_blobs };
+    explicit SilentServer(Mode mode, bool allow_sealing = true) {
         char tmpl[] = "/tmp/apir-vtest-silent-XXXXXX";
         REQUIRE(::mkdtemp(tmpl));
         dir_ = tmpl;
@@ -66,7 +72,7 @@ public:
         std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
         REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
         REQUIRE(::listen(listen_fd_, 4) == 0);
-        thread_ = std::thread([this, mode] {
+        thread_ = std::thread([this, mode, allow_sealing] {
             client_ = ::accept(listen_fd_, nullptr, nullptr);
             if (client_ < 0 || mode == silent) return;
             // CREATE_RENDERER (length in bytes), PING, PROTOCOL_VERSION, GET_CAPSET,
@@ -92,22 +98,35 @@ public:
                     break;
                 }
             }
-            while (mode == answers_pings && read_all(h, 8)) {
+            while ((mode == answers_pings || mode == serves_blobs) && read_all(h, 8)) {
                 skip.resize(size_t{h[0]} * 4);
                 if (!skip.empty() && !read_all(skip.data(), skip.size())) return;
                 if (h[1] == 10) write_words({0, 10});
+                if (h[1] == 18 && mode == serves_blobs && skip.size() >= 24) {
+                    uint64_t size = 0;
+                    std::memcpy(&size, skip.data() + 8, 8);
+                    const int m = ::memfd_create(
+                        "fake-blob", MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0u));
+                    if (m < 0 || ::ftruncate(m, static_cast<off_t>(size)) != 0) return;
+                    blob_fd_ = m;
+                    write_words({1, 18, 7});
+                    send_fd(m);
+                }
             }
         });
     }
     ~SilentServer() {
         ::shutdown(listen_fd_, SHUT_RDWR);
         thread_.join();
+        if (blob_fd_ >= 0) ::close(blob_fd_);
         if (client_ >= 0) ::close(client_);
         ::close(listen_fd_);
         std::error_code ec;
         std::filesystem::remove_all(dir_, ec);
     }
     [[nodiscard]] const std::string& path() const { return path_; }
+    // The last blob's memfd (serves_blobs), valid once create_shmem returned.
+    [[nodiscard]] int blob_fd() const { return blob_fd_; }
 
 private:
     bool read_all(void* p, size_t n) {
@@ -120,6 +139,22 @@ private:
         }
         return true;
     }
+    void send_fd(int f) {
+        char byte = 0;
+        iovec iov{&byte, 1};
+        alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+        msghdr msg{};
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control;
+        msg.msg_controllen = sizeof control;
+        cmsghdr* c = CMSG_FIRSTHDR(&msg);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(c), &f, sizeof f);
+        (void)!::sendmsg(client_, &msg, MSG_NOSIGNAL);
+    }
     void write_words(std::initializer_list<uint32_t> w) {
         std::vector<uint32_t> v(w);
         (void)!::write(client_, v.data(), v.size() * 4);
@@ -127,6 +162,7 @@ private:
     std::string dir_, path_;
     int listen_fd_ = -1;
     int client_ = -1;
+    std::atomic<int> blob_fd_{-1};
     std::thread thread_;
 };
 
@@ -270,6 +306,102 @@ TEST_CASE("a command the real host drops (unknown reply page) fails at once", "[
     auto again = t->create_shmem(16);
     REQUIRE_FALSE(again);
     CHECK(again.error() == Errc::disconnected);
+}
+
+TEST_CASE("a server that never answers a PING: a call with no deadline ends with DISCONNECTED "
+          "when the transport is closed or destroyed; others keep their deadlines",
+          "[faults]") {
+    const bool destroy = GENERATE(false, true);
+    INFO((destroy ? "destroyed" : "closed"));
+    SilentServer s(SilentServer::opens_then_silent);
+    auto opened = apir::VtestTransport::open(options_for(s.path()));
+    REQUIRE(opened);
+    auto t = std::make_unique<apir::VtestTransport>(std::move(*opened));
+
+    std::vector<std::byte> page_bytes(apir::reply_page_size), other_bytes(apir::reply_page_size);
+    apir::Shmem page(nullptr, 1, page_bytes), other(nullptr, 2, other_bytes);
+    REQUIRE(t->submit(raw_command(2, 0, 1), apir::Deadline::after(1s)));
+
+    // The waiter: no deadline (ggml's graph_compute), the PING barrier never answered.
+    std::atomic<bool> done{false};
+    apir::Expected<uint32_t> stuck = 0u;
+    apir::Clock::time_point ended{};
+    std::thread waiter([&] {
+        stuck = t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::never());
+        ended = apir::Clock::now();
+        done = true;
+    });
+    std::this_thread::sleep_for(300ms);
+    REQUIRE_FALSE(done.load());
+
+    // Another caller, with a deadline, while the waiter holds the connection: TIMEOUT at
+    // its deadline, not later.
+    auto start = apir::Clock::now();
+    auto r = t->wait_reply(other, apir::WaitPolicy{}, apir::Deadline::after(200ms));
+    double took = ms_since(start);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+    CHECK(took >= 200);
+    CHECK(took < 1500);
+    start = apir::Clock::now();
+    auto p = t->ping(apir::Deadline::after(200ms));
+    took = ms_since(start);
+    REQUIRE_FALSE(p);
+    CHECK(p.error() == Errc::timeout);
+    CHECK(took >= 200);
+    CHECK(took < 1500);
+    CHECK_FALSE(done.load());
+
+    // Closing (or destroying) the transport ends the wait with DISCONNECTED.
+    start = apir::Clock::now();
+    if (destroy)
+        t.reset(); // waits for the waiter to leave
+    else
+        t->close();
+    waiter.join();
+    const double to_end = std::chrono::duration<double, std::milli>(ended - start).count();
+    REQUIRE_FALSE(stuck);
+    CHECK(stuck.error() == Errc::disconnected);
+    CHECK(to_end < 2000);
+    if (!destroy) {
+        auto later = t->submit(raw_command(2, 0, 1), apir::Deadline::after(1s));
+        REQUIRE_FALSE(later);
+        CHECK(later.error() == Errc::disconnected);
+        auto blob = t->create_shmem(16);
+        REQUIRE_FALSE(blob);
+        CHECK(blob.error() == Errc::disconnected);
+    }
+}
+
+TEST_CASE("a server cannot shrink a blob under the guest's mapping (no SIGBUS)", "[faults]") {
+    SilentServer s(SilentServer::serves_blobs);
+    auto t = apir::VtestTransport::open(options_for(s.path()));
+    REQUIRE(t);
+    auto blob = t->create_shmem(64 * 1024);
+    REQUIRE(blob);
+    REQUIRE(s.blob_fd() >= 0);
+    // The hostile server truncates its memfd: refused, the file keeps its size.
+    CHECK(::ftruncate(s.blob_fd(), 0) != 0);
+    CHECK(errno == EPERM);
+    struct stat st {};
+    REQUIRE(::fstat(s.blob_fd(), &st) == 0);
+    CHECK(st.st_size == 64 * 1024);
+    // Every page can still be touched (a SIGBUS here would end the test program).
+    auto bytes = blob->bytes();
+    for (size_t i = 0; i < bytes.size(); i += 4096)
+        bytes[i] = std::byte{1};
+    CHECK(bytes[bytes.size() - 1] == std::byte{0});
+}
+
+TEST_CASE("a blob whose fd cannot be sealed against shrinking is refused", "[faults]") {
+    SilentServer s(SilentServer::serves_blobs, /*allow_sealing=*/false);
+    auto t = apir::VtestTransport::open(options_for(s.path()));
+    REQUIRE(t);
+    auto blob = t->create_shmem(16 * 1024);
+    REQUIRE_FALSE(blob);
+    CHECK(blob.error() == Errc::device_error);
+    CHECK(blob.error().message().find("sealed") != std::string::npos);
+    CHECK(t->stats().live_blobs == 0);
 }
 
 TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new connection "
