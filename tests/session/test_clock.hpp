@@ -18,10 +18,20 @@ public:
     explicit TestClock(std::chrono::nanoseconds real = std::chrono::nanoseconds::zero(),
                        std::chrono::nanoseconds tick = std::chrono::microseconds(1))
         : real_(real), tick_(tick.count()) {}
+    /// Until arm(), the clock is the real one: set-up calls (a handshake, LOADLIBRARY)
+    /// then wait for a host thread as long as it needs, whatever the machine's load.
+    void disarm() noexcept { armed_.store(false); }
+    /// From now on, test time: it goes on from the real time of this moment.
+    void arm() noexcept {
+        t_.store((apir::Clock::now() - base()).count());
+        armed_.store(true);
+    }
     apir::Clock::time_point now() const noexcept override {
+        if (!armed_.load()) return apir::Clock::now();
         return at(t_.fetch_add(tick_) + tick_);
     }
     void sleep(std::chrono::nanoseconds d) const noexcept override {
+        if (!armed_.load()) return std::this_thread::sleep_for(d);
         if (real_ > std::chrono::nanoseconds::zero())
             std::this_thread::sleep_for(std::min(d, real_));
         slept_.fetch_add(d.count());
@@ -32,6 +42,12 @@ public:
                std::chrono::nanoseconds d) const noexcept override {
         // The whole block passes unless the word changed (after `real` at most).
         auto w = std::atomic_ref<uint32_t>(*const_cast<uint32_t*>(word));
+        if (!armed_.load()) {
+            const auto until = apir::Clock::now() + d;
+            while (w.load() == expected && apir::Clock::now() < until)
+                std::this_thread::sleep_for(std::chrono::microseconds(20));
+            return;
+        }
         for (auto left = real_; left > std::chrono::nanoseconds::zero() && w.load() == expected;
              left -= std::chrono::microseconds(20))
             std::this_thread::sleep_for(std::chrono::microseconds(20));
@@ -58,6 +74,7 @@ private:
     }
     std::chrono::nanoseconds real_;
     int64_t tick_;
+    std::atomic<bool> armed_{true};
     mutable std::atomic<int64_t> t_{0};
     mutable std::atomic<int64_t> slept_{0};
     mutable std::atomic<uint64_t> sleeps_{0};
