@@ -399,6 +399,19 @@ TEST_CASE("set/get: the tensor inside its buffer, the range inside the tensor an
         CHECK(r.code == 0);
         CHECK(r.reply.value == 1);
     }
+    SECTION("a copy between overlapping ranges of one buffer (memcpy's undefined case)") {
+        // Found by fuzz-ggml-host: 8 floats copied 7 bytes further in the same buffer.
+        auto r = guest.call<g::BufferCpyTensor>({b, f32({8}, b, 0), f32({8}, b, 28)});
+        CHECK(r.code == bad_range);
+        r = guest.call<g::BufferCpyTensor>({b, f32({8}, b, 28), f32({8}, b, 0)});
+        CHECK(r.code == bad_range);
+        r = guest.call<g::BufferCpyTensor>({b, f32({8}, b, 0), f32({8}, b, 0)}); // onto itself
+        CHECK(r.code == 0);
+        CHECK(r.reply.value == 1);
+        r = guest.call<g::BufferCpyTensor>({b, f32({8}, b, 0), f32({8}, b, 32)}); // adjacent
+        CHECK(r.code == 0);
+        CHECK(r.reply.value == 1);
+    }
     SECTION("a request cut short") {
         std::byte req[4] = {};
         CHECK(guest.raw(17, std::span(req, 4)) == bad_request);
