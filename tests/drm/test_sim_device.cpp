@@ -489,6 +489,13 @@ TEST_CASE("munmap_range unmaps any part of a mapping; the last page releases it"
 }
 
 TEST_CASE("closing a file whose host is stuck in a backend call returns after the grace", "[sim]") {
+#if defined(__SANITIZE_THREAD__)
+    // The host thread stays asleep in the demo backend (49 days) and is never joined, by
+    // design; at exit ThreadSanitizer sees the backend's globals freed after that thread
+    // read them, with no join between. The behaviour is checked in the other builds.
+    WARN("not run under ThreadSanitizer: it abandons a thread for the rest of the process");
+    return;
+#endif
     SimConfig c;
     c.host = demo_host();
     c.stop_grace = std::chrono::milliseconds(100);

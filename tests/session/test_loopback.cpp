@@ -327,6 +327,13 @@ TEST_CASE("a host thread stuck in a command is abandoned, never joined: destroyi
 }
 
 TEST_CASE("stop_host() with a host stuck in a backend call returns after the grace", "[loopback]") {
+#if defined(__SANITIZE_THREAD__)
+    // The host thread stays asleep in the demo backend (49 days) and is never joined, by
+    // design; at exit ThreadSanitizer sees the backend's globals freed after that thread
+    // read them, with no join between. The behaviour is checked in the other builds.
+    WARN("not run under ThreadSanitizer: it abandons a thread for the rest of the process");
+    return;
+#endif
     auto o = options();
     o.stop_grace = 100ms;
     o.logger = apir_test::quiet();
