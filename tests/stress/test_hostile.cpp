@@ -144,16 +144,22 @@ static_assert(apir::detail::reply_extent<std::array<uint8_t, 5>>() == 8);
 static_assert(apir::detail::reply_extent<Text>() == apir::detail::unbounded_reply);
 static_assert(apir::detail::reply_extent<apir::Empty>() == 0);
 
+/// A session over transport t whose host loads the misbehaving test backend (quietly).
+std::unique_ptr<apir::Session<apir::AnyTransport>>
+misbehaving_session(const apir_test::TestTransport& t) {
+    apir_test::TransportSetup ts;
+    ts.host.config[std::string(apir::config_library_path)] = APIR_TEST_BACKEND_MISBEHAVING;
+    ts.host.logger = apir::Logger(nullptr);
+    return std::make_unique<apir::Session<apir::AnyTransport>>(t.make(std::move(ts)), quiet());
+}
 } // namespace
 
 TEST_CASE("a reply the host did not write is never decoded from an earlier reply's bytes",
           "[hostile][guest]") {
     for (auto& t : apir_test::test_transports()) {
         DYNAMIC_SECTION(t.name) {
-            apir_test::TransportSetup ts;
-            ts.host.config[std::string(apir::config_library_path)] = APIR_TEST_BACKEND_MISBEHAVING;
-            ts.host.logger = apir::Logger(nullptr);
-            apir::Session s(t.make(std::move(ts)), quiet());
+            auto session = misbehaving_session(t);
+            auto& s = *session;
             REQUIRE(s.connect());
             auto shows_short = [](const auto& r) {
                 INFO((r ? std::string("decoded a value") : r.error().message()));
@@ -316,10 +322,8 @@ TEST_CASE("a backend's every FORWARD result reaches the guest as its named error
           "[hostile][backend]") {
     for (auto& t : apir_test::test_transports()) {
         DYNAMIC_SECTION(t.name) {
-            apir_test::TransportSetup ts;
-            ts.host.config[std::string(apir::config_library_path)] = APIR_TEST_BACKEND_MISBEHAVING;
-            ts.host.logger = apir::Logger(nullptr);
-            apir::Session s(t.make(std::move(ts)), quiet());
+            auto session = misbehaving_session(t);
+            auto& s = *session;
             REQUIRE(s.connect());
             using Result = apir::Forward<0, demo::FailRequest>;
             CHECK(s.call<Result>(demo::FailRequest{0}));
