@@ -104,6 +104,20 @@ struct Ctx {
     ~Ctx() { ggml_free(ctx); }
 };
 
+/// On a backend's device: x (64 floats), y = x + x, their buffer (null when the
+/// allocation failed) and the graph computing y.
+struct AddGraph {
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+    ggml_tensor* y = ggml_add(c.ctx, x, x);
+    ggml_backend_buffer_t buf;
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    explicit AddGraph(ggml_backend_t backend)
+        : buf(ggml_backend_alloc_ctx_tensors(c.ctx, backend)) {
+        ggml_build_forward_expand(g, y);
+    }
+};
+
 std::vector<float> random_floats(size_t n, uint32_t seed) {
     std::mt19937 g(seed);
     std::uniform_real_distribution<float> d(-1.f, 1.f);
@@ -286,13 +300,12 @@ TEST_CASE("errors reach ggml as null buffers and failed statuses, with the reaso
     }
     SECTION("the host is gone: every later call fails at once") {
         ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
-        Ctx c;
-        ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
-        ggml_tensor* y = ggml_add(c.ctx, x, x);
-        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
-        REQUIRE(buf != nullptr);
-        ggml_cgraph* g = ggml_new_graph(c.ctx);
-        ggml_build_forward_expand(g, y);
+        AddGraph a(backend);
+        REQUIRE(a.buf != nullptr);
+        auto* x = a.x;
+        auto* y = a.y;
+        auto* buf = a.buf;
+        auto* g = a.g;
 
         f.loopback->stop_host();
         const auto t0 = std::chrono::steady_clock::now();
@@ -377,13 +390,12 @@ TEST_CASE("a set that failed leaves its bytes untrusted: get and compute fail lo
     LogCapture log;
     Fixture f(test_backend_config("refuse_bad_set"));
     ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
-    Ctx c;
-    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
-    ggml_tensor* y = ggml_add(c.ctx, x, x);
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
-    REQUIRE(buf != nullptr);
-    ggml_cgraph* g = ggml_new_graph(c.ctx);
-    ggml_build_forward_expand(g, y);
+    AddGraph a(backend);
+    REQUIRE(a.buf != nullptr);
+    auto* x = a.x;
+    auto* y = a.y;
+    auto* buf = a.buf;
+    auto* g = a.g;
 
     ggml_set_name(x, "bad-x"); // the host refuses this set
     std::vector<float> v = random_floats(64, 11), got(64, 0.f);
@@ -427,13 +439,12 @@ TEST_CASE("a graph that failed leaves its outputs untrusted: a get of them fails
     LogCapture log;
     Fixture f(test_backend_config("status_failed"));
     ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
-    Ctx c;
-    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
-    ggml_tensor* y = ggml_add(c.ctx, x, x);
-    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
-    REQUIRE(buf != nullptr);
-    ggml_cgraph* g = ggml_new_graph(c.ctx);
-    ggml_build_forward_expand(g, y);
+    AddGraph a(backend);
+    REQUIRE(a.buf != nullptr);
+    auto* x = a.x;
+    auto* y = a.y;
+    auto* buf = a.buf;
+    auto* g = a.g;
 
     std::vector<float> v = random_floats(64, 12), got(64, 0.f);
     ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
@@ -669,14 +680,10 @@ TEST_CASE("a buffer freed while another thread computes on it: no use after free
     Fixture f(test_backend_config());
     ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
     SECTION("freed before the compute: refused here") {
-        Ctx c;
-        ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
-        ggml_tensor* y = ggml_add(c.ctx, x, x);
-        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
-        REQUIRE(buf != nullptr);
-        ggml_cgraph* g = ggml_new_graph(c.ctx);
-        ggml_build_forward_expand(g, y);
-        ggml_backend_buffer_free(buf); // the graph's tensors still point at it
+        AddGraph a(backend);
+        REQUIRE(a.buf != nullptr);
+        auto* g = a.g;
+        ggml_backend_buffer_free(a.buf); // the graph's tensors still point at it
         const uint64_t computes = f.forwards(22);
         CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
         CHECK(f.forwards(22) == computes);
