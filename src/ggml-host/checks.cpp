@@ -185,6 +185,12 @@ bool cpu_writes_quantized(ggml_type t) {
 int32_t param(const ggml_tensor* t, int i) {
     return t->op_params[i];
 }
+float param_f32(const ggml_tensor* t, int i) {
+    float f = 0;
+    static_assert(sizeof f == sizeof t->op_params[0]);
+    __builtin_memcpy(&f, &t->op_params[i], sizeof f);
+    return f;
+}
 bool is_vector(const ggml_tensor* t) {
     return t->ne[1] == 1 && t->ne[2] == 1 && t->ne[3] == 1;
 }
@@ -255,7 +261,11 @@ Code check_rope(const ggml_tensor* d) {
     const int32_t mode = param(d, 2);
     const int32_t n_offs = param(d, 15);
     const bool mrope = (mode & GGML_ROPE_TYPE_MROPE) != 0;
-    if ((mode & 1) != 0) return Code::bad_tensor;
+    // The modes ggml-cpu's rotation has a case for; any other value aborts it.
+    if (mode != GGML_ROPE_TYPE_NORMAL && mode != GGML_ROPE_TYPE_NEOX &&
+        mode != GGML_ROPE_TYPE_MROPE && mode != GGML_ROPE_TYPE_IMROPE &&
+        mode != GGML_ROPE_TYPE_VISION)
+        return Code::bad_tensor;
     if (a->type != GGML_TYPE_F32 && a->type != GGML_TYPE_F16) return Code::bad_tensor;
     if (d->type != a->type || !same_shape(a, d) || d->nb[0] != a->nb[0] || !elem_stride(d))
         return Code::bad_tensor;
@@ -265,13 +275,15 @@ Code check_rope(const ggml_tensor* d) {
         n_offs + int64_t{n_dims} > a->ne[0])
         return Code::bad_tensor;
     if (mrope) {
-        // The sections (params 11..14): ggml divides by their sum and asserts it fits.
+        // The sections (params 11..14): ggml divides by their sum, asserts it fits, and
+        // asserts one of the first three is set.
         int64_t sum = 0;
         for (int i = 11; i <= 14; ++i) {
             if (param(d, i) < 0) return Code::bad_tensor;
             sum += param(d, i);
         }
         if (sum <= 0 || sum > n_dims) return Code::bad_tensor;
+        if (param(d, 11) == 0 && param(d, 12) == 0 && param(d, 13) == 0) return Code::bad_tensor;
     }
     if (mode == GGML_ROPE_TYPE_VISION && (n_dims != a->ne[0] / 2 || n_offs != 0))
         return Code::bad_tensor;
@@ -334,12 +346,17 @@ Code check_copy(const ggml_tensor* d) {
     return Code::bad_tensor;
 }
 
-// Row-wise ops on F32 rows: RMS_NORM, NORM, SCALE.
+// Row-wise ops on F32 rows: RMS_NORM, NORM (an epsilon ggml asserts is >= 0, so not NaN),
+// SCALE (ggml asserts both tensors contiguous).
 Code check_rows_f32(const ggml_tensor* d) {
     const ggml_tensor* a = d->src[0];
     if (!a) return Code::bad_tensor;
-    return ok_if(a->type == GGML_TYPE_F32 && d->type == GGML_TYPE_F32 && same_shape(a, d) &&
-                 elem_stride(a) && elem_stride(d));
+    if (a->type != GGML_TYPE_F32 || d->type != GGML_TYPE_F32 || !same_shape(a, d) ||
+        !elem_stride(a) || !elem_stride(d))
+        return Code::bad_tensor;
+    if (d->op == GGML_OP_SCALE) return ok_if(ggml_is_contiguous(a) && ggml_is_contiguous(d));
+    const float eps = param_f32(d, 0);
+    return ok_if(eps >= 0.0f);
 }
 
 Code check_unary(const ggml_tensor* d) {

@@ -15,6 +15,7 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -743,7 +744,50 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         CHECK(rope(-1, 1, 0, 0) == bad_tensor);
         CHECK(rope(4, 4, 4, 0) == bad_tensor); // 12 > n_dims 8
         CHECK(rope(0, 0, 0, -2) == bad_tensor);
+        CHECK(rope(0, 0, 0, 4) == bad_tensor); // ggml asserts one of the first three is set
         CHECK(rope(2, 1, 1, 0) == 0);
+    }
+    SECTION("ROPE: a mode ggml-cpu's rotation has no case for") {
+        const g::RpcTensor a = f32({8, 2, 3}, buf, 0);
+        const g::RpcTensor pos = typed(GGML_TYPE_I32, {3}, buf, k);
+        const g::RpcTensor d = f32({8, 2, 3}, buf, 2 * k);
+        auto rope = [&](int32_t mode) {
+            float base = 10000.0f, scale = 1.0f, attn = 1.0f;
+            int32_t fb = 0, fs = 0, fa = 0;
+            std::memcpy(&fb, &base, 4), std::memcpy(&fs, &scale, 4), std::memcpy(&fa, &attn, 4);
+            return one_node(guest, {a, pos}, d, GGML_OP_ROPE,
+                            {{1, 8}, {2, mode}, {5, fb}, {6, fs}, {8, fa}});
+        };
+        for (int32_t mode : {1, 4, 6, 16, 32, 64, -2}) {
+            INFO("mode " << mode);
+            CHECK(rope(mode) == bad_tensor);
+        }
+        CHECK(rope(GGML_ROPE_TYPE_NORMAL) == 0);
+        CHECK(rope(GGML_ROPE_TYPE_NEOX) == 0);
+    }
+    SECTION("RMS_NORM, NORM: an epsilon below 0 or NaN (ggml asserts eps >= 0)") {
+        const g::RpcTensor a = f32({8, 2}, buf, 0), d = f32({8, 2}, buf, k);
+        auto norm = [&](ggml_op op, float eps) {
+            int32_t bits = 0;
+            std::memcpy(&bits, &eps, 4);
+            return one_node(guest, {a}, d, op, {{0, bits}});
+        };
+        for (ggml_op op : {GGML_OP_RMS_NORM, GGML_OP_NORM}) {
+            INFO("op " << static_cast<int>(op));
+            CHECK(norm(op, -1e-6f) == bad_tensor);
+            CHECK(norm(op, std::numeric_limits<float>::quiet_NaN()) == bad_tensor);
+            CHECK(norm(op, 1e-6f) == 0);
+            CHECK(norm(op, 0.0f) == 0);
+        }
+    }
+    SECTION("SCALE: a source or destination that is not contiguous (ggml asserts both are)") {
+        const g::RpcTensor a = f32({8, 2}, buf, 0), d = f32({8, 2}, buf, k);
+        g::RpcTensor gappy = f32({8, 2}, buf, 2 * k);
+        gappy.nb[1] = 64; // rows 64 bytes apart: 32 unused bytes after each
+        gappy.nb[2] = gappy.nb[3] = 128;
+        CHECK(one_node(guest, {gappy}, d, GGML_OP_SCALE) == bad_tensor);
+        CHECK(one_node(guest, {a}, gappy, GGML_OP_SCALE) == bad_tensor);
+        CHECK(one_node(guest, {a}, d, GGML_OP_SCALE) == 0);
     }
     // After every refusal the context goes on.
     const g::RpcTensor b = f32({4}, buf, 0), c = f32({4}, buf, k);
