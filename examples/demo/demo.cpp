@@ -8,6 +8,7 @@
 #include <apir/apir.hpp>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -64,6 +65,15 @@ double percentile(std::vector<double>& v, double p) {
     return v[k];
 }
 
+// A whole decimal number, or nothing ("abc", "12x", "-1" and "" are not numbers).
+std::optional<size_t> parse_count(std::string_view text) {
+    size_t v = 0;
+    const char* end = text.data() + text.size();
+    auto [ptr, ec] = std::from_chars(text.data(), end, v);
+    if (ec != std::errc{} || ptr != end || text.empty()) return std::nullopt;
+    return v;
+}
+
 template <class T>
 bool check(const apir::Expected<T>& r, std::string_view what) {
     if (r) return true;
@@ -115,10 +125,16 @@ int main(int argc, char** argv) {
             vtest = t == "vtest";
         } else if (a == "--vtest-socket") {
             vtest_socket = value();
-        } else if (a == "--calls") {
-            calls = std::strtoull(value(), nullptr, 10);
-        } else if (a == "--bulk-mib") {
-            bulk_mib = std::strtoull(value(), nullptr, 10);
+        } else if (a == "--calls" || a == "--bulk-mib") {
+            const char* text = value();
+            auto n = parse_count(text);
+            if (!n || (a == "--bulk-mib" && (*n == 0 || *n > 4096))) {
+                fmt::print(stderr, "apir-demo: {} wants {}, got '{}'\n", a,
+                           a == "--calls" ? "a whole number" : "a whole number from 1 to 4096",
+                           text);
+                return 2;
+            }
+            (a == "--calls" ? calls : bulk_mib) = *n;
         } else if (a == "-v" || a == "--verbose") {
             level = apir::LogLevel::debug;
         } else {
@@ -167,11 +183,16 @@ int main(int argc, char** argv) {
     if (!check(sum, "add")) return 1;
     fmt::print("add: 40 + 2 = {}\n", sum->sum);
 
+    // Two failures on purpose, to show what a caller gets back: a backend's own error
+    // code, and a command the backend does not have. Neither ends the session.
     auto failed = session.call<demo::Fail>(demo::FailRequest{7});
-    fmt::print("fail(7): {}\n", failed ? "unexpected success" : failed.error().message());
+    fmt::print("fail(7), a deliberate backend error: {}\n",
+               failed ? "unexpected success" : failed.error().message());
 
     auto unknown = session.call<apir::Forward<99, apir::Empty>>(apir::Empty{});
-    fmt::print("command 99: {}\n", unknown ? "unexpected success" : unknown.error().message());
+    fmt::print("command 99, deliberately one the backend lacks: {}\n",
+               unknown ? "unexpected success" : unknown.error().message());
+    if (failed || unknown) return 1;
 
     // 3. Latency of small calls.
     std::vector<double> us;
@@ -226,12 +247,17 @@ int main(int argc, char** argv) {
     fmt::print("\n{:<12} {:>8} {:>8} {:>10} {:>10}\n", "command", "calls", "failed", "mean µs",
                "max µs");
     for (const auto& c : session.stats()) {
-        std::string name = c.type == apir::CommandType::forward
-                               ? fmt::format("FORWARD {}", c.id)
-                               : std::string(apir::command_type_name(static_cast<int32_t>(c.type)));
+        std::string name;
+        if (c.type != apir::CommandType::forward)
+            name = apir::command_type_name(static_cast<int32_t>(c.type));
+        else if (const char* n = demo::command_name(c.id))
+            name = n;
+        else
+            name = fmt::format("FORWARD {}", c.id);
         fmt::print("{:<12} {:>8} {:>8} {:>10.2f} {:>10.2f}\n", name, c.calls, c.failures,
                    duration<double, std::micro>(c.mean()).count(),
                    duration<double, std::micro>(c.max).count());
     }
+    fmt::print("(the failed Fail and FORWARD 99 calls are the two deliberate ones above)\n");
     return 0;
 }

@@ -74,6 +74,28 @@ struct BigReply {
     static constexpr auto wire_fields = apir::fields(&BigReply::data);
 };
 
+/// A command's name, for logs and tables; null for an id the backend does not know.
+constexpr const char* command_name(uint32_t id) {
+    switch (id) {
+    case cmd_echo:
+        return "Echo";
+    case cmd_add:
+        return "Add";
+    case cmd_checksum:
+        return "Checksum";
+    case cmd_fail:
+        return "Fail";
+    case cmd_sleep:
+        return "Sleep";
+    case cmd_big_reply:
+        return "BigReply";
+    case cmd_fill:
+        return "Fill";
+    default:
+        return nullptr;
+    }
+}
+
 /// The backend's own return codes.
 inline constexpr uint32_t error_bad_request = 1;
 inline constexpr uint32_t error_bad_resource = 2;

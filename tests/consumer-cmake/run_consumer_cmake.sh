@@ -70,6 +70,18 @@ cmake -S "$here/project" -B "$scratch/build" -G Ninja -DCMAKE_BUILD_TYPE=RelWith
 }
 cmake --build "$scratch/build" || fail "cmake build"
 
+# The package names the installed demo backend: CMake's apir_DEMO_BACKEND and
+# pkg-config's demo_backend variable.
+if [ "$probe" = 1 ]; then
+    named=$(cat "$scratch/build/apir-demo-backend.txt" 2>/dev/null) ||
+        fail "find_package(apir) did not set apir_DEMO_BACKEND"
+    [ "$named" = "$backend" ] || fail "apir_DEMO_BACKEND is '$named', not $backend"
+    named=$(PKG_CONFIG_PATH="$lib/pkgconfig" pkg-config --define-variable=prefix="$root" \
+        --variable=demo_backend apir) || fail "pkg-config does not find the installed apir.pc"
+    [ "$named" = "$backend" ] || fail "pkg-config's demo_backend is '$named', not $backend"
+    echo "consumer-cmake: CMake and pkg-config name the installed demo backend"
+fi
+
 # The installed libggml-apir.so (ggml feature) finds the libapir.so installed beside it
 # on its own: ggml loads it by path, with no LD_LIBRARY_PATH.
 if [ -f "$lib/libggml-apir.so" ]; then

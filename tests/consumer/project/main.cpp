@@ -1,5 +1,7 @@
 // Uses apir through its public headers only: encodes a HANDSHAKE command, checks the
-// bytes, decodes it back and judges a host's answer. Exits non-zero on any mismatch.
+// bytes, decodes it back and judges a host's answer; then connects a loopback session to
+// the demo backend that the subproject built for it (APIR_DEMO_BACKEND_PATH, from
+// apir_demo_backend_dep). Exits non-zero on any mismatch.
 #include <apir/apir.hpp>
 
 #include <fmt/core.h>
@@ -8,6 +10,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 namespace {
 
@@ -49,8 +52,17 @@ int main() {
     expect(!refused && refused.error().code() == apir::Errc::handshake_failed,
            "anything but the magic is HANDSHAKE_FAILED");
 
+    // The backend the dependency names exists and loads.
+    apir::LoopbackOptions lo;
+    lo.host.config[std::string(apir::config_library_path)] = APIR_DEMO_BACKEND_PATH;
+    apir::Session session(apir::LoopbackTransport(std::move(lo)));
+    auto hello = session.connect();
+    if (!hello) fmt::print(stderr, "apir-consumer: connect: {}\n", hello.error());
+    expect(hello.has_value(), "a session loads the demo backend named by the dependency");
+
     if (failures != 0) return 1;
-    fmt::print("apir-consumer: {} ({} bytes) encoded and decoded; a refusal reads \"{}\"\n",
-               apir::command_type_name(type), enc.size(), refused.error());
+    fmt::print("apir-consumer: {} ({} bytes) encoded and decoded; a refusal reads \"{}\"; "
+               "loaded {}\n",
+               apir::command_type_name(type), enc.size(), refused.error(), APIR_DEMO_BACKEND_PATH);
     return 0;
 }
