@@ -619,7 +619,19 @@ constexpr uint64_t max_alignment = uint64_t{1} << 20;
 Expected<void> describe(Device& d) {
     Remote& r = *d.remote;
     auto count = r.with_device([](auto& dev) { return dev.count(); });
-    if (!count) return Unexpected{std::move(count).error()};
+    if (!count) {
+        Error e = std::move(count).error();
+        if (e != Errc::forward_backend_error && e != Errc::forward_invalid_index)
+            return Unexpected{std::move(e)};
+        // The library loaded, but it does not answer ggml's command set as a ggml backend.
+        return fail(e.code(),
+                    fmt::format("{}; the host's backend library refused ggml's first command "
+                                "(device_get_count): is it a ggml host backend "
+                                "(libggml-apir-host.so, ggml's libggml-virtgpu-backend.so)? "
+                                "Loopback: APIR_GGML_BACKEND_LIBRARY; vtest: the server's "
+                                "VIRGL_APIR_BACKEND_LIBRARY; a VM: the host's configuration",
+                                e.detail().empty() ? std::string(e.summary()) : e.detail()));
+    }
     if (*count == 0) return fail(Errc::no_device, "the host's ggml backend has no device");
     if (*count > 1)
         d.log().info("the host has {} devices; ggml's command set reaches its first", *count);
@@ -698,6 +710,26 @@ Expected<std::unique_ptr<Registry>> Registry::create(std::unique_ptr<Remote> rem
     return reg;
 }
 
+Expected<void> check_no_ggml_virtgpu_frontend() {
+    // ggml registers its frontend whether or not it found a device; its context is its
+    // connection to the device, null when it found none (ggml-virtgpu's registration).
+    const ggml_backend_reg_t other = ggml_backend_reg_by_name(ggml_virtgpu_reg_name);
+    if (other == nullptr || other->context == nullptr) return {};
+    return fail(Errc::backend_already_initialized,
+                "ggml's own virtio-gpu frontend (registration \"ggml-virtgpu\", in a ggml "
+                "built with GGML_VIRTGPU=ON) already holds this VM's device, and two guests "
+                "on one device conflict: use one of them (a ggml built without GGML_VIRTGPU "
+                "for libggml-apir, or leave libggml-apir out of GGML_BACKEND_PATH and "
+                "ggml_backend_load)");
+}
+
+std::string connect_hint(const Error& e) {
+    if (e != Errc::backend_already_initialized) return {};
+    return "the host's ggml backend was initialized by another guest first; in this process "
+           "that is ggml's own virtio-gpu frontend if ggml was built with GGML_VIRTGPU=ON "
+           "(docs/GGML-BACKEND.md, 'ggml's own frontend in the same process')";
+}
+
 Logger ggml_logger(LogLevel min) {
     return Logger(
         [](LogLevel l, std::string_view msg) {
@@ -732,6 +764,12 @@ ggml_backend_reg_t ggml_backend_apir_reg(void) {
             log.error("not connecting: {}", config.error().message());
             return Registry::empty().release();
         }
+        if (config->transport == TransportKind::virtgpu) {
+            if (auto c = check_no_ggml_virtgpu_frontend(); !c) {
+                log.error("not connecting: {}", c.error().message());
+                return Registry::empty().release();
+            }
+        }
         auto remote = Remote::open(*config, log);
         if (!remote) {
             log.error("not connecting: {}", remote.error().message());
@@ -740,6 +778,7 @@ ggml_backend_reg_t ggml_backend_apir_reg(void) {
         auto reg = Registry::create(std::move(*remote), "APIR0");
         if (!reg) {
             log.error("not connecting: {}", reg.error().message());
+            if (std::string hint = connect_hint(reg.error()); !hint.empty()) log.error("{}", hint);
             return Registry::empty().release();
         }
         return reg->release();

@@ -22,6 +22,16 @@ namespace apir::ggml_remote {
 /// Messages of apir routed into ggml's logger (ggml_log_get), at or above min.
 [[nodiscard]] Logger ggml_logger(LogLevel min);
 
+/// The registration name of ggml's own virtio-gpu guest frontend (ggml-virtgpu).
+inline constexpr const char* ggml_virtgpu_reg_name = "ggml-virtgpu";
+/// Nothing, or BACKEND_ALREADY_INITIALIZED saying what to do when ggml's own virtio-gpu
+/// frontend is registered in this process (a ggml built with GGML_VIRTGPU=ON, whose
+/// frontend found the device: its registration's context is set): it holds the VM's device, and a second guest on it fails
+/// or makes ggml's frontend abort.
+[[nodiscard]] Expected<void> check_no_ggml_virtgpu_frontend();
+/// What to do about an error of Registry::create, or empty.
+[[nodiscard]] std::string connect_hint(const Error& e);
+
 class Registry {
 public:
     /// Connects remote (HANDSHAKE, LOADLIBRARY) and reads the device it offers. With

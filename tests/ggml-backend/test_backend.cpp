@@ -280,6 +280,52 @@ TEST_CASE("a graph with a tensor outside the device fails, and the device carrie
     ggml_backend_free(backend);
 }
 
+TEST_CASE("a backend library that is not a ggml backend: the error says what to check") {
+    BackendConfig c = loopback_config();
+    c.backend_library = APIR_DEMO_BACKEND_PATH; // loads, but speaks the demo's commands
+    c.host_config["apir.load_library.path"] = c.backend_library;
+    LoopbackOptions lo;
+    lo.host.config = c.host_config;
+    auto remote = std::make_unique<Remote>(AnyTransport(LoopbackTransport(std::move(lo))), c,
+                                           ggml_logger(LogLevel::error));
+    auto r = Registry::create(std::move(remote));
+    REQUIRE_FALSE(r);
+    INFO(r.error().message());
+    CHECK(r.error().message().find("device_get_count") != std::string::npos);
+    CHECK(r.error().message().find("is it a ggml host backend") != std::string::npos);
+    CHECK(r.error().message().find("APIR_GGML_BACKEND_LIBRARY") != std::string::npos);
+}
+
+TEST_CASE("ggml's own virtio-gpu frontend in this process: libggml-apir says what to do") {
+    // A ggml with the frontend built in (the peer's) registers it whether or not it found
+    // a device; without one (no render node here) its context is null: no conflict. A
+    // context stands in for a frontend that found the VM's device.
+    ggml_backend_reg_t frontend = ggml_backend_reg_by_name(ggml_virtgpu_reg_name);
+    if (frontend == nullptr) { // a ggml without it: one like it
+        static ggml_backend_reg_i iface{};
+        iface.get_name = [](ggml_backend_reg_t) { return ggml_virtgpu_reg_name; };
+        iface.get_device_count = [](ggml_backend_reg_t) -> size_t { return 0; };
+        static ggml_backend_reg stand_in{GGML_BACKEND_API_VERSION, iface, nullptr};
+        ggml_backend_register(&stand_in);
+        frontend = &stand_in;
+    }
+    REQUIRE(frontend->context == nullptr);
+    REQUIRE(check_no_ggml_virtgpu_frontend());
+    static int connection = 0;
+    frontend->context = &connection;
+    auto c = check_no_ggml_virtgpu_frontend();
+    REQUIRE_FALSE(c);
+    CHECK(c.error() == Errc::backend_already_initialized);
+    INFO(c.error().message());
+    CHECK(c.error().message().find("GGML_VIRTGPU") != std::string::npos);
+    CHECK(c.error().message().find("use one of them") != std::string::npos);
+    // The host refusing a second initialization gets the same explanation.
+    CHECK(connect_hint(Error(Errc::backend_already_initialized)).find("GGML_VIRTGPU") !=
+          std::string::npos);
+    CHECK(connect_hint(Error(Errc::timeout)).empty());
+    frontend->context = nullptr; // as it was
+}
+
 TEST_CASE("errors reach ggml as null buffers and failed statuses, with the reason logged") {
     ggml_log_callback old_cb = nullptr;
     void* old_ud = nullptr;
