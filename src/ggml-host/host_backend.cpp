@@ -498,6 +498,25 @@ bool overlaps(const ggml_tensor* a, const ggml_tensor* b) {
     return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
 }
 
+/// A node that writes over memory it reads while it runs: a copy (DUP, CONT, CPY) onto its
+/// own source is memcpy's undefined case in ggml-cpu; a row op (GET_ROWS, SET_ROWS) writing
+/// over its indices would read indices changed after they were checked.
+bool writes_over_its_input(const ggml_tensor* n) {
+    const ggml_tensor* a = n->src[0];
+    const ggml_tensor* b = n->src[1];
+    switch (n->op) {
+    case GGML_OP_DUP:
+    case GGML_OP_CONT:
+    case GGML_OP_CPY:
+        return a && overlaps(n, a);
+    case GGML_OP_GET_ROWS:
+    case GGML_OP_SET_ROWS:
+        return (a && overlaps(n, a)) || (b && overlaps(n, b));
+    default:
+        return false;
+    }
+}
+
 /// Points an indexing node at a host copy of its index tensor (src[1], I32 or I64 as the op
 /// table checked), read once from guest memory.
 Code copy_indices(State& s, ggml_context* ctx, ggml_tensor* node) {
@@ -647,6 +666,7 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
     for (uint64_t id : s.nodes) {
         ggml_tensor* n = s.made[s.index[id]];
         Code e = check_op(*n);
+        if (e == Code::ok && writes_over_its_input(n)) e = Code::bad_tensor;
         if (e == Code::ok && !ggml_backend_dev_supports_op(s.dev, n)) e = Code::unsupported_op;
         if (e != Code::ok) {
             log_refusal(e, n);

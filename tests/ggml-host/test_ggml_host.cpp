@@ -765,6 +765,32 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         CHECK(rope(GGML_ROPE_TYPE_NORMAL) == 0);
         CHECK(rope(GGML_ROPE_TYPE_NEOX) == 0);
     }
+    SECTION("a copy onto its own source, a row op writing over its indices or rows") {
+        const g::RpcTensor src = f32({8}, buf, 0);
+        const g::RpcTensor shifted = f32({8}, buf, 4); // one float on: the ranges overlap
+        for (ggml_op op : {GGML_OP_CPY, GGML_OP_DUP, GGML_OP_CONT}) {
+            INFO("op " << static_cast<int>(op));
+            std::vector<g::RpcTensor> srcs{src};
+            if (op == GGML_OP_CPY) srcs.push_back(shifted);
+            CHECK(one_node(guest, srcs, shifted, op) == bad_tensor);
+            std::vector<g::RpcTensor> apart{src};
+            const g::RpcTensor far = f32({8}, buf, k);
+            if (op == GGML_OP_CPY) apart.push_back(far);
+            CHECK(one_node(guest, apart, far, op) == 0);
+        }
+        const g::RpcTensor table = f32({4, 4}, buf, 0);
+        const g::RpcTensor idx = typed(GGML_TYPE_I32, {2}, buf, 2 * k);
+        CHECK(one_node(guest, {table, idx}, f32({4, 2}, buf, 2 * k - 16), GGML_OP_GET_ROWS) ==
+              bad_tensor); // its last row is the indices
+        CHECK(one_node(guest, {table, idx}, f32({4, 2}, buf, 16), GGML_OP_GET_ROWS) ==
+              bad_tensor); // inside the table
+        CHECK(one_node(guest, {table, idx}, f32({4, 2}, buf, k), GGML_OP_GET_ROWS) == 0);
+        const g::RpcTensor rows = f32({4, 2}, buf, 0);
+        const g::RpcTensor idx64 = typed(GGML_TYPE_I64, {2}, buf, 2 * k);
+        CHECK(one_node(guest, {rows, idx64}, f32({4, 4}, buf, 2 * k - 32), GGML_OP_SET_ROWS) ==
+              bad_tensor);
+        CHECK(one_node(guest, {rows, idx64}, f32({4, 4}, buf, k), GGML_OP_SET_ROWS) == 0);
+    }
     SECTION("RMS_NORM, NORM: an epsilon below 0 or NaN (ggml asserts eps >= 0)") {
         const g::RpcTensor a = f32({8, 2}, buf, 0), d = f32({8, 2}, buf, k);
         auto norm = [&](ggml_op op, float eps) {
