@@ -20,8 +20,9 @@ namespace apir {
 namespace {
 
 // The ABI callbacks carry only a context id, so the hosts of this process are found
-// through one registry. It is the only process-wide state: each host registers under
-// its own id, so hosts do not interfere.
+// through one registry. It is the host's only process-wide state: each host registers
+// under its own id, so hosts share nothing of ours (a backend library two hosts load is
+// one copy, so they share whatever global state it keeps).
 // A look-up holds the lock (shared) for as long as it uses the host, so a host is
 // never destroyed under it.
 struct Registry {

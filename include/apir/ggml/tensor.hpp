@@ -126,8 +126,10 @@ enum class Op : uint32_t {
 /// GGML_OP_COUNT of ggml d99724f2: an op id at or past it is not one of ggml's, and
 /// ggml's host aborts on it. Graphs carrying one are refused (validate_graph).
 inline constexpr uint32_t op_count = 101;
-/// Whether ggml's host can run op as sent: one of ggml's ids, and not a custom op (their
-/// op_params hold function pointers of the guest, which the host would call).
+/// The guest's first filter on an op id: one of ggml's ids, and not a custom op (their
+/// op_params hold function pointers of the guest, which the host would call). It says
+/// nothing about shapes, types or parameters: whether ggml's host survives the node is
+/// the host's to check (apir's host backend does, docs/GGML-HOST.md; ggml's does not).
 [[nodiscard]] constexpr bool op_runnable(uint32_t op) noexcept {
     return op < op_count &&
            (op < static_cast<uint32_t>(Op::map_custom1) || op > static_cast<uint32_t>(Op::custom));
