@@ -114,14 +114,6 @@ struct ShmemResolver {
     return {static_cast<std::byte*>(p) + offset, static_cast<size_t>(size)};
 }
 
-/// The same through the sized look-up alone (nothing resolves without it).
-[[nodiscard]] inline std::span<std::byte> resolve_shmem_range(apir_get_shmem_sized_fn lookup,
-                                                              uint32_t ctx_id, uint32_t res_id,
-                                                              uint64_t offset,
-                                                              uint64_t size) noexcept {
-    return resolve_shmem_range(ShmemResolver{lookup, nullptr, 0}, ctx_id, res_id, offset, size);
-}
-
 /// What apir_backend_initialize returns for the backend's own initialization code:
 /// LoadLibraryCode::base_index + code (backend_init_ok, 6, is success).
 [[nodiscard]] constexpr uint32_t backend_init_result(BackendInitCode code) noexcept {
