@@ -42,6 +42,10 @@ using g::BufferTypeHandle;
 constexpr const char* config_threads = "ggml.cpu.threads";
 /// Bytes of buffers one context may hold (default: the device's total memory).
 constexpr const char* config_max_memory = "ggml.host.max_memory";
+/// A remote device through ggml's RPC backend: ggml.library.path names libggml-rpc, this
+/// key the RPC server ("host:port"), ggml.rpc.device the server's device (default 0).
+constexpr const char* config_rpc_endpoint = "ggml.rpc.endpoint";
+constexpr const char* config_rpc_device = "ggml.rpc.device";
 
 /// Buffers one context may hold at once (each handle indexes a slot); a configuration key
 /// may lower it.
@@ -143,18 +147,46 @@ struct State {
             log("cannot open the ggml library", dlerror());
             return false;
         }
-        auto reg_fn = reinterpret_cast<ggml_backend_reg_t (*)()>(dlsym(lib, reg_name));
-        dlclose(lib); // NODELETE: the library stays, the reference goes
-        if (!reg_fn) {
-            log("the ggml library lacks its registration function", reg_name);
+        size_t device_index = 0;
+        if (const char* endpoint = c.config(config_rpc_endpoint)) {
+            // ggml's RPC backend: one registration per server, its devices the server's.
+            using add_server_fn = ggml_backend_reg_t (*)(const char*);
+            auto add = reinterpret_cast<add_server_fn>(dlsym(lib, "ggml_backend_rpc_add_server"));
+            dlclose(lib);
+            if (!add) {
+                log("ggml.rpc.endpoint is set, but ggml.library.path is not ggml's RPC backend "
+                    "(no ggml_backend_rpc_add_server)",
+                    path);
+                return false;
+            }
+            if (const char* d = c.config(config_rpc_device)) {
+                char* end = nullptr;
+                const unsigned long v = std::strtoul(d, &end, 10);
+                if (end == d || *end != '\0' || v > 1023) {
+                    log("bad RPC device index", config_rpc_device);
+                    return false;
+                }
+                device_index = v;
+            }
+            reg = add(endpoint); // null when the server cannot be reached or has no device
+            if (!reg) {
+                log("no RPC server with a device at", endpoint);
+                return false;
+            }
+        } else {
+            auto reg_fn = reinterpret_cast<ggml_backend_reg_t (*)()>(dlsym(lib, reg_name));
+            dlclose(lib); // NODELETE: the library stays, the reference goes
+            if (!reg_fn) {
+                log("the ggml library lacks its registration function", reg_name);
+                return false;
+            }
+            reg = reg_fn();
+        }
+        if (!reg || ggml_backend_reg_dev_count(reg) <= device_index) {
+            log("the ggml library registered no such device");
             return false;
         }
-        reg = reg_fn();
-        if (!reg || ggml_backend_reg_dev_count(reg) < 1) {
-            log("the ggml library registered no device");
-            return false;
-        }
-        dev = ggml_backend_reg_dev_get(reg, 0);
+        dev = ggml_backend_reg_dev_get(reg, device_index);
         backend = dev ? ggml_backend_dev_init(dev, nullptr) : nullptr;
         buft = dev ? ggml_backend_dev_buffer_type(dev) : nullptr;
         if (!backend || !buft) {

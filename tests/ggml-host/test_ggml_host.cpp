@@ -11,13 +11,22 @@
 
 #include <ggml.h>
 
+#include <arpa/inet.h>
 #include <dlfcn.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -29,7 +38,8 @@ constexpr uint32_t bad_request = 1, unknown_handle = 2, bad_tensor = 3, bad_rang
                    bad_graph = 5, not_initialized = 7, unsupported_op = 9, bad_index = 12;
 
 std::string g_cpu_lib;
-std::map<uint32_t, std::string> g_config_path; // ctx -> ggml.library.path
+std::map<uint32_t, std::string> g_config_path;  // ctx -> ggml.library.path
+std::map<uint32_t, std::string> g_rpc_endpoint; // ctx -> ggml.rpc.endpoint
 // Blobs are page-aligned, as the host's mappings are.
 template <class T>
 struct PageAllocator {
@@ -50,6 +60,10 @@ const char* get_config(uint32_t ctx, const char* key) {
     if (std::strcmp(key, "ggml.library.path") == 0) {
         auto it = g_config_path.find(ctx);
         return it == g_config_path.end() ? g_cpu_lib.c_str() : it->second.c_str();
+    }
+    if (std::strcmp(key, "ggml.rpc.endpoint") == 0) {
+        auto it = g_rpc_endpoint.find(ctx);
+        return it == g_rpc_endpoint.end() ? nullptr : it->second.c_str();
     }
     if (std::strcmp(key, "ggml.library.reg") == 0) return "ggml_backend_cpu_reg";
     if (std::strcmp(key, "ggml.cpu.threads") == 0) return "1";
@@ -277,7 +291,115 @@ uint32_t one_node(Guest& guest, std::vector<g::RpcTensor> srcs, g::RpcTensor out
     return guest.compute(packed(1, nodes, n + 1, srcs)).code;
 }
 
+/// A port of 127.0.0.1 nobody listens on (the kernel's pick, released).
+int free_port() {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+bool port_open(int port) {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool ok = fd >= 0 && connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    if (fd >= 0) close(fd);
+    return ok;
+}
+
+/// ggml's RPC server (tests/ggml-host/rpc_server.cpp) on 127.0.0.1, killed at the end.
+struct RpcServer {
+    pid_t pid = -1;
+    int port = -1;
+    explicit RpcServer(const std::string& lib_dir) {
+        port = free_port();
+        if (port < 0) return;
+        const std::string port_s = std::to_string(port);
+        char* argv[] = {const_cast<char*>(APIR_TEST_RPC_SERVER), const_cast<char*>(lib_dir.c_str()),
+                        const_cast<char*>(port_s.c_str()), nullptr};
+        if (posix_spawn(&pid, APIR_TEST_RPC_SERVER, nullptr, nullptr, argv, environ) != 0) {
+            pid = -1;
+            return;
+        }
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (!port_open(port) && std::chrono::steady_clock::now() < until)
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ~RpcServer() {
+        if (pid > 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, nullptr, 0);
+        }
+    }
+    [[nodiscard]] bool listening() const { return pid > 0 && port_open(port); }
+    [[nodiscard]] std::string endpoint() const { return "127.0.0.1:" + std::to_string(port); }
+};
+
 } // namespace
+
+TEST_CASE("a remote device through ggml's RPC backend, checked like a local one") {
+    library();
+    const std::string lib_dir = std::string(std::getenv("APIR_GGML_PEER_DIR")) + "/lib";
+    if (access((lib_dir + "/libggml-rpc.so.0").c_str(), R_OK) != 0) {
+        WARN("skipped: no libggml-rpc.so.0 in " << lib_dir);
+        return;
+    }
+    constexpr uint32_t rpc_ctx = 20, unreachable_ctx = 21;
+    g_config_path[rpc_ctx] = g_config_path[unreachable_ctx] = lib_dir + "/libggml-rpc.so.0";
+
+    // No server at the endpoint: the context does not open, nothing aborts.
+    g_rpc_endpoint[unreachable_ctx] = "127.0.0.1:" + std::to_string(free_port());
+    {
+        Guest nowhere(unreachable_ctx);
+        CHECK(nowhere.init_code != APIR_BACKEND_INIT_OK);
+    }
+
+    RpcServer server(lib_dir);
+    REQUIRE(server.listening());
+    g_rpc_endpoint[rpc_ctx] = server.endpoint();
+    Guest guest(rpc_ctx);
+    REQUIRE(guest.init_code == APIR_BACKEND_INIT_OK);
+    auto name = guest.call<g::DeviceGetName>(apir::Empty{});
+    REQUIRE(name.code == 0);
+    CHECK(name.reply.value.rfind("RPC", 0) == 0);
+
+    g::BufferHandle buf = guest.alloc(64 * 1024);
+    g::RpcTensor a = f32({4}, buf, 0), b = f32({4}, buf, 16), c = f32({4}, buf, 32);
+    fill_blob(std::vector<float>{1, 2, 3, 4});
+    REQUIRE(guest.set(buf, a, blob, 0, 16) == 0);
+    fill_blob(std::vector<float>{10, 20, 30, 40});
+    REQUIRE(guest.set(buf, b, blob, 0, 16) == 0);
+    g::Graph graph;
+    uint64_t ia = graph.add(a), ib = graph.add(b);
+    graph.add_node(c, static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
+    auto r = guest.compute(graph);
+    REQUIRE(r.code == 0);
+    CHECK(r.reply.status == 0);
+    REQUIRE(guest.get(buf, c, blob, 0, 16) == 0);
+    CHECK(read_blob(4) == std::vector<float>{11, 22, 33, 44});
+
+    // The checks guard the remote device as they guard a local one: a node ggml-cpu would
+    // abort on (on the server) is refused here, a range past the buffer never sent.
+    int32_t bad_eps = 0;
+    const float eps = -1.0f;
+    std::memcpy(&bad_eps, &eps, 4);
+    CHECK(one_node(guest, {a}, c, GGML_OP_RMS_NORM, {{0, bad_eps}}) == bad_tensor);
+    CHECK(guest.set(buf, f32({4}, buf, 64 * 1024 - 8), blob, 0, 16) == bad_tensor);
+    // The server lived through it: the context still computes.
+    REQUIRE(guest.compute(graph).code == 0);
+    REQUIRE(guest.get(buf, c, blob, 0, 16) == 0);
+    CHECK(read_blob(4) == std::vector<float>{11, 22, 33, 44});
+    CHECK(server.listening());
+}
 
 TEST_CASE("a valid session: allocate, upload, ADD and MUL_MAT graphs, download") {
     Guest guest(1);
