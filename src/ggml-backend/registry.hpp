@@ -25,9 +25,9 @@ namespace apir::ggml_remote {
 /// The registration name of ggml's own virtio-gpu guest frontend (ggml-virtgpu).
 inline constexpr const char* ggml_virtgpu_reg_name = "ggml-virtgpu";
 /// Nothing, or BACKEND_ALREADY_INITIALIZED saying what to do when ggml's own virtio-gpu
-/// frontend is registered in this process (a ggml built with GGML_VIRTGPU=ON, whose
-/// frontend found the device: its registration's context is set): it holds the VM's device, and a
-/// second guest on it fails or makes ggml's frontend abort.
+/// frontend is registered in this process with a device (a ggml built with
+/// GGML_VIRTGPU=ON whose frontend found one: its registration's context is set). It holds
+/// the VM's device, and a second guest on it fails or makes ggml's frontend abort.
 [[nodiscard]] Expected<void> check_no_ggml_virtgpu_frontend();
 /// What to do about an error of Registry::create, or empty.
 [[nodiscard]] std::string connect_hint(const Error& e);
