@@ -291,6 +291,25 @@ uint32_t one_node(Guest& guest, std::vector<g::RpcTensor> srcs, g::RpcTensor out
     return guest.compute(packed(1, nodes, n + 1, srcs)).code;
 }
 
+/// c = a + b on the first 48 bytes of buf: uploads a and b, computes, downloads and checks
+/// c. Returns the graph, to compute again.
+g::Graph add_round(Guest& guest, g::BufferHandle buf) {
+    g::RpcTensor a = f32({4}, buf, 0), b = f32({4}, buf, 16), c = f32({4}, buf, 32);
+    fill_blob(std::vector<float>{1, 2, 3, 4});
+    REQUIRE(guest.set(buf, a, blob, 0, 16) == 0);
+    fill_blob(std::vector<float>{10, 20, 30, 40});
+    REQUIRE(guest.set(buf, b, blob, 0, 16) == 0);
+    g::Graph graph;
+    uint64_t ia = graph.add(a), ib = graph.add(b);
+    graph.add_node(c, static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
+    auto r = guest.compute(graph);
+    REQUIRE(r.code == 0);
+    CHECK(r.reply.status == 0);
+    REQUIRE(guest.get(buf, c, blob, 0, 16) == 0);
+    CHECK(read_blob(4) == std::vector<float>{11, 22, 33, 44});
+    return graph;
+}
+
 /// A port of 127.0.0.1 nobody listens on (the kernel's pick, released).
 int free_port() {
     const int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -373,19 +392,8 @@ TEST_CASE("a remote device through ggml's RPC backend, checked like a local one"
     CHECK(name.reply.value.rfind("RPC", 0) == 0);
 
     g::BufferHandle buf = guest.alloc(64 * 1024);
-    g::RpcTensor a = f32({4}, buf, 0), b = f32({4}, buf, 16), c = f32({4}, buf, 32);
-    fill_blob(std::vector<float>{1, 2, 3, 4});
-    REQUIRE(guest.set(buf, a, blob, 0, 16) == 0);
-    fill_blob(std::vector<float>{10, 20, 30, 40});
-    REQUIRE(guest.set(buf, b, blob, 0, 16) == 0);
-    g::Graph graph;
-    uint64_t ia = graph.add(a), ib = graph.add(b);
-    graph.add_node(c, static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
-    auto r = guest.compute(graph);
-    REQUIRE(r.code == 0);
-    CHECK(r.reply.status == 0);
-    REQUIRE(guest.get(buf, c, blob, 0, 16) == 0);
-    CHECK(read_blob(4) == std::vector<float>{11, 22, 33, 44});
+    const g::Graph graph = add_round(guest, buf);
+    const g::RpcTensor a = f32({4}, buf, 0), c = f32({4}, buf, 32);
 
     // The checks guard the remote device as they guard a local one: a node ggml-cpu would
     // abort on (on the server) is refused here, a range past the buffer never sent.
@@ -412,19 +420,7 @@ TEST_CASE("a valid session: allocate, upload, ADD and MUL_MAT graphs, download")
     REQUIRE(base.code == 0);
     CHECK(base.reply.value != 0);
 
-    g::RpcTensor a = f32({4}, buf, 0), b = f32({4}, buf, 16), c = f32({4}, buf, 32);
-    fill_blob(std::vector<float>{1, 2, 3, 4});
-    REQUIRE(guest.set(buf, a, blob, 0, 16) == 0);
-    fill_blob(std::vector<float>{10, 20, 30, 40});
-    REQUIRE(guest.set(buf, b, blob, 0, 16) == 0);
-    g::Graph graph;
-    uint64_t ia = graph.add(a), ib = graph.add(b);
-    graph.add_node(c, static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
-    auto r = guest.compute(graph);
-    REQUIRE(r.code == 0);
-    CHECK(r.reply.status == 0);
-    REQUIRE(guest.get(buf, c, blob, 0, 16) == 0);
-    CHECK(read_blob(4) == std::vector<float>{11, 22, 33, 44});
+    add_round(guest, buf);
 
     // MUL_MAT: [2x2] x [2x1] (ggml: dst = b * a^T, rows of a against rows of b).
     g::RpcTensor m = f32({2, 2}, buf, 64), v = f32({2, 1}, buf, 96), o = f32({2, 1}, buf, 128);
