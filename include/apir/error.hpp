@@ -275,6 +275,21 @@ public:
     }
     Error&& with_errno(int e) && noexcept { return std::move(with_errno(e)); }
 
+    /// The same error (code, wire code, errno) with what the caller was doing before its
+    /// detail: "context: detail", or the context alone.
+    [[nodiscard]] Error with_context(std::string_view context) const {
+        Error out = *this;
+        out.detail_ = detail_.empty() ? std::string(context)
+                                      : std::string(context).append(": ").append(detail_);
+        return out;
+    }
+    /// The same error with a note after its detail: "detail; note", or the note alone.
+    [[nodiscard]] Error with_note(std::string_view note) const {
+        Error out = *this;
+        out.detail_ = detail_.empty() ? std::string(note) : detail_ + "; " + std::string(note);
+        return out;
+    }
+
     friend bool operator==(const Error& e, Errc c) noexcept { return e.code_ == c; }
 
 private:

@@ -342,11 +342,7 @@ private:
         if constexpr (C::type == CommandType::load_library &&
                       requires(T & t) { t.load_library_failure(); }) {
             std::string why = transport_.load_library_failure();
-            if (!why.empty()) {
-                Error out(e.code(), e.detail().empty() ? why : e.detail() + "; " + why);
-                if (e.has_wire_code()) out.with_wire_code(e.wire_code());
-                return out;
-            }
+            if (!why.empty()) return e.with_note(why);
         }
         return e;
     }

@@ -624,13 +624,11 @@ Expected<void> describe(Device& d) {
         if (e != Errc::forward_backend_error && e != Errc::forward_invalid_index)
             return Unexpected{std::move(e)};
         // The library loaded, but it does not answer ggml's command set as a ggml backend.
-        return fail(e.code(),
-                    fmt::format("{}; the host's backend library refused ggml's first command "
-                                "(device_get_count): is it a ggml host backend "
-                                "(libggml-apir-host.so, ggml's libggml-virtgpu-backend.so)? "
-                                "Loopback: APIR_GGML_BACKEND_LIBRARY; vtest: the server's "
-                                "VIRGL_APIR_BACKEND_LIBRARY; a VM: the host's configuration",
-                                e.detail().empty() ? std::string(e.summary()) : e.detail()));
+        return Unexpected{e.with_note(
+            "the host's backend library refused ggml's first command (device_get_count): is "
+            "it a ggml host backend (libggml-apir-host.so, ggml's libggml-virtgpu-backend.so)? "
+            "Loopback: APIR_GGML_BACKEND_LIBRARY; vtest: the server's "
+            "VIRGL_APIR_BACKEND_LIBRARY; a VM: the host's configuration")};
     }
     if (*count == 0) return fail(Errc::no_device, "the host's ggml backend has no device");
     if (*count > 1)

@@ -118,12 +118,7 @@ Expected<void> check_status(Status s) {
 namespace detail {
 
 Error named(Error err, Command c) {
-    std::string d = err.detail().empty() ? std::string(command_name(c))
-                                         : fmt::format("{}: {}", command_name(c), err.detail());
-    Error out(err.code(), std::move(d));
-    if (err.has_wire_code()) out.with_wire_code(err.wire_code());
-    if (err.sys_errno() != 0) out.with_errno(err.sys_errno());
-    return out;
+    return err.with_context(command_name(c));
 }
 
 Expected<bool> to_bool(uint8_t v, std::string_view what) {

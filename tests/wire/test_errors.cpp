@@ -125,6 +125,20 @@ TEST_CASE("a code outside the table still has a name", "[errors]") {
     CHECK(apir::error_info(static_cast<Errc>(0xffff)).name == "UNKNOWN_ERROR");
 }
 
+TEST_CASE("with_context and with_note add to the detail and keep the codes", "[errors]") {
+    apir::Error e = apir::Error(apir::Errc::timeout, "no reply").with_wire_code(7).with_errno(110);
+    apir::Error c = e.with_context("buffer_get_base");
+    CHECK(c.detail() == "buffer_get_base: no reply");
+    CHECK(c.code() == apir::Errc::timeout);
+    CHECK((c.has_wire_code() && c.wire_code() == 7 && c.sys_errno() == 110));
+    apir::Error n = e.with_note("the host is busy");
+    CHECK(n.detail() == "no reply; the host is busy");
+    CHECK((n.wire_code() == 7 && n.sys_errno() == 110));
+    CHECK(apir::Error(apir::Errc::timeout).with_context("get").detail() == "get");
+    CHECK(apir::Error(apir::Errc::timeout).with_note("busy").detail() == "busy");
+    CHECK(e.detail() == "no reply"); // the original is unchanged
+}
+
 TEST_CASE("every category has a distinct name", "[errors]") {
     const std::vector<std::pair<Category, std::string_view>> categories = {
         {Category::protocol, "protocol"},   {Category::timeout, "timeout"},
