@@ -392,6 +392,223 @@ struct SimDevice::State {
         all_contexts.push_back(f.ctx);
     }
 
+    // One handler per ioctl, called with the device lock held and the caller's struct
+    // copied in (ioctl() copies it back out); f is the caller's file, a virtio-gpu one.
+    int ioctl_version(File* f, uapi::version& v) {
+        v.version_major = f->node->driver_major;
+        v.version_minor = f->virtio ? 1 : 0;
+        v.version_patchlevel = 0;
+        int e = copy_field(f->node->driver, v.name, v.name_len);
+        if (e == 0) e = copy_field("0", v.date, v.date_len);
+        if (e == 0) e = copy_field(f->virtio ? "virtio GPU" : "another GPU", v.desc, v.desc_len);
+        return e;
+    }
+
+    int ioctl_getparam(File*, uapi::getparam& p) {
+        uint64_t v = 0;
+        switch (static_cast<uapi::Param>(p.param)) {
+        case uapi::Param::features_3d:
+            v = cfg.has_3d;
+            break;
+        case uapi::Param::capset_query_fix:
+            v = 1;
+            break;
+        case uapi::Param::resource_blob:
+            v = cfg.has_blob;
+            break;
+        case uapi::Param::host_visible:
+            v = cfg.host_visible_bytes != 0;
+            break;
+        case uapi::Param::cross_device:
+            v = 0;
+            break;
+        case uapi::Param::context_init:
+            v = cfg.has_context_init;
+            break;
+        case uapi::Param::supported_capset_ids:
+            v = capset_mask();
+            break;
+        case uapi::Param::explicit_debug_name:
+            if (cfg.kernel == SimKernel::linux_6_1) return -EINVAL;
+            v = 1;
+            break;
+        default:
+            return -EINVAL;
+        }
+        if (p.value == 0) return -EFAULT;
+        // The kernel copies an int: 4 bytes, whatever the caller's variable.
+        const auto v32 = static_cast<uint32_t>(v);
+        return to_user(p.value, &v32, sizeof(v32)) ? 0 : -EFAULT;
+    }
+
+    int ioctl_get_caps(File*, uapi::get_caps& g) {
+        if (cfg.capsets.empty()) return -ENOSYS;
+        if (g.size == 0) return -EINVAL;
+        auto c = std::find_if(cfg.capsets.begin(), cfg.capsets.end(), [&](const SimCapset& c) {
+            return c.id == g.cap_set_id && c.max_version >= g.cap_set_ver;
+        });
+        if (c == cfg.capsets.end()) return -EINVAL;
+        if (g.addr == 0) return -EFAULT;
+        return to_user(g.addr, c->data.data(), std::min<size_t>(g.size, c->data.size())) ? 0
+                                                                                         : -EFAULT;
+    }
+
+    int ioctl_context_init(File* f, uapi::context_init& ci) {
+        if (!cfg.has_context_init || !cfg.has_3d) return -EINVAL;
+        const uint32_t max_params = cfg.kernel == SimKernel::linux_6_1 ? 3 : 4;
+        if (ci.num_params > max_params) return -EINVAL;
+        if (ci.num_params && ci.ctx_set_params == 0) return -EFAULT;
+        std::vector<uapi::context_set_param> params(ci.num_params);
+        if (!from_user(params.data(), ci.ctx_set_params, params.size() * sizeof(params[0])))
+            return -EFAULT;
+        if (f->context_created) return -EEXIST;
+        bool rings_seen = false;
+        for (const auto& p : params) {
+            switch (p.param) {
+            case uapi::context_param_capset_id:
+                if (p.value > max_capset_id) return -EINVAL;
+                if ((capset_mask() >> p.value & 1) == 0) return -EINVAL;
+                if (f->capset_set) return -EINVAL; // also after a failed attempt
+                f->capset = static_cast<uint32_t>(p.value);
+                f->capset_set = true;
+                break;
+            case uapi::context_param_num_rings:
+                if (p.value > max_rings || rings_seen) return -EINVAL;
+                rings_seen = true;
+                f->num_rings = p.value;
+                break;
+            case uapi::context_param_poll_rings_mask:
+                if (f->ring_mask != 0) return -EINVAL;
+                f->ring_mask = p.value;
+                break;
+            case uapi::context_param_debug_name:
+                if (cfg.kernel == SimKernel::linux_6_1) return -EINVAL;
+                break;
+            default:
+                return -EINVAL;
+            }
+        }
+        const uint64_t valid =
+            f->num_rings >= 64 ? ~uint64_t{0} : (uint64_t{1} << f->num_rings) - 1;
+        if (f->ring_mask & ~valid) return -EINVAL;
+        create_context(*f);
+        return 0;
+    }
+
+    int ioctl_create_blob(File* f, uapi::resource_create_blob& b) {
+        if (!cfg.has_blob) return -EINVAL;
+        if (b.blob_flags & ~uapi::blob_flags_known) return -EINVAL;
+        if (b.cmd_size % 4 != 0) return -EINVAL;
+        bool host3d = false;
+        switch (b.blob_mem) {
+        case uapi::blob_mem_guest:
+            break;
+        case uapi::blob_mem_host3d:
+        case uapi::blob_mem_host3d_guest:
+            host3d = true;
+            break;
+        default:
+            return -EINVAL;
+        }
+        if (host3d && !cfg.has_3d) return -EINVAL;
+        if (!host3d && (b.blob_id != 0 || b.cmd_size != 0)) return -EINVAL;
+        const bool visible =
+            b.blob_mem == uapi::blob_mem_host3d && (b.blob_flags & uapi::blob_flag_use_mappable);
+        if (visible && cfg.host_visible_bytes == 0) return -EINVAL;
+        if (!f->context_created) create_context(*f);
+        const uint64_t size = page_align(b.size);
+        if (size == 0) return -ENOSPC;
+        if (visible && visible_used + size > cfg.host_visible_bytes) return -ENOSPC;
+
+        auto mem = std::make_shared<Memory>();
+        mem->fd.reset(memfd_create("apir-sim-blob", MFD_CLOEXEC));
+        if (!mem->fd || ftruncate(mem->fd.get(), static_cast<off_t>(size)) != 0) return -ENOMEM;
+        void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, mem->fd.get(), 0);
+        if (p == MAP_FAILED) return -ENOMEM;
+        mem->host.reset({p, size});
+
+        auto obj = std::make_shared<Object>();
+        obj->res_id = next_res_id++;
+        obj->size = size;
+        obj->host_visible = visible;
+        obj->mem = mem;
+        obj->handles = 1;
+        if (host3d && f->ctx) {
+            obj->ctx = f->ctx;
+            f->ctx->attach(obj->res_id, mem);
+        }
+        if (visible) visible_used += size;
+        const uint32_t handle = f->lowest_free_handle();
+        f->handles.emplace(handle, obj);
+        objects.emplace(obj->res_id, obj);
+        b.bo_handle = handle;
+        b.res_handle = obj->res_id;
+        return 0;
+    }
+
+    int ioctl_map(File* f, uapi::map& m) {
+        auto it = f->handles.find(m.handle);
+        if (it == f->handles.end()) return -ENOENT;
+        Object& o = *it->second;
+        if (o.offset == 0) {
+            o.offset = next_offset;
+            next_offset += o.size;
+        }
+        m.offset = o.offset;
+        return 0;
+    }
+
+    int ioctl_gem_close(File* f, uapi::gem_close& g) {
+        auto it = f->handles.find(g.handle);
+        if (g.handle == 0 || it == f->handles.end()) return -EINVAL;
+        auto obj = std::move(it->second);
+        f->handles.erase(it);
+        --obj->handles;
+        maybe_free(obj);
+        return 0;
+    }
+
+    int ioctl_execbuffer(File* f, KernelExecbuffer& e, std::unique_lock<std::mutex>& lk) {
+        constexpr uint32_t known =
+            uapi::execbuf_fence_fd_in | uapi::execbuf_fence_fd_out | uapi::execbuf_ring_idx;
+        if (!cfg.has_3d) return -ENOSYS;
+        if (e.flags & ~known) return -EINVAL;
+        uint32_t ring = 0;
+        if (e.flags & uapi::execbuf_ring_idx) {
+            if (e.ring_idx >= f->num_rings) return -EINVAL;
+            ring = e.ring_idx;
+        }
+        if (e.size > INT_MAX) return -ENOMEM;
+        // No fences in the simulation: an in-fence or in-syncobj is refused.
+        if ((e.flags & uapi::execbuf_fence_fd_in) || e.num_in_syncobjs) return -EINVAL;
+        std::vector<uint32_t> bos(e.num_bo_handles);
+        if (!bos.empty()) {
+            if (e.bo_handles == 0) return -EFAULT;
+            if (!from_user(bos.data(), e.bo_handles, bos.size() * sizeof(uint32_t))) return -EFAULT;
+        }
+        for (size_t i = 0; i < bos.size(); ++i) {
+            if (!f->handles.count(bos[i])) return -ENOENT;
+            if (std::find(bos.begin(), bos.begin() + long(i), bos[i]) != bos.begin() + long(i))
+                return -EALREADY;
+        }
+        if (!f->context_created) create_context(*f);
+        if ((e.flags & uapi::execbuf_fence_fd_out) || e.num_out_syncobjs || !bos.empty() ||
+            (f->ring_mask >> ring & 1)) {
+            ++fenced;
+            if (e.flags & uapi::execbuf_fence_fd_out) e.fence_fd = -1;
+        }
+        if (e.size && e.command == 0) return -EFAULT;
+        std::vector<std::byte> command(e.size); // the kernel's copy
+        if (!from_user(command.data(), e.command, command.size())) return -EFAULT;
+        std::shared_ptr<Context> ctx = f->ctx;
+        lk.unlock(); // the host and the deliver hook run without the device lock
+        if (!ctx || (ctx->deliver && !ctx->deliver(command)))
+            dropped.fetch_add(1, std::memory_order_relaxed);
+        else
+            ctx->execute(std::move(command));
+        return 0;
+    }
+
     // Frees an object nothing refers to any more; its host memory goes when the host
     // has processed everything sent before.
     void maybe_free(const std::shared_ptr<Object>& obj) {
@@ -513,247 +730,39 @@ int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
     if (r == 0 && !f) r = -EBADF;
     if (r == 0 && !f->virtio && op != SimOp::version) r = -EINVAL; // another driver's ioctl
     State& s = *s_;
-    const SimConfig& cfg = s.cfg;
 
     if (r == 0) switch (op) {
         case SimOp::version:
-            r = with_struct<uapi::version>(k, [&](uapi::version& v) {
-                v.version_major = f->node->driver_major;
-                v.version_minor = f->virtio ? 1 : 0;
-                v.version_patchlevel = 0;
-                int e = copy_field(f->node->driver, v.name, v.name_len);
-                if (e == 0) e = copy_field("0", v.date, v.date_len);
-                if (e == 0)
-                    e = copy_field(f->virtio ? "virtio GPU" : "another GPU", v.desc, v.desc_len);
-                return e;
-            });
+            r = with_struct<uapi::version>(k,
+                                           [&](uapi::version& x) { return s.ioctl_version(f, x); });
             break;
-
         case SimOp::getparam:
-            r = with_struct<uapi::getparam>(k, [&](uapi::getparam& p) {
-                uint64_t v = 0;
-                switch (static_cast<uapi::Param>(p.param)) {
-                case uapi::Param::features_3d:
-                    v = cfg.has_3d;
-                    break;
-                case uapi::Param::capset_query_fix:
-                    v = 1;
-                    break;
-                case uapi::Param::resource_blob:
-                    v = cfg.has_blob;
-                    break;
-                case uapi::Param::host_visible:
-                    v = cfg.host_visible_bytes != 0;
-                    break;
-                case uapi::Param::cross_device:
-                    v = 0;
-                    break;
-                case uapi::Param::context_init:
-                    v = cfg.has_context_init;
-                    break;
-                case uapi::Param::supported_capset_ids:
-                    v = s.capset_mask();
-                    break;
-                case uapi::Param::explicit_debug_name:
-                    if (cfg.kernel == SimKernel::linux_6_1) return -EINVAL;
-                    v = 1;
-                    break;
-                default:
-                    return -EINVAL;
-                }
-                if (p.value == 0) return -EFAULT;
-                // The kernel copies an int: 4 bytes, whatever the caller's variable.
-                const auto v32 = static_cast<uint32_t>(v);
-                return to_user(p.value, &v32, sizeof(v32)) ? 0 : -EFAULT;
-            });
+            r = with_struct<uapi::getparam>(
+                k, [&](uapi::getparam& x) { return s.ioctl_getparam(f, x); });
             break;
-
         case SimOp::get_caps:
-            r = with_struct<uapi::get_caps>(k, [&](uapi::get_caps& g) {
-                if (cfg.capsets.empty()) return -ENOSYS;
-                if (g.size == 0) return -EINVAL;
-                auto c =
-                    std::find_if(cfg.capsets.begin(), cfg.capsets.end(), [&](const SimCapset& c) {
-                        return c.id == g.cap_set_id && c.max_version >= g.cap_set_ver;
-                    });
-                if (c == cfg.capsets.end()) return -EINVAL;
-                if (g.addr == 0) return -EFAULT;
-                return to_user(g.addr, c->data.data(), std::min<size_t>(g.size, c->data.size()))
-                           ? 0
-                           : -EFAULT;
-            });
+            r = with_struct<uapi::get_caps>(
+                k, [&](uapi::get_caps& x) { return s.ioctl_get_caps(f, x); });
             break;
-
         case SimOp::context_init:
-            r = with_struct<uapi::context_init>(k, [&](uapi::context_init& ci) {
-                if (!cfg.has_context_init || !cfg.has_3d) return -EINVAL;
-                const uint32_t max_params = cfg.kernel == SimKernel::linux_6_1 ? 3 : 4;
-                if (ci.num_params > max_params) return -EINVAL;
-                if (ci.num_params && ci.ctx_set_params == 0) return -EFAULT;
-                std::vector<uapi::context_set_param> params(ci.num_params);
-                if (!from_user(params.data(), ci.ctx_set_params, params.size() * sizeof(params[0])))
-                    return -EFAULT;
-                if (f->context_created) return -EEXIST;
-                bool rings_seen = false;
-                for (const auto& p : params) {
-                    switch (p.param) {
-                    case uapi::context_param_capset_id:
-                        if (p.value > max_capset_id) return -EINVAL;
-                        if ((s.capset_mask() >> p.value & 1) == 0) return -EINVAL;
-                        if (f->capset_set) return -EINVAL; // also after a failed attempt
-                        f->capset = static_cast<uint32_t>(p.value);
-                        f->capset_set = true;
-                        break;
-                    case uapi::context_param_num_rings:
-                        if (p.value > max_rings || rings_seen) return -EINVAL;
-                        rings_seen = true;
-                        f->num_rings = p.value;
-                        break;
-                    case uapi::context_param_poll_rings_mask:
-                        if (f->ring_mask != 0) return -EINVAL;
-                        f->ring_mask = p.value;
-                        break;
-                    case uapi::context_param_debug_name:
-                        if (cfg.kernel == SimKernel::linux_6_1) return -EINVAL;
-                        break;
-                    default:
-                        return -EINVAL;
-                    }
-                }
-                const uint64_t valid =
-                    f->num_rings >= 64 ? ~uint64_t{0} : (uint64_t{1} << f->num_rings) - 1;
-                if (f->ring_mask & ~valid) return -EINVAL;
-                s.create_context(*f);
-                return 0;
-            });
+            r = with_struct<uapi::context_init>(
+                k, [&](uapi::context_init& x) { return s.ioctl_context_init(f, x); });
             break;
-
         case SimOp::create_blob:
-            r = with_struct<uapi::resource_create_blob>(k, [&](uapi::resource_create_blob& b) {
-                if (!cfg.has_blob) return -EINVAL;
-                if (b.blob_flags & ~uapi::blob_flags_known) return -EINVAL;
-                if (b.cmd_size % 4 != 0) return -EINVAL;
-                bool host3d = false;
-                switch (b.blob_mem) {
-                case uapi::blob_mem_guest:
-                    break;
-                case uapi::blob_mem_host3d:
-                case uapi::blob_mem_host3d_guest:
-                    host3d = true;
-                    break;
-                default:
-                    return -EINVAL;
-                }
-                if (host3d && !cfg.has_3d) return -EINVAL;
-                if (!host3d && (b.blob_id != 0 || b.cmd_size != 0)) return -EINVAL;
-                const bool visible = b.blob_mem == uapi::blob_mem_host3d &&
-                                     (b.blob_flags & uapi::blob_flag_use_mappable);
-                if (visible && cfg.host_visible_bytes == 0) return -EINVAL;
-                if (!f->context_created) s.create_context(*f);
-                const uint64_t size = page_align(b.size);
-                if (size == 0) return -ENOSPC;
-                if (visible && s.visible_used + size > cfg.host_visible_bytes) return -ENOSPC;
-
-                auto mem = std::make_shared<Memory>();
-                mem->fd.reset(memfd_create("apir-sim-blob", MFD_CLOEXEC));
-                if (!mem->fd || ftruncate(mem->fd.get(), static_cast<off_t>(size)) != 0)
-                    return -ENOMEM;
-                void* p =
-                    ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, mem->fd.get(), 0);
-                if (p == MAP_FAILED) return -ENOMEM;
-                mem->host.reset({p, size});
-
-                auto obj = std::make_shared<Object>();
-                obj->res_id = s.next_res_id++;
-                obj->size = size;
-                obj->host_visible = visible;
-                obj->mem = mem;
-                obj->handles = 1;
-                if (host3d && f->ctx) {
-                    obj->ctx = f->ctx;
-                    f->ctx->attach(obj->res_id, mem);
-                }
-                if (visible) s.visible_used += size;
-                const uint32_t handle = f->lowest_free_handle();
-                f->handles.emplace(handle, obj);
-                s.objects.emplace(obj->res_id, obj);
-                b.bo_handle = handle;
-                b.res_handle = obj->res_id;
-                return 0;
-            });
+            r = with_struct<uapi::resource_create_blob>(
+                k, [&](uapi::resource_create_blob& x) { return s.ioctl_create_blob(f, x); });
             break;
-
         case SimOp::map:
-            r = with_struct<uapi::map>(k, [&](uapi::map& m) {
-                auto it = f->handles.find(m.handle);
-                if (it == f->handles.end()) return -ENOENT;
-                Object& o = *it->second;
-                if (o.offset == 0) {
-                    o.offset = s.next_offset;
-                    s.next_offset += o.size;
-                }
-                m.offset = o.offset;
-                return 0;
-            });
+            r = with_struct<uapi::map>(k, [&](uapi::map& x) { return s.ioctl_map(f, x); });
             break;
-
         case SimOp::gem_close:
-            r = with_struct<uapi::gem_close>(k, [&](uapi::gem_close& g) {
-                auto it = f->handles.find(g.handle);
-                if (g.handle == 0 || it == f->handles.end()) return -EINVAL;
-                auto obj = std::move(it->second);
-                f->handles.erase(it);
-                --obj->handles;
-                s.maybe_free(obj);
-                return 0;
-            });
+            r = with_struct<uapi::gem_close>(
+                k, [&](uapi::gem_close& x) { return s.ioctl_gem_close(f, x); });
             break;
-
         case SimOp::execbuffer:
-            r = with_struct<KernelExecbuffer>(k, [&](KernelExecbuffer& e) {
-                constexpr uint32_t known =
-                    uapi::execbuf_fence_fd_in | uapi::execbuf_fence_fd_out | uapi::execbuf_ring_idx;
-                if (!cfg.has_3d) return -ENOSYS;
-                if (e.flags & ~known) return -EINVAL;
-                uint32_t ring = 0;
-                if (e.flags & uapi::execbuf_ring_idx) {
-                    if (e.ring_idx >= f->num_rings) return -EINVAL;
-                    ring = e.ring_idx;
-                }
-                if (e.size > INT_MAX) return -ENOMEM;
-                // No fences in the simulation: an in-fence or in-syncobj is refused.
-                if ((e.flags & uapi::execbuf_fence_fd_in) || e.num_in_syncobjs) return -EINVAL;
-                std::vector<uint32_t> bos(e.num_bo_handles);
-                if (!bos.empty()) {
-                    if (e.bo_handles == 0) return -EFAULT;
-                    if (!from_user(bos.data(), e.bo_handles, bos.size() * sizeof(uint32_t)))
-                        return -EFAULT;
-                }
-                for (size_t i = 0; i < bos.size(); ++i) {
-                    if (!f->handles.count(bos[i])) return -ENOENT;
-                    if (std::find(bos.begin(), bos.begin() + long(i), bos[i]) !=
-                        bos.begin() + long(i))
-                        return -EALREADY;
-                }
-                if (!f->context_created) s.create_context(*f);
-                if ((e.flags & uapi::execbuf_fence_fd_out) || e.num_out_syncobjs || !bos.empty() ||
-                    (f->ring_mask >> ring & 1)) {
-                    ++s.fenced;
-                    if (e.flags & uapi::execbuf_fence_fd_out) e.fence_fd = -1;
-                }
-                if (e.size && e.command == 0) return -EFAULT;
-                std::vector<std::byte> command(e.size); // the kernel's copy
-                if (!from_user(command.data(), e.command, command.size())) return -EFAULT;
-                std::shared_ptr<Context> ctx = f->ctx;
-                lk.unlock(); // the host and the deliver hook run without the device lock
-                if (!ctx || (ctx->deliver && !ctx->deliver(command)))
-                    s.dropped.fetch_add(1, std::memory_order_relaxed);
-                else
-                    ctx->execute(std::move(command));
-                return 0;
-            });
+            r = with_struct<KernelExecbuffer>(
+                k, [&](KernelExecbuffer& x) { return s.ioctl_execbuffer(f, x, lk); });
             break;
-
         default:
             r = -EINVAL;
         }
