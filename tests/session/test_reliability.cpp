@@ -96,8 +96,13 @@ TEST_CASE("every call returns by its deadline while the host is busy, however ma
         if (inline_host(t)) continue; // its host runs inside submit, in the caller's thread
         DYNAMIC_SECTION(t.name) {
             auto s = connected(t);
-            std::thread busy([&] { (void)s->call<demo::Sleep>(demo::SleepRequest{1500}); });
-            std::this_thread::sleep_for(50ms); // the host is now inside the backend
+            std::thread busy([&] { (void)s->call<demo::Sleep>(demo::SleepRequest{3000}); });
+            // Until the host is inside the backend (a call times out behind it); on a
+            // loaded machine the sleeping call may take a while to get there.
+            const auto give_up = apir::Clock::now() + 1s;
+            while (apir::Clock::now() < give_up &&
+                   s->call<demo::Echo>(demo::EchoRequest{0, "x"}, within(10ms)))
+                std::this_thread::sleep_for(5ms);
             std::chrono::nanoseconds worst{0};
             int timed_out = 0;
             for (int i = 0; i < 80; ++i) {
