@@ -14,9 +14,8 @@
 #   vdrm-apir           libggml-apir over virtio-gpu through the virtual render node
 #                       (APIR_LLAMA_VDRM_LIB), the node offering the APIR capset
 #   vdrm-venus          the same, the node offering only Venus (transition mode, +331)
-#   vtest               libggml-apir over vtest to virglrenderer's host (virgl_test_server
-#                       of $APIR_VIRGL_PEER_DIR); skips while libggml-apir refuses
-#                       APIR_GGML_TRANSPORT=vtest
+#   vtest               libggml-apir over vtest (APIR_GGML_TRANSPORT=vtest) to
+#                       virglrenderer's host (virgl_test_server of $APIR_VIRGL_PEER_DIR)
 #   frontend-apir       ggml's own unmodified frontend ($APIR_GGML_PEER_DIR's libggml with
 #   frontend-venus      libggml-virtgpu) through the node, both capset modes, against the
 #                       host backend library $APIR_LLAMA_FRONTEND_HOST_LIB (skips unset)
