@@ -129,10 +129,26 @@ bool run(Backend& b, int iterations, uint32_t chain) {
 
 } // namespace
 
+// A whole number in [1, max], or 0 when the text is not one.
+static long count_arg(const char* text, long max) {
+    char* end = nullptr;
+    const long v = std::strtol(text, &end, 10);
+    return end != text && *end == '\0' && v >= 1 && v <= max ? v : 0;
+}
+
 int main(int argc, char** argv) {
-    const int iterations = argc > 1 ? std::atoi(argv[1]) : 2000;
-    const auto chain = static_cast<uint32_t>(argc > 2 ? std::atoi(argv[2]) : 64);
-    if (argc > 3) g_threads = argv[3];
+    const long iterations = argc > 1 ? count_arg(argv[1], 1000000) : 2000;
+    const long chain = argc > 2 ? count_arg(argv[2], 4096) : 64;
+    const long threads = argc > 3 ? count_arg(argv[3], 1024) : 4;
+    if (argc > 4 || iterations == 0 || chain == 0 || threads == 0) {
+        std::fprintf(stderr,
+                     "usage: apir-ggml-host-bench [computes (2000)] [ADD nodes (64)] "
+                     "[device threads (4)]\n"
+                     "Graph-compute latency of libggml-apir-host and ggml's host backend over "
+                     "ggml's CPU device, in one run (APIR_GGML_PEER_DIR: the ggml peer).\n");
+        return 2;
+    }
+    g_threads = std::to_string(threads);
     const char* peer = std::getenv("APIR_GGML_PEER_DIR");
     if (!peer || !*peer) {
         std::printf("skip: APIR_GGML_PEER_DIR is not set\n");
@@ -141,7 +157,9 @@ int main(int argc, char** argv) {
     g_cpu_lib = std::string(peer) + "/lib/libggml-cpu.so.0";
     const std::string ggml_host = std::string(peer) + "/lib/libggml-virtgpu-backend.so.0";
     Backend ours{"libggml-apir-host"}, theirs{"ggml's libggml-virtgpu-backend"};
-    if (!load(APIR_GGML_HOST_BACKEND, ours) || !run(ours, iterations, chain)) return 1;
-    if (!load(ggml_host.c_str(), theirs) || !run(theirs, iterations, chain)) return 1;
+    const auto n = static_cast<int>(iterations);
+    const auto nodes = static_cast<uint32_t>(chain);
+    if (!load(APIR_GGML_HOST_BACKEND, ours) || !run(ours, n, nodes)) return 1;
+    if (!load(ggml_host.c_str(), theirs) || !run(theirs, n, nodes)) return 1;
     return 0;
 }
