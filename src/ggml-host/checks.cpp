@@ -5,6 +5,8 @@
 
 #include <ggml-backend.h>
 
+#include <bit>
+
 namespace apir::ggml_host {
 
 std::string_view code_name(Code c) noexcept {
@@ -186,10 +188,7 @@ int32_t param(const ggml_tensor* t, int i) {
     return t->op_params[i];
 }
 float param_f32(const ggml_tensor* t, int i) {
-    float f = 0;
-    static_assert(sizeof f == sizeof t->op_params[0]);
-    __builtin_memcpy(&f, &t->op_params[i], sizeof f);
-    return f;
+    return std::bit_cast<float>(t->op_params[i]);
 }
 bool is_vector(const ggml_tensor* t) {
     return t->ne[1] == 1 && t->ne[2] == 1 && t->ne[3] == 1;

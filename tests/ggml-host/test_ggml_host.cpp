@@ -20,6 +20,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <bit>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -275,6 +276,11 @@ g::RpcTensor typed(ggml_type type, std::initializer_list<uint32_t> ne, g::Buffer
     return t;
 }
 
+/// A float op parameter as ggml stores it in op_params (int32 words).
+int32_t f32_bits(float f) {
+    return std::bit_cast<int32_t>(f);
+}
+
 /// Computes one node over its sources (ids 1..n, the node n + 1); the code answered.
 uint32_t one_node(Guest& guest, std::vector<g::RpcTensor> srcs, g::RpcTensor out, ggml_op op,
                   std::initializer_list<std::pair<int, int32_t>> params = {}) {
@@ -397,10 +403,7 @@ TEST_CASE("a remote device through ggml's RPC backend, checked like a local one"
 
     // The checks guard the remote device as they guard a local one: a node ggml-cpu would
     // abort on (on the server) is refused here, a range past the buffer never sent.
-    int32_t bad_eps = 0;
-    const float eps = -1.0f;
-    std::memcpy(&bad_eps, &eps, 4);
-    CHECK(one_node(guest, {a}, c, GGML_OP_RMS_NORM, {{0, bad_eps}}) == bad_tensor);
+    CHECK(one_node(guest, {a}, c, GGML_OP_RMS_NORM, {{0, f32_bits(-1.0f)}}) == bad_tensor);
     CHECK(guest.set(buf, f32({4}, buf, 64 * 1024 - 8), blob, 0, 16) == bad_tensor);
     // The server lived through it: the context still computes.
     REQUIRE(guest.compute(graph).code == 0);
@@ -843,15 +846,12 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         const g::RpcTensor pos = typed(GGML_TYPE_I32, {12}, buf, k); // 4 per token
         const g::RpcTensor d = f32({8, 2, 3}, buf, 2 * k);
         auto rope = [&](int32_t s0, int32_t s1, int32_t s2, int32_t s3) {
-            float base = 10000.0f, scale = 1.0f, attn = 1.0f;
-            int32_t fb = 0, fs = 0, fa = 0;
-            std::memcpy(&fb, &base, 4), std::memcpy(&fs, &scale, 4), std::memcpy(&fa, &attn, 4);
             return one_node(guest, {a, pos}, d, GGML_OP_ROPE,
                             {{1, 8},
                              {2, GGML_ROPE_TYPE_MROPE},
-                             {5, fb},
-                             {6, fs},
-                             {8, fa},
+                             {5, f32_bits(10000.0f)}, // freq_base
+                             {6, f32_bits(1.0f)},     // freq_scale
+                             {8, f32_bits(1.0f)},     // attn_factor
                              {11, s0},
                              {12, s1},
                              {13, s2},
@@ -870,11 +870,12 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         const g::RpcTensor pos = typed(GGML_TYPE_I32, {3}, buf, k);
         const g::RpcTensor d = f32({8, 2, 3}, buf, 2 * k);
         auto rope = [&](int32_t mode) {
-            float base = 10000.0f, scale = 1.0f, attn = 1.0f;
-            int32_t fb = 0, fs = 0, fa = 0;
-            std::memcpy(&fb, &base, 4), std::memcpy(&fs, &scale, 4), std::memcpy(&fa, &attn, 4);
             return one_node(guest, {a, pos}, d, GGML_OP_ROPE,
-                            {{1, 8}, {2, mode}, {5, fb}, {6, fs}, {8, fa}});
+                            {{1, 8},
+                             {2, mode},
+                             {5, f32_bits(10000.0f)},
+                             {6, f32_bits(1.0f)},
+                             {8, f32_bits(1.0f)}});
         };
         for (int32_t mode : {1, 4, 6, 16, 32, 64, -2}) {
             INFO("mode " << mode);
@@ -912,9 +913,7 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
     SECTION("RMS_NORM, NORM: an epsilon below 0 or NaN (ggml asserts eps >= 0)") {
         const g::RpcTensor a = f32({8, 2}, buf, 0), d = f32({8, 2}, buf, k);
         auto norm = [&](ggml_op op, float eps) {
-            int32_t bits = 0;
-            std::memcpy(&bits, &eps, 4);
-            return one_node(guest, {a}, d, op, {{0, bits}});
+            return one_node(guest, {a}, d, op, {{0, f32_bits(eps)}});
         };
         for (ggml_op op : {GGML_OP_RMS_NORM, GGML_OP_NORM}) {
             INFO("op " << static_cast<int>(op));
