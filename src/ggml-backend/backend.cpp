@@ -112,7 +112,7 @@ struct Device {
 
 Buffer::~Buffer() {
     const BufferHandle h = remote.buffer.handle;
-    if (auto r = dev->remote->with_device([&](auto& d) { return d.free_buffer(h); }); !r)
+    if (auto r = dev->remote->device().free_buffer(h); !r)
         dev->log().warn("free_buffer {:#x}: {}", h.value(), r.error().message());
 }
 
@@ -214,10 +214,7 @@ bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, b
                  "its bytes are untrusted: an earlier set, memset, copy or clear of them failed");
     } else {
         auto rt = encode_rpc_tensor(t, buf->remote);
-        auto n = rt ? tensor_nbytes(t) : Expected<uint64_t>(Unexpected{rt.error()});
-        r = !rt  ? Expected<void>(Unexpected{std::move(rt).error()})
-            : !n ? Expected<void>(Unexpected{std::move(n).error()})
-                 : f(*dev->remote, buf->remote, *rt, *n);
+        r = rt ? f(dev->remote->device(), *rt) : Expected<void>(Unexpected{std::move(rt).error()});
     }
     if (write) {
         if (r)
@@ -235,27 +232,25 @@ bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, b
 void buffer_memset_tensor(ggml_backend_buffer_t b, ggml_tensor* t, uint8_t value, size_t offset,
                           size_t size) {
     transfer(b, t, "memset_tensor", true, offset, size,
-             [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
-                 return r.fill_tensor(rb, rt, n, value, offset, size);
+             [&](Remote::Device& d, const RpcTensor& rt) {
+                 return d.fill_tensor(rt, value, offset, size);
              });
 }
 
 void buffer_set_tensor(ggml_backend_buffer_t b, ggml_tensor* t, const void* data, size_t offset,
                        size_t size) {
     const Bytes bytes(static_cast<const std::byte*>(data), size);
-    transfer(b, t, "set_tensor", true, offset, size,
-             [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
-                 return r.set_tensor(rb, rt, n, bytes, offset);
-             });
+    transfer(b, t, "set_tensor", true, offset, size, [&](Remote::Device& d, const RpcTensor& rt) {
+        return d.set_tensor(rt, bytes, offset);
+    });
 }
 
 void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data, size_t offset,
                        size_t size) {
     const std::span<std::byte> out(static_cast<std::byte*>(data), size);
-    if (!transfer(b, t, "get_tensor", false, offset, size,
-                  [&](Remote& r, auto& rb, auto& rt, uint64_t n) {
-                      return r.get_tensor(rb, rt, n, out, offset);
-                  }))
+    if (!transfer(
+            b, t, "get_tensor", false, offset, size,
+            [&](Remote::Device& d, const RpcTensor& rt) { return d.get_tensor(rt, out, offset); }))
         std::memset(data, failed_get_fill, size);
 }
 
@@ -281,7 +276,7 @@ bool buffer_cpy_tensor(ggml_backend_buffer_t b, const ggml_tensor* src, ggml_ten
     auto rd = encode_rpc_tensor(dst, dst_buf->remote);
     Expected<bool> r = !rs   ? Expected<bool>(Unexpected{rs.error()})
                        : !rd ? Expected<bool>(Unexpected{rd.error()})
-                             : dev->remote->copy_tensor(dst_buf->remote, *rs, *rd);
+                             : dev->remote->device().copy_tensor(*rs, *rd);
     if (!r) {
         dev->log().error("cpy_tensor '{}' -> '{}' failed; the destination is untrusted until "
                          "written again: {}",
@@ -301,7 +296,7 @@ void buffer_clear(ggml_backend_buffer_t b, uint8_t value) {
         return;
     }
     const BufferHandle h = buf->remote.buffer.handle;
-    if (auto r = dev->remote->with_device([&](auto& d) { return d.clear(h, value); }); !r) {
+    if (auto r = dev->remote->device().clear(h, value); !r) {
         dev->log().error("clear failed; the whole buffer is untrusted until written again: {}",
                          r.error().message());
         buf->untrusted.add(0, buf->remote.buffer.size);
@@ -333,12 +328,12 @@ const char* buft_get_name(ggml_backend_buffer_type_t t) {
 ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t size) {
     Device* dev = device_of(t);
     Remote& remote = *dev->remote;
-    auto b = remote.with_device([&](auto& d) { return d.alloc_buffer(dev->buft_handle, size); });
+    auto b = remote.device().alloc_buffer(dev->buft_handle, size);
     if (!b) {
         dev->log().error("alloc_buffer of {} bytes: {}", size, b.error().message());
         return nullptr;
     }
-    auto base = remote.with_device([&](auto& d) { return d.base(b->handle); });
+    auto base = remote.device().base(b->handle);
     // ggml's allocator relies on the base: aligned as the buffer type says, and the
     // buffer's bytes not wrapping the address space.
     if (base && *base % dev->alignment != 0)
@@ -351,7 +346,7 @@ ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t siz
                     fmt::format("buffer_get_base: base {:#x} + {} bytes wraps", *base, size));
     if (!base) {
         dev->log().error("alloc_buffer of {} bytes: {}", size, base.error().message());
-        (void)remote.with_device([&](auto& d) { return d.free_buffer(b->handle); });
+        (void)remote.device().free_buffer(b->handle);
         return nullptr;
     }
     auto ctx = std::make_shared<Buffer>();
@@ -417,7 +412,7 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
     const size_t n = s->encoding.size();
     if (s->graph_blob.size() < n) {
         s->graph_blob.reset();
-        auto blob = dev->remote->create_shmem(std::max(n, size_t{1} << 20));
+        auto blob = dev->remote->device().shmem(std::max(n, size_t{1} << 20));
         if (!blob) {
             dev->log().error("graph_compute: shared memory for {} bytes: {}", n,
                              blob.error().message());
@@ -429,7 +424,7 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         dev->log().error("graph_compute: {}", w.error().message());
         return GGML_STATUS_FAILED;
     }
-    auto st = dev->remote->graph_compute(s->graph_blob.res_id(), n);
+    auto st = dev->remote->device().compute(s->graph_blob.res_id(), n);
     // The nodes' bytes are what the host just computed when it succeeded; after a
     // failure or a timeout (the host may still be writing them) they are not to be trusted.
     const bool computed = st && *st == ggml::Status::success;
@@ -490,7 +485,7 @@ const char* dev_get_description(ggml_backend_dev_t d) {
 
 void dev_get_memory(ggml_backend_dev_t d, size_t* free, size_t* total) {
     Device* dev = device_of(d);
-    auto m = dev->remote->with_device([](auto& d) { return d.memory(); });
+    auto m = dev->remote->device().memory();
     if (!m) {
         dev->log().warn("get_memory: {}", m.error().message());
         *free = *total = 0;
@@ -517,7 +512,7 @@ void dev_get_props(ggml_backend_dev_t d, ggml_backend_dev_props* props) {
 
 ggml_backend_t dev_init_backend(ggml_backend_dev_t d, const char*) {
     Device* dev = device_of(d);
-    if (dev->remote->lost()) {
+    if (dev->remote->device().lost()) {
         dev->log().error("init_backend: the host is lost");
         return nullptr;
     }
@@ -544,7 +539,7 @@ bool dev_supports_op(ggml_backend_dev_t d, const ggml_tensor* op) {
     Device* dev = device_of(d);
     auto buf = dev->hold(op->buffer);
     const BufferHandle h = buf ? buf->remote.buffer.handle : BufferHandle{};
-    auto r = dev->remote->with_device([&](auto& d) { return ggml::supports_op(d, op, h); });
+    auto r = ggml::supports_op(dev->remote->device(), op, h);
     if (!r) {
         dev->log().warn("supports_op {}: {}", ggml_op_desc(op), r.error().message());
         return false;
@@ -618,7 +613,7 @@ constexpr uint64_t max_alignment = uint64_t{1} << 20;
 /// Reads what the device offers once; names and sizes do not change.
 Expected<void> describe(Device& d) {
     Remote& r = *d.remote;
-    auto count = r.with_device([](auto& dev) { return dev.count(); });
+    auto count = r.device().count();
     if (!count) {
         Error e = std::move(count).error();
         if (e != Errc::forward_backend_error && e != Errc::forward_invalid_index)
@@ -633,19 +628,19 @@ Expected<void> describe(Device& d) {
     if (*count == 0) return fail(Errc::no_device, "the host's ggml backend has no device");
     if (*count > 1)
         d.log().info("the host has {} devices; ggml's command set reaches its first", *count);
-    auto name = r.with_device([](auto& dev) { return dev.name(); });
+    auto name = r.device().name();
     if (!name) return Unexpected{std::move(name).error()};
-    auto desc = r.with_device([](auto& dev) { return dev.description(); });
+    auto desc = r.device().description();
     if (!desc) return Unexpected{std::move(desc).error()};
-    auto type = r.with_device([](auto& dev) { return dev.type(); });
+    auto type = r.device().type();
     if (!type) return Unexpected{std::move(type).error()};
-    auto buft = r.with_device([](auto& dev) { return dev.buffer_type(); });
+    auto buft = r.device().buffer_type();
     if (!buft) return Unexpected{std::move(buft).error()};
-    auto buft_name = r.with_device([&](auto& dev) { return dev.buffer_type_name(*buft); });
+    auto buft_name = r.device().buffer_type_name(*buft);
     if (!buft_name) return Unexpected{std::move(buft_name).error()};
-    auto align = r.with_device([&](auto& dev) { return dev.alignment(*buft); });
+    auto align = r.device().alignment(*buft);
     if (!align) return Unexpected{std::move(align).error()};
-    auto max = r.with_device([&](auto& dev) { return dev.max_size(*buft); });
+    auto max = r.device().max_size(*buft);
     if (!max) return Unexpected{std::move(max).error()};
 
     // ggml's allocator pads offsets to the alignment and splits buffers at max_size: a

@@ -5,12 +5,15 @@
 
 #include <fmt/format.h>
 
+#include <chrono>
 #include <limits>
 #include <unordered_map>
 #include <vector>
 
 namespace apir::ggml {
 
+// Block sizes and bytes per block, as ggml d99724f2's type traits give them (checked
+// against ggml_blck_size / ggml_type_size by tests/ggml-backend when ggml is found).
 std::optional<TypeTraits> type_traits(Type t) noexcept {
     switch (t) {
     case Type::f32:
@@ -29,6 +32,34 @@ std::optional<TypeTraits> type_traits(Type t) noexcept {
         return TypeTraits{"q8_0", 32, 34};
     case Type::q8_1:
         return TypeTraits{"q8_1", 32, 36};
+    case Type::q2_k:
+        return TypeTraits{"q2_K", 256, 84};
+    case Type::q3_k:
+        return TypeTraits{"q3_K", 256, 110};
+    case Type::q4_k:
+        return TypeTraits{"q4_K", 256, 144};
+    case Type::q5_k:
+        return TypeTraits{"q5_K", 256, 176};
+    case Type::q6_k:
+        return TypeTraits{"q6_K", 256, 210};
+    case Type::q8_k:
+        return TypeTraits{"q8_K", 256, 292};
+    case Type::iq2_xxs:
+        return TypeTraits{"iq2_xxs", 256, 66};
+    case Type::iq2_xs:
+        return TypeTraits{"iq2_xs", 256, 74};
+    case Type::iq3_xxs:
+        return TypeTraits{"iq3_xxs", 256, 98};
+    case Type::iq1_s:
+        return TypeTraits{"iq1_s", 256, 50};
+    case Type::iq4_nl:
+        return TypeTraits{"iq4_nl", 32, 18};
+    case Type::iq3_s:
+        return TypeTraits{"iq3_s", 256, 110};
+    case Type::iq2_s:
+        return TypeTraits{"iq2_s", 256, 82};
+    case Type::iq4_xs:
+        return TypeTraits{"iq4_xs", 256, 136};
     case Type::i8:
         return TypeTraits{"i8", 1, 1};
     case Type::i16:
@@ -39,8 +70,22 @@ std::optional<TypeTraits> type_traits(Type t) noexcept {
         return TypeTraits{"i64", 1, 8};
     case Type::f64:
         return TypeTraits{"f64", 1, 8};
+    case Type::iq1_m:
+        return TypeTraits{"iq1_m", 256, 56};
     case Type::bf16:
         return TypeTraits{"bf16", 1, 2};
+    case Type::tq1_0:
+        return TypeTraits{"tq1_0", 256, 54};
+    case Type::tq2_0:
+        return TypeTraits{"tq2_0", 256, 66};
+    case Type::mxfp4:
+        return TypeTraits{"mxfp4", 32, 17};
+    case Type::nvfp4:
+        return TypeTraits{"nvfp4", 64, 36};
+    case Type::q1_0:
+        return TypeTraits{"q1_0", 128, 18};
+    case Type::q2_0:
+        return TypeTraits{"q2_0", 64, 18};
     }
     return std::nullopt;
 }
@@ -116,6 +161,50 @@ Expected<void> check_status(Status s) {
 }
 
 namespace detail {
+
+namespace {
+int64_t now_ns() noexcept {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+} // namespace
+
+HostWatch::Ticket HostWatch::begin() noexcept {
+    const bool queued = in_flight_.fetch_add(1, std::memory_order_acq_rel) > 0;
+    return Ticket{now_ns(), queued};
+}
+
+void HostWatch::end(const Ticket& t, const Error* err, const Logger& logger) {
+    in_flight_.fetch_sub(1, std::memory_order_acq_rel);
+    const Category cat = err ? err->category() : Category::backend;
+    if (!err || cat == Category::backend || cat == Category::protocol) {
+        // The host answered (a refusal or a malformed reply is an answer too).
+        int64_t now = now_ns(), seen = last_answer_ns_.load(std::memory_order_relaxed);
+        while (seen < now &&
+               !last_answer_ns_.compare_exchange_weak(seen, now, std::memory_order_relaxed)) {
+        }
+        return;
+    }
+    bool lost = cat == Category::device;
+    if (cat == Category::timeout) {
+        const bool answered_meanwhile =
+            last_answer_ns_.load(std::memory_order_relaxed) > t.start_ns;
+        lost = !t.queued && !answered_meanwhile;
+        if (!lost)
+            logger.warn("{}: the call waited behind another call of this device (the host "
+                        "is busy, not lost)",
+                        err->message());
+    }
+    if (lost && !lost_.exchange(true, std::memory_order_acq_rel))
+        logger.error("the host is lost ({}); every later call of this device fails at once",
+                     err->message());
+}
+
+Error HostWatch::lost_error() {
+    return Error(Errc::disconnected, "an earlier call found the host gone or timed out; "
+                                     "this device fails every call from now on");
+}
 
 Error named(Error err, Command c) {
     return err.with_context(command_name(c));

@@ -217,9 +217,37 @@ TEST_CASE("tensors round-trip and a graph computes on the host") {
         CHECK(got == std::vector<float>(1024, 0.f));
         ggml_backend_buffer_free(buf);
     }
+    SECTION("tensors of every ggml type travel (k-quants and i-quants too)") {
+        int types = 0;
+        for (int ti = 0; ti < GGML_TYPE_COUNT; ++ti) {
+            const auto type = static_cast<ggml_type>(ti);
+            if (ggml_type_size(type) == 0) continue; // a removed type
+            CAPTURE(ggml_type_name(type));
+            Ctx c;
+            // Two rows of two blocks, the second row read back at an offset.
+            const int64_t row = 2 * ggml_blck_size(type);
+            ggml_tensor* x = ggml_new_tensor_2d(c.ctx, type, row, 2);
+            ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+            REQUIRE(buf != nullptr);
+            std::vector<uint8_t> v(ggml_nbytes(x)), got(v.size(), 0);
+            for (size_t i = 0; i < v.size(); ++i)
+                v[i] = static_cast<uint8_t>(i * 7 + ti);
+            ggml_backend_tensor_set(x, v.data(), 0, v.size());
+            ggml_backend_tensor_get(x, got.data(), 0, got.size());
+            CHECK(got == v);
+            const size_t half = v.size() / 2;
+            std::vector<uint8_t> second(half);
+            ggml_backend_tensor_get(x, second.data(), half, half);
+            CHECK(std::equal(second.begin(), second.end(), v.begin() + static_cast<long>(half)));
+            ggml_backend_buffer_free(buf);
+            ++types;
+        }
+        CHECK(types == 35); // ggml d99724f2: 43 ids, 8 of them removed types
+    }
     SECTION("a transfer larger than a staging chunk goes in pieces") {
         Ctx c;
-        const auto chunk = static_cast<int64_t>(f.registry->remote()->chunk_size());
+        const auto chunk =
+            static_cast<int64_t>(f.registry->remote()->device().options().chunk_size);
         const int64_t n = chunk / static_cast<int64_t>(sizeof(float)) + 12345;
         ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, n);
         ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
@@ -234,6 +262,24 @@ TEST_CASE("tensors round-trip and a graph computes on the host") {
         ggml_backend_buffer_free(buf);
     }
     ggml_backend_free(backend);
+}
+
+TEST_CASE("apir::ggml sizes every type as ggml does") {
+    STATIC_REQUIRE(ggml::type_count == GGML_TYPE_COUNT);
+    for (int ti = 0; ti < GGML_TYPE_COUNT; ++ti) {
+        const auto type = static_cast<ggml_type>(ti);
+        CAPTURE(ti);
+        const auto tt = ggml::type_traits(static_cast<ggml::Type>(ti));
+        if (ggml_type_size(type) == 0) {
+            CHECK_FALSE(tt); // removed from ggml: unknown here too
+            continue;
+        }
+        REQUIRE(tt);
+        CHECK(tt->name == ggml_type_name(type));
+        CHECK(tt->block_size == ggml_blck_size(type));
+        CHECK(tt->type_size == ggml_type_size(type));
+    }
+    CHECK_FALSE(ggml::type_traits(static_cast<ggml::Type>(GGML_TYPE_COUNT)));
 }
 
 TEST_CASE("supports_op asks the host, which refuses what its device cannot run") {
@@ -342,7 +388,7 @@ TEST_CASE("errors reach ggml as null buffers and failed statuses, with the reaso
         CHECK(ggml_backend_buft_alloc_buffer(buft, size_t{1} << 52) == nullptr);
         std::lock_guard lk(log_mu);
         CHECK(ggml_log_text.find("apir: alloc_buffer of") != std::string::npos);
-        CHECK_FALSE(f.registry->remote()->lost()); // the host is fine
+        CHECK_FALSE(f.registry->remote()->device().lost()); // the host is fine
     }
     SECTION("the host is gone: every later call fails at once") {
         ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
@@ -356,7 +402,7 @@ TEST_CASE("errors reach ggml as null buffers and failed statuses, with the reaso
         f.loopback->stop_host();
         const auto t0 = std::chrono::steady_clock::now();
         CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
-        CHECK(f.registry->remote()->lost());
+        CHECK(f.registry->remote()->device().lost());
         CHECK(ggml_backend_buft_alloc_buffer(buft, 4096) == nullptr);
         std::vector<float> v(64, 1.f);
         ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
@@ -447,7 +493,7 @@ TEST_CASE("a set that failed leaves its bytes untrusted: get and compute fail lo
     std::vector<float> v = random_floats(64, 11), got(64, 0.f);
     ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
     CHECK(LogCapture::text().find("set_tensor 'bad-x'") != std::string::npos);
-    CHECK_FALSE(f.registry->remote()->lost()); // a refusal is an answer
+    CHECK_FALSE(f.registry->remote()->device().lost()); // a refusal is an answer
 
     // Reading the untrusted bytes: the 0xff fill and an error, without a call.
     const uint64_t gets = f.forwards(18), computes = f.forwards(22);
@@ -577,7 +623,7 @@ TEST_CASE("a call that timed out behind another stream's long compute does not l
         computing = true;
         st = ggml_backend_graph_compute(backend, g);
     });
-    while (!computing || f.registry->remote()->in_flight() == 0)
+    while (!computing || f.registry->remote()->device().in_flight() == 0)
         std::this_thread::yield();
     std::this_thread::sleep_for(std::chrono::milliseconds(20)); // the graph is on the host
     size_t free = 1, total = 1;
@@ -585,7 +631,7 @@ TEST_CASE("a call that timed out behind another stream's long compute does not l
     CHECK(total == 0);
     compute.join();
     CHECK(st == GGML_STATUS_SUCCESS);
-    CHECK_FALSE(f.registry->remote()->lost());
+    CHECK_FALSE(f.registry->remote()->device().lost());
     // The device goes on.
     ggml_backend_tensor_get(y, got.data(), 0, ggml_nbytes(y));
     CHECK(got[5] == v[5] + v[5]);
@@ -605,7 +651,7 @@ TEST_CASE("a call that timed out waiting for the host alone marks the device los
     size_t free = 1, total = 1;
     ggml_backend_dev_memory(f.dev, &free, &total);
     CHECK(total == 0);
-    CHECK(f.registry->remote()->lost());
+    CHECK(f.registry->remote()->device().lost());
 }
 
 TEST_CASE("host values ggml relies on are checked before ggml sees them") {

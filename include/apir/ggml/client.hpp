@@ -23,12 +23,18 @@
 // outside ggml's enum are protocol errors. Every error names the command ("buffer_set_tensor:
 // ...").
 //
-// Bulk data (set/get) goes through the session's staging pool, in chunks of at
+// Bulk data (set/get/fill) goes through the session's staging pool, in chunks of at
 // most DeviceOptions::chunk_size bytes; the graph goes there too. Thread-safe: transfers
 // from several threads stage their own chunks; other calls run concurrently. A chunk
-// that fails ends its transfer with the error (never success with data not moved).
-// Metadata and transfer calls have finite deadlines; graph_compute waits as long as the
-// computation takes unless DeviceOptions::compute_timeout is set.
+// that fails ends its transfer with the error (never success with data not moved); its
+// deadline covers the wait for a staging blob and the call. Metadata and transfer calls
+// have finite deadlines; graph_compute waits as long as the computation takes unless
+// DeviceOptions::compute_timeout is set. Tensors of every ggml type are sized
+// (type_traits()).
+//
+// A lost host fails fast (HostWatch): a call that finds the host gone (a device error
+// such as DISCONNECTED), or that timed out waiting for the host alone, marks the device
+// lost, and every later call fails at once with DISCONNECTED instead of waiting again.
 #pragma once
 
 #include "apir/ggml/commands.hpp"
@@ -37,6 +43,7 @@
 #include "apir/session.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <map>
@@ -91,6 +98,33 @@ struct HostPtrBuffer {
 };
 
 namespace detail {
+/// Whether the host of a Device is lost. A device error (DISCONNECTED, ...) is proof. A
+/// timeout is proof only when the call waited for the host alone: no other call of the
+/// device was in flight when it began, and no answer came from the host during its wait
+/// (the host runs one command at a time, so a call may wait behind another stream's long
+/// graph: it then fails with TIMEOUT and the device stays usable). Lock-free.
+class HostWatch {
+public:
+    struct Ticket {
+        int64_t start_ns;
+        bool queued; ///< another call was in flight when this one began
+    };
+    [[nodiscard]] Ticket begin() noexcept;
+    /// Ends t's call; err: its error, or null. Marks the host lost on proof (logged once).
+    void end(const Ticket& t, const Error* err, const Logger& logger);
+    [[nodiscard]] bool lost() const noexcept { return lost_.load(std::memory_order_acquire); }
+    [[nodiscard]] int in_flight() const noexcept {
+        return in_flight_.load(std::memory_order_acquire);
+    }
+    /// What a call of a lost device fails with (DISCONNECTED).
+    [[nodiscard]] static Error lost_error();
+
+private:
+    std::atomic<bool> lost_{false};
+    std::atomic<int> in_flight_{0};
+    std::atomic<int64_t> last_answer_ns_{0}; // steady clock: when the host last answered
+};
+
 /// err with "<command>: " before its detail; code, wire code and errno kept.
 [[nodiscard]] Error named(Error err, Command c);
 /// A reply field that must be a ggml bool (0 or 1).
@@ -272,6 +306,14 @@ public:
                 std::memcpy(out.data() + at, staged.data(), staged.size());
             });
     }
+    /// Sets the tensor's bytes [offset, offset + size) to value (buffer_set_tensor from a
+    /// staged piece filled with value: ggml's command set has no memset).
+    [[nodiscard]] Expected<void> fill_tensor(const RpcTensor& t, uint8_t value, uint64_t offset,
+                                             uint64_t size) {
+        return transfer<BufferSetTensor>(t, offset, size, [&](std::span<std::byte> staged, size_t) {
+            std::memset(staged.data(), value, staged.size());
+        });
+    }
     /// buffer_cpy_tensor: copies src's bytes into dst (same size) on the host; false when
     /// the host cannot copy between these buffers.
     [[nodiscard]] Expected<bool> copy_tensor(const RpcTensor& src, const RpcTensor& dst) {
@@ -313,7 +355,8 @@ public:
     // --- compute ---------------------------------------------------------------
 
     /// backend_graph_compute: every tensor of g must lie inside a live buffer of this
-    /// device. SUCCESS, or the status as an error (GGML_STATUS_FAILED, ...).
+    /// device. SUCCESS, or the status as an error (GGML_STATUS_FAILED, ...). Encodes the
+    /// graph into a staging blob; a caller that keeps its own encoding uses compute().
     [[nodiscard]] Expected<void> graph_compute(const Graph& g) {
         return graph_compute(g.nodes(), g.tensors());
     }
@@ -329,15 +372,30 @@ public:
         if (!st) return fail(detail::named(std::move(st).error(), c));
         if (auto e = encode_graph(nodes, tensors, st->bytes()); !e)
             return fail(detail::named(std::move(e).error(), c));
-        CallOptions o;
-        if (options_.compute_timeout) o.deadline = Deadline::after(*options_.compute_timeout);
-        auto r = call<BackendGraphCompute>(GraphComputeRequest{st->res_id(), size}, o);
-        if (!r) return Unexpected{std::move(r).error()};
-        auto status = to_status(r->status);
-        if (!status) return fail(detail::named(std::move(status).error(), c));
+        auto status = compute(st->res_id(), size);
+        if (!status) return Unexpected{std::move(status).error()};
         if (auto ok = check_status(*status); !ok)
             return fail(detail::named(std::move(ok).error(), c));
         return {};
+    }
+    /// backend_graph_compute of a graph the caller encoded (encode_graph) into its own
+    /// shared memory (shmem()): bytes [0, size) of blob res_id. The host's status, checked
+    /// to be one of ggml's.
+    [[nodiscard]] Expected<Status> compute(uint32_t res_id, uint64_t size) {
+        CallOptions o;
+        if (options_.compute_timeout) o.deadline = Deadline::after(*options_.compute_timeout);
+        auto r = call<BackendGraphCompute>(GraphComputeRequest{res_id, size}, o);
+        if (!r) return Unexpected{std::move(r).error()};
+        auto status = to_status(r->status);
+        if (!status)
+            return fail(detail::named(std::move(status).error(), Command::backend_graph_compute));
+        return status;
+    }
+    /// Shared memory of n bytes for the caller's own use (a graph encoding it keeps);
+    /// fails at once when the host is lost.
+    [[nodiscard]] Expected<Shmem> shmem(size_t n) {
+        if (watch_.lost()) return fail(detail::HostWatch::lost_error());
+        return s_.transport().create_shmem(n);
     }
 
     // --- for extensions (apir/ggml/ggml_tensor.hpp) -----------------------------
@@ -361,6 +419,11 @@ public:
     }
     [[nodiscard]] Session<T>& session() noexcept { return s_; }
     [[nodiscard]] const DeviceOptions& options() const noexcept { return options_; }
+    /// True once a call found the host gone, or timed out waiting for the host alone
+    /// (HostWatch): every call fails at once with DISCONNECTED from then on.
+    [[nodiscard]] bool lost() const noexcept { return watch_.lost(); }
+    /// Calls of this device now in flight.
+    [[nodiscard]] int in_flight() const noexcept { return watch_.in_flight(); }
     /// Session::stats() with ggml's command names.
     [[nodiscard]] std::vector<NamedStats> stats() const { return named_stats(s_.stats()); }
 
@@ -378,7 +441,12 @@ private:
 
     template <class C>
     Expected<typename C::response> call(const typename C::request& req, const CallOptions& o) {
+        if (watch_.lost())
+            return fail(
+                detail::named(detail::HostWatch::lost_error(), static_cast<Command>(C::flags)));
+        const auto ticket = watch_.begin();
         auto r = s_.template call<C>(req, o);
+        watch_.end(ticket, r ? nullptr : &r.error(), s_.options().logger);
         if (!r) {
             auto e = detail::named(std::move(r).error(), static_cast<Command>(C::flags));
             s_.options().logger.debug("{}", e);
@@ -438,7 +506,7 @@ private:
     // set/get: chunks of at most chunk_size through the staging blob; move(staged, at)
     // copies between the caller's bytes at `at` and the staged piece.
     template <class C, class Move>
-    Expected<void> transfer(const RpcTensor& t, uint64_t offset, size_t size, Move&& move) {
+    Expected<void> transfer(const RpcTensor& t, uint64_t offset, uint64_t size, Move&& move) {
         constexpr auto c = static_cast<Command>(C::flags);
         auto n = placed(t, c);
         if (!n) return Unexpected{std::move(n).error()};
@@ -448,17 +516,21 @@ private:
                       fmt::format("bytes [{}, +{}) outside the tensor's {}", offset, size, *n)),
                 c));
         constexpr bool upload = std::is_same_v<C, BufferSetTensor>;
-        for (size_t at = 0; at < size;) {
-            const size_t piece = std::min(size - at, options_.chunk_size);
-            auto st = s_.stage(piece);
+        for (uint64_t at = 0; at < size;) {
+            const size_t piece =
+                static_cast<size_t>(std::min<uint64_t>(size - at, options_.chunk_size));
+            // One deadline per chunk: waiting for a staging blob counts against it too.
+            const Deadline deadline = Deadline::after(options_.transfer_timeout);
+            if (watch_.lost()) return fail(detail::named(detail::HostWatch::lost_error(), c));
+            auto st = s_.stage(piece, deadline);
             if (!st) return fail(detail::named(std::move(st).error(), c));
-            if constexpr (upload) move(st->bytes(), at);
+            if constexpr (upload) move(st->bytes(), static_cast<size_t>(at));
             CallOptions o;
-            o.deadline = Deadline::after(options_.transfer_timeout);
+            o.deadline = deadline;
             auto r =
                 call<C>(TensorTransferRequest{t.buffer, t, st->res_id(), offset + at, piece}, o);
             if (!r) return Unexpected{std::move(r).error()};
-            if constexpr (!upload) move(st->bytes(), at);
+            if constexpr (!upload) move(st->bytes(), static_cast<size_t>(at));
             at += piece;
         }
         return {};
@@ -469,6 +541,7 @@ private:
     mutable std::mutex mu_;
     std::set<uint64_t> types_;
     std::map<uint64_t, Record> buffers_;
+    detail::HostWatch watch_;
 };
 
 } // namespace apir::ggml

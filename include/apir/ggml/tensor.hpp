@@ -68,8 +68,9 @@ struct HandleAccess {
 };
 } // namespace detail
 
-/// ggml_type numbers (stable in ggml: new types are appended). The wire carries any
-/// uint32; the client sends only the types whose sizes it knows (type_traits()).
+/// ggml_type numbers (stable in ggml: new types are appended, removed ones leave gaps),
+/// every type of ggml d99724f2. The wire carries any uint32; the client sends only the
+/// types whose sizes it knows (type_traits()).
 enum class Type : uint32_t {
     f32 = 0,
     f16 = 1,
@@ -79,13 +80,36 @@ enum class Type : uint32_t {
     q5_1 = 7,
     q8_0 = 8,
     q8_1 = 9,
+    q2_k = 10,
+    q3_k = 11,
+    q4_k = 12,
+    q5_k = 13,
+    q6_k = 14,
+    q8_k = 15,
+    iq2_xxs = 16,
+    iq2_xs = 17,
+    iq3_xxs = 18,
+    iq1_s = 19,
+    iq4_nl = 20,
+    iq3_s = 21,
+    iq2_s = 22,
+    iq4_xs = 23,
     i8 = 24,
     i16 = 25,
     i32 = 26,
     i64 = 27,
     f64 = 28,
+    iq1_m = 29,
     bf16 = 30,
+    tq1_0 = 34,
+    tq2_0 = 35,
+    mxfp4 = 39,
+    nvfp4 = 40,
+    q1_0 = 41,
+    q2_0 = 42,
 };
+/// GGML_TYPE_COUNT of ggml d99724f2.
+inline constexpr uint32_t type_count = 43;
 
 struct TypeTraits {
     std::string_view name;
