@@ -361,9 +361,10 @@ private:
     mutable std::mutex info_mu_;
     std::optional<HandshakeReply> host_version_; // under info_mu_
     std::atomic<bool> load_requested_{false};    // LOADLIBRARY was sent by this session
-#ifndef NDEBUG
+    // Calls in flight, counted by debug builds only. The member is there in every build:
+    // the layout of a public template must not depend on NDEBUG, or a consumer whose
+    // translation units disagree on it would break the one-definition rule.
     std::atomic<uint32_t> in_flight_{0};
-#endif
 
     detail::ChannelPool channels_;
     detail::StagingPool staging_;

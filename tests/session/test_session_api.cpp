@@ -1,9 +1,12 @@
 // What a user of the Session's API relies on: a stats row per FORWARD id (bounded), the
 // host's reason in a failed LOADLIBRARY when the host is in-process, and holding a
-// Session through a pointer (it is not movable).
+// Session through a pointer (it is not movable), and one layout of the public templates
+// whatever NDEBUG says (this file without it, session_layout_ndebug.cpp with it).
+#undef NDEBUG
 #include "catch.hpp"
 #include "test_transports.hpp"
 
+#include <apir/ggml/client.hpp>
 #include <apir/loopback.hpp>
 #include <apir/session.hpp>
 
@@ -128,4 +131,12 @@ TEST_CASE("a Session is held through a pointer, e.g. from a C struct", "[session
     ggml_like_context ctx{owner.get()};
     REQUIRE(ctx.session->connect());
     CHECK(ctx.session->host_version()->major == apir::protocol_major);
+}
+
+std::size_t session_size_with_ndebug();     // session_layout_ndebug.cpp
+std::size_t ggml_device_size_with_ndebug(); // session_layout_ndebug.cpp
+
+TEST_CASE("a Session and a ggml Device have one layout with and without NDEBUG") {
+    CHECK(sizeof(apir::Session<apir::LoopbackTransport>) == session_size_with_ndebug());
+    CHECK(sizeof(apir::ggml::Device<apir::LoopbackTransport>) == ggml_device_size_with_ndebug());
 }
