@@ -37,7 +37,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#if APIR_BENCH_DRM_SIM
+#if APIR_HAVE_DRM
 #include <apir/sim_device.hpp>
 #include <apir/virtgpu.hpp>
 #endif
@@ -723,10 +723,10 @@ Result bench_alloc(const Plan& p, Sessions& sessions) {
 // virtio-gpu device of apir-sim (EXECBUFFER hands the command to a host thread; the
 // guest polls the reply page, as it must in a VM, where the host cannot wake it),
 // interleaved with the threaded loopback call. For comparison only: no target.
-// Built when the drm feature is on (APIR_BENCH_DRM_SIM); otherwise the line says why it was
+// Built when the drm feature is on (APIR_HAVE_DRM); otherwise the line says why it was
 // skipped.
 
-#if APIR_BENCH_DRM_SIM
+#if APIR_HAVE_DRM
 Result bench_roundtrip_drm_sim(const Plan& p, Sessions& sessions) {
     apir::SimConfig config;
     config.host.config[std::string(apir::config_library_path)] = sessions.backend();

@@ -1,7 +1,7 @@
 // apir-probe: what a user runs inside a VM to see whether APIR calls can reach the host,
 // and what is wrong if not, before filing a bug. Run with --help.
 #include <apir/apir.hpp>
-#ifdef APIR_PROBE_HAVE_DRM
+#if APIR_HAVE_DRM
 #include <apir/virtgpu.hpp>
 #endif
 #ifdef APIR_PROBE_HAVE_DEMO
@@ -206,7 +206,7 @@ std::string json_system() {
 std::string json_build() {
     JsonObject j;
     j.str("version", APIR_PROBE_VERSION).str("compiler", __VERSION__);
-#ifdef APIR_PROBE_HAVE_DRM
+#if APIR_HAVE_DRM
     j.boolean("drm_transport", true).str("libdrm", APIR_PROBE_LIBDRM_VERSION);
 #else
     j.boolean("drm_transport", false).raw("libdrm", "null");
@@ -412,7 +412,7 @@ private:
         out.emplace(apir::LoopbackTransport(std::move(lo)));
     }
 
-#ifdef APIR_PROBE_HAVE_DRM
+#if APIR_HAVE_DRM
     static std::string version_of(const apir::VirtgpuNodeReport& n) {
         return fmt::format("{}.{}.{}", n.driver_major, n.driver_minor, n.driver_patch);
     }

@@ -1,8 +1,9 @@
 #include "remote.hpp"
 
+#include "apir/config.hpp"
 #include "apir/loopback.hpp"
 #include "apir/vtest.hpp"
-#if APIR_GGML_HAVE_DRM
+#if APIR_HAVE_DRM
 #include "apir/virtgpu.hpp"
 #endif
 
@@ -27,7 +28,7 @@ Expected<AnyTransport> make_transport(const BackendConfig& c, const Logger& logg
         if (!t) return Unexpected{std::move(t).error()};
         return AnyTransport(std::move(*t));
     }
-#if APIR_GGML_HAVE_DRM
+#if APIR_HAVE_DRM
     VirtgpuOptions vo;
     vo.node = c.node;
     vo.logger = logger;
