@@ -34,10 +34,19 @@
 
 namespace apir {
 
+/// A host's configuration: key → value, what a backend reads through get_config.
+using HostConfig = std::map<std::string, std::string, std::less<>>;
+
+/// Adds the "key=value" items of text, separated by sep (empty items skipped, a later
+/// key replacing an earlier one), to out; INVALID_ARGUMENT naming the first item that is
+/// not key=value (out then holds the items before it).
+[[nodiscard]] APIR_EXPORT Expected<void> parse_host_config(std::string_view text, char sep,
+                                                           HostConfig& out);
+
 struct HostOptions {
     /// Configuration the backend reads through get_config (apir.load_library.path,
     /// ggml.library.path, ggml.library.reg, ...).
-    std::map<std::string, std::string, std::less<>> config;
+    HostConfig config;
     /// The version this host reports in HANDSHAKE.
     uint32_t version_major = protocol_major;
     uint32_t version_minor = protocol_minor;

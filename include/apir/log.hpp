@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <string_view>
 
 #include <fmt/core.h>
@@ -35,6 +36,13 @@ enum class LogLevel : uint8_t { debug, info, warn, error, off };
         return "off";
     }
     return "?";
+}
+
+/// The level log_level_name() names ("debug", "info", "warn", "error", "off"), or nullopt.
+[[nodiscard]] constexpr std::optional<LogLevel> parse_log_level(std::string_view name) noexcept {
+    for (auto l : {LogLevel::debug, LogLevel::info, LogLevel::warn, LogLevel::error, LogLevel::off})
+        if (name == log_level_name(l)) return l;
+    return std::nullopt;
 }
 
 using LogSink = std::function<void(LogLevel, std::string_view)>;

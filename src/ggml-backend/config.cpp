@@ -7,20 +7,10 @@
 
 namespace apir::ggml_remote {
 
-Expected<std::map<std::string, std::string, std::less<>>>
-parse_config_string(std::string_view text) {
-    std::map<std::string, std::string, std::less<>> out;
-    while (!text.empty()) {
-        const size_t end = std::min(text.find(';'), text.size());
-        const std::string_view item = text.substr(0, end);
-        text.remove_prefix(std::min(end + 1, text.size()));
-        if (item.empty()) continue;
-        const size_t eq = item.find('=');
-        if (eq == std::string_view::npos || eq == 0)
-            return fail(Errc::invalid_argument,
-                        fmt::format("APIR_GGML_CONFIG: '{}' is not key=value", item));
-        out.insert_or_assign(std::string(item.substr(0, eq)), std::string(item.substr(eq + 1)));
-    }
+Expected<HostConfig> parse_config_string(std::string_view text) {
+    HostConfig out;
+    if (auto r = parse_host_config(text, ';', out); !r)
+        return fail(std::move(r).error().with_context("APIR_GGML_CONFIG"));
     return out;
 }
 
@@ -36,8 +26,7 @@ Expected<std::chrono::milliseconds> parse_ms(const char* var, std::string_view v
 }
 
 Expected<LogLevel> parse_level(std::string_view v) {
-    for (auto l : {LogLevel::debug, LogLevel::info, LogLevel::warn, LogLevel::error, LogLevel::off})
-        if (v == log_level_name(l)) return l;
+    if (auto l = parse_log_level(v)) return *l;
     return fail(Errc::invalid_argument,
                 fmt::format("APIR_GGML_LOG='{}': expected debug, info, warn, error or off", v));
 }

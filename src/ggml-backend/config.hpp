@@ -17,6 +17,7 @@
 #pragma once
 
 #include "apir/error.hpp"
+#include "apir/host.hpp"
 #include "apir/log.hpp"
 
 #include <chrono>
@@ -37,7 +38,7 @@ struct BackendConfig {
     /// loopback: the APIR backend library (apir.load_library.path).
     std::string backend_library;
     /// loopback: the host's configuration (APIR_GGML_CONFIG, plus apir.load_library.path).
-    std::map<std::string, std::string, std::less<>> host_config;
+    HostConfig host_config;
     bool loopback_threaded = true;
     /// vtest: the server's socket; empty = the transport's default.
     std::string vtest_socket;
@@ -52,8 +53,7 @@ using EnvLookup = std::function<const char*(const char*)>;
 /// "k=v;k=v" into a map. Empty items are skipped; an item without '=' or with an
 /// empty key is an INVALID_ARGUMENT naming it. Keys and values are taken verbatim
 /// (no trimming), so paths with spaces work.
-[[nodiscard]] Expected<std::map<std::string, std::string, std::less<>>>
-parse_config_string(std::string_view text);
+[[nodiscard]] Expected<HostConfig> parse_config_string(std::string_view text);
 
 /// The configuration from the environment; an error names the variable and the fix.
 [[nodiscard]] Expected<BackendConfig> config_from_environment(const EnvLookup& env);

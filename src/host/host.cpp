@@ -345,4 +345,18 @@ Expected<std::span<std::byte>> Host::shmem_for_context(uint32_t ctx_id, uint32_t
     });
 }
 
+Expected<void> parse_host_config(std::string_view text, char sep, HostConfig& out) {
+    while (!text.empty()) {
+        const size_t end = std::min(text.find(sep), text.size());
+        const std::string_view item = text.substr(0, end);
+        text.remove_prefix(std::min(end + 1, text.size()));
+        if (item.empty()) continue;
+        const size_t eq = item.find('=');
+        if (eq == std::string_view::npos || eq == 0)
+            return fail(Errc::invalid_argument, fmt::format("'{}' is not key=value", item));
+        out.insert_or_assign(std::string(item.substr(0, eq)), std::string(item.substr(eq + 1)));
+    }
+    return {};
+}
+
 } // namespace apir

@@ -201,17 +201,10 @@ const char* env(const char* name) {
 
 } // namespace
 
-bool parse_config(std::string_view text, char sep,
-                  std::map<std::string, std::string, std::less<>>& out, std::string& why) {
-    for (auto item : split(text, sep)) {
-        const size_t eq = item.find('=');
-        if (eq == std::string_view::npos || eq == 0) {
-            why = "'" + std::string(item) + "' is not key=value";
-            return false;
-        }
-        out[std::string(item.substr(0, eq))] = std::string(item.substr(eq + 1));
-    }
-    return true;
+bool parse_config(std::string_view text, char sep, HostConfig& out, std::string& why) {
+    auto r = parse_host_config(text, sep, out);
+    if (!r) why = r.error().detail();
+    return r.has_value();
 }
 
 bool read_settings(Settings& s, std::string& why) {
@@ -219,19 +212,12 @@ bool read_settings(Settings& s, std::string& why) {
     s.sim.nodes.front().bus = "pci " + s.device.pci_slot + " [1af4:1050]";
     LogLevel level = LogLevel::off;
     if (const char* v = env("APIR_VDRM_LOG")) {
-        const std::string_view l = v;
-        if (l == "debug")
-            level = LogLevel::debug;
-        else if (l == "info")
-            level = LogLevel::info;
-        else if (l == "warn")
-            level = LogLevel::warn;
-        else if (l == "error")
-            level = LogLevel::error;
-        else if (l != "off") {
-            why = "APIR_VDRM_LOG: '" + std::string(l) + "' is not off, error, warn, info or debug";
+        const auto l = parse_log_level(v);
+        if (!l) {
+            why = "APIR_VDRM_LOG: '" + std::string(v) + "' is not off, error, warn, info or debug";
             return false;
         }
+        level = *l;
     }
     s.sim.host.logger = Logger(stderr_sink, level);
     if (const char* v = env("APIR_VDRM_BACKEND"))

@@ -32,9 +32,7 @@ struct Settings {
 /// Reads APIR_VDRM_*; false with a one-line reason when a variable is wrong.
 [[nodiscard]] bool read_settings(Settings& out, std::string& why);
 
-/// key=value items separated by sep (empty items are skipped).
-[[nodiscard]] bool parse_config(std::string_view text, char sep,
-                                std::map<std::string, std::string, std::less<>>& out,
-                                std::string& why);
+/// key=value items separated by sep (parse_host_config); false with the reason in why.
+[[nodiscard]] bool parse_config(std::string_view text, char sep, HostConfig& out, std::string& why);
 
 } // namespace apir::vdrm

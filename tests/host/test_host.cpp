@@ -426,3 +426,29 @@ TEST_CASE("100,000 dropped commands are all counted and logged a few times, not 
         CHECK(f.load() == 1 + static_cast<uint32_t>(apir::LoadLibraryCode::already_loaded));
     CHECK(lines.load() <= 3);
 }
+
+TEST_CASE("host configuration text: key=value items, verbatim, the bad item named", "[host]") {
+    apir::HostConfig c{{"keep", "1"}};
+    REQUIRE(apir::parse_host_config("a=1;;b=x=y;a=2;p=/a b/lib.so;e=", ';', c));
+    CHECK(c == apir::HostConfig{
+                   {"keep", "1"}, {"a", "2"}, {"b", "x=y"}, {"p", "/a b/lib.so"}, {"e", ""}});
+    apir::HostConfig lines;
+    REQUIRE(apir::parse_host_config("k=v\nl=w\n", '\n', lines));
+    CHECK(lines.size() == 2);
+    for (const char* bad : {"a=1;novalue", "=v", "a=1\n=x"}) {
+        apir::HostConfig out;
+        auto r = apir::parse_host_config(bad, bad[3] == '\n' ? '\n' : ';', out);
+        REQUIRE_FALSE(r);
+        CHECK(r.error() == apir::Errc::invalid_argument);
+        CHECK_THAT(r.error().detail(), Catch::Contains("is not key=value"));
+    }
+}
+
+TEST_CASE("log levels are parsed by their names", "[host]") {
+    for (auto l : {apir::LogLevel::debug, apir::LogLevel::info, apir::LogLevel::warn,
+                   apir::LogLevel::error, apir::LogLevel::off})
+        CHECK(apir::parse_log_level(apir::log_level_name(l)) == l);
+    CHECK_FALSE(apir::parse_log_level("verbose"));
+    CHECK_FALSE(apir::parse_log_level("DEBUG"));
+    CHECK_FALSE(apir::parse_log_level(""));
+}
