@@ -11,6 +11,9 @@
 #   loopback-inline     libggml-apir, in-process host run inline by the caller
 #   loopback-fa-off     loopback-threaded with flash attention off (attention as
 #                       SOFT_MAX, CONT and matrix products: other ops than the default run)
+#   loopback-apir-host  loopback-threaded against apir's own host backend
+#                       ($APIR_LLAMA_APIR_HOST, libggml-apir-host.so) instead of ggml's;
+#                       the ops outside its table (FLASH_ATTN_EXT) run on the local CPU
 #   vdrm-apir           libggml-apir over virtio-gpu through the virtual render node
 #                       (APIR_LLAMA_VDRM_LIB), the node offering the APIR capset
 #   vdrm-venus          the same, the node offering only Venus (transition mode, +331)
@@ -74,9 +77,10 @@ host_config="ggml.library.path=$host_cpu;ggml.library.reg=ggml_backend_cpu_reg"
 unset APIR_GGML_TRANSPORT APIR_GGML_LOOPBACK_MODE GGML_REMOTING_USE_APIR_CAPSET APIR_GGML_NODE PEER_FA PEER_N PEER_PROMPT
 
 # run.sh check over the environment set by the caller; $1: the device description's
-# transport (libggml-apir names it: "... over APIR <transport>)").
+# transport (libggml-apir names it: "... over APIR <transport>)"); $2 (optional): a
+# command that must succeed on the APIR0 run's log before the path passes.
 check() {
-    local transport=$1
+    local transport=$1 verify=${2:-}
     local rc=0
     PEER_OUT=$out/check APIR_HOST_LIB=$host_lib APIR_HOST_CPU=$host_cpu \
         timeout -k 5 "$limit" "$peer/run.sh" check "$apir_so" >"$out/check.txt" 2>&1 || rc=$?
@@ -86,7 +90,18 @@ check() {
     # the path this test names is the one the APIR0 run took
     grep -qE "using device APIR0 \(.*over APIR $transport\)" "$out/check/check-apir.log" ||
         fail "the APIR0 run did not go over '$transport': $(grep -m1 'using device' "$out/check/check-apir.log")"
+    [ -z "$verify" ] || $verify "$out/check/check-apir.log"
     pass "llama.cpp on APIR0 over $transport: tokens and logits identical to the local CPU"
+}
+
+# The APIR0 run of loopback-apir-host had apir's host: FLASH_ATTN_EXT, outside its table,
+# ran on the local CPU, so ggml's scheduler split each layer's graph (ggml's own host
+# backend takes every op: 2 splits).
+refused_flash_attention() {
+    local splits
+    splits=$(grep -m1 -oE 'graph splits = [0-9]+' "$1" | grep -oE '[0-9]+$')
+    [ "${splits:-0}" -gt 2 ] ||
+        fail "the APIR0 run made ${splits:-no} graph splits: was the host apir's? (FLASH_ATTN_EXT should have run on the local CPU)"
 }
 
 vdrm_env() { # $1: capsets the node offers
@@ -157,6 +172,13 @@ loopback-threaded | loopback-inline)
 loopback-fa-off)
     export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=threaded PEER_FA=off
     check loopback-threaded
+    ;;
+loopback-apir-host)
+    host_lib=${APIR_LLAMA_APIR_HOST:-}
+    [ -n "$host_lib" ] || skip "APIR_LLAMA_APIR_HOST unset (the build has no libggml-apir-host.so)"
+    [ -f "$host_lib" ] || fail "no host backend library at $host_lib"
+    export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=threaded
+    check loopback-threaded refused_flash_attention
     ;;
 vdrm-apir | vdrm-venus)
     vdrm_env "$([ "$path" = vdrm-apir ] && echo virgl2,venus,apir || echo venus)"
