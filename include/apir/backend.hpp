@@ -268,6 +268,9 @@ using CommandHandler = uint32_t (*)(Context& context, BackendFrame& frame);
 
 /// Command id -> handler, for a backend's apir_backend_dispatcher. An id without a
 /// handler answers forward_invalid_index (what the guest names FORWARD_INVALID_INDEX).
+/// Ids 0..N-1 index an array; up to max_extensions ids at or past N (an extension far
+/// from a command set's own ids) are looked up beside it. Binding one id too many does
+/// not compile (the table is built in a constant expression).
 ///
 ///     constexpr auto table = [] {
 ///         apir::DispatchTable<Registry::Context, my_command_count> t({.reply_overflow = 4,
@@ -279,9 +282,20 @@ template <class Context, size_t N>
 class DispatchTable {
 public:
     constexpr explicit DispatchTable(DispatchCodes codes) noexcept : codes_(codes) {}
-    constexpr DispatchTable& on(uint32_t id, CommandHandler<Context> handler) noexcept {
-        if (id < N) handlers_[id] = handler;
-        return *this;
+    static constexpr size_t max_extensions = 4;
+
+    constexpr DispatchTable& on(uint32_t id, CommandHandler<Context> handler) {
+        if (id < N) {
+            handlers_[id] = handler;
+            return *this;
+        }
+        for (auto& [ext_id, ext] : extensions_)
+            if (ext == nullptr || ext_id == id) {
+                ext_id = id;
+                ext = handler;
+                return *this;
+            }
+        throw "DispatchTable::on: more than max_extensions ids past N";
     }
 
     /// Binds a call type to its handler: `Answer<Resp>(Context&, const Req&)` where the
@@ -296,7 +310,7 @@ public:
     ///         return AddReply{r.a + r.b};
     ///     });
     template <class C, class F>
-    constexpr DispatchTable& on(F) noexcept {
+    constexpr DispatchTable& on(F) {
         static_assert(is_call_v<C> && C::type == CommandType::forward,
                       "DispatchTable::on<C>: C must be an apir::Forward<Id, Req, Resp>");
         static_assert(std::is_empty_v<F> && std::is_default_constructible_v<F>,
@@ -306,11 +320,10 @@ public:
                            Answer<typename C::response>>,
             "DispatchTable::on<C>(f): f must be Answer<C::response>(Context&, const "
             "C::request&)");
-        if (C::flags < N) handlers_[C::flags] = &typed_thunk<C, F>;
-        return *this;
+        return on(C::flags, &typed_thunk<C, F>);
     }
     template <class C, Answer<typename C::response> (*Fn)(Context&, const typename C::request&)>
-    constexpr DispatchTable& on() noexcept {
+    constexpr DispatchTable& on() {
         return on<C>([](Context& c, const typename C::request& r) { return Fn(c, r); });
     }
     [[nodiscard]] constexpr const DispatchCodes& codes() const noexcept { return codes_; }
@@ -318,9 +331,10 @@ public:
     /// Runs the handler of cmd on an open context (null: codes().no_context).
     [[nodiscard]] uint32_t dispatch(Context* context, uint32_t cmd,
                                     BackendFrame& frame) const noexcept {
-        if (cmd >= N || handlers_[cmd] == nullptr) return forward_invalid_index;
+        const CommandHandler<Context> handler = find(cmd);
+        if (handler == nullptr) return forward_invalid_index;
         if (!context) return codes_.no_context;
-        const uint32_t result = handlers_[cmd](*context, frame);
+        const uint32_t result = handler(*context, frame);
         // The thunk is static and has no table: it reports through the frame.
         if (frame.outcome() == BackendFrame::Outcome::bad_request) return codes_.bad_request;
         if (frame.outcome() == BackendFrame::Outcome::failed) return codes_.failed;
@@ -357,7 +371,15 @@ private:
     }
 
     DispatchCodes codes_;
+    constexpr CommandHandler<Context> find(uint32_t cmd) const noexcept {
+        if (cmd < N) return handlers_[cmd];
+        for (const auto& [id, handler] : extensions_)
+            if (handler != nullptr && id == cmd) return handler;
+        return nullptr;
+    }
+
     std::array<CommandHandler<Context>, N> handlers_{};
+    std::array<std::pair<uint32_t, CommandHandler<Context>>, max_extensions> extensions_{};
 };
 
 } // namespace apir

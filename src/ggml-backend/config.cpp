@@ -83,6 +83,15 @@ Expected<BackendConfig> config_from_environment(const EnvLookup& env) {
         if (!ms) return Unexpected{std::move(ms).error()};
         c.compute_timeout = *ms;
     }
+    if (auto v = get("APIR_GGML_ZERO_COPY")) {
+        if (*v == "auto")
+            c.zero_copy = true;
+        else if (*v == "off")
+            c.zero_copy = false;
+        else
+            return fail(Errc::invalid_argument,
+                        fmt::format("APIR_GGML_ZERO_COPY='{}': expected auto or off", *v));
+    }
     if (auto v = get("APIR_GGML_LOG")) {
         auto l = parse_level(*v);
         if (!l) return Unexpected{std::move(l).error()};

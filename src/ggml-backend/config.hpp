@@ -14,6 +14,9 @@
 //   APIR_GGML_TIMEOUT_MS       deadline of every call except graph_compute (default 30000)
 //   APIR_GGML_COMPUTE_TIMEOUT_MS  deadline of graph_compute (default: none, like ggml)
 //   APIR_GGML_LOG              debug, info, warn (default) or error: what apir itself logs
+//   APIR_GGML_ZERO_COPY        auto (default): buffers in shared memory, set/get/memset
+//                              without a call, when the host offers it (apir's host
+//                              backend does; ggml's does not); off: every transfer staged
 #pragma once
 
 #include "apir/error.hpp"
@@ -45,6 +48,8 @@ struct BackendConfig {
     std::chrono::milliseconds call_timeout{30000};
     std::optional<std::chrono::milliseconds> compute_timeout;
     LogLevel log_level = LogLevel::warn;
+    /// Zero-copy buffers when the host offers them (APIR_GGML_ZERO_COPY=auto).
+    bool zero_copy = true;
 };
 
 /// Reads one environment variable; null when unset.

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 
 namespace apir::ggml_remote {
@@ -26,6 +27,9 @@ using ggml::RpcTensor;
 struct RemoteBuffer {
     ggml::Buffer buffer;
     uint64_t base = 0;
+    /// A zero-copy buffer (device_buffer_from_ptr): its bytes, in shared memory this
+    /// process maps; empty for a buffer only the host holds.
+    std::span<std::byte> shared;
 };
 
 class Remote {
@@ -47,11 +51,14 @@ public:
     [[nodiscard]] Session<AnyTransport>& session() noexcept { return session_; }
     [[nodiscard]] const Logger& logger() const noexcept { return logger_; }
     [[nodiscard]] std::string_view transport_name() noexcept { return session_.transport().name(); }
+    /// Whether the configuration lets buffers be zero-copy (APIR_GGML_ZERO_COPY).
+    [[nodiscard]] bool zero_copy_allowed() const noexcept { return zero_copy_allowed_; }
 
 private:
     Session<AnyTransport> session_;
     Device device_;
     Logger logger_;
+    bool zero_copy_allowed_;
 };
 
 } // namespace apir::ggml_remote

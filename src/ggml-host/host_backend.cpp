@@ -372,6 +372,16 @@ Answer<g::PropsReply> device_props(Context& c, const Empty&) {
                          static_cast<uint8_t>(p.caps.buffer_from_host_ptr), 0, 0};
 }
 
+/// apir's extension query: zero-copy buffers when the device makes buffers from host
+/// pointers (freed correctly here, unlike ggml's host backend, and checked against the
+/// blob on every use).
+Answer<g::CapabilitiesReply> capabilities(Context& c, const Empty&) {
+    ggml_backend_dev_props p{};
+    ggml_backend_dev_get_props(c.state.dev, &p);
+    return g::CapabilitiesReply{1, p.caps.buffer_from_host_ptr ? g::capability_zero_copy_buffers
+                                                               : uint64_t{0}};
+}
+
 Answer<g::BufferFromPtrReply> buffer_from_ptr(Context& c, const g::BufferFromPtrRequest& r) {
     State& s = c.state;
     if (r.size == 0 || r.max_tensor_size > r.size) return Refusal{raw(Code::bad_range)};
@@ -874,7 +884,8 @@ constexpr auto g_table = [] {
         .on<g::BufferCpyTensor, &cpy_tensor>()
         .on<g::BufferClear, &buffer_clear>()
         .on<g::BufferFreeBuffer, &buffer_free>()
-        .on<g::BackendGraphCompute, &graph_compute>();
+        .on<g::BackendGraphCompute, &graph_compute>()
+        .on<g::GetCapabilities, &capabilities>();
     return t;
 }();
 

@@ -282,6 +282,79 @@ TEST_CASE("apir::ggml sizes every type as ggml does") {
     CHECK_FALSE(ggml::type_traits(static_cast<ggml::Type>(GGML_TYPE_COUNT)));
 }
 
+TEST_CASE("zero-copy buffers: with apir's host, set, get, memset and clear make no call") {
+#ifndef APIR_GGML_HOST_BACKEND
+    WARN("SKIPPED: built without libggml-apir-host (src/ggml-host)");
+    return;
+#else
+    const bool zero_copy = GENERATE(true, false);
+    CAPTURE(zero_copy);
+    BackendConfig c = loopback_config();
+    c.backend_library = APIR_GGML_HOST_BACKEND;
+    c.host_config["apir.load_library.path"] = c.backend_library;
+    c.zero_copy = zero_copy;
+    Fixture f(c);
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    REQUIRE(backend != nullptr);
+    const auto calls = [&] {
+        uint64_t n = 0;
+        for (uint32_t id : {17u, 18u, 20u}) // set, get, clear
+            n += f.forwards(id);
+        return n;
+    };
+    const uint64_t before = calls();
+    REQUIRE(matmul_add_round(backend, 5).empty()); // sets and a get, then a graph
+    Ctx cx;
+    ggml_tensor* x = ggml_new_tensor_1d(cx.ctx, GGML_TYPE_F32, 1000);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(cx.ctx, backend);
+    REQUIRE(buf != nullptr);
+    auto v = random_floats(1000, 9);
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    ggml_backend_tensor_memset(x, 0, 40, 8); // floats 10 and 11
+    v[10] = v[11] = 0.f;
+    std::vector<float> got(1000);
+    ggml_backend_tensor_get(x, got.data(), 0, ggml_nbytes(x));
+    CHECK(got == v);
+    std::vector<float> part(3);
+    ggml_backend_tensor_get(x, part.data(), 9 * sizeof(float), 3 * sizeof(float));
+    CHECK(part == std::vector<float>{v[9], 0.f, 0.f});
+    ggml_backend_buffer_clear(buf, 0);
+    ggml_backend_tensor_get(x, got.data(), 0, ggml_nbytes(x));
+    CHECK(got == std::vector<float>(1000, 0.f));
+    // The host computes on the same bytes: a graph reads what was set in place and
+    // the guest reads its result in place.
+    ggml_tensor* y = ggml_scale(cx.ctx, x, 2.f);
+    ggml_backend_buffer_t ybuf = ggml_backend_alloc_buffer(backend, ggml_nbytes(y) + 256);
+    REQUIRE(ybuf != nullptr);
+    ggml_tallocr ta = ggml_tallocr_new(ybuf);
+    REQUIRE(ggml_tallocr_alloc(&ta, y) == GGML_STATUS_SUCCESS);
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    ggml_cgraph* g = ggml_new_graph(cx.ctx);
+    ggml_build_forward_expand(g, y);
+    REQUIRE(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS);
+    ggml_backend_tensor_get(y, got.data(), 0, ggml_nbytes(y));
+    for (size_t i = 0; i < v.size(); ++i)
+        CHECK(got[i] == 2.f * v[i]);
+    // A range past the tensor is refused in place too (and logged), not copied, and
+    // x's bytes are untrusted until set again.
+    std::vector<float> big(1001, 1.f);
+    ggml_backend_buffer_t xb = x->buffer;
+    xb->iface.set_tensor(xb, x, big.data(), 0, big.size() * sizeof(float));
+    ggml_backend_tensor_get(x, got.data(), 0, ggml_nbytes(x));
+    CHECK(std::isnan(got[0]));
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    ggml_backend_tensor_get(x, got.data(), 0, ggml_nbytes(x));
+    CHECK(got == v);
+    if (zero_copy)
+        CHECK(calls() == before); // every set, get, memset and clear was a copy here
+    else
+        CHECK(calls() > before + 8);
+    ggml_backend_buffer_free(ybuf);
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
+#endif
+}
+
 TEST_CASE("supports_op asks the host, which refuses what its device cannot run") {
     Fixture f;
     Ctx c;

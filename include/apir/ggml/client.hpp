@@ -83,6 +83,12 @@ struct DeviceProps {
     bool mmap_support = false;
 };
 
+/// What the host offers past ggml's command set (capabilities()); all false for ggml's
+/// own host backend.
+struct Capabilities {
+    bool zero_copy_buffers = false; ///< capability_zero_copy_buffers
+};
+
 /// A buffer the host allocated: its handle, its type and its size.
 struct Buffer {
     BufferHandle handle;
@@ -195,6 +201,20 @@ public:
             *out = *b;
         }
         return p;
+    }
+    /// apir's extension query (capabilities_command): what the host offers past ggml's
+    /// commands. A host that does not know the query (ggml's: FORWARD_INVALID_INDEX)
+    /// offers nothing, which is not an error.
+    [[nodiscard]] Expected<Capabilities> capabilities() {
+        auto r = call<GetCapabilities>(Empty{}, metadata());
+        if (!r) {
+            if (r.error() == Errc::forward_invalid_index) return Capabilities{};
+            return Unexpected{std::move(r).error()};
+        }
+        if (r->version == 0)
+            return fail(detail::named(Error(Errc::decode_bad_value, "capabilities version 0"),
+                                      static_cast<Command>(capabilities_command)));
+        return Capabilities{(r->flags & capability_zero_copy_buffers) != 0};
     }
     /// The device's default buffer type.
     [[nodiscard]] Expected<BufferTypeHandle> buffer_type() {

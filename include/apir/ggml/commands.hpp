@@ -56,6 +56,13 @@ enum class Command : uint32_t {
 };
 inline constexpr uint32_t command_count = 23;
 
+/// apir's extension of ggml's command set (docs/PROTOCOL.md, "Extensions"): one FORWARD
+/// id, "APIR" in ASCII, far past ggml's ids so that no ggml version gives it a meaning.
+/// ggml's host backend answers it FORWARD_INVALID_INDEX (its table ends at 23), which a
+/// guest takes as "no extension": only ggml's 23 commands. apir's host backend answers
+/// CapabilitiesReply.
+inline constexpr uint32_t capabilities_command = 0x41504952;
+
 /// ggml's name of a command id ("buffer_set_tensor"), or "unknown".
 [[nodiscard]] constexpr std::string_view command_name(uint32_t id) noexcept {
     constexpr std::array<std::string_view, command_count> names{
@@ -68,6 +75,7 @@ inline constexpr uint32_t command_count = 23;
         "buffer_get_tensor",          "buffer_cpy_tensor",      "buffer_clear",
         "buffer_free_buffer",         "backend_graph_compute",
     };
+    if (id == capabilities_command) return "apir_capabilities";
     return id < command_count ? names[id] : std::string_view("unknown");
 }
 [[nodiscard]] constexpr std::string_view command_name(Command c) noexcept {
@@ -193,6 +201,20 @@ struct StatusReply {
     static constexpr auto wire_fields = fields(&StatusReply::status);
 };
 
+/// What apir's host backend offers past ggml's command set.
+enum CapabilityFlag : uint64_t {
+    /// device_buffer_from_ptr buffers are safe to make and to free, and the host's
+    /// device reads and writes their bytes in the blob itself: the guest may set, get
+    /// and clear them in place, without a call (zero-copy buffers).
+    capability_zero_copy_buffers = 1,
+};
+struct CapabilitiesReply {
+    uint32_t version = 0; ///< of this reply's layout: 1
+    uint64_t flags = 0;   ///< CapabilityFlag bits; unknown bits are ignored
+    static constexpr auto wire_fields =
+        fields(&CapabilitiesReply::version, &CapabilitiesReply::flags);
+};
+
 // ---------------------------------------------------------------------------
 // The typed calls (device_supports_op and buffer_type_get_alloc_size: ggml_tensor.hpp)
 
@@ -222,6 +244,8 @@ using BufferClear = GgmlCall<Command::buffer_clear, ClearRequest>;
 using BufferFreeBuffer = GgmlCall<Command::buffer_free_buffer, BufferRequest>;
 using BackendGraphCompute =
     GgmlCall<Command::backend_graph_compute, GraphComputeRequest, StatusReply>;
+/// The extension query (capabilities_command).
+using GetCapabilities = Forward<capabilities_command, Empty, CapabilitiesReply>;
 
 /// Session counters with ggml's command names (FORWARD ids past the set: "unknown").
 struct NamedStats {
