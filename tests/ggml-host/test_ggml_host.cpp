@@ -728,6 +728,17 @@ TEST_CASE("device_buffer_from_ptr: a buffer over a blob, checked and freed") {
     CHECK(guest.call<g::BufferGetBase>({r.reply.buffer}).code == unknown_handle);
 }
 
+TEST_CASE("the capability query: version 1, zero-copy buffers over ggml's CPU device") {
+    Guest guest(7);
+    auto r = guest.call<g::GetCapabilities>({});
+    REQUIRE(r.code == 0);
+    CHECK(r.reply.version == 1);
+    CHECK(r.reply.flags == g::capability_zero_copy_buffers);
+    // An id next to it is not one of this backend's.
+    using Next = apir::Forward<g::capabilities_command + 1, apir::Empty>;
+    CHECK(guest.call<Next>({}).code == apir::forward_invalid_index);
+}
+
 TEST_CASE("a failed LOADLIBRARY leaves a context that answers every FORWARD with a code") {
     g_config_path[7] = "/nonexistent/libggml-cpu.so";
     Guest guest(7);
