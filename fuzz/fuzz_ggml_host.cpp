@@ -7,7 +7,8 @@
 // handles and the buffer type's handle (handles are random per context).
 //
 // Input: a list of records, each uint8 kind, uint16 little-endian length, that many bytes:
-//   kind % 4 == 0..1: FORWARD of command (next byte % 24) with the rest as its request;
+//   kind % 4 == 0..1: FORWARD of command (next byte % 24; 23 is apir's capability query)
+//                     with the rest as its request;
 //   kind % 4 == 2:    the bytes go to the start of blob 3 (64 KiB: graphs, transfers);
 //   kind % 4 == 3:    the bytes go to the start of blob 4 (4 KiB, for buffer_from_ptr).
 // Blobs are exact-size, page-aligned heap blocks: ASan sees a byte past one.
@@ -129,7 +130,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         case 0:
         case 1:
             if (n >= 1) {
-                const uint32_t cmd = static_cast<uint32_t>(rec[0]) % 24;
+                // 0..22: ggml's commands; 23: apir's capability query (0x41504952).
+                uint32_t cmd = static_cast<uint32_t>(rec[0]) % 24;
+                if (cmd == 23) cmd = 0x41504952;
                 static_cast<void>(dispatch(cmd, rec + 1, n - 1, out, sizeof out, &end));
                 if (end < out || end > out + sizeof out) std::abort();
             }
