@@ -1,9 +1,11 @@
-// ggml-backend-bench: the same ggml work on two remote ggml backends, in one run:
+// ggml-backend-bench: the same ggml work on remote ggml backends, in one run:
 //
-//   apir  libggml-apir's device: the loopback transport to ggml's host backend
-//         (libggml-virtgpu-backend over ggml's CPU backend), all in this process;
-//   rpc   ggml's RPC backend, talking TCP on 127.0.0.1 to an RPC server (ggml's CPU
-//         backend) that this program starts in a child process.
+//   apir       libggml-apir's device: the loopback transport to ggml's host backend
+//              (libggml-virtgpu-backend over ggml's CPU backend), all in this process;
+//   apir-host  the same against apir's own host backend (libggml-apir-host, when built),
+//              whose zero-copy buffers turn set/get into copies in this process;
+//   rpc        ggml's RPC backend, talking TCP on 127.0.0.1 to an RPC server (ggml's CPU
+//              backend) that this program starts in a child process.
 //
 // So this compares an in-process link with TCP between two processes: it shows what
 // each path costs on this machine, not a VM's virtio-gpu path (whose host is another
@@ -45,8 +47,8 @@ constexpr int server_threads = 4; // what ggml's CPU backend uses by default on 
 
 struct Result {
     std::string name;
-    double apir_us = 0, rpc_us = 0; // median per operation
-    size_t bytes = 0;               // moved per operation, for MB/s
+    double apir_us = 0, host_us = 0, rpc_us = 0; // median per operation (host: apir-host)
+    size_t bytes = 0;                            // moved per operation, for MB/s
 };
 
 double median_us(std::vector<double> v) {
@@ -211,18 +213,32 @@ int main(int argc, char** argv) {
     ggml_backend_load_all();
 
     // apir: loopback to ggml's host backend over ggml's CPU backend.
-    apir::ggml_remote::BackendConfig c;
-    c.transport = apir::ggml_remote::TransportKind::loopback;
-    c.host_config["apir.load_library.path"] = p + "/lib/libggml-virtgpu-backend.so.0";
-    c.host_config["ggml.library.path"] = p + "/lib/libggml-cpu.so.0";
-    c.host_config["ggml.library.reg"] = "ggml_backend_cpu_reg";
-    auto remote =
-        apir::ggml_remote::Remote::open(c, apir::ggml_remote::ggml_logger(apir::LogLevel::warn));
-    if (!remote) return fmt::print(stderr, "apir: {}\n", remote.error().message()), 1;
-    auto reg = apir::ggml_remote::Registry::create(std::move(*remote));
-    if (!reg) return fmt::print(stderr, "apir: {}\n", reg.error().message()), 1;
-    ggml_backend_t apir_backend =
-        ggml_backend_dev_init(ggml_backend_reg_dev_get((*reg)->reg(), 0), nullptr);
+    // APIR0 over the loopback to a host backend library (ggml's, or apir's own).
+    std::vector<std::unique_ptr<apir::ggml_remote::Registry>> registries;
+    auto apir_device = [&](const std::string& host_lib) -> ggml_backend_t {
+        apir::ggml_remote::BackendConfig c;
+        c.transport = apir::ggml_remote::TransportKind::loopback;
+        c.backend_library = host_lib;
+        c.host_config["apir.load_library.path"] = host_lib;
+        c.host_config["ggml.library.path"] = p + "/lib/libggml-cpu.so.0";
+        c.host_config["ggml.library.reg"] = "ggml_backend_cpu_reg";
+        auto remote = apir::ggml_remote::Remote::open(
+            c, apir::ggml_remote::ggml_logger(apir::LogLevel::warn));
+        if (!remote) return fmt::print(stderr, "apir: {}\n", remote.error().message()), nullptr;
+        auto reg = apir::ggml_remote::Registry::create(std::move(*remote));
+        if (!reg) return fmt::print(stderr, "apir: {}\n", reg.error().message()), nullptr;
+        registries.push_back(std::move(*reg));
+        return ggml_backend_dev_init(ggml_backend_reg_dev_get(registries.back()->reg(), 0),
+                                     nullptr);
+    };
+    ggml_backend_t apir_backend = apir_device(p + "/lib/libggml-virtgpu-backend.so.0");
+    if (!apir_backend) return 1;
+#ifdef APIR_GGML_HOST_BACKEND
+    ggml_backend_t host_backend = apir_device(APIR_GGML_HOST_BACKEND);
+    if (!host_backend) return 1;
+#else
+    ggml_backend_t host_backend = nullptr;
+#endif
 
     // rpc: ggml's RPC server in a child process, on a free port of 127.0.0.1.
     const int port = free_port();
@@ -260,34 +276,39 @@ int main(int argc, char** argv) {
     }
 
     const Figures fa = measure(apir_backend, quick);
+    const Figures fh = host_backend ? measure(host_backend, quick) : Figures{};
     const Figures fr = measure(rpc_backend, quick);
     ggml_backend_free(rpc_backend);
+    if (host_backend) ggml_backend_free(host_backend);
     ggml_backend_free(apir_backend);
     stop_server();
 
     const Result rows[] = {
-        {"round trip (16-byte get_tensor)", fa.round_trip, fr.round_trip, 16},
-        {"set_tensor 1 MiB", fa.set_1m, fr.set_1m, size_t{1} << 20},
-        {"set_tensor 64 MiB", fa.set_64m, fr.set_64m, size_t{64} << 20},
-        {"graph (64x64 mul_mat + add) + 16-byte get", fa.graph, fr.graph, 0},
+        {"round trip (16-byte get_tensor)", fa.round_trip, fh.round_trip, fr.round_trip, 16},
+        {"set_tensor 1 MiB", fa.set_1m, fh.set_1m, fr.set_1m, size_t{1} << 20},
+        {"set_tensor 64 MiB", fa.set_64m, fh.set_64m, fr.set_64m, size_t{64} << 20},
+        {"graph (64x64 mul_mat + add) + 16-byte get", fa.graph, fh.graph, fr.graph, 0},
     };
     if (!json) {
-        fmt::print("apir: in-process loopback to ggml's host backend; rpc: TCP to a server "
-                   "process on 127.0.0.1 (medians)\n");
-        fmt::print("{:<44} {:>12} {:>12} {:>8}\n", "operation", "apir", "rpc", "rpc/apir");
+        fmt::print("apir: in-process loopback to ggml's host backend; apir-host: the same to "
+                   "apir's host backend (zero-copy buffers); rpc: TCP to a server process on "
+                   "127.0.0.1 (medians)\n");
+        fmt::print("{:<44} {:>12} {:>12} {:>12} {:>8}\n", "operation", "apir", "apir-host", "rpc",
+                   "rpc/apir");
     }
     for (const Result& r : rows) {
         if (json) {
-            fmt::print("{{\"bench\":\"ggml-backend {}\",\"apir_us\":{:.2f},\"rpc_us\":{:.2f},"
-                       "\"rpc_over_apir\":{:.2f}}}\n",
-                       r.name, r.apir_us, r.rpc_us, r.rpc_us / r.apir_us);
+            fmt::print("{{\"bench\":\"ggml-backend {}\",\"apir_us\":{:.2f},\"apir_host_us\":{:.2f},"
+                       "\"rpc_us\":{:.2f},\"rpc_over_apir\":{:.2f}}}\n",
+                       r.name, r.apir_us, r.host_us, r.rpc_us, r.rpc_us / r.apir_us);
         } else {
             auto cell = [&](double us) {
+                if (us <= 0) return std::string("-");
                 return r.bytes > 4096 ? fmt::format("{:.0f} MB/s", r.bytes / us)
                                       : fmt::format("{:.1f} us", us);
             };
-            fmt::print("{:<44} {:>12} {:>12} {:>7.1f}x\n", r.name, cell(r.apir_us), cell(r.rpc_us),
-                       r.rpc_us / r.apir_us);
+            fmt::print("{:<44} {:>12} {:>12} {:>12} {:>7.1f}x\n", r.name, cell(r.apir_us),
+                       cell(r.host_us), cell(r.rpc_us), r.rpc_us / r.apir_us);
         }
     }
     return 0;
