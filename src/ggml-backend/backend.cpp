@@ -714,6 +714,10 @@ Expected<void> describe(Device& d) {
             d.log().info("no zero-copy buffers: the capability query failed: {}",
                          caps.error().message());
         d.zero_copy = caps && caps->zero_copy_buffers;
+        d.log().info("{}", d.zero_copy ? "zero-copy buffers: the host offers them; tensor bytes "
+                                         "move in shared memory without a call"
+                                       : "no zero-copy buffers (the host does not offer them): "
+                                         "every transfer is a call");
     }
     d.buft_handle = *buft;
     d.alignment = static_cast<size_t>(*align);

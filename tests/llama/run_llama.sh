@@ -11,9 +11,11 @@
 #   loopback-inline     libggml-apir, in-process host run inline by the caller
 #   loopback-fa-off     loopback-threaded with flash attention off (attention as
 #                       SOFT_MAX, CONT and matrix products: other ops than the default run)
-#   loopback-apir-host  loopback-threaded against apir's own host backend
-#                       ($APIR_LLAMA_APIR_HOST, libggml-apir-host.so) instead of ggml's;
-#                       the ops outside its table (FLASH_ATTN_EXT) run on the local CPU
+#   loopback-apir-host  loopback-threaded, vdrm-apir and vtest against apir's own host
+#   vdrm-apir-host      backend ($APIR_LLAMA_APIR_HOST, libggml-apir-host.so) instead of
+#   vtest-apir-host     ggml's: zero-copy buffers (checked in libggml-apir's log), and the
+#                       ops outside its table (FLASH_ATTN_EXT) on the local CPU (checked:
+#                       more graph splits)
 #   vdrm-apir           libggml-apir over virtio-gpu through the virtual render node
 #                       (APIR_LLAMA_VDRM_LIB), the node offering the APIR capset
 #   vdrm-venus          the same, the node offering only Venus (transition mode, +331)
@@ -77,10 +79,11 @@ host_config="ggml.library.path=$host_cpu;ggml.library.reg=ggml_backend_cpu_reg"
 unset APIR_GGML_TRANSPORT APIR_GGML_LOOPBACK_MODE GGML_REMOTING_USE_APIR_CAPSET APIR_GGML_NODE PEER_FA PEER_N PEER_PROMPT
 
 # run.sh check over the environment set by the caller; $1: the device description's
-# transport (libggml-apir names it: "... over APIR <transport>)"); $2 (optional): a
-# command that must succeed on the APIR0 run's log before the path passes.
+# transport (libggml-apir names it: "... over APIR <transport>)"). $verify, when set, is
+# a command that must succeed on the APIR0 run's log before the path passes.
+verify=
 check() {
-    local transport=$1 verify=${2:-}
+    local transport=$1
     local rc=0
     PEER_OUT=$out/check APIR_HOST_LIB=$host_lib APIR_HOST_CPU=$host_cpu \
         timeout -k 5 "$limit" "$peer/run.sh" check "$apir_so" >"$out/check.txt" 2>&1 || rc=$?
@@ -94,11 +97,13 @@ check() {
     pass "llama.cpp on APIR0 over $transport: tokens and logits identical to the local CPU"
 }
 
-# The APIR0 run of loopback-apir-host had apir's host: FLASH_ATTN_EXT, outside its table,
-# ran on the local CPU, so ggml's scheduler split each layer's graph (ggml's own host
-# backend takes every op: 2 splits).
-refused_flash_attention() {
+# The APIR0 run of an *-apir-host path had apir's host: libggml-apir made zero-copy
+# buffers, and FLASH_ATTN_EXT, outside the host's table, ran on the local CPU, so ggml's
+# scheduler split each layer's graph (ggml's own host backend takes every op: 2 splits).
+apir_host_used() {
     local splits
+    grep -qF "zero-copy buffers: the host offers them" "$1" ||
+        fail "libggml-apir made no zero-copy buffers: was the host apir's? ($(grep -m1 -F 'zero-copy' "$1"))"
     splits=$(grep -m1 -oE 'graph splits = [0-9]+' "$1" | grep -oE '[0-9]+$')
     [ "${splits:-0}" -gt 2 ] ||
         fail "the APIR0 run made ${splits:-no} graph splits: was the host apir's? (FLASH_ATTN_EXT should have run on the local CPU)"
@@ -164,26 +169,30 @@ frontend() { # $1: apir|venus
     pass "llama.cpp on ggml's frontend ($capset capset): tokens and logits identical to the local CPU"
 }
 
-case $path in
+base=$path # the path under test, without -apir-host
+if [[ $path == *-apir-host ]]; then
+    host_lib=${APIR_LLAMA_APIR_HOST:-}
+    [ -n "$host_lib" ] || skip "APIR_LLAMA_APIR_HOST unset (the build has no libggml-apir-host.so)"
+    [ -f "$host_lib" ] || fail "no host backend library at $host_lib"
+    export APIR_GGML_LOG=info # libggml-apir says whether its buffers are zero-copy
+    verify=apir_host_used
+    base=${path%-apir-host}
+    case $base in loopback) base=loopback-threaded ;; vdrm) base=vdrm-apir ;; esac
+fi
+
+case $base in
 loopback-threaded | loopback-inline)
-    export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=${path#loopback-}
-    check "$path"
+    export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=${base#loopback-}
+    check "$base"
     ;;
 loopback-fa-off)
     export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=threaded PEER_FA=off
     check loopback-threaded
     ;;
-loopback-apir-host)
-    host_lib=${APIR_LLAMA_APIR_HOST:-}
-    [ -n "$host_lib" ] || skip "APIR_LLAMA_APIR_HOST unset (the build has no libggml-apir-host.so)"
-    [ -f "$host_lib" ] || fail "no host backend library at $host_lib"
-    export APIR_GGML_TRANSPORT=loopback APIR_GGML_LOOPBACK_MODE=threaded
-    check loopback-threaded refused_flash_attention
-    ;;
 vdrm-apir | vdrm-venus)
-    vdrm_env "$([ "$path" = vdrm-apir ] && echo virgl2,venus,apir || echo venus)"
+    vdrm_env "$([ "$base" = vdrm-apir ] && echo virgl2,venus,apir || echo venus)"
     export APIR_GGML_TRANSPORT=virtgpu
-    check "$([ "$path" = vdrm-apir ] && echo virtgpu || echo virtgpu-venus)"
+    check "$([ "$base" = vdrm-apir ] && echo virtgpu || echo virtgpu-venus)"
     ;;
 vtest)
     transport_accepted vtest || skip "libggml-apir has no vtest transport (it refuses APIR_GGML_TRANSPORT=vtest)"
