@@ -127,6 +127,7 @@ int main(int argc, char** argv) {
     add("cmd20", Input{}.call<g::BufferClear>({buf0, 7}));
     add("cmd21", Input{}.call<g::BufferFreeBuffer>({buf0}));
     add("cmd22", Input{}.call<g::BufferFreeBuffer>({buf0}));
+    add("cmd23", Input{}.raw(23, {})); // apir's capability query (the harness maps 23 to it)
 
     // Graphs of the ops the table covers.
     auto session = [&](const char* name, const g::Graph& graph) {
