@@ -435,9 +435,10 @@ TEST_CASE("host configuration text: key=value items, verbatim, the bad item name
     apir::HostConfig lines;
     REQUIRE(apir::parse_host_config("k=v\nl=w\n", '\n', lines));
     CHECK(lines.size() == 2);
-    for (const char* bad : {"a=1;novalue", "=v", "a=1\n=x"}) {
+    for (auto [bad, sep] :
+         {std::pair{"a=1;novalue", ';'}, std::pair{"=v", ';'}, std::pair{"a=1\n=x", '\n'}}) {
         apir::HostConfig out;
-        auto r = apir::parse_host_config(bad, bad[3] == '\n' ? '\n' : ';', out);
+        auto r = apir::parse_host_config(bad, sep, out);
         REQUIRE_FALSE(r);
         CHECK(r.error() == apir::Errc::invalid_argument);
         CHECK_THAT(r.error().detail(), Catch::Contains("is not key=value"));
