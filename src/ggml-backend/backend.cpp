@@ -197,26 +197,13 @@ uint64_t nbytes_or_zero(const ggml_tensor* t) {
 /// 0xff (NaN in f32, f16 and bf16; -1 in integer types).
 constexpr uint8_t failed_get_fill = 0xff;
 
-/// Bytes [offset, +size) of tensor rt in a zero-copy buffer, checked to lie inside the
-/// tensor and the buffer.
-Expected<std::span<std::byte>> shared_range(const RemoteBuffer& rb, const RpcTensor& rt,
-                                            uint64_t offset, uint64_t size) {
-    auto n = ggml::nbytes(rt);
-    if (!n) return Unexpected{std::move(n).error()};
-    if (offset > *n || size > *n - offset)
-        return fail(Errc::invalid_argument,
-                    fmt::format("bytes [{}, +{}) outside the tensor's {}", offset, size, *n));
-    APIR_TRY(ggml::detail::check_range(rt, rb.shared.size(), offset, size));
-    return rb.shared.subspan(static_cast<size_t>(rt.data + offset), static_cast<size_t>(size));
-}
-
-/// Runs a transfer of t's bytes [offset, +size) of buffer b: remote(device, rpc tensor)
-/// through the host, or local(bytes) in place for a zero-copy buffer; logs what failed.
-/// A write (set, memset) that fails leaves those bytes untrusted; one that succeeds
-/// makes them trusted again. A read of untrusted bytes fails without a call.
-template <class Remote_, class Local>
+/// Runs f(device, rpc tensor), a transfer of t's bytes [offset, +size) of buffer b (a
+/// copy in place for a zero-copy buffer: apir::ggml::Device knows); logs what failed. A
+/// write (set, memset) that fails leaves those bytes untrusted; one that succeeds makes
+/// them trusted again. A read of untrusted bytes fails without a call.
+template <class F>
 bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, bool write,
-              uint64_t offset, uint64_t size, Remote_&& remote, Local&& local) {
+              uint64_t offset, uint64_t size, F&& f) {
     Device* dev = device_of(b);
     auto buf = dev->hold(b);
     if (!buf) {
@@ -231,17 +218,7 @@ bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, b
                  "its bytes are untrusted: an earlier set, memset, copy or clear of them failed");
     } else {
         auto rt = encode_rpc_tensor(t, buf->remote);
-        if (!rt) {
-            r = Unexpected{std::move(rt).error()};
-        } else if (!buf->remote.shared.empty()) {
-            auto bytes = shared_range(buf->remote, *rt, offset, size);
-            if (bytes)
-                local(*bytes);
-            else
-                r = Unexpected{std::move(bytes).error()};
-        } else {
-            r = remote(dev->remote->device(), *rt);
-        }
+        r = rt ? f(dev->remote->device(), *rt) : Expected<void>(Unexpected{std::move(rt).error()});
     }
     if (write) {
         if (r)
@@ -258,21 +235,18 @@ bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, b
 
 void buffer_memset_tensor(ggml_backend_buffer_t b, ggml_tensor* t, uint8_t value, size_t offset,
                           size_t size) {
-    transfer(
-        b, t, "memset_tensor", true, offset, size,
-        [&](Remote::Device& d, const RpcTensor& rt) {
-            return d.fill_tensor(rt, value, offset, size);
-        },
-        [&](std::span<std::byte> bytes) { std::memset(bytes.data(), value, bytes.size()); });
+    transfer(b, t, "memset_tensor", true, offset, size,
+             [&](Remote::Device& d, const RpcTensor& rt) {
+                 return d.fill_tensor(rt, value, offset, size);
+             });
 }
 
 void buffer_set_tensor(ggml_backend_buffer_t b, ggml_tensor* t, const void* data, size_t offset,
                        size_t size) {
     const Bytes bytes(static_cast<const std::byte*>(data), size);
-    transfer(
-        b, t, "set_tensor", true, offset, size,
-        [&](Remote::Device& d, const RpcTensor& rt) { return d.set_tensor(rt, bytes, offset); },
-        [&](std::span<std::byte> to) { std::memcpy(to.data(), data, to.size()); });
+    transfer(b, t, "set_tensor", true, offset, size, [&](Remote::Device& d, const RpcTensor& rt) {
+        return d.set_tensor(rt, bytes, offset);
+    });
 }
 
 void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data, size_t offset,
@@ -280,8 +254,7 @@ void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data
     const std::span<std::byte> out(static_cast<std::byte*>(data), size);
     if (!transfer(
             b, t, "get_tensor", false, offset, size,
-            [&](Remote::Device& d, const RpcTensor& rt) { return d.get_tensor(rt, out, offset); },
-            [&](std::span<std::byte> from) { std::memcpy(out.data(), from.data(), from.size()); }))
+            [&](Remote::Device& d, const RpcTensor& rt) { return d.get_tensor(rt, out, offset); }))
         std::memset(data, failed_get_fill, size);
 }
 
@@ -326,11 +299,6 @@ void buffer_clear(ggml_backend_buffer_t b, uint8_t value) {
         dev->log().error("clear: not a live buffer of this device (freed?)");
         return;
     }
-    if (!buf->remote.shared.empty()) {
-        std::memset(buf->remote.shared.data(), value, buf->remote.shared.size());
-        buf->untrusted.clear();
-        return;
-    }
     const BufferHandle h = buf->remote.buffer.handle;
     if (auto r = dev->remote->device().clear(h, value); !r) {
         dev->log().error("clear failed; the whole buffer is untrusted until written again: {}",
@@ -364,19 +332,17 @@ const char* buft_get_name(ggml_backend_buffer_type_t t) {
 ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t size) {
     Device* dev = device_of(t);
     Remote& remote = *dev->remote;
+    // A zero-copy buffer is a host-pointer buffer: Device moves its bytes in place.
     Expected<ggml::Buffer> b = fail(Errc::invalid_argument, "no buffer");
-    std::span<std::byte> shared;
     if (dev->zero_copy && size > 0) {
         auto z = remote.device().buffer_from_ptr(size, size);
-        if (z) {
+        if (z)
             b = z->buffer;
-            shared = z->bytes;
-        } else {
+        else
             dev->log().info("a zero-copy buffer of {} bytes: {}; the host's own memory instead",
                             size, z.error().message());
-        }
     }
-    if (shared.empty()) b = remote.device().alloc_buffer(dev->buft_handle, size);
+    if (!b) b = remote.device().alloc_buffer(dev->buft_handle, size);
     if (!b) {
         dev->log().error("alloc_buffer of {} bytes: {}", size, b.error().message());
         return nullptr;
@@ -399,7 +365,7 @@ ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t siz
     }
     auto ctx = std::make_shared<Buffer>();
     ctx->dev = dev;
-    ctx->remote = RemoteBuffer{*b, *base, shared};
+    ctx->remote = RemoteBuffer{*b, *base};
     ggml_backend_buffer_t gb = ggml_backend_buffer_init(t, buffer_iface, ctx.get(), size);
     std::lock_guard lk(dev->live_mu);
     dev->live.emplace(gb, std::move(ctx));

@@ -14,7 +14,6 @@
 
 #include <cstdint>
 #include <memory>
-#include <span>
 #include <string>
 
 namespace apir::ggml_remote {
@@ -27,9 +26,6 @@ using ggml::RpcTensor;
 struct RemoteBuffer {
     ggml::Buffer buffer;
     uint64_t base = 0;
-    /// A zero-copy buffer (device_buffer_from_ptr): its bytes, in shared memory this
-    /// process maps; empty for a buffer only the host holds.
-    std::span<std::byte> shared;
 };
 
 class Remote {

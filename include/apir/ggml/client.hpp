@@ -30,7 +30,9 @@
 // deadline covers the wait for a staging blob and the call. Metadata and transfer calls
 // have finite deadlines; graph_compute waits as long as the computation takes unless
 // DeviceOptions::compute_timeout is set. Tensors of every ggml type are sized
-// (type_traits()).
+// (type_traits()). Once the host has said it offers zero-copy buffers (capabilities()),
+// set, get, fill and clear of a host-pointer buffer (buffer_from_ptr), whose bytes are in
+// this process, are copies in place, checked like the others, without a call.
 //
 // A lost host fails fast (HostWatch): a call that finds the host gone (a device error
 // such as DISCONNECTED), or that timed out waiting for the host alone, marks the device
@@ -214,7 +216,9 @@ public:
         if (r->version == 0)
             return fail(detail::named(Error(Errc::decode_bad_value, "capabilities version 0"),
                                       static_cast<Command>(capabilities_command)));
-        return Capabilities{(r->flags & capability_zero_copy_buffers) != 0};
+        const Capabilities caps{(r->flags & capability_zero_copy_buffers) != 0};
+        zero_copy_.store(caps.zero_copy_buffers, std::memory_order_release);
+        return caps;
     }
     /// The device's default buffer type.
     [[nodiscard]] Expected<BufferTypeHandle> buffer_type() {
@@ -353,6 +357,10 @@ public:
     /// Sets every byte of the buffer to value.
     [[nodiscard]] Expected<void> clear(BufferHandle b, uint8_t value) {
         APIR_TRY(live(b, Command::buffer_clear));
+        if (auto bytes = in_place(b); !bytes.empty()) {
+            std::memset(bytes.data(), value, bytes.size());
+            return {};
+        }
         auto r = call<BufferClear>(ClearRequest{b, value}, metadata());
         if (!r) return Unexpected{std::move(r).error()};
         return {};
@@ -523,8 +531,19 @@ private:
         return n;
     }
 
-    // set/get: chunks of at most chunk_size through the staging blob; move(staged, at)
-    // copies between the caller's bytes at `at` and the staged piece.
+    // The bytes of a live host-pointer buffer, in this process, when the host offers
+    // zero-copy buffers; empty otherwise (the host moves the bytes).
+    std::span<std::byte> in_place(BufferHandle b) const {
+        if (!zero_copy_.load(std::memory_order_acquire)) return {};
+        std::lock_guard lk(mu_);
+        auto it = buffers_.find(b.value());
+        if (it == buffers_.end() || !it->second.blob) return {};
+        return it->second.blob.bytes().first(static_cast<size_t>(it->second.buffer.size));
+    }
+
+    // set/get: chunks of at most chunk_size through the staging blob (in place for a
+    // host-pointer buffer); move(piece, at) copies between the caller's bytes at `at` and
+    // the piece.
     template <class C, class Move>
     Expected<void> transfer(const RpcTensor& t, uint64_t offset, uint64_t size, Move&& move) {
         constexpr auto c = static_cast<Command>(C::flags);
@@ -535,6 +554,11 @@ private:
                 Error(Errc::invalid_argument,
                       fmt::format("bytes [{}, +{}) outside the tensor's {}", offset, size, *n)),
                 c));
+        if (auto bytes = in_place(t.buffer); !bytes.empty()) {
+            // placed() and the check above keep [t.data + offset, +size) inside the blob.
+            move(bytes.subspan(static_cast<size_t>(t.data + offset), static_cast<size_t>(size)), 0);
+            return {};
+        }
         constexpr bool upload = std::is_same_v<C, BufferSetTensor>;
         for (uint64_t at = 0; at < size;) {
             const size_t piece =
@@ -562,6 +586,7 @@ private:
     std::set<uint64_t> types_;
     std::map<uint64_t, Record> buffers_;
     detail::HostWatch watch_;
+    std::atomic<bool> zero_copy_{false}; // capabilities() said: zero-copy buffers
 };
 
 } // namespace apir::ggml
