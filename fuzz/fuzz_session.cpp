@@ -91,7 +91,7 @@ public:
         return apir::Shmem(blobs_, id, b);
     }
 
-    apir::Expected<void> submit(std::span<const std::byte> cmd, apir::Deadline) {
+    apir::Expected<void> submit(std::span<const std::byte> cmd, uint32_t, apir::Deadline) {
         require(cmd.size() >= apir::command_header_size, "the session sent a truncated command");
         apir::Decoder d(cmd);
         (void)d.read_u64();

@@ -90,13 +90,17 @@ public:
     /// into the reply page and notifies. Serialized: one command at a time. Returns
     /// why a command got no reply (for logs and tests); the guest sees only the page.
     Expected<void> execute(std::span<const std::byte> command);
+    /// The same for a command whose bytes are the host's until it returns (a queue
+    /// slot, a kernel copy): the backend decodes the payload in place, no copy.
+    Expected<void> execute_in_place(std::span<std::byte> command);
 
     /// The context id the backend library sees.
     [[nodiscard]] uint32_t context_id() const noexcept;
     [[nodiscard]] bool library_loaded() const noexcept;
     [[nodiscard]] HostStats stats() const noexcept;
     /// Why the last LOADLIBRARY failed ("'x' is not a regular file", "dlopen: ..."), the
-    /// reason the guest's return code cannot carry; empty when it succeeded.
+    /// reason the guest's return code cannot carry; empty when it succeeded. A loopback
+    /// session adds it to its LOADLIBRARY error (the host peer's diagnostics).
     [[nodiscard]] std::string load_library_failure() const;
     /// Checked look-up: the resource's mapping with its size, or UNKNOWN_RESOURCE;
     /// backends linked against this project can use it instead of get_shmem_ptr.

@@ -16,10 +16,16 @@
 
 namespace apir {
 
-/// The link's options (mode, queue, limits, test hooks) and the host's.
+/// The link's options (mode, limits) and the host's.
 struct LoopbackOptions : LoopbackLinkOptions {
     HostOptions host;
 };
+
+/// This project's host as a loopback link's peer: what LoopbackTransport puts at the
+/// other end, for a link that puts something of its own between (a test's decorator
+/// that drops commands: apir::LoopbackLink(factory) with a peer wrapping this one).
+[[nodiscard]] APIR_EXPORT std::unique_ptr<LoopbackPeer> make_host_peer(HostOptions options,
+                                                                       HostMemory& memory);
 
 /// A moved-from LoopbackTransport fails every call with DISCONNECTED and is named
 /// "moved-from" (host() must not be called on it).

@@ -30,42 +30,32 @@
 
 namespace apir {
 
-/// The other end of a loopback link: executes command buffers, one at a time (the
-/// link serializes the calls), answering through the link's HostMemory.
-class LoopbackPeer {
+/// The other end of a loopback link: executes command buffers, answering through the
+/// link's HostMemory. It is also the link's diagnostics (TransportDiagnostics): what it
+/// knows of a failed call beyond the return code (none by default).
+class LoopbackPeer : public TransportDiagnostics {
 public:
     virtual ~LoopbackPeer() = default;
     /// Executes one command buffer; a command the peer drops simply gets no reply. The
     /// link takes no lock around it: in inline mode guest threads call it at once, so a
     /// peer serializes its commands itself where it must (apir::Host does).
     virtual void execute(std::span<const std::byte> command) = 0;
+    /// The same for bytes that are the peer's until it returns (the threaded link's
+    /// queue slot): it may decode them in place instead of copying them first.
+    virtual void execute_in_place(std::span<std::byte> command) { execute(command); }
     /// Subtracted by the peer from command types (331 in Venus transition mode).
     [[nodiscard]] virtual int32_t command_type_offset() const noexcept { return 0; }
-    /// Why the last LOADLIBRARY failed, where the peer knows; empty otherwise.
-    [[nodiscard]] virtual std::string load_library_failure() { return {}; }
+    [[nodiscard]] std::string explain(CommandType, const Error&) override { return {}; }
 };
 
 /// Builds a link's peer over the link's memory (called once, by the constructor).
 using LoopbackPeerFactory = std::function<std::unique_ptr<LoopbackPeer>(HostMemory&)>;
-
-/// Hooks for tests, not for production use.
-struct LoopbackTestHooks {
-    /// Called with each submitted command; return false to drop it (the peer never
-    /// sees it, so it never answers).
-    std::function<bool(std::span<const std::byte>)> deliver;
-};
 
 struct LoopbackLinkOptions {
     enum class Mode : uint8_t { inline_host, threaded };
     Mode mode = Mode::threaded;
     /// Most bytes of shared memory alive at once; create_shmem fails past it.
     size_t max_shmem_bytes = size_t{4} << 30;
-    /// Commands queued for the host thread before submit() waits (until its deadline).
-    size_t queue_depth = 64;
-    /// The longest the idle host thread spins for the next command before it sleeps;
-    /// it spins as long as the gaps between commands have lately been short enough
-    /// for a spin to catch the next one (learned, apir::SpinBudget), else not at all.
-    std::chrono::nanoseconds host_spin = std::chrono::microseconds(200);
     /// How long stop_host() and the destructor wait for the host thread to come back
     /// from the command it runs. Past it the thread is abandoned, never joined: it is
     /// detached, and what it uses (the peer and its backend, the shared memory, the
@@ -74,7 +64,6 @@ struct LoopbackLinkOptions {
     std::chrono::milliseconds stop_grace{2000};
     /// The link's own messages (a host thread abandoned).
     Logger logger{stderr_sink, LogLevel::warn};
-    LoopbackTestHooks test_hooks;
 };
 
 /// A moved-from LoopbackLink fails every call with DISCONNECTED and is named
@@ -89,7 +78,8 @@ public:
 
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
     /// In threaded mode, waits at most until the deadline for room in the queue.
-    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, Deadline deadline);
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, uint32_t reply_res_id,
+                                        Deadline deadline);
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline);
     [[nodiscard]] int32_t command_type_offset() const noexcept;
@@ -97,9 +87,8 @@ public:
 
     /// The peer at the other end (null when moved from or without one).
     [[nodiscard]] LoopbackPeer* peer() noexcept;
-    /// The peer's reason for the last failed LOADLIBRARY (Session adds it to the
-    /// error's detail).
-    [[nodiscard]] std::string load_library_failure();
+    /// The peer, as what it can tell of a failed call (Session adds it to the error).
+    [[nodiscard]] TransportDiagnostics* diagnostics() noexcept;
     /// Stops the host thread as if the host died: waits and submits then fail with
     /// DISCONNECTED. (Inline mode: later submits fail the same way.) Waits at most
     /// `stop_grace` for a host thread inside a command (see there).
@@ -120,6 +109,6 @@ private:
     std::unique_ptr<Impl, ImplDeleter> impl_;
 };
 
-static_assert(Transport<LoopbackLink>);
+static_assert(Transport<LoopbackLink> && HasDiagnostics<LoopbackLink>);
 
 } // namespace apir

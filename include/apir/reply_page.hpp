@@ -8,7 +8,7 @@
 // the waiting and the notifying are compiled in src/transport/wait.cpp.
 //
 //     apir::reset_notification(page);
-//     APIR_TRY(transport.submit(command, deadline));
+//     APIR_TRY(transport.submit(command, page.res_id(), deadline));
 //     auto code = apir::wait_for_reply(page.bytes(), apir::WaitPolicy{}, deadline);
 #pragma once
 

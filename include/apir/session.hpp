@@ -6,12 +6,16 @@
 //
 // Each in-flight call has its own reply page and command buffer, taken from a pool,
 // so threads never share a reply. The steady-state call path allocates nothing.
+// Session<T> is a thin template: it encodes the request into the channel's command
+// buffer and decodes the reply; the call between (channel, submit, wait, retire,
+// counters) is compiled once in the library (detail::CallCore).
 #pragma once
 
 #include "apir/call.hpp"
 #include "apir/detail/session_core.hpp"
 #include "apir/log.hpp"
 #include "apir/reply_page.hpp"
+#include "apir/session_options.hpp"
 #include "apir/transport.hpp"
 #include "apir/wire.hpp"
 
@@ -27,45 +31,6 @@
 #include <vector>
 
 namespace apir {
-
-struct SessionOptions {
-    std::chrono::nanoseconds handshake_timeout =
-        std::chrono::milliseconds(default_handshake_timeout_ms);
-    std::chrono::nanoseconds load_library_timeout =
-        std::chrono::milliseconds(default_load_library_timeout_ms);
-    /// Deadline of FORWARD calls; none waits forever (as ggml does).
-    std::optional<std::chrono::nanoseconds> forward_timeout;
-    WaitPolicy wait;
-    /// Size of each command buffer (ggml uses 4 KiB); a larger request fails with
-    /// ENCODE_OVERFLOW before anything is sent.
-    size_t command_buffer_size = 4096;
-    /// Whether connect() sends LOADLIBRARY after the handshake.
-    bool load_library = true;
-    /// Whether stats() carries the time calls take (total, max): two clock reads per
-    /// call, more than the rest of a fast loopback call costs. Counts are always kept.
-    bool time_calls = false;
-    /// Cap on what one reply may make the guest allocate (strings, vectors).
-    size_t max_reply_alloc = reply_page_size;
-    /// Staging blobs lent at once to threads that hold none (at most 1024): past it,
-    /// stage() waits its turn. A thread that already holds one gets another at once,
-    /// up to twice this many in all (see Session::stage).
-    size_t staging_blobs = 4;
-    /// Bytes of free staging blobs the session keeps for reuse: a blob given back
-    /// while the free ones add up to more is released, so one large transfer does not
-    /// keep its memory (blobs lent to other threads do not count).
-    size_t staging_retain_bytes = size_t{64} << 20;
-    /// How long stage() without a deadline waits for a blob other threads hold.
-    std::chrono::nanoseconds staging_timeout = std::chrono::seconds(60);
-    Logger logger;
-};
-
-/// Per-call options.
-struct CallOptions {
-    /// Overrides the session's deadline for this call.
-    std::optional<Deadline> deadline;
-    /// Receives the call's duration (submit to decoded reply), if set.
-    std::chrono::nanoseconds* duration = nullptr;
-};
 
 /// Staged bulk data: one of the session's reused shared-memory blobs, lent until the
 /// Staging is destroyed. Send res_id() in the request; the host resolves it with
@@ -123,15 +88,14 @@ template <Transport T>
 class Session {
 public:
     explicit Session(T transport, SessionOptions options = {})
-        : transport_(std::move(transport)), options_(std::move(options)),
-          channels_(options_.command_buffer_size),
-          staging_(options_.staging_blobs, options_.staging_retain_bytes) {}
+        : transport_(std::move(transport)),
+          core_(detail::TransportOps::of(transport_), std::move(options)) {}
     /// Precondition: no call is in flight on another thread and no Staging is alive
     /// (debug builds stop with a message otherwise).
     ~Session() {
 #ifndef NDEBUG
-        if (const auto n = in_flight_.load()) misuse(n, "call(s) still in flight");
-        if (const auto n = staging_.held()) misuse(unsigned(n), "Staging(s) still alive");
+        if (const auto n = core_.in_flight().load()) misuse(n, "call(s) still in flight");
+        if (const auto n = core_.staging().held()) misuse(unsigned(n), "Staging(s) still alive");
 #endif
     }
     Session(const Session&) = delete;
@@ -143,7 +107,7 @@ public:
     /// library is already loaded (in its own context, by its own request) is connected.
     [[nodiscard]] Expected<HandshakeReply> connect() {
         CallOptions hs;
-        hs.deadline = after(options_.handshake_timeout);
+        hs.deadline = after(options().handshake_timeout);
         auto reply = call<Handshake>(HandshakeRequest{}, hs);
         if (!reply) return reply;
         if (reply->major != protocol_major)
@@ -151,15 +115,15 @@ public:
                         fmt::format("guest speaks APIR {}.{}, host {}.{}", protocol_major,
                                     protocol_minor, reply->major, reply->minor));
         if (reply->minor != protocol_minor)
-            options_.logger.warn("host speaks APIR {}.{}, guest {}.{}: minor versions differ",
-                                 reply->major, reply->minor, protocol_major, protocol_minor);
+            options().logger.warn("host speaks APIR {}.{}, guest {}.{}: minor versions differ",
+                                  reply->major, reply->minor, protocol_major, protocol_minor);
         {
             std::lock_guard lk(info_mu_);
             host_version_ = *reply;
         }
-        if (options_.load_library) {
+        if (options().load_library) {
             CallOptions ll;
-            ll.deadline = after(options_.load_library_timeout);
+            ll.deadline = after(options().load_library_timeout);
             const bool asked_before = load_requested_.exchange(true);
             auto loaded = call<LoadLibrary>(Empty{}, ll);
             if (!loaded && !(asked_before && loaded.error() == Errc::load_already_loaded))
@@ -181,18 +145,18 @@ public:
             std::atomic<uint32_t>& n;
             explicit InFlight(std::atomic<uint32_t>& c) : n(c) { n.fetch_add(1); }
             ~InFlight() { n.fetch_sub(1); }
-        } in_flight(in_flight_);
+        } in_flight(core_.in_flight());
 #endif
-        const bool timed = options_.time_calls || opts.duration != nullptr;
-        const auto start = timed ? options_.wait.time().now() : Clock::time_point{};
+        const bool timed = options().time_calls || opts.duration != nullptr;
+        const auto start = timed ? options().wait.time().now() : Clock::time_point{};
         Deadline deadline = opts.deadline ? *opts.deadline : default_deadline<C>();
         auto result = call_impl<C>(request, deadline);
         std::chrono::nanoseconds took{0};
         if (timed) {
-            took = options_.wait.time().now() - start;
+            took = options().wait.time().now() - start;
             if (opts.duration) *opts.duration = took;
         }
-        counters_.record(C::type, C::flags, took, result.has_value());
+        core_.counters().record(C::type, C::flags, took, result.has_value());
         return result;
     }
     /// A request of another type than the Call's: a readable compile error.
@@ -213,16 +177,13 @@ public:
     /// another at once, up to twice staging_blobs in all, else STAGING_EXHAUSTED at
     /// once. A Staging moved to another thread still counts as its first holder's.
     [[nodiscard]] Expected<Staging> stage(size_t n, Deadline deadline) {
-        auto lent = staging_.lend(
-            n, deadline, options_.wait.time(),
-            [](void* t, size_t size) { return static_cast<T*>(t)->create_shmem(size); },
-            &transport_);
+        auto lent = core_.lend(n, deadline);
         if (!lent) return Unexpected{std::move(lent).error()};
-        return Staging(&staging_, lent->index, lent->res_id, lent->bytes);
+        return Staging(&core_.staging(), lent->index, lent->res_id, lent->bytes);
     }
     /// The same, waiting at most SessionOptions::staging_timeout.
     [[nodiscard]] Expected<Staging> stage(size_t n) {
-        return stage(n, after(options_.staging_timeout));
+        return stage(n, after(options().staging_timeout));
     }
     /// Copies data into a staging blob.
     [[nodiscard]] Expected<Staging> stage(Bytes data, Deadline deadline) {
@@ -231,14 +192,14 @@ public:
         return s;
     }
     [[nodiscard]] Expected<Staging> stage(Bytes data) {
-        return stage(data, after(options_.staging_timeout));
+        return stage(data, after(options().staging_timeout));
     }
 
     [[nodiscard]] T& transport() noexcept {
         return transport_;
     }
     [[nodiscard]] const SessionOptions& options() const noexcept {
-        return options_;
+        return core_.options();
     }
     [[nodiscard]] std::optional<HandshakeReply> host_version() const {
         std::lock_guard lk(info_mu_);
@@ -246,12 +207,12 @@ public:
     }
     /// How many times a staging blob was created (or re-created larger).
     [[nodiscard]] uint64_t staging_creates() const noexcept {
-        return staging_.creates();
+        return core_.staging().creates();
     }
 
     /// Counters of every command called so far.
     [[nodiscard]] std::vector<CommandStats> stats() const {
-        return counters_.stats();
+        return core_.counters().stats();
     }
 
     /// How many distinct FORWARD ids of 256 and above get a row of their own.
@@ -274,28 +235,31 @@ private:
     template <class C>
     Deadline default_deadline() const {
         if constexpr (C::type == CommandType::handshake)
-            return after(options_.handshake_timeout);
+            return after(options().handshake_timeout);
         else if constexpr (C::type == CommandType::load_library)
-            return after(options_.load_library_timeout);
+            return after(options().load_library_timeout);
         else
-            return options_.forward_timeout ? after(*options_.forward_timeout) : Deadline::never();
+            return options().forward_timeout ? after(*options().forward_timeout)
+                                             : Deadline::never();
     }
     // A deadline on the wait's clock (WaitPolicy::clock, the steady clock by default).
     Deadline after(std::chrono::nanoseconds d) const {
-        return options_.wait.clock ? Deadline::after(d, *options_.wait.clock) : Deadline::after(d);
+        const WaitClock* clock = options().wait.clock;
+        return clock ? Deadline::after(d, *clock) : Deadline::after(d);
     }
 
+    // The call: encode into a channel's command buffer, the compiled exchange (submit,
+    // wait), then the return code's check and the decode of the reply page.
     template <class C>
     Expected<typename C::response> call_impl(const typename C::request& request,
                                              Deadline deadline) {
-        auto ch = acquire();
+        auto ch = core_.begin();
         if (!ch) return Unexpected{std::move(ch).error()};
         Channel& c = **ch;
-        auto release = [this](Channel* x) { channels_.release(x); };
-        Encoder e(std::span<std::byte>(c.cmd.get(), options_.command_buffer_size));
-        encode_command<C>(e, transport_.command_type_offset(), c.page.res_id(), request);
+        Encoder e(core_.command_buffer(c));
+        encode_command<C>(e, core_.command_type_offset(), c.page.res_id(), request);
         if (!e.ok()) {
-            release(*ch);
+            core_.end(c);
             return Unexpected{e.status().error()};
         }
         // Bytes of an earlier reply are never decoded as this one's (see mark_unwritten).
@@ -303,24 +267,13 @@ private:
         uint32_t pattern = 0;
         if constexpr (extent != 0)
             pattern = detail::mark_unwritten(c, reply_payload(c.page), extent);
-        reset_notification(c.page);
-        if (auto s = transport_.submit(e.written(), deadline); !s) {
-            release(*ch);
-            return Unexpected{std::move(s).error()};
-        }
-        auto code = transport_.wait_reply(c.page, options_.wait, deadline);
-        if (!code) {
-            // The host may still answer into this page, and write the blobs the
-            // request named, later: never reuse them blindly.
-            channels_.retire(*ch);
-            staging_.taint_held();
-            return Unexpected{std::move(code).error()};
-        }
+        auto code = core_.exchange(c, e.written(), deadline);
+        if (!code) return Unexpected{std::move(code).error()};
         Expected<typename C::response> out = typename C::response{};
         if (auto ok = C::check(*code); !ok) {
-            out = Unexpected{explain<C>(std::move(ok).error())};
+            out = Unexpected{core_.explain(C::type, std::move(ok).error())};
         } else {
-            Decoder d(reply_payload(c.page), options_.max_reply_alloc);
+            Decoder d(reply_payload(c.page), options().max_reply_alloc);
             const bool decoded = d.get_into(*out);
             Expected<void> written;
             if constexpr (extent != 0)
@@ -331,44 +284,15 @@ private:
             else if (!decoded)
                 out = Unexpected{d.status().error()};
         }
-        release(*ch);
+        core_.end(c);
         return out;
     }
 
-    // A transport whose host runs in-process knows why LOADLIBRARY failed: the detail of
-    // the error says it ("LOAD_CANNOT_OPEN: ... (dlopen: ...)").
-    template <class C>
-    Error explain(Error e) {
-        if constexpr (C::type == CommandType::load_library &&
-                      requires(T & t) { t.load_library_failure(); }) {
-            std::string why = transport_.load_library_failure();
-            if (!why.empty()) return e.with_note(why);
-        }
-        return e;
-    }
-
-    // A pooled channel; a new one (a new reply page) only when none is free.
-    Expected<Channel*> acquire() {
-        auto c = channels_.acquire();
-        if (!c || *c) return c;
-        auto page = transport_.create_shmem(reply_page_size);
-        if (!page) return Unexpected{std::move(page).error()};
-        return channels_.add(std::move(*page));
-    }
-
     T transport_;
-    SessionOptions options_;
     mutable std::mutex info_mu_;
     std::optional<HandshakeReply> host_version_; // under info_mu_
     std::atomic<bool> load_requested_{false};    // LOADLIBRARY was sent by this session
-    // Calls in flight, counted by debug builds only. The member is there in every build:
-    // the layout of a public template must not depend on NDEBUG, or a consumer whose
-    // translation units disagree on it would break the one-definition rule.
-    std::atomic<uint32_t> in_flight_{0};
-
-    detail::ChannelPool channels_;
-    detail::StagingPool staging_;
-    detail::SessionCounters counters_;
+    detail::CallCore core_;                      // refers to transport_: declared after it
 };
 
 } // namespace apir

@@ -207,7 +207,8 @@ public:
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
     /// EXECBUFFER on ring 0: no buffer objects, no fences (the kernel copies the bytes).
     /// It does not wait for the host, so the deadline is not needed.
-    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, Deadline deadline);
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, uint32_t reply_res_id,
+                                        Deadline deadline);
     /// Polls the reply page's notification word (apir::wait_for_reply, no wake-ups).
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline);

@@ -105,7 +105,8 @@ public:
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
     /// SUBMIT_CMD2 with one batch, no ring index, no sync objects. TIMEOUT when the
     /// server does not take the bytes (or the lock is not free) before the deadline.
-    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, Deadline deadline);
+    [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, uint32_t reply_res_id,
+                                        Deadline deadline);
     /// Spins on the word (apir::wait_for_reply), then the PING barrier. A command the
     /// host dropped: UNKNOWN_RESOURCE at once; the server gone: DISCONNECTED.
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy,

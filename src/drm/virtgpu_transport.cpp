@@ -127,7 +127,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
         return hand_out(std::move(*blob), rounded);
     }
 
-    Expected<void> submit(std::span<const std::byte> command) {
+    Expected<void> submit(std::span<const std::byte> command, uint32_t reply_id) {
         if (command.size() > INT_MAX)
             return fail(
                 Errc::invalid_argument,
@@ -140,11 +140,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
         submits.fetch_add(1, std::memory_order_relaxed);
         std::lock_guard lk(mu);
         ++submitted;
-        if (command.size() >= command_header_size) {
-            uint32_t reply_id = 0; // the header's third word
-            std::memcpy(&reply_id, command.data() + 8, sizeof reply_id);
-            if (auto it = live.find(reply_id); it != live.end()) it->second.reply_seq = submitted;
-        }
+        if (auto it = live.find(reply_id); it != live.end()) it->second.reply_seq = submitted;
         return {};
     }
 
@@ -286,9 +282,10 @@ Expected<Shmem> VirtgpuTransport::create_shmem(size_t size) {
     if (!impl_) return moved_from();
     return impl_->create_shmem(size);
 }
-Expected<void> VirtgpuTransport::submit(std::span<const std::byte> command, Deadline) {
+Expected<void> VirtgpuTransport::submit(std::span<const std::byte> command, uint32_t reply_res_id,
+                                        Deadline) {
     if (!impl_) return moved_from();
-    return impl_->submit(command);
+    return impl_->submit(command, reply_res_id);
 }
 Expected<uint32_t> VirtgpuTransport::wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline) {

@@ -111,7 +111,9 @@ struct APIR_LOCAL Host::Impl {
         return s.empty() ? nullptr : s.data();
     }
 
-    Expected<void> execute(std::span<const std::byte> cmd);
+    // writable: the command's bytes are the host's until it returns (the payload is
+    // handed to the backend in place), else null (it gets a copy).
+    Expected<void> execute(std::span<const std::byte> cmd, std::byte* writable);
     uint32_t load_library();
     uint32_t load_library_once();
     // Logs why LOADLIBRARY fails and keeps it for load_library_failure().
@@ -119,7 +121,7 @@ struct APIR_LOCAL Host::Impl {
         options.logger.error("host: LOADLIBRARY: {}", why);
         load_failure = std::move(why);
     }
-    uint32_t forward(uint32_t cmd_id, std::span<const std::byte> payload,
+    uint32_t forward(uint32_t cmd_id, std::span<const std::byte> payload, std::byte* writable,
                      std::span<std::byte> page);
     void reply(std::span<std::byte> page, uint32_t code) { memory.notify(page, code); }
     Expected<void> reject(Errc e, std::string why) {
@@ -149,7 +151,7 @@ struct APIR_LOCAL Host::Impl {
     RepeatLimiter reply_end_log{options.repeated_warning_interval};
 };
 
-Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
+Expected<void> Host::Impl::execute(std::span<const std::byte> cmd, std::byte* writable) {
     std::lock_guard lk(mu);
     ++stats.commands;
     if (cmd.size() < command_header_size)
@@ -202,7 +204,8 @@ Expected<void> Host::Impl::execute(std::span<const std::byte> cmd) {
         return {};
     case static_cast<int32_t>(CommandType::forward):
         ++stats.forwards;
-        reply(page, forward(flags, payload, page));
+        reply(page, forward(flags, payload,
+                            writable ? writable + (payload.data() - cmd.data()) : nullptr, page));
         return {};
     default:
         return reject(Errc::unknown_command, fmt::format("command type {}", raw_type));
@@ -288,16 +291,20 @@ uint32_t Host::Impl::load_library_once() {
 }
 
 uint32_t Host::Impl::forward(uint32_t cmd_id, std::span<const std::byte> payload,
-                             std::span<std::byte> page) {
+                             std::byte* writable, std::span<std::byte> page) {
     if (!dispatcher) return static_cast<uint32_t>(ForwardCode::no_dispatch);
-    // The ABI hands the backend a mutable decode region: give it our own copy.
-    scratch.assign(payload.begin(), payload.end());
-    char* dec = reinterpret_cast<char*>(scratch.data());
+    // The ABI hands the backend a mutable decode region: the command's own bytes where
+    // they are the host's, else our own copy.
+    if (!writable) {
+        scratch.assign(payload.begin(), payload.end());
+        writable = scratch.data();
+    }
+    char* dec = reinterpret_cast<char*>(writable);
     char* enc = reinterpret_cast<char*>(page.data() + reply_header_size);
     const char* enc_end = reinterpret_cast<const char*>(page.data() + page.size());
     char* enc_after = enc;
     uint32_t ret =
-        dispatcher(ctx_id, &callbacks, cmd_id, dec, dec + scratch.size(), enc, enc_end, &enc_after);
+        dispatcher(ctx_id, &callbacks, cmd_id, dec, dec + payload.size(), enc, enc_end, &enc_after);
     if (enc_after < enc || enc_after > enc_end) {
         ++stats.bad_reply_end;
         if (uint64_t held = 0; reply_end_log.admit(held))
@@ -315,7 +322,10 @@ Host::Host(HostOptions options, HostMemory& memory)
 Host::~Host() = default;
 
 Expected<void> Host::execute(std::span<const std::byte> command) {
-    return impl_->execute(command);
+    return impl_->execute(command, nullptr);
+}
+Expected<void> Host::execute_in_place(std::span<std::byte> command) {
+    return impl_->execute(command, command.data());
 }
 uint32_t Host::context_id() const noexcept {
     return impl_->ctx_id;

@@ -391,3 +391,60 @@ std::vector<CommandStats> SessionCounters::stats() const {
 }
 
 } // namespace apir::detail
+
+// --- CallCore
+
+namespace apir::detail {
+
+CallCore::CallCore(TransportOps ops, SessionOptions options)
+    : ops_(ops), options_(std::move(options)), channels_(options_.command_buffer_size),
+      staging_(options_.staging_blobs, options_.staging_retain_bytes) {}
+
+Expected<Channel*> CallCore::begin() {
+    auto c = channels_.acquire();
+    if (!c || *c) return c;
+    auto page = ops_.create_shmem(ops_.self, reply_page_size);
+    if (!page) return Unexpected{std::move(page).error()};
+    return channels_.add(std::move(*page));
+}
+
+Expected<uint32_t> CallCore::exchange(Channel& c, std::span<const std::byte> cmd,
+                                      Deadline deadline) {
+    reset_notification(c.page);
+    if (auto s = ops_.submit(ops_.self, cmd, c.page.res_id(), deadline); !s) {
+        channels_.release(&c);
+        return Unexpected{std::move(s).error()};
+    }
+    auto code = ops_.wait_reply(ops_.self, c.page, options_.wait, deadline);
+    if (!code) {
+        // The host may still answer into this page, and write the blobs the request
+        // named, later: never reuse them blindly.
+        channels_.retire(&c);
+        staging_.taint_held();
+    }
+    return code;
+}
+
+void CallCore::end(Channel& c) noexcept {
+    channels_.release(&c);
+}
+
+Error CallCore::explain(CommandType type, Error e) {
+    if (!ops_.diagnostics) return e;
+    TransportDiagnostics* d = ops_.diagnostics(ops_.self);
+    if (!d) return e;
+    std::string note = d->explain(type, e);
+    return note.empty() ? e : e.with_note(note);
+}
+
+Expected<StagingPool::Lent> CallCore::lend(size_t n, Deadline deadline) {
+    return staging_.lend(
+        n, deadline, options_.wait.time(),
+        [](void* ops, size_t size) {
+            auto* o = static_cast<TransportOps*>(ops);
+            return o->create_shmem(o->self, size);
+        },
+        &ops_);
+}
+
+} // namespace apir::detail

@@ -15,12 +15,22 @@
 
 namespace apir {
 
+namespace {
+// Commands queued for the host thread before submit() waits (until its deadline).
+constexpr size_t queue_depth = 64;
+// The longest the idle host thread spins for the next command before it sleeps; it
+// spins as long as the gaps between commands have lately been short enough for a spin
+// to catch the next one (learned, SpinBudget), else not at all.
+constexpr std::chrono::nanoseconds host_spin = std::chrono::microseconds(200);
+} // namespace
+
 struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     // The command ring: one producer at a time (submit_mu), one consumer (the host
     // thread), no lock between them. Command number p goes to slot p % slot_count,
-    // published by storing seq = p + 1 after the bytes. The host thread only reads
-    // slots; it reports how many commands it has run in `consumed`, which the guest
-    // reads only when the ring looks full. A small command sits beside its sequence
+    // published by storing seq = p + 1 after the bytes. The slot is the peer's until the
+    // host thread reports, in `consumed`, that it has run the command (the peer decodes
+    // it in place, LoopbackPeer::execute_in_place: no copy of its own); the guest reads
+    // `consumed` only when the ring looks full. A small command sits beside its sequence
     // word, so it reaches the host thread in one cache-line transfer.
     struct alignas(64) Slot {
         static constexpr size_t inline_capacity = 240;
@@ -39,9 +49,8 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
             return;
         }
         type_offset = peer->command_type_offset();
-        if (options.queue_depth == 0) options.queue_depth = 1;
         if (options.mode == LoopbackLinkOptions::Mode::threaded) {
-            slot_count = options.queue_depth;
+            slot_count = queue_depth;
             slots = std::make_unique<Slot[]>(slot_count);
             thread = std::thread([this, ex = exit_] {
                 serve();
@@ -134,10 +143,16 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         pending_unmaps.store(false, std::memory_order_relaxed);
     }
 
-    // Runs one command on the host (which serializes its commands).
-    void execute(std::span<const std::byte> cmd) {
+    // Runs one command on the host (which serializes its commands): the caller's bytes
+    // (inline), or a ring slot the peer may decode in place (threaded).
+    template <class Bytes>
+    void execute(Bytes cmd) {
         executing.fetch_add(1, std::memory_order_seq_cst);
-        peer->execute(cmd); // a dropped command simply gets no reply
+        // A dropped command simply gets no reply.
+        if constexpr (std::is_const_v<typename Bytes::element_type>)
+            peer->execute(cmd);
+        else
+            peer->execute_in_place(cmd);
         if (executing.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
             pending_unmaps.load(std::memory_order_seq_cst)) {
             std::lock_guard lk(mem_mu);
@@ -180,7 +195,6 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     Expected<void> submit(std::span<const std::byte> cmd, Deadline deadline) {
         if (!alive.load(std::memory_order_acquire))
             return fail(Errc::disconnected, "the loopback host has stopped");
-        if (options.test_hooks.deliver && !options.test_hooks.deliver(cmd)) return {};
         if (options.mode == LoopbackLinkOptions::Mode::inline_host) {
             execute(cmd);
             return {};
@@ -258,8 +272,7 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
                 note_cpu();
                 detail::SpinPlan plan;
                 plan.peer_cpu = &guest_cpu;
-                plan.budget = host_budget.next(options.host_spin);
-                plan.yield_after = WaitPolicy{}.spin_yield_after;
+                plan.budget = host_budget.next(host_spin);
                 plan.clock = &clock;
                 const auto spun = detail::spin(
                     plan, ready, [&] { return !running.load(std::memory_order_relaxed); });
@@ -267,7 +280,7 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
                     host_budget.won(spun.start == Clock::time_point::min()
                                         ? std::chrono::nanoseconds::zero()
                                         : clock.now() - spun.start,
-                                    options.host_spin);
+                                    host_spin);
                     continue;
                 }
                 if (slept_since == Clock::time_point::min())
@@ -282,12 +295,12 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
             }
             if (slept_since != Clock::time_point::min()) {
                 // The gap a spin would have had to cover to catch this command.
-                host_budget.lost(clock.now() - slept_since, options.host_spin);
+                host_budget.lost(clock.now() - slept_since, host_spin);
                 slept_since = Clock::time_point::min();
             }
             guest_cpu.store(s.cpu, std::memory_order_relaxed);
-            execute(s.size <= Slot::inline_capacity ? std::span<const std::byte>(s.small, s.size)
-                                                    : std::span<const std::byte>(s.large));
+            execute(s.size <= Slot::inline_capacity ? std::span<std::byte>(s.small, s.size)
+                                                    : std::span<std::byte>(s.large));
             // Bounded retention: a large command does not keep its memory in the slot.
             if (s.large.capacity() > Slot::keep_capacity) std::vector<std::byte>().swap(s.large);
             // Report progress after the reply is out, off the guest's critical path, on
@@ -439,7 +452,8 @@ Expected<Shmem> LoopbackLink::create_shmem(size_t size) {
     if (!impl_) return moved_from();
     return impl_->create_shmem(size);
 }
-Expected<void> LoopbackLink::submit(std::span<const std::byte> command, Deadline deadline) {
+Expected<void> LoopbackLink::submit(std::span<const std::byte> command, uint32_t,
+                                    Deadline deadline) {
     if (!impl_) return moved_from();
     return impl_->submit(command, deadline);
 }
@@ -459,9 +473,8 @@ std::string_view LoopbackLink::name() const noexcept {
 LoopbackPeer* LoopbackLink::peer() noexcept {
     return impl_ ? impl_->peer.get() : nullptr;
 }
-std::string LoopbackLink::load_library_failure() {
-    auto* p = peer();
-    return p ? p->load_library_failure() : std::string();
+TransportDiagnostics* LoopbackLink::diagnostics() noexcept {
+    return peer();
 }
 void LoopbackLink::stop_host() {
     if (impl_) impl_->stop();

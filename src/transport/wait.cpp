@@ -30,9 +30,6 @@ namespace detail {
 void cpu_relax() noexcept {
     APIR_CPU_RELAX();
 }
-void yield_cpu() noexcept {
-    sched_yield();
-}
 namespace {
 // Until when yields to a peer are held off (steady-clock nanoseconds; 0: not held off).
 std::atomic<int64_t> g_yield_holdoff_until{0};
@@ -218,7 +215,6 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     // spin_for. A fast host answers within a few hundred nanoseconds.
     detail::SpinPlan plan;
     plan.budget = hooks.budget ? hooks.budget->next(policy.spin_for) : policy.spin_for;
-    plan.yield_after = policy.spin_yield_after;
     plan.peer_cpu = hooks.host_cpu;
     plan.deadline = deadline;
     plan.clock = &clock;

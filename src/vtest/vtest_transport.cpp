@@ -219,6 +219,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     std::mutex calls_mu;
     std::condition_variable calls_cv;
     uint32_t calls = 0;
+    std::vector<std::byte> submit_buf;  // the SUBMIT_CMD2 being sent; under io_mu
     uint64_t sent = 0;                  // SUBMIT_CMD2 fully sent
     uint64_t completed = 0;             // submits the host is known to have executed
     std::deque<uint64_t> pings_owed;    // per PING not yet answered: `sent` when it went out
@@ -507,15 +508,17 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                         fmt::format("{} byte command exceeds the vtest limit of {}", command.size(),
                                     max_command_bytes));
         const uint32_t words = static_cast<uint32_t>((command.size() + 3) / 4);
-        std::vector<std::byte> m;
-        m.reserve(44 + size_t{words} * 4);
+        auto lk = lock(d);
+        if (!lk) return Unexpected{std::move(lk).error()};
         // One batch: flags 0 (no ring index: APIR has no fences), the command at word 9
-        // of the payload, no sync objects.
+        // of the payload, no sync objects. Built in a buffer kept under io_mu: the one
+        // copy of the command before the socket's, and no allocation once it is large
+        // enough.
+        std::vector<std::byte>& m = submit_buf;
+        m.clear();
         put_words(m, {9 + words, cmd::submit_cmd2, 1, 0, 9, words, 9 + words, 0, 0, 0, 0});
         m.insert(m.end(), command.begin(), command.end());
         m.resize(m.size() + (size_t{words} * 4 - command.size()));
-        auto lk = lock(d);
-        if (!lk) return Unexpected{std::move(lk).error()};
         APIR_TRY(send_message(m, d, WaitClock::system(), "SUBMIT_CMD2"));
         ++sent;
         sent_count.store(sent, std::memory_order_release);
@@ -818,7 +821,8 @@ Expected<Shmem> VtestTransport::create_shmem(size_t size) {
     Impl::Call in(*impl_);
     return impl_->create_shmem(size);
 }
-Expected<void> VtestTransport::submit(std::span<const std::byte> command, Deadline deadline) {
+Expected<void> VtestTransport::submit(std::span<const std::byte> command, uint32_t,
+                                      Deadline deadline) {
     if (!impl_) return moved_from();
     Impl::Call in(*impl_);
     return impl_->submit(command, deadline);

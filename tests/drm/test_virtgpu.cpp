@@ -290,7 +290,7 @@ TEST_CASE("submit is EXECBUFFER on ring 0 without fences", "[virtgpu]") {
     REQUIRE(page);
     uint32_t cmd[5] = {0, 0, page->res_id(), apir::protocol_major, apir::protocol_minor};
     apir::reset_notification(*page);
-    REQUIRE(t.submit(std::as_bytes(std::span(cmd)), apir::Deadline::never()));
+    REQUIRE(t.submit(std::as_bytes(std::span(cmd)), page->res_id(), apir::Deadline::never()));
     auto code = t.wait_reply(*page, {}, apir::Deadline::after(std::chrono::seconds(5)));
     REQUIRE(code);
     CHECK(*code == apir::handshake_magic);

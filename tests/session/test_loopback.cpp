@@ -32,8 +32,9 @@ options(apir::LoopbackOptions::Mode mode = apir::LoopbackOptions::Mode::threaded
 TEST_CASE("a host thread that exits mid-call: the waiting call fails DISCONNECTED", "[loopback]") {
     auto o = options();
     std::atomic<bool> drop{false};
-    o.test_hooks.deliver = [&](std::span<const std::byte>) { return !drop.load(); };
-    apir::Session s(apir::LoopbackTransport(std::move(o)), quiet_session());
+    apir::Session s(apir_test::dropping_loopback(
+                        std::move(o), [&](std::span<const std::byte>) { return !drop.load(); }),
+                    quiet_session());
     REQUIRE(s.connect());
     drop = true; // the next command is lost; no deadline: only the host's death ends the wait
     std::thread killer([&] {
@@ -209,7 +210,8 @@ TEST_CASE("a loopback link serves a peer of its own through HostMemory", "[loopb
     o.mode = mode;
     apir::LoopbackLink link([](apir::HostMemory& m) { return std::make_unique<FlagsEcho>(m); }, o);
     CHECK(link.command_type_offset() == 5);
-    CHECK(link.load_library_failure().empty());
+    CHECK(link.diagnostics() == link.peer()); // the peer's explain(): empty by default
+    CHECK(link.diagnostics()->explain(apir::CommandType::load_library, apir::Error()).empty());
     auto page = link.create_shmem(4096);
     REQUIRE(page);
     std::array<std::byte, 64> buf{};
@@ -217,7 +219,7 @@ TEST_CASE("a loopback link serves a peer of its own through HostMemory", "[loopb
     enc.put(apir::CommandHeader{2, 1234, page->res_id()});
     apir::reset_notification(*page);
     const auto deadline = apir::Deadline::after(5s);
-    REQUIRE(link.submit(enc.written(), deadline));
+    REQUIRE(link.submit(enc.written(), page->res_id(), deadline));
     auto code = link.wait_reply(*page, apir::WaitPolicy{}, deadline);
     REQUIRE(code);
     CHECK(*code == 1234);
@@ -228,7 +230,7 @@ TEST_CASE("a loopback link without a peer fails with DISCONNECTED", "[loopback]"
         [](apir::HostMemory&) { return std::unique_ptr<apir::LoopbackPeer>(); });
     CHECK(link.peer() == nullptr);
     std::array<std::byte, 12> cmd{};
-    auto r = link.submit(cmd, apir::Deadline::after(1s));
+    auto r = link.submit(cmd, 0, apir::Deadline::after(1s));
     REQUIRE_FALSE(r);
     CHECK(r.error().code() == Errc::disconnected);
 }
@@ -298,7 +300,7 @@ TEST_CASE("a host thread stuck in a command is abandoned, never joined: destroyi
     apir::Encoder enc(buf);
     enc.put(apir::CommandHeader{2, 1, page->res_id()});
     apir::reset_notification(*page);
-    REQUIRE(link->submit(enc.written(), apir::Deadline::after(5s)));
+    REQUIRE(link->submit(enc.written(), page->res_id(), apir::Deadline::after(5s)));
     auto r = link->wait_reply(*page, apir::WaitPolicy{}, apir::Deadline::after(50ms));
     REQUIRE_FALSE(r);
     CHECK(r.error() == Errc::timeout);

@@ -54,8 +54,8 @@ public:
         creates_->fetch_add(1);
         return inner_.create_shmem(n);
     }
-    apir::Expected<void> submit(std::span<const std::byte> c, apir::Deadline d) {
-        return inner_.submit(c, d);
+    apir::Expected<void> submit(std::span<const std::byte> c, uint32_t r, apir::Deadline d) {
+        return inner_.submit(c, r, d);
     }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {
@@ -601,8 +601,7 @@ TEST_CASE("a blob named by a timed-out command is never handed to a new owner",
 TEST_CASE("FORWARD without a deadline waits for a silent host until it dies: DISCONNECTED",
           "[reliability][deadline]") {
     auto o = loopback(apir::LoopbackOptions::Mode::threaded);
-    o.test_hooks.deliver = drop_forward;
-    apir::Session s(apir::LoopbackTransport(std::move(o)), quiet_session());
+    apir::Session s(apir_test::dropping_loopback(std::move(o), drop_forward), quiet_session());
     REQUIRE(s.connect());
     auto pending = std::async(std::launch::async, [&] { return s.call<demo::Add>({1, 2}); });
     CHECK(pending.wait_for(200ms) == std::future_status::timeout); // still waiting
@@ -718,9 +717,8 @@ TEST_CASE("destroying a Session while a call is in flight stops with a message (
         dup2(err[1], STDERR_FILENO);
         if (FILE* null = std::freopen("/dev/null", "w", stdout)) (void)null;
         auto o = loopback(apir::LoopbackOptions::Mode::threaded);
-        o.test_hooks.deliver = drop_forward;
-        auto s = std::make_unique<apir::Session<apir::LoopbackTransport>>(
-            apir::LoopbackTransport(std::move(o)), quiet_session());
+        auto s = std::make_unique<apir::Session<apir::LoopbackLink>>(
+            apir_test::dropping_loopback(std::move(o), drop_forward), quiet_session());
         if (!s->connect()) _exit(2);
         auto* session = s.get(); // the caller does not read the unique_ptr being reset
         std::thread caller([session] { (void)session->call<demo::Add>(demo::AddRequest{1, 2}); });

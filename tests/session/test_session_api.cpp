@@ -112,12 +112,18 @@ TEST_CASE("a failed LOADLIBRARY carries the in-process host's reason", "[session
         REQUIRE_FALSE(c);
         CHECK(c.error().code() == Errc::load_symbol_missing);
         CHECK_THAT(c.error().detail(), Catch::Contains("lacks apir_backend_"));
-        CHECK_FALSE(s->transport().load_library_failure().empty());
+        CHECK_FALSE(s->transport().host().load_library_failure().empty());
+        CHECK_FALSE(s->transport()
+                        .diagnostics()
+                        ->explain(apir::CommandType::load_library, c.error())
+                        .empty());
+        // The reason belongs to LOADLIBRARY only.
+        CHECK(s->transport().diagnostics()->explain(apir::CommandType::forward, c.error()).empty());
     }
     SECTION("success leaves no reason") {
         auto s = session_with(apir_test::backend_path("demo"));
         REQUIRE(s->connect());
-        CHECK(s->transport().load_library_failure().empty());
+        CHECK(s->transport().host().load_library_failure().empty());
     }
 }
 

@@ -28,7 +28,7 @@ apir::AnyTransport make_loopback(TransportSetup s, apir::LoopbackOptions::Mode m
     apir::LoopbackOptions o;
     o.mode = mode;
     o.host = std::move(s.host);
-    o.test_hooks.deliver = std::move(s.deliver);
+    if (s.deliver) return apir::AnyTransport(dropping_loopback(std::move(o), std::move(s.deliver)));
     return apir::AnyTransport(apir::LoopbackTransport(std::move(o)));
 }
 
@@ -103,9 +103,9 @@ struct ServedVtest {
     std::function<bool(std::span<const std::byte>)> deliver;
 
     apir::Expected<apir::Shmem> create_shmem(size_t n) { return t.create_shmem(n); }
-    apir::Expected<void> submit(std::span<const std::byte> cmd, apir::Deadline d) {
+    apir::Expected<void> submit(std::span<const std::byte> cmd, uint32_t r, apir::Deadline d) {
         if (deliver && !deliver(cmd)) return {};
-        return t.submit(cmd, d);
+        return t.submit(cmd, r, d);
     }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {

@@ -38,7 +38,7 @@ public:
         m.assign(rounded, std::byte{0});
         return apir::Shmem(this, id, m);
     }
-    apir::Expected<void> submit(std::span<const std::byte>, apir::Deadline) {
+    apir::Expected<void> submit(std::span<const std::byte>, uint32_t, apir::Deadline) {
         ++submits;
         return {};
     }
@@ -78,8 +78,8 @@ private:
 struct Borrowed {
     ScriptedHost* h;
     apir::Expected<apir::Shmem> create_shmem(size_t n) { return h->create_shmem(n); }
-    apir::Expected<void> submit(std::span<const std::byte> c, apir::Deadline d) {
-        return h->submit(c, d);
+    apir::Expected<void> submit(std::span<const std::byte> c, uint32_t r, apir::Deadline d) {
+        return h->submit(c, r, d);
     }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {

@@ -43,8 +43,8 @@ template <class T>
 struct Borrowed {
     T* t;
     apir::Expected<apir::Shmem> create_shmem(size_t n) { return t->create_shmem(n); }
-    apir::Expected<void> submit(std::span<const std::byte> c, apir::Deadline d) {
-        return t->submit(c, d);
+    apir::Expected<void> submit(std::span<const std::byte> c, uint32_t r, apir::Deadline d) {
+        return t->submit(c, r, d);
     }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {
@@ -70,8 +70,8 @@ public:
         ++created_;
         return apir::Shmem(this, id, bytes);
     }
-    apir::Expected<void> submit(std::span<const std::byte> c, apir::Deadline d) {
-        return inner_.submit(c, d);
+    apir::Expected<void> submit(std::span<const std::byte> c, uint32_t r, apir::Deadline d) {
+        return inner_.submit(c, r, d);
     }
     apir::Expected<uint32_t> wait_reply(const apir::Shmem& p, const apir::WaitPolicy& w,
                                         apir::Deadline d) {

@@ -210,7 +210,7 @@ TEST_CASE("a server that stops answering and reading: calls end at their deadlin
     std::vector<std::byte> page_bytes(apir::reply_page_size);
     apir::Shmem page(nullptr, 1, page_bytes);
     auto cmd = raw_command(2, 0, 1);
-    REQUIRE(t->submit(cmd, apir::Deadline::after(1s)));
+    REQUIRE(t->submit(cmd, 1, apir::Deadline::after(1s)));
     auto start = apir::Clock::now();
     auto r = t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(100ms));
     double took = ms_since(start);
@@ -225,13 +225,13 @@ TEST_CASE("a server that stops answering and reading: calls end at their deadlin
     start = apir::Clock::now();
     apir::Expected<void> sent;
     for (int i = 0; i < 64 && sent; ++i)
-        sent = t->submit(big, apir::Deadline::after(100ms));
+        sent = t->submit(big, 0, apir::Deadline::after(100ms));
     took = ms_since(start);
     REQUIRE_FALSE(sent);
     CHECK(sent.error() == Errc::timeout);
     CHECK(took < 10000);
     // A message cut by the deadline cannot be finished: the connection is given up.
-    auto after = t->submit(cmd, apir::Deadline::after(100ms));
+    auto after = t->submit(cmd, 1, apir::Deadline::after(100ms));
     REQUIRE_FALSE(after);
     CHECK((after.error() == Errc::disconnected || after.error() == Errc::timeout));
 }
@@ -275,7 +275,7 @@ TEST_CASE("a command the host runs without a reply fails at once with UNKNOWN_RE
     std::vector<std::byte> page_bytes(apir::reply_page_size);
     apir::Shmem page(nullptr, 1, page_bytes);
     apir::reset_notification(page);
-    REQUIRE(t->submit(raw_command(2, 0, 1), apir::Deadline::after(5s)));
+    REQUIRE(t->submit(raw_command(2, 0, 1), 1, apir::Deadline::after(5s)));
     const auto start = apir::Clock::now();
     auto r = t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(10s));
     REQUIRE_FALSE(r);
@@ -296,7 +296,7 @@ TEST_CASE("a command the real host drops (unknown reply page) fails at once", "[
     // A FORWARD naming a reply page the host does not know: it runs nothing, replies
     // nowhere, and keeps the connection.
     auto cmd = raw_command(2, 0, page->res_id() + 1000);
-    REQUIRE(t->submit(cmd, apir::Deadline::after(5s)));
+    REQUIRE(t->submit(cmd, page->res_id() + 1000, apir::Deadline::after(5s)));
     const auto start = apir::Clock::now();
     auto r = t->wait_reply(*page, apir::WaitPolicy{}, apir::Deadline::after(10s));
     // virglrenderer's host treats it as a dispatch error and closes the connection.
@@ -320,7 +320,7 @@ TEST_CASE("a server that never answers a PING: a call with no deadline ends with
 
     std::vector<std::byte> page_bytes(apir::reply_page_size), other_bytes(apir::reply_page_size);
     apir::Shmem page(nullptr, 1, page_bytes), other(nullptr, 2, other_bytes);
-    REQUIRE(t->submit(raw_command(2, 0, 1), apir::Deadline::after(1s)));
+    REQUIRE(t->submit(raw_command(2, 0, 1), 1, apir::Deadline::after(1s)));
 
     // The waiter: no deadline (ggml's graph_compute), the PING barrier never answered.
     std::atomic<bool> done{false};
@@ -364,7 +364,7 @@ TEST_CASE("a server that never answers a PING: a call with no deadline ends with
     CHECK(stuck.error() == Errc::disconnected);
     CHECK(to_end < 2000);
     if (!destroy) {
-        auto later = t->submit(raw_command(2, 0, 1), apir::Deadline::after(1s));
+        auto later = t->submit(raw_command(2, 0, 1), 1, apir::Deadline::after(1s));
         REQUIRE_FALSE(later);
         CHECK(later.error() == Errc::disconnected);
         auto blob = t->create_shmem(16);

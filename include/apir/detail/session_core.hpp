@@ -1,11 +1,14 @@
-// The parts of Session that do not depend on the transport type, compiled once in
-// src/session/session_core.cpp: the channel pool and its quarantine, the staging pool,
-// the per-command counters. Session<T> (session.hpp) is a thin template over it.
+// The parts of Session that do not depend on the transport or the call types, compiled
+// once in src/session/session_core.cpp: the call itself past its encoding (CallCore:
+// channel, submit, wait, retire), the channel pool and its quarantine, the staging pool,
+// the per-command counters. Session<T> (session.hpp) is a thin template over it that
+// encodes requests and decodes replies.
 #pragma once
 
 #include "apir/error.hpp"
 #include "apir/export.hpp"
 #include "apir/protocol.hpp"
+#include "apir/session_options.hpp"
 #include "apir/transport.hpp"
 #include "apir/wire.hpp"
 
@@ -246,6 +249,84 @@ private:
 
     std::array<Slot, overflow_slot + 1> slots_{};
     std::array<HighSlot, max_forward_rows> high_ids_{};
+};
+
+/// The transport as the compiled call path sees it: its functions behind pointers, so
+/// that one compiled CallCore serves every transport type.
+struct TransportOps {
+    void* self = nullptr;
+    Expected<Shmem> (*create_shmem)(void* self, size_t n) = nullptr;
+    Expected<void> (*submit)(void* self, std::span<const std::byte> cmd, uint32_t reply_res_id,
+                             Deadline deadline) = nullptr;
+    Expected<uint32_t> (*wait_reply)(void* self, const Shmem& page, const WaitPolicy& policy,
+                                     Deadline deadline) = nullptr;
+    TransportDiagnostics* (*diagnostics)(void* self) = nullptr;
+    int32_t command_type_offset = 0;
+
+    template <Transport T>
+    static TransportOps of(T& t) {
+        TransportOps o;
+        o.self = &t;
+        o.create_shmem = [](void* x, size_t n) { return static_cast<T*>(x)->create_shmem(n); };
+        o.submit = [](void* x, std::span<const std::byte> cmd, uint32_t reply, Deadline d) {
+            return static_cast<T*>(x)->submit(cmd, reply, d);
+        };
+        o.wait_reply = [](void* x, const Shmem& page, const WaitPolicy& p, Deadline d) {
+            return static_cast<T*>(x)->wait_reply(page, p, d);
+        };
+        if constexpr (HasDiagnostics<T>)
+            o.diagnostics = [](void* x) { return static_cast<T*>(x)->diagnostics(); };
+        o.command_type_offset = t.command_type_offset();
+        return o;
+    }
+};
+
+/// One session's calls past their encoding, compiled once: a channel (reply page and
+/// command buffer) per call, the submission, the wait, the counters, and what a failed
+/// wait leaves behind (the channel and the staging blobs held are never reused: the
+/// host may still write them). Session<T> encodes into the channel's command buffer
+/// and decodes the reply page; everything between is here.
+class APIR_EXPORT CallCore {
+public:
+    CallCore(TransportOps ops, SessionOptions options);
+    CallCore(const CallCore&) = delete;
+    CallCore& operator=(const CallCore&) = delete;
+
+    /// A channel for one call: a free one, or one around a new reply page.
+    Expected<Channel*> begin();
+    /// The channel's command buffer, to encode the request into.
+    [[nodiscard]] std::span<std::byte> command_buffer(Channel& c) const noexcept {
+        return {c.cmd.get(), options_.command_buffer_size};
+    }
+    /// Submits cmd (the request encoded into c's command buffer, naming c's page) and
+    /// waits for its return code until the deadline. When it fails, c is already
+    /// given back (or set aside after a failed wait); when it succeeds, the caller
+    /// decodes the page, then calls end(c).
+    Expected<uint32_t> exchange(Channel& c, std::span<const std::byte> cmd, Deadline deadline);
+    /// Gives the channel back.
+    void end(Channel& c) noexcept;
+    /// The error of a failed call of this type, with what the transport can add.
+    [[nodiscard]] Error explain(CommandType type, Error e);
+
+    /// Lends a staging blob (see Session::stage).
+    Expected<StagingPool::Lent> lend(size_t n, Deadline deadline);
+    [[nodiscard]] StagingPool& staging() noexcept { return staging_; }
+    [[nodiscard]] const StagingPool& staging() const noexcept { return staging_; }
+    [[nodiscard]] SessionCounters& counters() noexcept { return counters_; }
+    [[nodiscard]] const SessionCounters& counters() const noexcept { return counters_; }
+    [[nodiscard]] const SessionOptions& options() const noexcept { return options_; }
+    [[nodiscard]] SessionOptions& options() noexcept { return options_; }
+    [[nodiscard]] int32_t command_type_offset() const noexcept { return ops_.command_type_offset; }
+    /// Calls in flight, counted by debug builds of the caller (Session::call).
+    [[nodiscard]] std::atomic<uint32_t>& in_flight() noexcept { return in_flight_; }
+
+private:
+    TransportOps ops_;
+    SessionOptions options_;
+    std::atomic<uint32_t> in_flight_{0};
+    ChannelPool channels_;
+    StagingPool staging_;
+    SessionCounters counters_;
 };
 
 /// Touches every page of a new mapping now, so that the first transfer into it does

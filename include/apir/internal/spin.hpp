@@ -11,9 +11,6 @@ namespace apir::detail {
 /// One CPU-friendly pause between two looks.
 void cpu_relax() noexcept;
 
-/// Gives the CPU to another runnable thread, if there is one.
-void yield_cpu() noexcept;
-
 /// Gives the CPU to a peer that runs on this CPU, unless yielding lately gave it to
 /// another program instead (a yield that kept this thread off the CPU for longer than
 /// max_yield_gap): then, for yield_holdoff, it does not yield and returns false, and the
@@ -38,13 +35,12 @@ struct SpinResult {
 /// What a spin looks at, and how it backs off.
 struct SpinPlan {
     std::chrono::nanoseconds budget{0};         ///< spin at most this long
-    std::chrono::nanoseconds yield_after{0};    ///< then yield at every look at the clock
     const std::atomic<int>* peer_cpu = nullptr; ///< a peer on our CPU: yield to it at once
     Deadline deadline;
     const WaitClock* clock = nullptr;
 };
 
-/// A yield that takes longer than this gave the CPU to another program: the spin ends.
+/// A yield to a peer that takes longer than this gave the CPU to another program.
 inline constexpr std::chrono::microseconds max_yield_gap{50};
 /// How long, after such a yield, waiters block instead of yielding to a peer.
 inline constexpr std::chrono::milliseconds yield_holdoff{20};
@@ -81,9 +77,6 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
     };
     if (peer_here() && !yield_to_peer()) return r; // block: the peer gets the CPU
     auto until = Clock::time_point::max();
-    auto yield_from = Clock::time_point::max();
-    auto last = Clock::time_point::min();
-    bool yielded = false;
     for (uint32_t i = 1;; ++i) {
         if (done()) return r.done = true, r;
         if ((i & 63) == 0) {
@@ -91,22 +84,10 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
             if (r.start == Clock::time_point::min()) {
                 r.start = now;
                 until = saturating_after(now, plan.budget);
-                yield_from = saturating_after(now, plan.yield_after);
             }
             if (plan.deadline.expired(now)) return r.timeout = true, r;
             if (now >= until || stop()) return r;
-            // A yield that kept us off the CPU this long gave it to a thread that is
-            // not our peer (a CPU hog): spinning cannot win here, block instead.
-            if (yielded && last != Clock::time_point::min() && now - last > max_yield_gap) return r;
-            last = now;
-            yielded = false;
-            if (peer_here()) {
-                if (!yield_to_peer()) return r;
-            } else if (now >= yield_from) {
-                // Back off: let another waiter have this CPU.
-                yield_cpu();
-                yielded = true;
-            }
+            if (peer_here() && !yield_to_peer()) return r;
         } else if ((i & 15) == 0 && peer_here()) {
             if (!yield_to_peer()) return r;
         }

@@ -1,0 +1,119 @@
+// How a guest thread waits for a reply: the clock and sleeps of the wait (WaitClock),
+// the policy (WaitPolicy: spin, then block or poll) and what waits learn (SpinBudget).
+// The transports implement the wait itself (src/transport/wait.cpp).
+#pragma once
+
+#include "apir/deadline.hpp"
+#include "apir/export.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+
+namespace apir {
+
+/// The time source and the sleeps of the wait path (Cap'n Proto KJ's MonotonicClock
+/// idea). WaitClock::system() is the steady clock, nanosleep and a futex; a test injects
+/// one whose time advances when the waiter sleeps, so that deadline tests are exact and
+/// take no real time.
+class APIR_EXPORT WaitClock {
+public:
+    [[nodiscard]] virtual Clock::time_point now() const noexcept = 0;
+    /// Sleeps about d (a wait that cannot be woken).
+    virtual void sleep(std::chrono::nanoseconds d) const noexcept = 0;
+    /// Blocks while *word == expected, at most d; may return early (callers look again).
+    virtual void block(const uint32_t* word, uint32_t expected,
+                       std::chrono::nanoseconds d) const noexcept = 0;
+    /// The CPU time the calling thread has used (the system clock: its
+    /// CLOCK_THREAD_CPUTIME_ID); negative when unknown (the default), which leaves the
+    /// polling wait without a CPU budget. A polling wait reads it once per sleep.
+    [[nodiscard]] virtual std::chrono::nanoseconds cpu_time() const noexcept {
+        return std::chrono::nanoseconds(-1);
+    }
+    /// The real clock.
+    [[nodiscard]] static const WaitClock& system() noexcept;
+
+protected:
+    ~WaitClock() = default;
+};
+
+/// How a guest thread waits for the notification word.
+///
+/// adaptive (the default): spin, then block (futex) where the transport can be woken,
+/// otherwise poll: each sleep is 1/sleep_divisor of the time waited so far (so a reply
+/// is noticed late by about that share of the call, plus a wake-up), at least
+/// min_sleep, at most max_sleep, and longer when the polls' CPU would pass poll_cpu of
+/// the wait's time (WaitClock::cpu_time); the thread's timer slack is lowered to 1 µs
+/// for these sleeps and restored (else each short sleep overshoots by the default 50
+/// µs). spin_for is the longest
+/// spin; where the transport learns (SpinBudget), the spin is as long as spinning has
+/// lately paid: shorter, or none, when replies keep arriving only after the spin gave
+/// up (a slow host, or a host that needs this CPU). The spin backs off: it pauses
+/// between looks, yields the CPU to a host last seen on the waiter's own CPU, and ends
+/// when a yield kept it off the CPU for long (another program had it).
+/// fixed_poll: sleep poll_interval between checks, as ggml does (a baseline).
+/// Every sleep of every policy is cut to the deadline, and any duration is valid
+/// (spin_for = nanoseconds::max() spins until the reply or the deadline).
+struct WaitPolicy {
+    enum class Kind : uint8_t { adaptive, fixed_poll };
+    Kind kind = Kind::adaptive;
+    std::chrono::nanoseconds spin_for = std::chrono::microseconds(50);
+    std::chrono::nanoseconds max_sleep = std::chrono::microseconds(200);
+    /// The polling wait's shortest sleep, and its sleeps' share of the time waited so
+    /// far (1/64: a reply is noticed at most ~1.6 % of the call late, plus a wake-up).
+    std::chrono::nanoseconds min_sleep = std::chrono::microseconds(10);
+    uint32_t sleep_divisor = 64;
+    /// The polling wait's CPU (spin included) stays within this share of its time,
+    /// plus 50 µs (a short wait may spin): polls that cost more sleep longer, up to
+    /// 4 x max_sleep.
+    double poll_cpu = 0.10;
+    std::chrono::nanoseconds poll_interval = std::chrono::microseconds(15);
+    /// The clock of the wait and of the Session's deadlines; null: WaitClock::system().
+    const WaitClock* clock = nullptr;
+
+    static WaitPolicy adaptive() noexcept { return {}; }
+    static WaitPolicy spin_only() noexcept {
+        WaitPolicy p;
+        p.spin_for = std::chrono::nanoseconds::max();
+        return p;
+    }
+    static WaitPolicy
+    fixed_poll(std::chrono::nanoseconds every = std::chrono::microseconds(15)) noexcept {
+        WaitPolicy p;
+        p.kind = Kind::fixed_poll;
+        p.poll_interval = every;
+        return p;
+    }
+    [[nodiscard]] const WaitClock& time() const noexcept {
+        return clock ? *clock : WaitClock::system();
+    }
+};
+
+/// What a waiter learns from its waits: how long spinning pays. A transport keeps one
+/// for its callers (and the loopback host thread one for its idle wait); lock-free,
+/// shared by threads. A wait that got its answer while spinning keeps the budget (or
+/// raises it to a few times what it spun); one whose spin ran out sets it to what
+/// would have won (1.5 x the answer's time) when that is within the longest spin,
+/// else halves it, down to 0 below 1 µs. At 0 every 16th wait still spins a little
+/// (a probe), so a host that became fast again is noticed.
+class APIR_EXPORT SpinBudget {
+public:
+    /// The spin to try now, at most max.
+    [[nodiscard]] std::chrono::nanoseconds next(std::chrono::nanoseconds max) noexcept;
+    /// The answer came while spinning, `spun` after the spin began.
+    void won(std::chrono::nanoseconds spun, std::chrono::nanoseconds max) noexcept;
+    /// The spin ran out; the answer came `took` after the spin began.
+    void lost(std::chrono::nanoseconds took, std::chrono::nanoseconds max) noexcept;
+    /// The budget learned so far (nanoseconds::max() before the first lost wait).
+    [[nodiscard]] std::chrono::nanoseconds current() const noexcept;
+
+    static constexpr std::chrono::nanoseconds floor = std::chrono::microseconds(1);
+    static constexpr std::chrono::nanoseconds probe = std::chrono::microseconds(4);
+    static constexpr uint32_t probe_every = 16;
+
+private:
+    std::atomic<int64_t> budget_ns_{-1}; // -1: nothing learned yet (spin the maximum)
+    std::atomic<uint32_t> waits_{0};
+};
+
+} // namespace apir
