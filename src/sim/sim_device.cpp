@@ -3,6 +3,7 @@
 #include "apir/sim_device.hpp"
 
 #include "apir/internal/unique_handle.hpp"
+#include "apir/internal/virtgpu_ioctl.hpp"
 #include "apir/internal/virtgpu_uapi.hpp"
 
 #include <algorithm>
@@ -32,6 +33,37 @@ constexpr uint32_t first_res_id = 2;
 constexpr uint64_t max_capset_id = 63;
 constexpr uint64_t max_rings = 64;
 
+// The system calls whose failures the transport reports (drm::Syscall) are steps of the
+// device (SimOp), so that a test can make each of them fail. SimOp has more: the
+// releases (close, GEM_CLOSE, munmap), whose failures the transport ignores. A call
+// added to drm::Syscall without its step here is a -Wswitch error.
+constexpr SimOp step_of(drm::Syscall c) {
+    switch (c) {
+    case drm::Syscall::enumerate:
+        return SimOp::enumerate;
+    case drm::Syscall::open:
+        return SimOp::open;
+    case drm::Syscall::version:
+        return SimOp::version;
+    case drm::Syscall::getparam:
+        return SimOp::getparam;
+    case drm::Syscall::get_caps:
+        return SimOp::get_caps;
+    case drm::Syscall::context_init:
+        return SimOp::context_init;
+    case drm::Syscall::resource_create_blob:
+        return SimOp::create_blob;
+    case drm::Syscall::map:
+        return SimOp::map;
+    case drm::Syscall::mmap:
+        return SimOp::mmap;
+    case drm::Syscall::execbuffer:
+        return SimOp::execbuffer;
+    }
+    return SimOp::count_;
+}
+static_assert(step_of(drm::Syscall::resource_create_blob) == SimOp::create_blob);
+
 uint64_t page_align(uint64_t n) {
     return (n + page_size - 1) & ~(page_size - 1);
 }
@@ -53,6 +85,17 @@ struct KernelExecbuffer {
 };
 static_assert(sizeof(KernelExecbuffer) == 64);
 static_assert(offsetof(KernelExecbuffer, ring_idx) == offsetof(uapi::execbuffer, ring_idx));
+
+// The size of an ioctl's struct in the kernel the device imitates: what the DRM core
+// copies at most, in and out.
+template <class T>
+size_t kernel_size(SimKernel) {
+    return sizeof(T);
+}
+template <>
+size_t kernel_size<KernelExecbuffer>(SimKernel k) {
+    return k == SimKernel::linux_6_1 ? 40 : sizeof(KernelExecbuffer);
+}
 
 // Host-side memory of a blob: a memfd and the host's own mapping of it. The guest's
 // mmap maps the same pages a second time, as a VM's would.
@@ -233,15 +276,6 @@ struct Fault {
     unsigned times = 0;
 };
 
-template <class T, class F>
-int with_struct(std::byte* k, F&& f) {
-    T t;
-    std::memcpy(&t, k, sizeof(T));
-    int r = f(t);
-    std::memcpy(k, &t, sizeof(T));
-    return r;
-}
-
 // Copies between the caller's memory and the device's, as the kernel's copy_from_user
 // and copy_to_user do: memory the caller cannot read (or write) is EFAULT, never a
 // fault in the device. process_vm_readv/writev on the process itself check the pages
@@ -392,19 +426,46 @@ struct SimDevice::State {
         all_contexts.push_back(f.ctx);
     }
 
-    // One handler per ioctl, called with the device lock held and the caller's struct
-    // copied in (ioctl() copies it back out); f is the caller's file, a virtio-gpu one.
-    int ioctl_version(File* f, uapi::version& v) {
-        v.version_major = f->node->driver_major;
-        v.version_minor = f->virtio ? 1 : 0;
+    // The DRM core's part of one ioctl, around its handler: copy the caller's struct in
+    // (zero-extended to the kernel's size), count the call (or fail it as injected),
+    // check the file, run the handler under the device lock, and copy the struct back
+    // out, even when the ioctl failed. Only DRM_IOCTL_VERSION answers another driver's
+    // file. The handler is called with the lock held and may release it (EXECBUFFER).
+    template <class T, SimOp Op, auto Handler>
+    int drm_ioctl(int fd, unsigned long request, void* arg) {
+        T k{};
+        const size_t n = std::min(size_t(_IOC_SIZE(request)), kernel_size<T>(cfg.kernel));
+        if ((_IOC_DIR(request) & _IOC_WRITE) && n && !from_user(&k, user_addr(arg), n))
+            return -EFAULT;
+        std::unique_lock lk(mu);
+        int r = injected(Op);
+        File* f = r ? nullptr : file(fd);
+        if (r == 0 && !f) r = -EBADF;
+        if (r == 0 && !f->virtio && Op != SimOp::version) r = -EINVAL; // another driver's
+        if (r == 0) {
+            if constexpr (requires { (this->*Handler)(*f, k, lk); })
+                r = (this->*Handler)(*f, k, lk);
+            else
+                r = (this->*Handler)(*f, k);
+        }
+        if (lk.owns_lock()) lk.unlock();
+        if ((_IOC_DIR(request) & _IOC_READ) && n && !to_user(user_addr(arg), &k, n)) return -EFAULT;
+        return r;
+    }
+
+    // One handler per ioctl (the table below maps request numbers to them), called by
+    // drm_ioctl() with the caller's struct and file.
+    int ioctl_version(File& f, uapi::version& v) {
+        v.version_major = f.node->driver_major;
+        v.version_minor = f.virtio ? 1 : 0;
         v.version_patchlevel = 0;
-        int e = copy_field(f->node->driver, v.name, v.name_len);
+        int e = copy_field(f.node->driver, v.name, v.name_len);
         if (e == 0) e = copy_field("0", v.date, v.date_len);
-        if (e == 0) e = copy_field(f->virtio ? "virtio GPU" : "another GPU", v.desc, v.desc_len);
+        if (e == 0) e = copy_field(f.virtio ? "virtio GPU" : "another GPU", v.desc, v.desc_len);
         return e;
     }
 
-    int ioctl_getparam(File*, uapi::getparam& p) {
+    int ioctl_getparam(File&, uapi::getparam& p) {
         uint64_t v = 0;
         switch (static_cast<uapi::Param>(p.param)) {
         case uapi::Param::features_3d:
@@ -441,7 +502,7 @@ struct SimDevice::State {
         return to_user(p.value, &v32, sizeof(v32)) ? 0 : -EFAULT;
     }
 
-    int ioctl_get_caps(File*, uapi::get_caps& g) {
+    int ioctl_get_caps(File&, uapi::get_caps& g) {
         if (cfg.capsets.empty()) return -ENOSYS;
         if (g.size == 0) return -EINVAL;
         auto c = std::find_if(cfg.capsets.begin(), cfg.capsets.end(), [&](const SimCapset& c) {
@@ -453,7 +514,7 @@ struct SimDevice::State {
                                                                                          : -EFAULT;
     }
 
-    int ioctl_context_init(File* f, uapi::context_init& ci) {
+    int ioctl_context_init(File& f, uapi::context_init& ci) {
         if (!cfg.has_context_init || !cfg.has_3d) return -EINVAL;
         const uint32_t max_params = cfg.kernel == SimKernel::linux_6_1 ? 3 : 4;
         if (ci.num_params > max_params) return -EINVAL;
@@ -461,25 +522,25 @@ struct SimDevice::State {
         std::vector<uapi::context_set_param> params(ci.num_params);
         if (!from_user(params.data(), ci.ctx_set_params, params.size() * sizeof(params[0])))
             return -EFAULT;
-        if (f->context_created) return -EEXIST;
+        if (f.context_created) return -EEXIST;
         bool rings_seen = false;
         for (const auto& p : params) {
             switch (p.param) {
             case uapi::context_param_capset_id:
                 if (p.value > max_capset_id) return -EINVAL;
                 if ((capset_mask() >> p.value & 1) == 0) return -EINVAL;
-                if (f->capset_set) return -EINVAL; // also after a failed attempt
-                f->capset = static_cast<uint32_t>(p.value);
-                f->capset_set = true;
+                if (f.capset_set) return -EINVAL; // also after a failed attempt
+                f.capset = static_cast<uint32_t>(p.value);
+                f.capset_set = true;
                 break;
             case uapi::context_param_num_rings:
                 if (p.value > max_rings || rings_seen) return -EINVAL;
                 rings_seen = true;
-                f->num_rings = p.value;
+                f.num_rings = p.value;
                 break;
             case uapi::context_param_poll_rings_mask:
-                if (f->ring_mask != 0) return -EINVAL;
-                f->ring_mask = p.value;
+                if (f.ring_mask != 0) return -EINVAL;
+                f.ring_mask = p.value;
                 break;
             case uapi::context_param_debug_name:
                 if (cfg.kernel == SimKernel::linux_6_1) return -EINVAL;
@@ -488,14 +549,13 @@ struct SimDevice::State {
                 return -EINVAL;
             }
         }
-        const uint64_t valid =
-            f->num_rings >= 64 ? ~uint64_t{0} : (uint64_t{1} << f->num_rings) - 1;
-        if (f->ring_mask & ~valid) return -EINVAL;
-        create_context(*f);
+        const uint64_t valid = f.num_rings >= 64 ? ~uint64_t{0} : (uint64_t{1} << f.num_rings) - 1;
+        if (f.ring_mask & ~valid) return -EINVAL;
+        create_context(f);
         return 0;
     }
 
-    int ioctl_create_blob(File* f, uapi::resource_create_blob& b) {
+    int ioctl_create_blob(File& f, uapi::resource_create_blob& b) {
         if (!cfg.has_blob) return -EINVAL;
         if (b.blob_flags & ~uapi::blob_flags_known) return -EINVAL;
         if (b.cmd_size % 4 != 0) return -EINVAL;
@@ -515,7 +575,7 @@ struct SimDevice::State {
         const bool visible =
             b.blob_mem == uapi::blob_mem_host3d && (b.blob_flags & uapi::blob_flag_use_mappable);
         if (visible && cfg.host_visible_bytes == 0) return -EINVAL;
-        if (!f->context_created) create_context(*f);
+        if (!f.context_created) create_context(f);
         const uint64_t size = page_align(b.size);
         if (size == 0) return -ENOSPC;
         if (visible && visible_used + size > cfg.host_visible_bytes) return -ENOSPC;
@@ -533,22 +593,22 @@ struct SimDevice::State {
         obj->host_visible = visible;
         obj->mem = mem;
         obj->handles = 1;
-        if (host3d && f->ctx) {
-            obj->ctx = f->ctx;
-            f->ctx->attach(obj->res_id, mem);
+        if (host3d && f.ctx) {
+            obj->ctx = f.ctx;
+            f.ctx->attach(obj->res_id, mem);
         }
         if (visible) visible_used += size;
-        const uint32_t handle = f->lowest_free_handle();
-        f->handles.emplace(handle, obj);
+        const uint32_t handle = f.lowest_free_handle();
+        f.handles.emplace(handle, obj);
         objects.emplace(obj->res_id, obj);
         b.bo_handle = handle;
         b.res_handle = obj->res_id;
         return 0;
     }
 
-    int ioctl_map(File* f, uapi::map& m) {
-        auto it = f->handles.find(m.handle);
-        if (it == f->handles.end()) return -ENOENT;
+    int ioctl_map(File& f, uapi::map& m) {
+        auto it = f.handles.find(m.handle);
+        if (it == f.handles.end()) return -ENOENT;
         Object& o = *it->second;
         if (o.offset == 0) {
             o.offset = next_offset;
@@ -558,24 +618,24 @@ struct SimDevice::State {
         return 0;
     }
 
-    int ioctl_gem_close(File* f, uapi::gem_close& g) {
-        auto it = f->handles.find(g.handle);
-        if (g.handle == 0 || it == f->handles.end()) return -EINVAL;
+    int ioctl_gem_close(File& f, uapi::gem_close& g) {
+        auto it = f.handles.find(g.handle);
+        if (g.handle == 0 || it == f.handles.end()) return -EINVAL;
         auto obj = std::move(it->second);
-        f->handles.erase(it);
+        f.handles.erase(it);
         --obj->handles;
         maybe_free(obj);
         return 0;
     }
 
-    int ioctl_execbuffer(File* f, KernelExecbuffer& e, std::unique_lock<std::mutex>& lk) {
+    int ioctl_execbuffer(File& f, KernelExecbuffer& e, std::unique_lock<std::mutex>& lk) {
         constexpr uint32_t known =
             uapi::execbuf_fence_fd_in | uapi::execbuf_fence_fd_out | uapi::execbuf_ring_idx;
         if (!cfg.has_3d) return -ENOSYS;
         if (e.flags & ~known) return -EINVAL;
         uint32_t ring = 0;
         if (e.flags & uapi::execbuf_ring_idx) {
-            if (e.ring_idx >= f->num_rings) return -EINVAL;
+            if (e.ring_idx >= f.num_rings) return -EINVAL;
             ring = e.ring_idx;
         }
         if (e.size > INT_MAX) return -ENOMEM;
@@ -587,20 +647,20 @@ struct SimDevice::State {
             if (!from_user(bos.data(), e.bo_handles, bos.size() * sizeof(uint32_t))) return -EFAULT;
         }
         for (size_t i = 0; i < bos.size(); ++i) {
-            if (!f->handles.count(bos[i])) return -ENOENT;
+            if (!f.handles.count(bos[i])) return -ENOENT;
             if (std::find(bos.begin(), bos.begin() + long(i), bos[i]) != bos.begin() + long(i))
                 return -EALREADY;
         }
-        if (!f->context_created) create_context(*f);
+        if (!f.context_created) create_context(f);
         if ((e.flags & uapi::execbuf_fence_fd_out) || e.num_out_syncobjs || !bos.empty() ||
-            (f->ring_mask >> ring & 1)) {
+            (f.ring_mask >> ring & 1)) {
             ++fenced;
             if (e.flags & uapi::execbuf_fence_fd_out) e.fence_fd = -1;
         }
         if (e.size && e.command == 0) return -EFAULT;
         std::vector<std::byte> command(e.size); // the kernel's copy
         if (!from_user(command.data(), e.command, command.size())) return -EFAULT;
-        std::shared_ptr<Context> ctx = f->ctx;
+        std::shared_ptr<Context> ctx = f.ctx;
         lk.unlock(); // the host and the deliver hook run without the device lock
         if (!ctx || (ctx->deliver && !ctx->deliver(command)))
             dropped.fetch_add(1, std::memory_order_relaxed);
@@ -682,93 +742,43 @@ int SimDevice::close(int fd) {
     return result;
 }
 
+namespace {
+
+// The ioctls the device answers, by number (_IOC_NR: a request's size, and so its full
+// number, varies with the caller's headers), each with its struct and handler.
+struct IoctlEntry {
+    unsigned nr;
+    int (SimDevice::State::*call)(int fd, unsigned long request, void* arg);
+};
+using S = SimDevice::State;
+const IoctlEntry ioctl_table[] = {
+    {_IOC_NR(uapi::ioctl_version), &S::drm_ioctl<uapi::version, SimOp::version, &S::ioctl_version>},
+    {_IOC_NR(uapi::ioctl_gem_close),
+     &S::drm_ioctl<uapi::gem_close, SimOp::gem_close, &S::ioctl_gem_close>},
+    {_IOC_NR(uapi::ioctl_map), &S::drm_ioctl<uapi::map, SimOp::map, &S::ioctl_map>},
+    {_IOC_NR(uapi::ioctl_execbuffer),
+     &S::drm_ioctl<KernelExecbuffer, SimOp::execbuffer, &S::ioctl_execbuffer>},
+    {_IOC_NR(uapi::ioctl_getparam),
+     &S::drm_ioctl<uapi::getparam, SimOp::getparam, &S::ioctl_getparam>},
+    {_IOC_NR(uapi::ioctl_get_caps),
+     &S::drm_ioctl<uapi::get_caps, SimOp::get_caps, &S::ioctl_get_caps>},
+    {_IOC_NR(uapi::ioctl_resource_create_blob),
+     &S::drm_ioctl<uapi::resource_create_blob, SimOp::create_blob, &S::ioctl_create_blob>},
+    {_IOC_NR(uapi::ioctl_context_init),
+     &S::drm_ioctl<uapi::context_init, SimOp::context_init, &S::ioctl_context_init>},
+};
+
+} // namespace
+
 int SimDevice::ioctl(int fd, unsigned long request, void* arg) {
-    // The DRM core: dispatch on the number, copy the caller's struct in (zero-extended
-    // to the kernel's size), run, copy it back out — even when the ioctl failed.
+    // The DRM core: another subsystem's request is ENOTTY, an unknown DRM one EINVAL.
     if (_IOC_TYPE(request) != DRM_IOCTL_BASE) return -ENOTTY;
     const unsigned nr = _IOC_NR(request);
-    const size_t usize = _IOC_SIZE(request);
-    size_t ksize = 0;
-    SimOp op{};
-    switch (nr) {
-    case 0x00:
-        ksize = sizeof(uapi::version), op = SimOp::version;
-        break;
-    case 0x09:
-        ksize = sizeof(uapi::gem_close), op = SimOp::gem_close;
-        break;
-    case DRM_COMMAND_BASE + 0x01:
-        ksize = sizeof(uapi::map), op = SimOp::map;
-        break;
-    case DRM_COMMAND_BASE + 0x02:
-        ksize = s_->cfg.kernel == SimKernel::linux_6_1 ? 40 : sizeof(KernelExecbuffer);
-        op = SimOp::execbuffer;
-        break;
-    case DRM_COMMAND_BASE + 0x03:
-        ksize = sizeof(uapi::getparam), op = SimOp::getparam;
-        break;
-    case DRM_COMMAND_BASE + 0x09:
-        ksize = sizeof(uapi::get_caps), op = SimOp::get_caps;
-        break;
-    case DRM_COMMAND_BASE + 0x0a:
-        ksize = sizeof(uapi::resource_create_blob), op = SimOp::create_blob;
-        break;
-    case DRM_COMMAND_BASE + 0x0b:
-        ksize = sizeof(uapi::context_init), op = SimOp::context_init;
-        break;
-    default:
-        return -EINVAL;
-    }
-    alignas(8) std::byte k[64] = {};
-    const size_t n = std::min(usize, ksize);
+    const auto* e = std::find_if(std::begin(ioctl_table), std::end(ioctl_table),
+                                 [&](const IoctlEntry& x) { return x.nr == nr; });
+    if (e == std::end(ioctl_table)) return -EINVAL;
     t_check_user_memory = s_->cfg.check_user_memory;
-    if ((_IOC_DIR(request) & _IOC_WRITE) && n && !from_user(k, user_addr(arg), n)) return -EFAULT;
-
-    std::unique_lock lk(s_->mu);
-    int r = s_->injected(op);
-    File* f = r ? nullptr : s_->file(fd);
-    if (r == 0 && !f) r = -EBADF;
-    if (r == 0 && !f->virtio && op != SimOp::version) r = -EINVAL; // another driver's ioctl
-    State& s = *s_;
-
-    if (r == 0) switch (op) {
-        case SimOp::version:
-            r = with_struct<uapi::version>(k,
-                                           [&](uapi::version& x) { return s.ioctl_version(f, x); });
-            break;
-        case SimOp::getparam:
-            r = with_struct<uapi::getparam>(
-                k, [&](uapi::getparam& x) { return s.ioctl_getparam(f, x); });
-            break;
-        case SimOp::get_caps:
-            r = with_struct<uapi::get_caps>(
-                k, [&](uapi::get_caps& x) { return s.ioctl_get_caps(f, x); });
-            break;
-        case SimOp::context_init:
-            r = with_struct<uapi::context_init>(
-                k, [&](uapi::context_init& x) { return s.ioctl_context_init(f, x); });
-            break;
-        case SimOp::create_blob:
-            r = with_struct<uapi::resource_create_blob>(
-                k, [&](uapi::resource_create_blob& x) { return s.ioctl_create_blob(f, x); });
-            break;
-        case SimOp::map:
-            r = with_struct<uapi::map>(k, [&](uapi::map& x) { return s.ioctl_map(f, x); });
-            break;
-        case SimOp::gem_close:
-            r = with_struct<uapi::gem_close>(
-                k, [&](uapi::gem_close& x) { return s.ioctl_gem_close(f, x); });
-            break;
-        case SimOp::execbuffer:
-            r = with_struct<KernelExecbuffer>(
-                k, [&](KernelExecbuffer& x) { return s.ioctl_execbuffer(f, x, lk); });
-            break;
-        default:
-            r = -EINVAL;
-        }
-    if (lk.owns_lock()) lk.unlock();
-    if ((_IOC_DIR(request) & _IOC_READ) && n && !to_user(user_addr(arg), k, n)) return -EFAULT;
-    return r;
+    return (s_.get()->*e->call)(fd, request, arg);
 }
 
 int SimDevice::mmap(int fd, uint64_t offset, size_t length, void** addr) {
