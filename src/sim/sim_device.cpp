@@ -148,7 +148,9 @@ class Context final {
                     std::lock_guard mk(mu);
                     resources.erase(it.detach);
                 } else if (shared->host_alive.load(std::memory_order_acquire)) {
-                    (void)host->execute(it.command); // a rejected command gets no reply
+                    // The device's own copy of the guest's bytes, as the kernel's:
+                    // the host decodes it in place. A rejected command gets no reply.
+                    (void)host->execute_in_place(it.command);
                     shared->executed.fetch_add(1, std::memory_order_relaxed);
                 }
                 lk.lock();
