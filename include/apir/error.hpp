@@ -17,7 +17,9 @@
 
 #include <fmt/core.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -38,26 +40,17 @@ enum class Category : uint8_t {
     unsupported,      ///< the device or build lacks a feature
 };
 
+/// Category names, one row per Category in enum order.
+inline constexpr std::pair<Category, std::string_view> category_names[] = {
+    {Category::protocol, "protocol"},   {Category::timeout, "timeout"},
+    {Category::device, "device"},       {Category::backend, "backend"},
+    {Category::version, "version"},     {Category::invalid_argument, "invalid_argument"},
+    {Category::exhausted, "exhausted"}, {Category::unsupported, "unsupported"},
+};
+
 [[nodiscard]] constexpr std::string_view category_name(Category c) noexcept {
-    switch (c) {
-    case Category::protocol:
-        return "protocol";
-    case Category::timeout:
-        return "timeout";
-    case Category::device:
-        return "device";
-    case Category::backend:
-        return "backend";
-    case Category::version:
-        return "version";
-    case Category::invalid_argument:
-        return "invalid_argument";
-    case Category::exhausted:
-        return "exhausted";
-    case Category::unsupported:
-        return "unsupported";
-    }
-    return "unknown";
+    auto i = static_cast<size_t>(c);
+    return i < std::size(category_names) ? category_names[i].second : "unknown";
 }
 
 /// Every error the library reports. Names are stable (see error_info()).
@@ -129,117 +122,238 @@ struct ErrcInfo {
     std::string_view message;
 };
 
-[[nodiscard]] constexpr ErrcInfo error_info(Errc e) noexcept {
-    using C = Category;
-    switch (e) {
-    case Errc::encode_overflow:
-        return {"ENCODE_OVERFLOW", C::exhausted, "message does not fit its buffer"};
-    case Errc::decode_overrun:
-        return {"DECODE_OVERRUN", C::protocol, "message ends before the field"};
-    case Errc::decode_size_too_large:
-        return {"DECODE_SIZE_TOO_LARGE", C::protocol,
-                "size prefix larger than the remaining bytes or the cap"};
-    case Errc::decode_missing_nul:
-        return {"DECODE_MISSING_NUL", C::protocol, "string lacks its terminating NUL"};
-    case Errc::decode_bad_value:
-        return {"DECODE_BAD_VALUE", C::protocol, "field holds a value outside its range"};
-    case Errc::invalid_argument:
-        return {"INVALID_ARGUMENT", C::invalid_argument, "invalid argument"};
-    case Errc::timeout:
-        return {"TIMEOUT", C::timeout, "no reply before the deadline"};
-    case Errc::disconnected:
-        return {"DISCONNECTED", C::device, "the other side is gone"};
-    case Errc::unknown_resource:
-        return {"UNKNOWN_RESOURCE", C::protocol, "no shared memory with that resource id"};
-    case Errc::reply_too_large:
-        return {"REPLY_TOO_LARGE", C::protocol, "reply does not fit the reply page"};
-    case Errc::handshake_failed:
-        return {"HANDSHAKE_FAILED", C::protocol, "the host did not answer the handshake magic"};
-    case Errc::version_mismatch:
-        return {"VERSION_MISMATCH", C::version, "incompatible APIR protocol major version"};
-    case Errc::unknown_command:
-        return {"UNKNOWN_COMMAND", C::protocol, "unknown APIR command type"};
-    case Errc::no_device:
-        return {"NO_DEVICE", C::device, "no usable virtio-gpu device"};
-    case Errc::device_error:
-        return {"DEVICE_ERROR", C::device, "device request failed"};
-    case Errc::out_of_memory:
-        return {"OUT_OF_MEMORY", C::exhausted, "out of memory or shared-memory space"};
-    case Errc::unsupported:
-        return {"UNSUPPORTED", C::unsupported, "not supported"};
-    case Errc::library_error:
-        return {"LIBRARY_ERROR", C::backend, "the backend library misbehaved"};
-    case Errc::load_hypercall_init_error:
-    case Errc::load_already_loaded:
-    case Errc::load_config_missing:
-    case Errc::load_cannot_open:
-    case Errc::load_symbol_missing: {
-        auto i = load_library_code_info(static_cast<uint32_t>(e) -
-                                        static_cast<uint32_t>(Errc::load_hypercall_init_error) + 1);
-        return {i.name, C::backend, i.message};
+/// Which command's return codes an error is decoded from.
+enum class WireCommand : uint8_t { none, load_library, forward };
+
+/// The return codes an error stands for, as the guest receives them: first..last of
+/// one command. A range (first < last) takes the codes no narrower row claims.
+struct WireRange {
+    WireCommand command = WireCommand::none;
+    uint32_t first = 0;
+    uint32_t last = 0;
+    [[nodiscard]] constexpr bool contains(WireCommand cmd, uint32_t code) const noexcept {
+        return command != WireCommand::none && command == cmd && first <= code && code <= last;
     }
-    case Errc::library_hypercall_init_error:
-        return {"LIBRARY_HYPERCALL_INIT_ERROR", C::backend,
-                "the backend library could not initialize its hypercall layer"};
-    case Errc::library_already_loaded:
-        return {"LIBRARY_ALREADY_LOADED", C::backend, "the backend library is already loaded"};
-    case Errc::library_config_missing:
-        return {"LIBRARY_CONFIG_MISSING", C::backend,
-                "the backend library found no configuration (check 'ggml.library.path')"};
-    case Errc::library_cannot_open:
-        return {"LIBRARY_CANNOT_OPEN", C::backend,
-                "the backend library cannot open the library it wraps"};
-    case Errc::library_symbol_missing:
-        return {"LIBRARY_SYMBOL_MISSING", C::backend,
-                "the library wrapped by the backend lacks a symbol (check 'ggml.library.reg')"};
-    case Errc::backend_cannot_open_backend_library:
-    case Errc::backend_cannot_open_ggml_library:
-    case Errc::backend_missing_backend_symbols:
-    case Errc::backend_missing_ggml_symbols:
-    case Errc::backend_failed:
-    case Errc::backend_registration_failed:
-    case Errc::backend_already_initialized:
-    case Errc::backend_no_device:
-    case Errc::backend_init_failed:
-    case Errc::backend_init_unknown: {
-        auto code = static_cast<uint32_t>(e) -
-                    static_cast<uint32_t>(Errc::backend_cannot_open_backend_library) + 1;
-        auto i = backend_init_code_info(code);
-        return {i.name, C::backend, i.message};
-    }
-    case Errc::forward_no_dispatch:
-    case Errc::forward_timeout:
-    case Errc::forward_sync_streams_failed: {
-        auto i = forward_code_info(static_cast<uint32_t>(e) -
-                                   static_cast<uint32_t>(Errc::forward_no_dispatch) + 1);
-        return {i.name, e == Errc::forward_timeout ? C::timeout : C::backend, i.message};
-    }
-    case Errc::forward_invalid_index:
-        return {"FORWARD_INVALID_INDEX", C::invalid_argument,
-                "the backend has no command with this id"};
-    case Errc::forward_backend_error:
-        return {"FORWARD_BACKEND_ERROR", C::backend, "the backend function returned an error"};
-    case Errc::host_behind:
-        return {"HOST_BEHIND", C::timeout,
-                "the host has not answered the calls that timed out before: retry later"};
-    case Errc::staging_exhausted:
-        return {"STAGING_EXHAUSTED", C::exhausted,
-                "every staging blob the session may lend stayed held: hold fewer, or raise "
-                "staging_blobs"};
-    case Errc::ggml_unknown_handle:
-        return {"GGML_UNKNOWN_HANDLE", C::invalid_argument,
-                "handle not received from this device, or already freed"};
-    case Errc::ggml_status_alloc_failed:
-        return {"GGML_STATUS_ALLOC_FAILED", C::exhausted, "the host could not allocate the graph"};
-    case Errc::ggml_status_failed:
-        return {"GGML_STATUS_FAILED", C::backend, "the host failed to compute the graph"};
-    case Errc::ggml_status_aborted:
-        return {"GGML_STATUS_ABORTED", C::backend, "the host aborted the graph computation"};
-    case Errc::count_:
-        break;
-    }
-    return {"UNKNOWN_ERROR", C::protocol, "unknown error"};
+};
+
+/// One row of the error table: a code, its name, category and message, and the wire
+/// codes it is decoded from (load_library_error, forward_error), if any.
+struct ErrcRow {
+    Errc code;
+    ErrcInfo info;
+    WireRange wire = {};
+};
+
+/// Builders for the rows of error_table.
+namespace errc_rows {
+inline constexpr uint32_t load_base = static_cast<uint32_t>(LoadLibraryCode::base_index);
+inline constexpr uint32_t forward_base = static_cast<uint32_t>(ForwardCode::base_index);
+inline constexpr uint32_t last_code = 0xffffffff;
+
+/// A row whose name and message are those of a protocol code (apir/protocol.hpp).
+constexpr ErrcInfo from(CodeInfo c, Category category) noexcept {
+    return {c.name, category, c.message};
 }
+/// LOADLIBRARY code c (1..5): the host's own answer.
+constexpr WireRange load_host(uint32_t c) noexcept {
+    return {WireCommand::load_library, c, c};
+}
+/// LOADLIBRARY code 6 + c (7..11): apir_backend_initialize returned c.
+constexpr WireRange load_library(uint32_t c) noexcept {
+    return {WireCommand::load_library, load_base + c, load_base + c};
+}
+/// LOADLIBRARY code 12 + c: the backend's own initialization code c.
+constexpr WireRange load_backend(uint32_t c) noexcept {
+    return {WireCommand::load_library, 2 * load_base + c, 2 * load_base + c};
+}
+/// FORWARD code c (1..3): the host's own failure.
+constexpr WireRange forward_host(uint32_t c) noexcept {
+    return {WireCommand::forward, c, c};
+}
+/// FORWARD code 4 + r: the backend function returned r.
+constexpr WireRange forward_backend(uint32_t r) noexcept {
+    return {WireCommand::forward, forward_base + r, forward_base + r};
+}
+} // namespace errc_rows
+
+/// Every error code, one row each, in enum order: error_info() indexes it.
+inline constexpr ErrcRow error_table[] = {
+    // wire
+    {Errc::encode_overflow,
+     {"ENCODE_OVERFLOW", Category::exhausted, "message does not fit its buffer"}},
+    {Errc::decode_overrun, {"DECODE_OVERRUN", Category::protocol, "message ends before the field"}},
+    {Errc::decode_size_too_large,
+     {"DECODE_SIZE_TOO_LARGE", Category::protocol,
+      "size prefix larger than the remaining bytes or the cap"}},
+    {Errc::decode_missing_nul,
+     {"DECODE_MISSING_NUL", Category::protocol, "string lacks its terminating NUL"}},
+    {Errc::decode_bad_value,
+     {"DECODE_BAD_VALUE", Category::protocol, "field holds a value outside its range"}},
+    // calls and replies
+    {Errc::invalid_argument, {"INVALID_ARGUMENT", Category::invalid_argument, "invalid argument"}},
+    {Errc::timeout, {"TIMEOUT", Category::timeout, "no reply before the deadline"}},
+    {Errc::disconnected, {"DISCONNECTED", Category::device, "the other side is gone"}},
+    {Errc::unknown_resource,
+     {"UNKNOWN_RESOURCE", Category::protocol, "no shared memory with that resource id"}},
+    {Errc::reply_too_large,
+     {"REPLY_TOO_LARGE", Category::protocol, "reply does not fit the reply page"}},
+    {Errc::handshake_failed,
+     {"HANDSHAKE_FAILED", Category::protocol, "the host did not answer the handshake magic"}},
+    {Errc::version_mismatch,
+     {"VERSION_MISMATCH", Category::version, "incompatible APIR protocol major version"}},
+    {Errc::unknown_command, {"UNKNOWN_COMMAND", Category::protocol, "unknown APIR command type"}},
+    // transport and system
+    {Errc::no_device, {"NO_DEVICE", Category::device, "no usable virtio-gpu device"}},
+    {Errc::device_error, {"DEVICE_ERROR", Category::device, "device request failed"}},
+    {Errc::out_of_memory,
+     {"OUT_OF_MEMORY", Category::exhausted, "out of memory or shared-memory space"}},
+    {Errc::unsupported, {"UNSUPPORTED", Category::unsupported, "not supported"}},
+    {Errc::library_error, {"LIBRARY_ERROR", Category::backend, "the backend library misbehaved"}},
+    // LOADLIBRARY, first level: the host's own answer (codes 1..5)
+    {Errc::load_hypercall_init_error, errc_rows::from(load_library_codes[1], Category::backend),
+     errc_rows::load_host(1)},
+    {Errc::load_already_loaded, errc_rows::from(load_library_codes[2], Category::backend),
+     errc_rows::load_host(2)},
+    {Errc::load_config_missing, errc_rows::from(load_library_codes[3], Category::backend),
+     errc_rows::load_host(3)},
+    {Errc::load_cannot_open, errc_rows::from(load_library_codes[4], Category::backend),
+     errc_rows::load_host(4)},
+    {Errc::load_symbol_missing, errc_rows::from(load_library_codes[5], Category::backend),
+     errc_rows::load_host(5)},
+    // LOADLIBRARY, second level: what apir_backend_initialize returned (codes 7..11)
+    {Errc::library_hypercall_init_error,
+     {"LIBRARY_HYPERCALL_INIT_ERROR", Category::backend,
+      "the backend library could not initialize its hypercall layer"},
+     errc_rows::load_library(1)},
+    {Errc::library_already_loaded,
+     {"LIBRARY_ALREADY_LOADED", Category::backend, "the backend library is already loaded"},
+     errc_rows::load_library(2)},
+    {Errc::library_config_missing,
+     {"LIBRARY_CONFIG_MISSING", Category::backend,
+      "the backend library found no configuration (check 'ggml.library.path')"},
+     errc_rows::load_library(3)},
+    {Errc::library_cannot_open,
+     {"LIBRARY_CANNOT_OPEN", Category::backend,
+      "the backend library cannot open the library it wraps"},
+     errc_rows::load_library(4)},
+    {Errc::library_symbol_missing,
+     {"LIBRARY_SYMBOL_MISSING", Category::backend,
+      "the library wrapped by the backend lacks a symbol (check 'ggml.library.reg')"},
+     errc_rows::load_library(5)},
+    // LOADLIBRARY, third level: the backend's own initialization code (codes 12+)
+    {Errc::backend_cannot_open_backend_library,
+     errc_rows::from(backend_init_codes[1], Category::backend), errc_rows::load_backend(1)},
+    {Errc::backend_cannot_open_ggml_library,
+     errc_rows::from(backend_init_codes[2], Category::backend), errc_rows::load_backend(2)},
+    {Errc::backend_missing_backend_symbols,
+     errc_rows::from(backend_init_codes[3], Category::backend), errc_rows::load_backend(3)},
+    {Errc::backend_missing_ggml_symbols, errc_rows::from(backend_init_codes[4], Category::backend),
+     errc_rows::load_backend(4)},
+    {Errc::backend_failed, errc_rows::from(backend_init_codes[5], Category::backend),
+     errc_rows::load_backend(5)},
+    {Errc::backend_registration_failed, errc_rows::from(backend_init_codes[6], Category::backend),
+     errc_rows::load_backend(6)},
+    {Errc::backend_already_initialized, errc_rows::from(backend_init_codes[7], Category::backend),
+     errc_rows::load_backend(7)},
+    {Errc::backend_no_device, errc_rows::from(backend_init_codes[8], Category::backend),
+     errc_rows::load_backend(8)},
+    {Errc::backend_init_failed, errc_rows::from(backend_init_codes[9], Category::backend),
+     errc_rows::load_backend(9)},
+    // every other code from 12 on (12 itself is the backend's success, sent as a failure)
+    {Errc::backend_init_unknown,
+     errc_rows::from(backend_init_code_unknown, Category::backend),
+     {WireCommand::load_library, 2 * errc_rows::load_base, errc_rows::last_code}},
+    // FORWARD
+    {Errc::forward_no_dispatch, errc_rows::from(forward_codes[1], Category::backend),
+     errc_rows::forward_host(1)},
+    {Errc::forward_timeout, errc_rows::from(forward_codes[2], Category::timeout),
+     errc_rows::forward_host(2)},
+    {Errc::forward_sync_streams_failed, errc_rows::from(forward_codes[3], Category::backend),
+     errc_rows::forward_host(3)},
+    {Errc::forward_invalid_index,
+     {"FORWARD_INVALID_INDEX", Category::invalid_argument,
+      "the backend has no command with this id"},
+     errc_rows::forward_backend(forward_invalid_index)},
+    // every other code from 4 on: the backend function's own return
+    {Errc::forward_backend_error,
+     errc_rows::from(forward_code_backend_return, Category::backend),
+     {WireCommand::forward, errc_rows::forward_base, errc_rows::last_code}},
+    // calls, continued
+    {Errc::host_behind,
+     {"HOST_BEHIND", Category::timeout,
+      "the host has not answered the calls that timed out before: retry later"}},
+    {Errc::staging_exhausted,
+     {"STAGING_EXHAUSTED", Category::exhausted,
+      "every staging blob the session may lend stayed held: hold fewer, or raise "
+      "staging_blobs"}},
+    // ggml's command set (apir/ggml/)
+    {Errc::ggml_unknown_handle,
+     {"GGML_UNKNOWN_HANDLE", Category::invalid_argument,
+      "handle not received from this device, or already freed"}},
+    {Errc::ggml_status_alloc_failed,
+     {"GGML_STATUS_ALLOC_FAILED", Category::exhausted, "the host could not allocate the graph"}},
+    {Errc::ggml_status_failed,
+     {"GGML_STATUS_FAILED", Category::backend, "the host failed to compute the graph"}},
+    {Errc::ggml_status_aborted,
+     {"GGML_STATUS_ABORTED", Category::backend, "the host aborted the graph computation"}},
+};
+
+/// What error_info() answers for a value outside the enum.
+inline constexpr ErrcInfo unknown_error_info = {"UNKNOWN_ERROR", Category::protocol,
+                                                "unknown error"};
+
+[[nodiscard]] constexpr ErrcInfo error_info(Errc e) noexcept {
+    auto i = static_cast<size_t>(e);
+    return i < std::size(error_table) ? error_table[i].info : unknown_error_info;
+}
+
+/// The row of error_table a return code of `command` decodes into: the narrowest
+/// range holding the code, or none.
+[[nodiscard]] constexpr const ErrcRow* wire_row(WireCommand command, uint32_t code) noexcept {
+    const ErrcRow* best = nullptr;
+    for (const ErrcRow& row : error_table)
+        if (row.wire.contains(command, code) &&
+            (best == nullptr ||
+             row.wire.last - row.wire.first < best->wire.last - best->wire.first))
+            best = &row;
+    return best;
+}
+
+// The invariants of the tables, checked at compile time.
+namespace errc_rows {
+constexpr bool categories_in_enum_order() noexcept {
+    for (size_t i = 0; i < std::size(category_names); ++i)
+        if (static_cast<size_t>(category_names[i].first) != i) return false;
+    return std::size(category_names) == static_cast<size_t>(Category::unsupported) + 1;
+}
+constexpr bool rows_in_enum_order() noexcept {
+    for (size_t i = 0; i < std::size(error_table); ++i)
+        if (static_cast<size_t>(error_table[i].code) != i) return false;
+    return std::size(error_table) == static_cast<size_t>(Errc::count_);
+}
+constexpr bool names_unique() noexcept {
+    for (size_t i = 0; i < std::size(error_table); ++i) {
+        const ErrcInfo& info = error_table[i].info;
+        if (info.name.empty() || info.message.empty() || info.name == unknown_error_info.name)
+            return false;
+        for (size_t j = 0; j < i; ++j)
+            if (error_table[j].info.name == info.name) return false;
+    }
+    return true;
+}
+constexpr bool wire_codes_decode_to_their_row() noexcept {
+    for (const ErrcRow& row : error_table) {
+        if (row.wire.command == WireCommand::none) continue;
+        if (row.wire.first > row.wire.last) return false;
+        if (wire_row(row.wire.command, row.wire.first) != &row) return false;
+    }
+    return true;
+}
+static_assert(categories_in_enum_order(), "category_names: row i must hold Category(i)");
+static_assert(rows_in_enum_order(), "error_table: row i must hold Errc(i), one row per code");
+static_assert(names_unique(), "error_table: every name non-empty and unique, with a message");
+static_assert(wire_codes_decode_to_their_row(), "error_table: two rows claim one wire code");
+} // namespace errc_rows
 
 /// An error value. Cheap to move; the detail string is only filled on error paths.
 class Error {

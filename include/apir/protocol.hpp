@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <string_view>
 
 namespace apir {
@@ -91,12 +92,6 @@ inline constexpr uint32_t backend_init_code_count = 10;
 /// Dispatcher return for a command id past its table.
 inline constexpr uint32_t forward_invalid_index = 6;
 
-/// A name and a message for one code of one table.
-struct CodeInfo {
-    std::string_view name;
-    std::string_view message;
-};
-
 [[nodiscard]] constexpr std::string_view command_type_name(int32_t type) noexcept {
     switch (type) {
     case 0:
@@ -110,70 +105,71 @@ struct CodeInfo {
     }
 }
 
+/// A name and a message for one code of one table.
+struct CodeInfo {
+    std::string_view name;
+    std::string_view message;
+};
+
+// The tables, indexed by code. They are the one place these names and messages are
+// written: apir/error.hpp's rows for the errors these codes decode into refer to them.
+
+/// First-level LOADLIBRARY codes, the host's own answer (0..5).
+inline constexpr CodeInfo load_library_codes[] = {
+    {"LOAD_SUCCESS", "library loaded"},
+    {"LOAD_HYPERCALL_INIT_ERROR", "the host could not initialize its hypercall layer"},
+    {"LOAD_ALREADY_LOADED", "a backend library is already loaded in this context"},
+    {"LOAD_CONFIG_MISSING", "the host configuration lacks 'apir.load_library.path'"},
+    {"LOAD_CANNOT_OPEN", "the host cannot open the APIR backend library"},
+    {"LOAD_SYMBOL_MISSING",
+     "the APIR backend library lacks apir_backend_initialize or apir_backend_dispatcher"},
+};
+static_assert(std::size(load_library_codes) == static_cast<uint32_t>(LoadLibraryCode::base_index));
+inline constexpr CodeInfo load_library_code_unknown = {"LOAD_UNKNOWN", "unknown LOADLIBRARY code"};
+
+/// BackendInitCode, the backend's own initialization code (0..9).
+inline constexpr CodeInfo backend_init_codes[] = {
+    {"BACKEND_SUCCESS", "backend initialized"},
+    {"BACKEND_CANNOT_OPEN_BACKEND_LIBRARY", "cannot open the backend library"},
+    {"BACKEND_CANNOT_OPEN_GGML_LIBRARY",
+     "cannot open the ggml library (check 'ggml.library.path')"},
+    {"BACKEND_MISSING_BACKEND_SYMBOLS", "the backend library lacks symbols"},
+    {"BACKEND_MISSING_GGML_SYMBOLS", "the ggml library lacks symbols (check 'ggml.library.reg')"},
+    {"BACKEND_FAILED", "the backend failed"},
+    {"BACKEND_REGISTRATION_FAILED", "backend registration failed"},
+    {"BACKEND_ALREADY_INITIALIZED", "the backend is already initialized"},
+    {"BACKEND_NO_DEVICE", "the backend found no device"},
+    {"BACKEND_INIT_FAILED", "backend initialization failed"},
+};
+static_assert(std::size(backend_init_codes) == backend_init_code_count);
+inline constexpr CodeInfo backend_init_code_unknown = {"BACKEND_UNKNOWN",
+                                                       "unknown backend initialization code"};
+
+/// First-level FORWARD codes (0..3); every code from ForwardCode::base_index on is
+/// forward_code_backend_return.
+inline constexpr CodeInfo forward_codes[] = {
+    {"FORWARD_SUCCESS", "call succeeded"},
+    {"FORWARD_NO_DISPATCH", "the host has no dispatch function (LOADLIBRARY has not succeeded)"},
+    {"FORWARD_TIMEOUT", "the host timed out"},
+    {"FORWARD_SYNC_STREAMS_FAILED", "the host failed to sync streams"},
+};
+static_assert(std::size(forward_codes) == static_cast<uint32_t>(ForwardCode::base_index));
+inline constexpr CodeInfo forward_code_backend_return = {"FORWARD_BACKEND_ERROR",
+                                                         "the backend function returned an error"};
+
 /// First-level LOADLIBRARY code (0..5); codes >= 6 are decoded by the error layer.
 [[nodiscard]] constexpr CodeInfo load_library_code_info(uint32_t code) noexcept {
-    switch (code) {
-    case 0:
-        return {"LOAD_SUCCESS", "library loaded"};
-    case 1:
-        return {"LOAD_HYPERCALL_INIT_ERROR", "the host could not initialize its hypercall layer"};
-    case 2:
-        return {"LOAD_ALREADY_LOADED", "a backend library is already loaded in this context"};
-    case 3:
-        return {"LOAD_CONFIG_MISSING", "the host configuration lacks 'apir.load_library.path'"};
-    case 4:
-        return {"LOAD_CANNOT_OPEN", "the host cannot open the APIR backend library"};
-    case 5:
-        return {"LOAD_SYMBOL_MISSING", "the APIR backend library lacks apir_backend_initialize or "
-                                       "apir_backend_dispatcher"};
-    default:
-        return {"LOAD_UNKNOWN", "unknown LOADLIBRARY code"};
-    }
+    return code < std::size(load_library_codes) ? load_library_codes[code]
+                                                : load_library_code_unknown;
 }
 
 [[nodiscard]] constexpr CodeInfo backend_init_code_info(uint32_t code) noexcept {
-    switch (code) {
-    case 0:
-        return {"BACKEND_SUCCESS", "backend initialized"};
-    case 1:
-        return {"BACKEND_CANNOT_OPEN_BACKEND_LIBRARY", "cannot open the backend library"};
-    case 2:
-        return {"BACKEND_CANNOT_OPEN_GGML_LIBRARY",
-                "cannot open the ggml library (check 'ggml.library.path')"};
-    case 3:
-        return {"BACKEND_MISSING_BACKEND_SYMBOLS", "the backend library lacks symbols"};
-    case 4:
-        return {"BACKEND_MISSING_GGML_SYMBOLS",
-                "the ggml library lacks symbols (check 'ggml.library.reg')"};
-    case 5:
-        return {"BACKEND_FAILED", "the backend failed"};
-    case 6:
-        return {"BACKEND_REGISTRATION_FAILED", "backend registration failed"};
-    case 7:
-        return {"BACKEND_ALREADY_INITIALIZED", "the backend is already initialized"};
-    case 8:
-        return {"BACKEND_NO_DEVICE", "the backend found no device"};
-    case 9:
-        return {"BACKEND_INIT_FAILED", "backend initialization failed"};
-    default:
-        return {"BACKEND_UNKNOWN", "unknown backend initialization code"};
-    }
+    return code < std::size(backend_init_codes) ? backend_init_codes[code]
+                                                : backend_init_code_unknown;
 }
 
 [[nodiscard]] constexpr CodeInfo forward_code_info(uint32_t code) noexcept {
-    switch (code) {
-    case 0:
-        return {"FORWARD_SUCCESS", "call succeeded"};
-    case 1:
-        return {"FORWARD_NO_DISPATCH",
-                "the host has no dispatch function (LOADLIBRARY has not succeeded)"};
-    case 2:
-        return {"FORWARD_TIMEOUT", "the host timed out"};
-    case 3:
-        return {"FORWARD_SYNC_STREAMS_FAILED", "the host failed to sync streams"};
-    default:
-        return {"FORWARD_BACKEND_ERROR", "the backend function returned an error"};
-    }
+    return code < std::size(forward_codes) ? forward_codes[code] : forward_code_backend_return;
 }
 
 } // namespace apir

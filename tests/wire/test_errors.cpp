@@ -7,7 +7,9 @@
 
 #include <fmt/format.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <set>
 #include <string>
 #include <string_view>
@@ -325,6 +327,94 @@ TEST_CASE("FORWARD code 4+n carries the backend function's own return n", "[erro
     CHECK(e.category() == Category::backend);
     CHECK(e.wire_code() == 4 + n);
     CHECK(contains(e.detail(), fmt::format("returned {}", n)));
+}
+
+// ---------------------------------------------------------------------------
+// The table behind error_info() and the decoding of return codes
+
+TEST_CASE("the error table has one row per code, in enum order, with unique names",
+          "[errors][table]") {
+    STATIC_REQUIRE(apir::errc_rows::rows_in_enum_order());
+    STATIC_REQUIRE(apir::errc_rows::names_unique());
+    STATIC_REQUIRE(apir::errc_rows::wire_codes_decode_to_their_row());
+    STATIC_REQUIRE(apir::errc_rows::categories_in_enum_order());
+    STATIC_REQUIRE(apir::error_info(Errc::load_cannot_open).name == "LOAD_CANNOT_OPEN");
+    REQUIRE(std::size(apir::error_table) == error_count);
+    std::set<std::string_view> names;
+    for (unsigned i = 0; i < error_count; ++i) {
+        const apir::ErrcRow& row = apir::error_table[i];
+        INFO("row " << i << ": " << row.info.name);
+        CHECK(static_cast<unsigned>(row.code) == i);
+        CHECK_FALSE(row.info.name.empty());
+        CHECK_FALSE(row.info.message.empty());
+        CHECK(names.insert(row.info.name).second);
+        CHECK(apir::error_info(row.code).name == row.info.name);
+        CHECK(apir::error_info(row.code).message == row.info.message);
+        CHECK(apir::error_info(row.code).category == row.info.category);
+    }
+    for (size_t i = 0; i < std::size(apir::category_names); ++i)
+        CHECK(static_cast<size_t>(apir::category_names[i].first) == i);
+}
+
+TEST_CASE("every wire code of a row decodes into that row's error", "[errors][table]") {
+    unsigned with_wire = 0;
+    for (const apir::ErrcRow& row : apir::error_table) {
+        if (row.wire.command == apir::WireCommand::none) continue;
+        ++with_wire;
+        INFO(row.info.name << " [" << row.wire.first << ".." << row.wire.last << "]");
+        auto decode = [&](uint32_t code) {
+            return row.wire.command == apir::WireCommand::load_library
+                       ? apir::load_library_error(code)
+                       : apir::forward_error(code);
+        };
+        for (uint32_t code : {row.wire.first, row.wire.last}) {
+            apir::Error e = decode(code);
+            CHECK(e.code() == row.code);
+            CHECK(e.wire_code() == code);
+        }
+    }
+    // LOAD_* 5, LIBRARY_* 5, BACKEND_* 10, FORWARD_* 5.
+    CHECK(with_wire == 25);
+}
+
+TEST_CASE("every LOADLIBRARY and FORWARD code decodes as the table says", "[errors][table]") {
+    std::vector<uint32_t> codes;
+    for (uint32_t c = 0; c < 64; ++c)
+        codes.push_back(c);
+    for (uint32_t c : {1000u, 0x7fffffffu, 0xfffffffeu, 0xffffffffu})
+        codes.push_back(c);
+    for (uint32_t code : codes) {
+        INFO("code " << code);
+        const apir::ErrcRow* load = apir::wire_row(apir::WireCommand::load_library, code);
+        CHECK(apir::load_library_error(code).code() == (load ? load->code : Errc::library_error));
+        const apir::ErrcRow* fwd = apir::wire_row(apir::WireCommand::forward, code);
+        CHECK(apir::forward_error(code).code() == (fwd ? fwd->code : Errc::decode_bad_value));
+        if (load) CHECK(load->wire.contains(apir::WireCommand::load_library, code));
+        if (fwd) CHECK(fwd->wire.contains(apir::WireCommand::forward, code));
+    }
+    // Only the codes that mean success to the host belong to no row.
+    CHECK(apir::wire_row(apir::WireCommand::load_library, 0) == nullptr);
+    CHECK(apir::wire_row(apir::WireCommand::load_library, 6) == nullptr);
+    CHECK(apir::wire_row(apir::WireCommand::forward, 0) == nullptr);
+    CHECK(apir::wire_row(apir::WireCommand::none, 1) == nullptr);
+}
+
+TEST_CASE("errors decoded from a protocol code share its name and message", "[errors][table]") {
+    for (uint32_t c = 1; c < 6; ++c) {
+        auto i = apir::error_info(apir::load_library_error(c).code());
+        CHECK(i.name == apir::load_library_code_info(c).name);
+        CHECK(i.message == apir::load_library_code_info(c).message);
+    }
+    for (uint32_t c = 1; c <= apir::backend_init_code_count; ++c) { // the last one is unknown
+        auto i = apir::error_info(apir::load_library_error(12 + c).code());
+        CHECK(i.name == apir::backend_init_code_info(c).name);
+        CHECK(i.message == apir::backend_init_code_info(c).message);
+    }
+    for (uint32_t c : {1u, 2u, 3u, 5u}) {
+        auto i = apir::error_info(apir::forward_error(c).code());
+        CHECK(i.name == apir::forward_code_info(c).name);
+        CHECK(i.message == apir::forward_code_info(c).message);
+    }
 }
 
 // ---------------------------------------------------------------------------
