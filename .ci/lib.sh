@@ -7,6 +7,15 @@
 #                    relative to their parent folder: a rebuild of the same sources on
 #                    the same machine is fast, a cold cache builds everything (correct,
 #                    only slower). CI_CC/CI_CXX name the compilers for meson setup.
+# ci_setup_tsan      sets up the TSan build directory (CI_TSAN_DIR) unless it exists:
+#                    .ci/extra-ggml-backend and .ci/extra-sanitizers share it, one
+#                    directory with one option set, so the second builds only what the
+#                    first did not (the library and the tests are compiled once per run).
+#
+# CI_BUILD_PACKAGES are what a build of apir needs (./run.sh installs the same list on
+# its own, so that it needs nothing but itself on a fresh machine).
+CI_BUILD_PACKAGES=(meson ninja-build pkg-config g++ libfmt-dev catch2 libdrm-dev)
+CI_TSAN_DIR=build-ci-tsan
 
 ci_install() {
     local missing=() p
@@ -35,4 +44,11 @@ ci_compilers() {
         export CCACHE_BASEDIR CCACHE_NOHASHDIR=1
     fi
     export CI_CC="${launcher}${1:-gcc}" CI_CXX="${launcher}${2:-g++}"
+}
+
+ci_setup_tsan() {
+    ci_install "${CI_BUILD_PACKAGES[@]}" libtsan2
+    [ -f "$CI_TSAN_DIR/build.ninja" ] ||
+        CC=$CI_CC CXX=$CI_CXX meson setup "$CI_TSAN_DIR" -Db_sanitize=thread -Db_lundef=false \
+            -Ddefault_library=static -Dexamples=false -Dbench=false >/dev/null
 }
