@@ -60,10 +60,6 @@ struct HostOptions {
     /// project's apir_backend_set_shmem_sized). false: only the three standard entry
     /// points, as the virtio-gpu renderer does.
     bool offer_sized_shmem = true;
-    /// A warning the guest can repeat at will (a dropped command, LOADLIBRARY again, a
-    /// backend reporting its reply end outside the page) is logged the first time,
-    /// then at most once per interval with the count held back; HostStats counts all.
-    std::chrono::nanoseconds repeated_warning_interval = std::chrono::seconds(1);
     Logger logger;
 };
 

@@ -109,9 +109,6 @@ struct VirtgpuOptions {
     /// a blob per call: at most this many bytes and blobs (0 disables the cache).
     size_t shmem_cache_bytes = size_t{64} << 20;
     size_t shmem_cache_blobs = 16;
-    /// Blobs smaller than this are not cached: those are reply pages, which a session
-    /// pools itself, and a timed-out page may still receive a late reply.
-    size_t shmem_cache_min_size = size_t{64} << 10;
     /// How long opening a node keeps asking a host that answers GET_CAPS with EBUSY
     /// (the kernel's 5 s wait for the host's capset ran out).
     std::chrono::nanoseconds open_timeout = std::chrono::seconds(10);

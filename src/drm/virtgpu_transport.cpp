@@ -31,6 +31,12 @@ struct Quarantined {
 
 } // namespace
 
+namespace {
+// Blobs smaller than this are not cached: those are reply pages, which a session pools
+// itself, and a timed-out page may still receive a late reply.
+constexpr size_t shmem_cache_min_size = size_t{64} << 10;
+} // namespace
+
 struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
     Impl(VirtgpuOptions o, std::shared_ptr<DrmDevice> d, drm::UniqueFd f, VirtgpuNodeReport r)
         : options(std::move(o)), dev(std::move(d)), fd(std::move(f)), report(std::move(r)),
@@ -78,7 +84,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
     }
 
     [[nodiscard]] bool cacheable(size_t n) const noexcept {
-        return n >= options.shmem_cache_min_size && n <= options.shmem_cache_bytes &&
+        return n >= shmem_cache_min_size && n <= options.shmem_cache_bytes &&
                options.shmem_cache_blobs > 0;
     }
     // Caller holds mu.

@@ -19,6 +19,11 @@
 namespace apir {
 namespace {
 
+// A warning the guest can repeat at will (a dropped command, LOADLIBRARY again, a
+// backend reporting its reply end outside the page) is logged the first time, then at
+// most once per this interval with the count held back; HostStats counts all.
+constexpr std::chrono::seconds repeated_warning_interval{1};
+
 // The ABI callbacks carry only a context id, so the hosts of this process are found
 // through one registry. It is the host's only process-wide state: each host registers
 // under its own id, so hosts share nothing of ours (a backend library two hosts load is
@@ -146,9 +151,9 @@ struct APIR_LOCAL Host::Impl {
     apir_backend_dispatcher_fn dispatcher = nullptr;
     std::string load_failure; // why the last LOADLIBRARY failed
     // Warnings the guest can repeat at will; under mu.
-    RepeatLimiter dropped_log{options.repeated_warning_interval};
-    RepeatLimiter reload_log{options.repeated_warning_interval};
-    RepeatLimiter reply_end_log{options.repeated_warning_interval};
+    RepeatLimiter dropped_log{repeated_warning_interval};
+    RepeatLimiter reload_log{repeated_warning_interval};
+    RepeatLimiter reply_end_log{repeated_warning_interval};
 };
 
 Expected<void> Host::Impl::execute(std::span<const std::byte> cmd, std::byte* writable) {

@@ -4,7 +4,9 @@
 #include <apir/backend_abi.h>
 
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 namespace {
 std::atomic<int> g_deinit_calls{0};
@@ -24,9 +26,17 @@ APIR_BACKEND_ENTRY int failing_backend_deinit_calls() {
     return g_deinit_calls.load();
 }
 
-APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t,
-                                                    char*, const char*, char* enc_cur, const char*,
-                                                    char** enc_cur_after) {
+/// Command 1 answers where the host handed it the request to decode (the address, 8
+/// bytes): the tests tell a copy from the command's own bytes. Every other command
+/// answers nothing.
+APIR_BACKEND_ENTRY uint32_t apir_backend_dispatcher(uint32_t, virgl_apir_callbacks*, uint32_t cmd,
+                                                    char* dec, const char*, char* enc_cur,
+                                                    const char* enc_end, char** enc_cur_after) {
     *enc_cur_after = enc_cur;
+    if (cmd == 1 && enc_end - enc_cur >= 8) {
+        const auto where = reinterpret_cast<uintptr_t>(dec);
+        std::memcpy(enc_cur, &where, 8);
+        *enc_cur_after = enc_cur + 8;
+    }
     return 0;
 }

@@ -16,6 +16,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cstring>
 #include <map>
 #include <string>
 #include <thread>
@@ -398,6 +399,32 @@ TEST_CASE("looking a host up by context while hosts come and go never touches a 
     stop = true;
     looker.join();
     CHECK(found.load() > 0);
+}
+
+TEST_CASE("execute_in_place hands the backend the command's own bytes; execute a copy", "[host]") {
+    Fixture f(APIR_TEST_BACKEND_FAILING);
+    REQUIRE(f.load() == 0 + 1); // LOADLIBRARY: success
+    std::array<std::byte, 64> buf{};
+    apir::Encoder e(buf);
+    e.put(apir::CommandHeader{static_cast<int32_t>(apir::CommandType::forward), 1, page_id});
+    e.write_u64(42); // a payload to decode
+    REQUIRE(e.ok());
+    const auto cmd = std::span<std::byte>(buf.data(), e.written().size());
+    const auto where = [&] {
+        uint64_t w = 0;
+        std::memcpy(&w, f.mem.reply().data(), 8);
+        return w;
+    };
+    const auto payload = reinterpret_cast<uintptr_t>(cmd.data() + apir::command_header_size);
+
+    REQUIRE(f.h().execute_in_place(cmd));
+    CHECK(f.mem.word() != no_reply);
+    CHECK(where() == payload); // decoded in place: no copy
+
+    apir::notification_word(f.mem.resource(page_id)).store(0);
+    REQUIRE(f.h().execute(cmd));
+    CHECK(f.mem.word() != no_reply);
+    CHECK(where() != payload); // the host's own copy
 }
 
 // Reliability regression: one warning per dropped command let a guest fill the log.
