@@ -377,9 +377,9 @@ Result bench_roundtrip(const Plan& p, Sessions& sessions) {
     // A slower ping-pong means they shared one CPU (a busy machine): no limit to judge by.
     const bool limit_valid = cpus.valid() && pinned && s < 10'000;
     Result res("roundtrip", "empty FORWARD over the threaded loopback, median ns per call");
-    res.number("ours_pinned_ns", op, 1, "ours, guest and host thread on two fixed CPUs", "ns")
+    res.number("ours_pinned_ns", op, 1, "ours, guest + host on the limit's two CPUs", "ns")
         .number("ours_ns", o, 1, "ours, unpinned (default adaptive wait)", "ns")
-        .number("spin_limit_ns", s, 1, "spin limit (two-thread atomic ping-pong, same CPUs)", "ns")
+        .number("spin_limit_ns", s, 1, "spin limit (atomic ping-pong, two CPUs)", "ns")
         .number("poll15_ns", q, 1, "same call, fixed 15 µs poll (ggml's wait)", "ns")
         .number("unpinned_over_spin_limit", o / s, 3, "ours unpinned / spin limit")
         .integer("batches", p.rt_rounds)
@@ -851,11 +851,10 @@ Result bench_roundtrip_drm_sim(const Plan& p, Sessions& sessions) {
                  l = median(loop_ns);
     Result res("roundtrip_drm_sim",
                "empty FORWARD, DRM transport on the simulated device, median ns per call");
-    res.number("ours_ns", d, 1, "DRM transport, simulated device (default wait: spin, then poll)",
-               "ns")
+    res.number("ours_ns", d, 1, "DRM on the simulated device, default wait", "ns")
         .number("call_p50_ns", quantile(drm_calls.call_ns, 0.5), 1, "one call: median", "ns")
         .number("call_p90_ns", quantile(drm_calls.call_ns, 0.9), 1, "one call: p90", "ns")
-        .number("spin_ns", sp, 1, "same, the guest spins until the reply (no poll)", "ns")
+        .number("spin_ns", sp, 1, "same, guest spins until the reply (no poll)", "ns")
         .number("spin_call_p50_ns", quantile(spin_calls.call_ns, 0.5), 1,
                 "spinning, one call: median", "ns")
         .number("spin_call_p90_ns", quantile(spin_calls.call_ns, 0.9), 1, "spinning, one call: p90",
@@ -1295,12 +1294,11 @@ Result bench_staging_cold(const Plan& p, Sessions& sessions) {
         const size_t m = n >> 20;
         const auto bytes = static_cast<double>(n);
         res.number(fmt::format("cold_{}mib_gbps", m), bytes / cold, 2,
-                   fmt::format("{} MiB: first transfer (stage + write + FORWARD)", m), "GB/s")
+                   fmt::format("{} MiB: first transfer", m), "GB/s")
             .number(fmt::format("cold_{}mib_stage_us", m), first.stage / 1e3, 1,
-                    fmt::format("{} MiB: of which stage() (create + pre-fault the blob)", m), "µs")
+                    fmt::format("{} MiB: first, stage() (create, pre-fault)", m), "µs")
             .number(fmt::format("cold_{}mib_after_stage_gbps", m), bytes / first.rest, 2,
-                    fmt::format("{} MiB: first write + FORWARD into the pre-faulted blob", m),
-                    "GB/s")
+                    fmt::format("{} MiB: first, write + FORWARD after it", m), "GB/s")
             .number(fmt::format("warm_{}mib_gbps", m), bytes / w, 2,
                     fmt::format("{} MiB: warm (best of 5)", m), "GB/s");
     }
