@@ -166,6 +166,63 @@ private:
 // ---------------------------------------------------------------------------
 // roundtrip: one empty FORWARD vs. the fastest a two-thread round trip can be
 
+std::unique_ptr<Session> open_session(const std::string& backend, apir::LoopbackOptions::Mode mode,
+                                      apir::SessionOptions so = {}) {
+    apir::LoopbackOptions lo;
+    lo.mode = mode;
+    lo.host.config[std::string(apir::config_library_path)] = backend;
+    auto s = std::make_unique<Session>(apir::LoopbackTransport(std::move(lo)), std::move(so));
+    take(s->connect(), "connect to the loopback host with " + backend);
+    return s;
+}
+
+/// Binds the calling thread to one CPU; false if it cannot.
+bool bind_to(int cpu) {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(cpu, &one);
+    return sched_setaffinity(0, sizeof one, &one) == 0;
+}
+
+/// Two different CPUs this process may use: one for the guest (calling) thread, one
+/// for the other half of a round trip (the ping-pong's thread, the loopback's host
+/// thread). Chosen once, so that every batch of a line runs on the same pair.
+struct CpuPair {
+    int guest = -1, host = -1;
+    [[nodiscard]] bool valid() const noexcept { return guest >= 0 && host >= 0; }
+
+    /// The caller's CPU and the first other one it may run on; invalid with one CPU.
+    static CpuPair pick() {
+        CpuPair p;
+        cpu_set_t allowed;
+        const int here = sched_getcpu();
+        if (here < 0 || sched_getaffinity(0, sizeof allowed, &allowed) != 0) return p;
+        for (int c = 0; c < CPU_SETSIZE; ++c) {
+            if (c != here && CPU_ISSET(c, &allowed)) {
+                p.guest = here;
+                p.host = c;
+                break;
+            }
+        }
+        return p;
+    }
+};
+
+/// Restores the calling thread's CPUs when destroyed.
+class KeepAffinity {
+public:
+    KeepAffinity() { ok_ = sched_getaffinity(0, sizeof saved_, &saved_) == 0; }
+    ~KeepAffinity() {
+        if (ok_) sched_setaffinity(0, sizeof saved_, &saved_);
+    }
+    KeepAffinity(const KeepAffinity&) = delete;
+    KeepAffinity& operator=(const KeepAffinity&) = delete;
+
+private:
+    cpu_set_t saved_{};
+    bool ok_ = false;
+};
+
 /// The spin limit: two threads and one atomic word. The guest stores an odd value,
 /// the other thread spins until it sees it and stores the next even value, the
 /// guest spins until it sees that. No queue, no lock, no pause instruction. Between
@@ -183,12 +240,14 @@ public:
 
     /// Nanoseconds per round trip over n round trips, after `warmup` untimed ones.
     /// The limit is a round trip between two CPUs, so for the batch the two threads
-    /// are bound to two different CPUs (on a busy machine the scheduler may otherwise
-    /// wake the second thread beside the first, and the ping-pong measures time slices).
-    double run(size_t warmup, size_t n) {
+    /// are bound to two different CPUs, `cpus` (on a busy machine the scheduler may
+    /// otherwise wake the second thread beside the first, and the ping-pong measures
+    /// time slices). Without two CPUs the threads run where the scheduler puts them.
+    double run(size_t warmup, size_t n, const CpuPair& cpus) {
         cpu_set_t mine;
-        const bool bound = sched_getaffinity(0, sizeof mine, &mine) == 0 && pick_cpus(mine);
-        if (bound) bind_to(here_);
+        const bool bound = cpus.valid() && sched_getaffinity(0, sizeof mine, &mine) == 0;
+        there_.store(bound ? cpus.host : -1, std::memory_order_relaxed);
+        if (bound) bind_to(cpus.guest);
         ctl_.store(running, std::memory_order_release);
         ctl_.notify_one();
         for (size_t i = 0; i < warmup; ++i)
@@ -204,25 +263,6 @@ public:
 
 private:
     static constexpr uint32_t parked = 0, running = 1, quit = 2;
-
-    // This thread's CPU and another one it may run on; false with a single CPU.
-    bool pick_cpus(const cpu_set_t& allowed) {
-        here_ = sched_getcpu();
-        for (int c = 0; c < CPU_SETSIZE; ++c) {
-            if (c != here_ && CPU_ISSET(c, &allowed)) {
-                there_.store(c, std::memory_order_relaxed);
-                return here_ >= 0;
-            }
-        }
-        there_.store(-1, std::memory_order_relaxed);
-        return false;
-    }
-    static void bind_to(int cpu) {
-        cpu_set_t one;
-        CPU_ZERO(&one);
-        CPU_SET(cpu, &one);
-        sched_setaffinity(0, sizeof one, &one);
-    }
 
     // Past this many looks the other thread is not running (more threads than CPUs):
     // yield so the run still ends. Never reached while both threads have a CPU.
@@ -260,7 +300,6 @@ private:
     alignas(64) std::atomic<uint32_t> word_{0};
     alignas(64) std::atomic<uint32_t> ctl_{parked};
     uint32_t seq_ = 0;           // the guest's side only
-    int here_ = -1;              // the guest's CPU during a batch
     std::atomic<int> there_{-1}; // the other thread's CPU during a batch (-1: unbound)
     std::thread thread_;
 };
@@ -301,25 +340,53 @@ double nop_batch(S& s, size_t warmup, size_t n) {
 Result bench_roundtrip(const Plan& p, Sessions& sessions) {
     Session& ours = sessions.adaptive();
     Session& poll = sessions.poll15();
+    // Like for like: the spin limit runs on two fixed CPUs, and so does one session's
+    // call. Its host thread is created while this thread is bound to the host's CPU (a
+    // new thread inherits the binding); for its batches this thread binds itself to the
+    // guest's CPU, as the ping-pong's guest side does. The other sessions run where the
+    // scheduler puts them.
+    const CpuPair cpus = CpuPair::pick();
+    std::unique_ptr<Session> pinned;
+    if (cpus.valid()) {
+        KeepAffinity keep;
+        if (bind_to(cpus.host)) {
+            apir::SessionOptions so;
+            so.wait = apir::WaitPolicy::adaptive();
+            pinned = open_session(sessions.backend(), apir::LoopbackOptions::Mode::threaded, so);
+        }
+    }
+    auto pinned_batch = [&] {
+        KeepAffinity keep;
+        bind_to(cpus.guest);
+        return nop_batch(*pinned, p.rt_warmup, p.rt_batch);
+    };
     PingPong spin;
-    std::vector<double> ours_ns, spin_ns, poll_ns;
+    std::vector<double> ours_ns, pinned_ns, spin_ns, poll_ns;
     for (size_t r = 0; r < p.rt_rounds; ++r) {
-        in_turn(r, {[&] { ours_ns.push_back(nop_batch(ours, p.rt_warmup, p.rt_batch)); }, settle,
-                    [&] { spin_ns.push_back(spin.run(p.rt_warmup, p.rt_batch)); }, settle,
-                    [&] { poll_ns.push_back(nop_batch(poll, 2, p.rt_poll_batch)); }, settle});
+        in_turn(r,
+                {[&] { ours_ns.push_back(nop_batch(ours, p.rt_warmup, p.rt_batch)); }, settle,
+                 [&] {
+                     if (pinned) pinned_ns.push_back(pinned_batch());
+                 },
+                 settle, [&] { spin_ns.push_back(spin.run(p.rt_warmup, p.rt_batch, cpus)); },
+                 settle, [&] { poll_ns.push_back(nop_batch(poll, 2, p.rt_poll_batch)); }, settle});
     }
     const double o = median(ours_ns), s = median(spin_ns), q = median(poll_ns);
+    const double op = pinned ? median(pinned_ns) : std::nan("");
     // Two threads that each have a CPU pass the word back in well under a microsecond.
     // A slower ping-pong means they shared one CPU (a busy machine): no limit to judge by.
-    const bool limit_valid = s < 10'000;
+    const bool limit_valid = cpus.valid() && pinned && s < 10'000;
     Result res("roundtrip", "empty FORWARD over the threaded loopback, median ns per call");
-    res.number("ours_ns", o, 1, "ours (default adaptive wait)", "ns")
-        .number("spin_limit_ns", s, 1, "spin limit (two-thread atomic ping-pong)", "ns")
+    res.number("ours_pinned_ns", op, 1, "ours, guest + host on the limit's two CPUs", "ns")
+        .number("ours_ns", o, 1, "ours, unpinned (default adaptive wait)", "ns")
+        .number("spin_limit_ns", s, 1, "spin limit (atomic ping-pong, two CPUs)", "ns")
         .number("poll15_ns", q, 1, "same call, fixed 15 µs poll (ggml's wait)", "ns")
+        .number("unpinned_over_spin_limit", o / s, 3, "ours unpinned / spin limit")
         .integer("batches", p.rt_rounds)
         .integer("calls_per_batch", p.rt_batch)
-        .flag("spin_limit_valid", limit_valid, "ping-pong threads had a CPU each")
-        .target("spin_limit", o / s, limit_valid && o <= 2 * s, "ours_ns <= 2 * spin_limit_ns")
+        .flag("spin_limit_valid", limit_valid, "pinned call and ping-pong had two CPUs")
+        .target("spin_limit", op / s, limit_valid && op <= 2 * s,
+                "ours_pinned_ns <= 2 * spin_limit_ns")
         .target("poll15", q / o, q >= 100 * o, "poll15_ns >= 100 * ours_ns");
     return res;
 }
@@ -722,34 +789,79 @@ Result bench_alloc(const Plan& p, Sessions& sessions) {
 // The same empty FORWARD as `roundtrip`, over VirtgpuTransport on the simulated
 // virtio-gpu device of apir-sim (EXECBUFFER hands the command to a host thread; the
 // guest polls the reply page, as it must in a VM, where the host cannot wake it),
-// interleaved with the threaded loopback call. For comparison only: no target.
+// interleaved with the same call on a second simulated device whose guest spins until
+// the reply (what the device takes, without the poll's sleeps) and with the threaded
+// loopback call. For comparison only: no target.
 // Built when the drm feature is on (APIR_HAVE_DRM); otherwise the line says why it was
 // skipped.
 
 #if APIR_HAVE_DRM
 Result bench_roundtrip_drm_sim(const Plan& p, Sessions& sessions) {
-    apir::SimConfig config;
-    config.host.config[std::string(apir::config_library_path)] = sessions.backend();
-    apir::VirtgpuOptions options;
-    options.device = std::make_shared<apir::SimDevice>(std::move(config));
-    options.capset = apir::CapsetChoice::apir;
-    options.use_environment = false;
-    auto t = apir::VirtgpuTransport::open(std::move(options));
-    if (!t) fatal("open the DRM transport on the simulated device", t.error());
-    apir::Session<apir::VirtgpuTransport> drm(std::move(*t));
-    take(drm.connect(), "connect over the simulated device");
+    // One simulated device per wait policy (each with its own host thread).
+    auto open_drm = [&](apir::WaitPolicy wait) {
+        apir::SimConfig config;
+        config.host.config[std::string(apir::config_library_path)] = sessions.backend();
+        apir::VirtgpuOptions options;
+        options.device = std::make_shared<apir::SimDevice>(std::move(config));
+        options.capset = apir::CapsetChoice::apir;
+        options.use_environment = false;
+        auto t = apir::VirtgpuTransport::open(std::move(options));
+        if (!t) fatal("open the DRM transport on the simulated device", t.error());
+        apir::SessionOptions so;
+        so.wait = wait;
+        auto s = std::make_unique<apir::Session<apir::VirtgpuTransport>>(std::move(*t), so);
+        take(s->connect(), "connect over the simulated device");
+        return s;
+    };
+    auto drm = open_drm(apir::WaitPolicy::adaptive());
+    auto spin = open_drm(apir::WaitPolicy::spin_only());
     Session& loop = sessions.adaptive();
-    std::vector<double> drm_ns, loop_ns;
+    // The DRM calls are timed one by one as well (a clock read costs well under 1% of
+    // one): the batch's mean hides whether every call is slow or a few very slow.
+    struct Calls {
+        std::vector<double> batch_ns, call_ns;
+    };
+    auto timed_batch = [&](apir::Session<apir::VirtgpuTransport>& s, Calls& out) {
+        for (size_t i = 0; i < p.rt_warmup; ++i)
+            take(s.call<bench::Nop>(apir::Empty{}), "nop call");
+        double sum = 0;
+        for (size_t i = 0; i < p.drm_batch; ++i) {
+            const auto t0 = BenchClock::now();
+            if (auto r = s.call<bench::Nop>(apir::Empty{}); !r) fatal("nop call", r.error());
+            const double ns = ns_since(t0, BenchClock::now());
+            out.call_ns.push_back(ns);
+            sum += ns;
+        }
+        out.batch_ns.push_back(sum / static_cast<double>(p.drm_batch));
+    };
+    Calls drm_calls, spin_calls;
+    std::vector<double> loop_ns;
     for (size_t r = 0; r < p.drm_rounds; ++r) {
-        in_turn(r, {[&] { drm_ns.push_back(nop_batch(drm, p.rt_warmup, p.drm_batch)); }, settle,
+        in_turn(r, {[&] { timed_batch(*drm, drm_calls); }, settle,
+                    [&] { timed_batch(*spin, spin_calls); }, settle,
                     [&] { loop_ns.push_back(nop_batch(loop, p.rt_warmup, p.drm_batch)); }, settle});
     }
-    const double d = median(drm_ns), l = median(loop_ns);
+    auto quantile = [](std::vector<double> v, double q) {
+        if (v.empty()) return 0.0;
+        const auto k = static_cast<size_t>(q * static_cast<double>(v.size() - 1));
+        std::nth_element(v.begin(), v.begin() + static_cast<long>(k), v.end());
+        return v[k];
+    };
+    const double d = median(drm_calls.batch_ns), sp = median(spin_calls.batch_ns),
+                 l = median(loop_ns);
     Result res("roundtrip_drm_sim",
                "empty FORWARD, DRM transport on the simulated device, median ns per call");
-    res.number("ours_ns", d, 1, "DRM transport, simulated virtio-gpu device", "ns")
+    res.number("ours_ns", d, 1, "DRM on the simulated device, default wait", "ns")
+        .number("call_p50_ns", quantile(drm_calls.call_ns, 0.5), 1, "one call: median", "ns")
+        .number("call_p90_ns", quantile(drm_calls.call_ns, 0.9), 1, "one call: p90", "ns")
+        .number("spin_ns", sp, 1, "same, guest spins until the reply (no poll)", "ns")
+        .number("spin_call_p50_ns", quantile(spin_calls.call_ns, 0.5), 1,
+                "spinning, one call: median", "ns")
+        .number("spin_call_p90_ns", quantile(spin_calls.call_ns, 0.9), 1, "spinning, one call: p90",
+                "ns")
         .number("loopback_ns", l, 1, "threaded loopback (the roundtrip line)", "ns")
         .number("ratio", d / l, 3, "DRM sim / loopback")
+        .number("over_spin", d / sp, 3, "DRM sim / DRM sim spinning")
         .integer("batches", p.drm_rounds)
         .integer("calls_per_batch", p.drm_batch);
     return res;
@@ -853,16 +965,6 @@ apir::CallOptions within(nanoseconds d) {
     apir::CallOptions o;
     o.deadline = apir::Deadline::after(d);
     return o;
-}
-
-std::unique_ptr<Session> open_session(const std::string& backend, apir::LoopbackOptions::Mode mode,
-                                      apir::SessionOptions so = {}) {
-    apir::LoopbackOptions lo;
-    lo.mode = mode;
-    lo.host.config[std::string(apir::config_library_path)] = backend;
-    auto s = std::make_unique<Session>(apir::LoopbackTransport(std::move(lo)), std::move(so));
-    take(s->connect(), "connect to the loopback host with " + backend);
-    return s;
 }
 
 Result bench_shared_cpu(const Plan& p, Sessions& sessions) {
@@ -1165,26 +1267,39 @@ Result bench_staging_cold(const Plan& p, Sessions& sessions) {
     Result res("staging_cold", "first transfer into a new staging blob vs a warm one");
     double worst = 1e9;
     for (size_t n : sizes) {
+        // Session, connection and host thread exist and have made a call before the
+        // first transfer is timed: it pays for the new blob and nothing else.
         auto s = open_session(sessions.backend(), apir::LoopbackOptions::Mode::threaded);
+        struct Times {
+            double stage = 0, rest = 0; // stage(); the write and the FORWARD after it
+        };
         auto transfer = [&] {
             const auto t0 = BenchClock::now();
             auto st = take(s->stage(n), "stage");
+            const auto t1 = BenchClock::now();
             std::memcpy(st.bytes().data(), source.data(), n);
             take(s->call<bench::Consume>(bench::BlobRange{st.res_id(), 0, n}), "consume");
-            return ns_since(t0, BenchClock::now());
+            return Times{ns_since(t0, t1), ns_since(t1, BenchClock::now())};
         };
         take(s->call<bench::Nop>(apir::Empty{}), "nop call");
-        const double cold = transfer();
-        std::vector<double> warm;
-        for (int i = 0; i < 5; ++i)
-            warm.push_back(transfer());
-        const double w = *std::min_element(warm.begin(), warm.end());
+        const Times first = transfer();
+        const double cold = first.stage + first.rest;
+        double w = 1e18;
+        for (int i = 0; i < 5; ++i) {
+            const Times t = transfer();
+            w = std::min(w, t.stage + t.rest);
+        }
         const double ratio = w / cold; // cold GB/s over warm GB/s
         worst = std::min(worst, ratio);
         const size_t m = n >> 20;
-        res.number(fmt::format("cold_{}mib_gbps", m), static_cast<double>(n) / cold, 2,
+        const auto bytes = static_cast<double>(n);
+        res.number(fmt::format("cold_{}mib_gbps", m), bytes / cold, 2,
                    fmt::format("{} MiB: first transfer", m), "GB/s")
-            .number(fmt::format("warm_{}mib_gbps", m), static_cast<double>(n) / w, 2,
+            .number(fmt::format("cold_{}mib_stage_us", m), first.stage / 1e3, 1,
+                    fmt::format("{} MiB: first, stage() (create, pre-fault)", m), "µs")
+            .number(fmt::format("cold_{}mib_after_stage_gbps", m), bytes / first.rest, 2,
+                    fmt::format("{} MiB: first, write + FORWARD after it", m), "GB/s")
+            .number(fmt::format("warm_{}mib_gbps", m), bytes / w, 2,
                     fmt::format("{} MiB: warm (best of 5)", m), "GB/s");
     }
     res.target("warm", worst, worst >= 0.5, "cold_gbps >= 0.5 * warm_gbps at every size");
@@ -1235,7 +1350,8 @@ void usage() {
         "\n"
         "Measures apir's hot paths against references in the same process:\n"
         "  roundtrip          empty FORWARD over the threaded loopback vs. a raw\n"
-        "                     two-thread ping-pong and vs. ggml's fixed 15 µs poll\n"
+        "                     two-thread ping-pong on the same two CPUs and vs.\n"
+        "                     ggml's fixed 15 µs poll\n"
         "  bulk               64 MiB guest -> host through the staging blob vs. memcpy\n"
         "  codec              encode + decode of a small message vs. hand-written code\n"
         "  wait_cpu           CPU the waiting guest burns while the host works 1 ms\n"
@@ -1246,7 +1362,8 @@ void usage() {
         "  inline             ns per call with the host inline; 4000 B vs 16 B requests\n"
         "  memory             bytes held after large commands and staging transfers\n"
         "  staging_cold       the first transfer into a new staging blob vs. a warm one\n"
-        "  roundtrip_drm_sim  the DRM transport on the simulated virtio-gpu device\n"
+        "  roundtrip_drm_sim  the DRM transport on the simulated virtio-gpu device,\n"
+        "                     default wait vs. spinning until the reply\n"
         "  roundtrip_vtest    empty FORWARD over vtest vs. a vtest PING (--vtest-socket)\n"
         "  bulk_vtest         64 MiB through virglrenderer's host vs. memcpy (--vtest-socket)\n"
         "\n"
