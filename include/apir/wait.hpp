@@ -95,7 +95,9 @@ struct WaitPolicy {
 /// raises it to a few times what it spun); one whose spin ran out sets it to what
 /// would have won (1.5 x the answer's time) when that is within the longest spin,
 /// else halves it, down to 0 below 1 µs. At 0 every 16th wait still spins a little
-/// (a probe), so a host that became fast again is noticed.
+/// (a probe, 4 µs), so a host that became fast again is noticed; a probe that loses
+/// doubles the next one (up to the longest spin), and a won wait makes it 4 µs again,
+/// so a host a little slower than the first probe is found too.
 class APIR_EXPORT SpinBudget {
 public:
     /// The spin to try now, at most max.
@@ -114,6 +116,8 @@ public:
 private:
     std::atomic<int64_t> budget_ns_{-1}; // -1: nothing learned yet (spin the maximum)
     std::atomic<uint32_t> waits_{0};
+    std::atomic<int64_t> probe_ns_{probe.count()}; // the next probe's length
+    std::atomic<bool> probing_{false};             // a probe was handed out, not yet decided
 };
 
 } // namespace apir

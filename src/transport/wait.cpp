@@ -152,14 +152,18 @@ nanoseconds SpinBudget::next(nanoseconds max) noexcept {
     if (b < 0) return max;
     if (b == 0) {
         // Spinning has not paid lately: now and then, look whether it would again.
-        if (waits_.fetch_add(1, std::memory_order_relaxed) % probe_every == 0)
-            return std::min(max, probe);
+        if (waits_.fetch_add(1, std::memory_order_relaxed) % probe_every == 0) {
+            probing_.store(true, std::memory_order_relaxed);
+            return std::min(max, nanoseconds(probe_ns_.load(std::memory_order_relaxed)));
+        }
         return nanoseconds::zero();
     }
     return std::min(max, nanoseconds(b));
 }
 
 void SpinBudget::won(nanoseconds spun, nanoseconds max) noexcept {
+    probing_.store(false, std::memory_order_relaxed);
+    probe_ns_.store(probe.count(), std::memory_order_relaxed);
     const int64_t b = budget_ns_.load(std::memory_order_relaxed);
     if (b < 0) return; // still the maximum
     const int64_t want =
@@ -168,6 +172,13 @@ void SpinBudget::won(nanoseconds spun, nanoseconds max) noexcept {
 }
 
 void SpinBudget::lost(nanoseconds took, nanoseconds max) noexcept {
+    // A probe that lost: the next one spins twice as long (a host that answers in 6 µs
+    // is never caught by 4 µs probes, and the answers' times, slept through, cannot
+    // tell how long it really took).
+    if (probing_.exchange(false, std::memory_order_relaxed)) {
+        const int64_t p = probe_ns_.load(std::memory_order_relaxed);
+        probe_ns_.store(std::min<int64_t>(max.count(), 2 * p), std::memory_order_relaxed);
+    }
     int64_t b = budget_ns_.load(std::memory_order_relaxed);
     if (b < 0) b = max.count();
     // An answer soon after the spin gave up: a little more spin would have won it.

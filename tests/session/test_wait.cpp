@@ -136,3 +136,26 @@ TEST_CASE("a CPU-bound poll sleep is still cut to the deadline", "[wait]") {
     for (auto s : clock.sleeps())
         CHECK(s <= 2500us);
 }
+
+// A host that answers in 6 µs, after a stretch of slow answers drove the spin budget to
+// 0: 4 µs probes never catch it, and the waits that slept report ~55 µs (the sleep's
+// overshoot), which halves the budget. The probe grows until it catches the host.
+TEST_CASE("a spin budget at zero finds a host a little slower than the first probe", "[wait]") {
+    apir::SpinBudget b;
+    constexpr nanoseconds max = 50us, host = 6us, slept = 55us;
+    for (int i = 0; i < 10 && b.current() != nanoseconds::zero(); ++i)
+        b.lost(200us, max); // slow answers: past what a spin could have won
+    REQUIRE(b.current() == nanoseconds::zero());
+    int waits = 0;
+    for (; waits < 16 * 8 && b.current() == nanoseconds::zero(); ++waits) {
+        const nanoseconds spin = b.next(max);
+        if (spin >= host)
+            b.won(host, max);
+        else
+            b.lost(slept, max); // the spin (or a probe) ran out; the wait slept
+    }
+    CHECK(b.current() > nanoseconds::zero()); // the spin came back
+    CHECK(waits <= 16 * 2 + 1);               // by the second probe (4 µs, then 8 µs)
+    // Won waits keep it; a probe starts at 4 µs again after the next fall to zero.
+    CHECK(b.next(max) >= host);
+}
