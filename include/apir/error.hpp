@@ -307,16 +307,27 @@ inline constexpr ErrcInfo unknown_error_info = {"UNKNOWN_ERROR", Category::proto
     return i < std::size(error_table) ? error_table[i].info : unknown_error_info;
 }
 
+/// The index in error_table of the row a return code of `command` decodes into: the
+/// narrowest range holding the code, or std::size(error_table) when none does. (Indices,
+/// not pointers: a pointer comparison in a constant expression is refused by g++ under
+/// -fsanitize=undefined.)
+[[nodiscard]] constexpr size_t wire_row_index(WireCommand command, uint32_t code) noexcept {
+    size_t best = std::size(error_table);
+    for (size_t i = 0; i < std::size(error_table); ++i) {
+        const WireRange& w = error_table[i].wire;
+        if (w.contains(command, code) &&
+            (best == std::size(error_table) ||
+             w.last - w.first < error_table[best].wire.last - error_table[best].wire.first))
+            best = i;
+    }
+    return best;
+}
+
 /// The row of error_table a return code of `command` decodes into: the narrowest
 /// range holding the code, or none.
 [[nodiscard]] constexpr const ErrcRow* wire_row(WireCommand command, uint32_t code) noexcept {
-    const ErrcRow* best = nullptr;
-    for (const ErrcRow& row : error_table)
-        if (row.wire.contains(command, code) &&
-            (best == nullptr ||
-             row.wire.last - row.wire.first < best->wire.last - best->wire.first))
-            best = &row;
-    return best;
+    const size_t i = wire_row_index(command, code);
+    return i < std::size(error_table) ? &error_table[i] : nullptr;
 }
 
 // The invariants of the tables, checked at compile time.
@@ -342,10 +353,11 @@ constexpr bool names_unique() noexcept {
     return true;
 }
 constexpr bool wire_codes_decode_to_their_row() noexcept {
-    for (const ErrcRow& row : error_table) {
-        if (row.wire.command == WireCommand::none) continue;
-        if (row.wire.first > row.wire.last) return false;
-        if (wire_row(row.wire.command, row.wire.first) != &row) return false;
+    for (size_t i = 0; i < std::size(error_table); ++i) {
+        const WireRange& w = error_table[i].wire;
+        if (w.command == WireCommand::none) continue;
+        if (w.first > w.last) return false;
+        if (wire_row_index(w.command, w.first) != i) return false;
     }
     return true;
 }
