@@ -315,7 +315,6 @@ public:
     [[nodiscard]] SessionCounters& counters() noexcept { return counters_; }
     [[nodiscard]] const SessionCounters& counters() const noexcept { return counters_; }
     [[nodiscard]] const SessionOptions& options() const noexcept { return options_; }
-    [[nodiscard]] SessionOptions& options() noexcept { return options_; }
     [[nodiscard]] int32_t command_type_offset() const noexcept { return ops_.command_type_offset; }
     /// Calls in flight, counted by debug builds of the caller (Session::call).
     [[nodiscard]] std::atomic<uint32_t>& in_flight() noexcept { return in_flight_; }
