@@ -4,7 +4,7 @@
 #   ./run.sh test   install what is missing, build everything, run the whole test suite
 #   ./run.sh build  install what is missing and build everything
 #   ./run.sh build [targets...]   the same for some ninja targets only
-#              (e.g. src/ggml-backend/libggml-apir.so: about a minute instead of the whole tree)
+#              (e.g. src/libggml-apir/libggml-apir.so: about a minute instead of the whole tree)
 # BUILD_DIR (default: build), MESON_ARGS (extra configure options) and JOBS (ninja's job
 # count; default: ninja's own) are honoured. ggml: when pkg-config finds ggml (say
 # PKG_CONFIG_PATH=<ggml build>/lib/pkgconfig, or APIR_GGML_PEER_DIR=<ggml build>), the

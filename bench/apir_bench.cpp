@@ -38,7 +38,7 @@
 #include <unistd.h>
 
 #if APIR_HAVE_DRM
-#include <apir/sim_device.hpp>
+#include <apir/sim/sim_device.hpp>
 #include <apir/virtgpu.hpp>
 #endif
 

@@ -502,7 +502,7 @@ private:
 } // namespace apir
 
 // Formats as Error::message(): fmt::print("{}", error), with string format specs. The
-// formatting is compiled into the library (src/wire/error.cpp): fmt/core.h is enough.
+// formatting is compiled into the library (src/libapir/wire/error.cpp): fmt/core.h is enough.
 template <>
 struct fmt::formatter<apir::Error> : fmt::formatter<std::string_view> {
     APIR_EXPORT fmt::format_context::iterator format(const apir::Error& e,

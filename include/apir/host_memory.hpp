@@ -3,7 +3,7 @@
 // A host (apir::Host) finds guest memory by resource id and tells the guest that a
 // reply is ready through this interface. The transports whose host runs in this
 // process implement it: the loopback link (apir/loopback_link.hpp) and the simulated
-// virtio-gpu device (apir/sim_device.hpp); tests implement it to feed a host directly.
+// virtio-gpu device (apir/sim/sim_device.hpp); tests implement it to feed a host directly.
 #pragma once
 
 #include "apir/reply_page.hpp"

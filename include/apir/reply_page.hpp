@@ -5,7 +5,7 @@
 // host writes the reply payload after the word and then stores (return code + 1)
 // into it (notify_reply); the guest waits until the word is non-zero
 // (wait_for_reply) and decodes reply_payload(). Guest and host both use this header;
-// the waiting and the notifying are compiled in src/transport/wait.cpp.
+// the waiting and the notifying are compiled in src/libapir/transport/wait.cpp.
 //
 //     apir::reset_notification(page);
 //     APIR_TRY(transport.submit(command, page.res_id(), deadline));
@@ -55,7 +55,7 @@ struct WaitHooks {
 
 /// Waits until the notification word is non-zero (acquire), then returns the
 /// return code (word - 1). TIMEOUT on deadline, DISCONNECTED when the host died.
-/// The one wait loop every transport shares (src/transport/wait.cpp).
+/// The one wait loop every transport shares (src/libapir/transport/wait.cpp).
 [[nodiscard]] APIR_EXPORT Expected<uint32_t> wait_for_reply(std::span<std::byte> page,
                                                             const WaitPolicy& policy,
                                                             Deadline deadline,

@@ -1,6 +1,6 @@
 // How a guest thread waits for a reply: the clock and sleeps of the wait (WaitClock),
 // the policy (WaitPolicy: spin, then block or poll) and what waits learn (SpinBudget).
-// The transports implement the wait itself (src/transport/wait.cpp).
+// The transports implement the wait itself (src/libapir/transport/wait.cpp).
 #pragma once
 
 #include "apir/deadline.hpp"

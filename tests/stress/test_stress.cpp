@@ -14,7 +14,7 @@
 #include "demo_protocol.hpp"
 
 #ifdef APIR_STRESS_SIM
-#include <apir/sim_device.hpp>
+#include <apir/sim/sim_device.hpp>
 #endif
 
 #include <algorithm>

@@ -1,5 +1,5 @@
 // The parts of Session that do not depend on the transport or the call types, compiled
-// once in src/session/session_core.cpp: the call itself past its encoding (CallCore:
+// once in src/libapir/session/session_core.cpp: the call itself past its encoding (CallCore:
 // channel, submit, wait, retire), the channel pool and its quarantine, the staging pool,
 // the per-command counters. Session<T> (session.hpp) is a thin template over it that
 // encodes requests and decodes replies.
