@@ -8,8 +8,9 @@
 //              (libggml-virtgpu-backend) over ggml's CPU backend;
 //   apir       libggml-apir ("APIR0", APIR_GGML_TRANSPORT=virtgpu) -> the same host;
 //   apir-host  libggml-apir -> apir's own host backend (libggml-apir-host) over ggml's CPU
-//              backend, whose zero-copy buffers turn set/get into copies in the guest
-//              (an extra column: ggml's frontend has no such host).
+//              backend, with which libggml-apir makes zero-copy buffers (set/get are copies
+//              in the guest), as ggml's frontend does with ggml's host backend (which
+//              crashes when one is freed, so libggml-apir makes none with it).
 //
 // The node and ggml's backend registry are per process, so each configuration runs in a
 // child process of its own; the parent starts the children in batches, the configurations
@@ -37,9 +38,8 @@
 #include <fcntl.h>
 #include <spawn.h>
 #include <sys/wait.h>
-#include <unistd.h>
-
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
