@@ -26,7 +26,7 @@
 // compute threads on one CPU (BENCHMARKS.md).
 #include "report.hpp"
 
-#include <apir/vdrm.h>
+#include <apir/vdrm/vdrm.h>
 
 #include <ggml-alloc.h>
 #include <ggml-backend.h>

@@ -27,14 +27,22 @@ struct LoopbackOptions : LoopbackLinkOptions {
 [[nodiscard]] APIR_EXPORT std::unique_ptr<LoopbackPeer> make_host_peer(HostOptions options,
                                                                        HostMemory& memory);
 
+namespace detail {
+/// The host a LoopbackTransport made. A base constructed before the link, so that the
+/// link's constructor, which makes the peer, can record it here.
+struct LoopbackHostRef {
+    Host* host_ = nullptr;
+};
+} // namespace detail
+
 /// A moved-from LoopbackTransport fails every call with DISCONNECTED and is named
 /// "moved-from" (host() must not be called on it).
-class APIR_EXPORT LoopbackTransport final : public LoopbackLink {
+class APIR_EXPORT LoopbackTransport final : private detail::LoopbackHostRef, public LoopbackLink {
 public:
     explicit LoopbackTransport(LoopbackOptions options = {});
 
     /// The host at the other end.
-    [[nodiscard]] Host& host() noexcept;
+    [[nodiscard]] Host& host() noexcept { return *host_; }
 };
 
 static_assert(Transport<LoopbackTransport>);

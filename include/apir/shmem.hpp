@@ -1,5 +1,6 @@
 // Host-visible shared memory: Shmem (a resource id and its mapping, released when
-// destroyed) and ShmemOwner, what a transport implements to take a blob back.
+// destroyed), ShmemOwner, what a transport implements to take a blob back, and
+// ShmemLink, which lets a Shmem outlive its owner.
 #pragma once
 
 #include <cstddef>
@@ -17,27 +18,35 @@ public:
     virtual void release_shmem(uint32_t res_id) noexcept = 0;
 
 protected:
-    ShmemOwner() : link_(std::make_shared<Link>(this)) {}
-    // A copy is another owner: it gets a link of its own.
-    ShmemOwner(const ShmemOwner&) : link_(std::make_shared<Link>(this)) {}
-    ShmemOwner& operator=(const ShmemOwner&) noexcept { return *this; }
     ~ShmemOwner() = default;
-    /// Called first by the destructor of an owner whose Shmems may outlive it: waits
-    /// for a release in progress; destroying one of its Shmems later does nothing.
-    void disown_shmem() noexcept {
-        std::lock_guard lk(link_->mu);
-        link_->owner = nullptr;
+};
+
+/// The tie between an owner and the Shmems it hands out, shared by them: a Shmem
+/// releases its blob through it while the owner lives. An owner whose Shmems may outlive
+/// it makes one (ShmemLink::make(*this)) and calls disown() first in its destructor.
+class ShmemLink {
+public:
+    explicit ShmemLink(ShmemOwner& owner) noexcept : owner_(&owner) {}
+    [[nodiscard]] static std::shared_ptr<ShmemLink> make(ShmemOwner& owner) {
+        return std::make_shared<ShmemLink>(owner);
+    }
+    ShmemLink(const ShmemLink&) = delete;
+    ShmemLink& operator=(const ShmemLink&) = delete;
+
+    /// Waits for a release in progress; releasing a Shmem later does nothing.
+    void disown() noexcept {
+        std::lock_guard lk(mu_);
+        owner_ = nullptr;
+    }
+    /// Hands res_id back to the owner, if it is still there.
+    void release(uint32_t res_id) noexcept {
+        std::lock_guard lk(mu_);
+        if (owner_) owner_->release_shmem(res_id);
     }
 
 private:
-    friend class Shmem;
-    // What a Shmem holds of its owner: the owner, until it disowns its blobs.
-    struct Link {
-        explicit Link(ShmemOwner* o) : owner(o) {}
-        std::mutex mu;
-        ShmemOwner* owner;
-    };
-    std::shared_ptr<Link> link_;
+    std::mutex mu_;
+    ShmemOwner* owner_;
 };
 
 /// One host-visible shared-memory blob: its resource id and its mapping.
@@ -47,8 +56,8 @@ private:
 class Shmem {
 public:
     Shmem() = default;
-    Shmem(ShmemOwner* owner, uint32_t res_id, std::span<std::byte> bytes) noexcept
-        : link_(owner ? owner->link_ : nullptr), res_id_(res_id), bytes_(bytes) {}
+    Shmem(std::shared_ptr<ShmemLink> link, uint32_t res_id, std::span<std::byte> bytes) noexcept
+        : link_(std::move(link)), res_id_(res_id), bytes_(bytes) {}
     Shmem(Shmem&& o) noexcept
         : link_(std::move(o.link_)), res_id_(std::exchange(o.res_id_, 0)),
           bytes_(std::exchange(o.bytes_, {})) {}
@@ -66,10 +75,7 @@ public:
     ~Shmem() { reset(); }
 
     void reset() noexcept {
-        if (link_) {
-            std::lock_guard lk(link_->mu);
-            if (link_->owner) link_->owner->release_shmem(res_id_);
-        }
+        if (link_) link_->release(res_id_);
         link_.reset();
         res_id_ = 0;
         bytes_ = {};
@@ -82,7 +88,7 @@ public:
     explicit operator bool() const noexcept { return link_ != nullptr; }
 
 private:
-    std::shared_ptr<ShmemOwner::Link> link_;
+    std::shared_ptr<ShmemLink> link_;
     uint32_t res_id_ = 0;
     std::span<std::byte> bytes_;
 };

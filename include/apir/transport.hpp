@@ -74,6 +74,43 @@ concept Transport = requires(T& t, const T& ct, size_t n, std::span<const std::b
     { ct.name() } -> std::convertible_to<std::string_view>;
 };
 
+namespace detail {
+
+/// A transport's functions behind pointers: how the compiled call path (the session's
+/// CallCore) reaches any transport type, and what AnyTransport holds.
+struct TransportOps {
+    void* self = nullptr;
+    Expected<Shmem> (*create_shmem)(void* self, size_t n) = nullptr;
+    Expected<void> (*submit)(void* self, std::span<const std::byte> cmd, uint32_t reply_res_id,
+                             Deadline deadline) = nullptr;
+    Expected<uint32_t> (*wait_reply)(void* self, const Shmem& page, const WaitPolicy& policy,
+                                     Deadline deadline) = nullptr;
+    TransportDiagnostics* (*diagnostics)(void* self) = nullptr; // null: it has none
+    std::string_view (*name)(const void* self) = nullptr;
+    int32_t command_type_offset = 0;
+
+    template <Transport T>
+    static TransportOps of(T& t) {
+        TransportOps o;
+        o.self = &t;
+        o.create_shmem = [](void* x, size_t n) { return static_cast<T*>(x)->create_shmem(n); };
+        o.submit = [](void* x, std::span<const std::byte> cmd, uint32_t reply, Deadline d) {
+            return static_cast<T*>(x)->submit(cmd, reply, d);
+        };
+        o.wait_reply = [](void* x, const Shmem& page, const WaitPolicy& p, Deadline d) {
+            return static_cast<T*>(x)->wait_reply(page, p, d);
+        };
+        if constexpr (HasDiagnostics<T>)
+            o.diagnostics = [](void* x) { return static_cast<T*>(x)->diagnostics(); };
+        o.name = [](const void* x) { return std::string_view(static_cast<const T*>(x)->name()); };
+        o.command_type_offset = t.command_type_offset();
+        return o;
+    }
+};
+
+} // namespace detail
+
+
 /// A transport chosen at run time. Itself a Transport.
 ///
 ///     apir::AnyTransport t = use_vm ? apir::AnyTransport(std::move(drm))
@@ -82,36 +119,45 @@ class AnyTransport {
 public:
     template <Transport T>
     requires(!std::same_as<std::remove_cvref_t<T>, AnyTransport>) AnyTransport(T t)
-        : impl_(std::make_unique<Model<T>>(std::move(t))) {}
-    /// Takes ownership of a transport that is not movable.
+        : AnyTransport(std::make_unique<T>(std::move(t))) {}
+    /// Takes ownership of a transport that is not movable (null: a moved-from one).
     template <Transport T>
-    explicit AnyTransport(std::unique_ptr<T> t) : impl_(std::make_unique<Owned<T>>(std::move(t))) {}
+    explicit AnyTransport(std::unique_ptr<T> t)
+        : ops_(t ? detail::TransportOps::of(*t) : detail::TransportOps{}),
+          held_(t.release(), [](void* x) { delete static_cast<T*>(x); }) {}
 
-    AnyTransport(AnyTransport&&) noexcept = default;
-    AnyTransport& operator=(AnyTransport&&) noexcept = default;
+    AnyTransport(AnyTransport&& o) noexcept
+        : ops_(std::exchange(o.ops_, {})), held_(std::move(o.held_)) {}
+    AnyTransport& operator=(AnyTransport&& o) noexcept {
+        if (this != &o) {
+            held_ = std::move(o.held_);
+            ops_ = std::exchange(o.ops_, {});
+        }
+        return *this;
+    }
 
     // A moved-from AnyTransport fails every call with DISCONNECTED.
     [[nodiscard]] Expected<Shmem> create_shmem(size_t n) {
-        if (!impl_) return moved_from();
-        return impl_->create_shmem(n);
+        if (!held_) return moved_from();
+        return ops_.create_shmem(ops_.self, n);
     }
     [[nodiscard]] Expected<void> submit(std::span<const std::byte> cmd, uint32_t reply_res_id,
                                         Deadline d) {
-        if (!impl_) return moved_from();
-        return impl_->submit(cmd, reply_res_id, d);
+        if (!held_) return moved_from();
+        return ops_.submit(ops_.self, cmd, reply_res_id, d);
     }
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& p,
                                                 Deadline d) {
-        if (!impl_) return moved_from();
-        return impl_->wait_reply(page, p, d);
+        if (!held_) return moved_from();
+        return ops_.wait_reply(ops_.self, page, p, d);
     }
-    [[nodiscard]] int32_t command_type_offset() const {
-        return impl_ ? impl_->command_type_offset() : 0;
+    [[nodiscard]] int32_t command_type_offset() const { return ops_.command_type_offset; }
+    [[nodiscard]] std::string_view name() const {
+        return held_ ? ops_.name(ops_.self) : "moved-from";
     }
-    [[nodiscard]] std::string_view name() const { return impl_ ? impl_->name() : "moved-from"; }
     /// The held transport's diagnostics where it offers them, else null.
     [[nodiscard]] TransportDiagnostics* diagnostics() {
-        return impl_ ? impl_->diagnostics() : nullptr;
+        return held_ && ops_.diagnostics ? ops_.diagnostics(ops_.self) : nullptr;
     }
 
 private:
@@ -119,50 +165,8 @@ private:
         return fail(Errc::disconnected, "the transport was moved from");
     }
 
-    struct Concept {
-        virtual ~Concept() = default;
-        virtual Expected<Shmem> create_shmem(size_t n) = 0;
-        virtual Expected<void> submit(std::span<const std::byte> cmd, uint32_t reply,
-                                      Deadline d) = 0;
-        virtual Expected<uint32_t> wait_reply(const Shmem&, const WaitPolicy&, Deadline) = 0;
-        virtual int32_t command_type_offset() const = 0;
-        virtual std::string_view name() const = 0;
-        virtual TransportDiagnostics* diagnostics() = 0;
-    };
-    template <class T, class Holder>
-    struct Forwarding : Concept {
-        explicit Forwarding(Holder h) : held(std::move(h)) {}
-        T& t() { return *held_ptr(); }
-        const T& t() const { return *const_cast<Forwarding*>(this)->held_ptr(); }
-        T* held_ptr() {
-            if constexpr (std::is_same_v<Holder, T>)
-                return &held;
-            else
-                return held.get();
-        }
-        Expected<Shmem> create_shmem(size_t n) override { return t().create_shmem(n); }
-        Expected<void> submit(std::span<const std::byte> cmd, uint32_t reply, Deadline d) override {
-            return t().submit(cmd, reply, d);
-        }
-        Expected<uint32_t> wait_reply(const Shmem& p, const WaitPolicy& w, Deadline d) override {
-            return t().wait_reply(p, w, d);
-        }
-        int32_t command_type_offset() const override { return t().command_type_offset(); }
-        std::string_view name() const override { return t().name(); }
-        TransportDiagnostics* diagnostics() override {
-            if constexpr (HasDiagnostics<T>)
-                return t().diagnostics();
-            else
-                return nullptr;
-        }
-        Holder held;
-    };
-    template <class T>
-    using Model = Forwarding<T, T>;
-    template <class T>
-    using Owned = Forwarding<T, std::unique_ptr<T>>;
-
-    std::unique_ptr<Concept> impl_;
+    detail::TransportOps ops_;                     // self: the held transport
+    std::unique_ptr<void, void (*)(void*)> held_; // owns it
 };
 
 static_assert(Transport<AnyTransport> && HasDiagnostics<AnyTransport>);

@@ -67,11 +67,12 @@ public:
     /// Maps length bytes of fd at offset, shared and read-write.
     virtual int mmap(int fd, uint64_t offset, size_t length, void** addr) = 0;
     virtual int munmap(void* addr, size_t length) = 0;
-    /// Simulation hook, not a system call: a simulated device (apir::SimDevice) runs the
-    /// host in this process and says here whether it still runs, so that a wait ends
-    /// with DISCONNECTED when it dies. A real device keeps the default, null (its host
-    /// is in another process).
-    [[nodiscard]] virtual const std::atomic<bool>* simulated_host_alive() const noexcept {
+    /// Not a system call: a device that knows whether its host still runs returns a flag
+    /// that stays true while it does, so that a wait ends with DISCONNECTED when the host
+    /// dies. A simulated device (apir::SimDevice) runs its host in this process and knows;
+    /// the kernel's device does not say (the default, null: a wait then ends at its
+    /// deadline).
+    [[nodiscard]] virtual const std::atomic<bool>* host_alive() const noexcept {
         return nullptr;
     }
 };

@@ -880,7 +880,7 @@ void SimDevice::close_all() {
         (void)close(fd);
 }
 
-const std::atomic<bool>* SimDevice::simulated_host_alive() const noexcept {
+const std::atomic<bool>* SimDevice::host_alive() const noexcept {
     return &s_->shared->host_alive;
 }
 

@@ -31,12 +31,17 @@ public:
     std::vector<std::byte> payload;
     uint64_t submits = 0;
 
+    ScriptedHost() = default;
+    // The blobs' link names this object: it stays where it was made (tests borrow it).
+    ScriptedHost(const ScriptedHost&) = delete;
+    ScriptedHost& operator=(const ScriptedHost&) = delete;
+
     apir::Expected<apir::Shmem> create_shmem(size_t n) {
         const size_t rounded = (n + apir::shmem_alignment - 1) & ~(apir::shmem_alignment - 1);
         const uint32_t id = next_id_++;
         auto& m = blobs_[id];
         m.assign(rounded, std::byte{0});
-        return apir::Shmem(this, id, m);
+        return apir::Shmem(shmem_link, id, m);
     }
     apir::Expected<void> submit(std::span<const std::byte>, uint32_t, apir::Deadline) {
         ++submits;
@@ -71,6 +76,7 @@ public:
 
 private:
     void release_shmem(uint32_t id) noexcept override { blobs_.erase(id); }
+    std::shared_ptr<apir::ShmemLink> shmem_link = apir::ShmemLink::make(*this);
     std::map<uint32_t, std::vector<std::byte>> blobs_;
     uint32_t next_id_ = 2;
 };

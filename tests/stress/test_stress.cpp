@@ -68,7 +68,7 @@ public:
         const auto bytes = s->bytes();
         if (!live_.emplace(id, std::move(*s)).second) ++duplicate_ids_;
         ++created_;
-        return apir::Shmem(this, id, bytes);
+        return apir::Shmem(shmem_link, id, bytes);
     }
     apir::Expected<void> submit(std::span<const std::byte> c, uint32_t r, apir::Deadline d) {
         return inner_.submit(c, r, d);
@@ -112,6 +112,7 @@ private:
 
     apir::AnyTransport inner_;
     mutable std::mutex mu_;
+    std::shared_ptr<apir::ShmemLink> shmem_link = apir::ShmemLink::make(*this);
     std::map<uint32_t, apir::Shmem> live_;
     uint64_t created_ = 0;
     uint64_t duplicate_ids_ = 0;

@@ -251,36 +251,6 @@ private:
     std::array<HighSlot, max_forward_rows> high_ids_{};
 };
 
-/// The transport as the compiled call path sees it: its functions behind pointers, so
-/// that one compiled CallCore serves every transport type.
-struct TransportOps {
-    void* self = nullptr;
-    Expected<Shmem> (*create_shmem)(void* self, size_t n) = nullptr;
-    Expected<void> (*submit)(void* self, std::span<const std::byte> cmd, uint32_t reply_res_id,
-                             Deadline deadline) = nullptr;
-    Expected<uint32_t> (*wait_reply)(void* self, const Shmem& page, const WaitPolicy& policy,
-                                     Deadline deadline) = nullptr;
-    TransportDiagnostics* (*diagnostics)(void* self) = nullptr;
-    int32_t command_type_offset = 0;
-
-    template <Transport T>
-    static TransportOps of(T& t) {
-        TransportOps o;
-        o.self = &t;
-        o.create_shmem = [](void* x, size_t n) { return static_cast<T*>(x)->create_shmem(n); };
-        o.submit = [](void* x, std::span<const std::byte> cmd, uint32_t reply, Deadline d) {
-            return static_cast<T*>(x)->submit(cmd, reply, d);
-        };
-        o.wait_reply = [](void* x, const Shmem& page, const WaitPolicy& p, Deadline d) {
-            return static_cast<T*>(x)->wait_reply(page, p, d);
-        };
-        if constexpr (HasDiagnostics<T>)
-            o.diagnostics = [](void* x) { return static_cast<T*>(x)->diagnostics(); };
-        o.command_type_offset = t.command_type_offset();
-        return o;
-    }
-};
-
 /// One session's calls past their encoding, compiled once: a channel (reply page and
 /// command buffer) per call, the submission, the wait, the counters, and what a failed
 /// wait leaves behind (the channel and the staging blobs held are never reused: the

@@ -127,7 +127,7 @@ public:
     int ioctl(int fd, unsigned long request, void* arg) override;
     int mmap(int fd, uint64_t offset, size_t length, void** addr) override;
     int munmap(void* addr, size_t length) override;
-    [[nodiscard]] const std::atomic<bool>* simulated_host_alive() const noexcept override;
+    [[nodiscard]] const std::atomic<bool>* host_alive() const noexcept override;
 
     /// munmap(2) of any range, as a program may do it (the seam's munmap() above wants a
     /// whole mapping, which is what the transport does): every page of [addr, addr +
@@ -152,7 +152,7 @@ public:
     /// Like fail(), for every later call.
     void fail_always(SimOp op, int err, unsigned after = 0) { fail(op, err, after, ~0u); }
     void clear_faults();
-    /// The host dies: commands are no longer executed, and simulated_host_alive() turns false.
+    /// The host dies: commands are no longer executed, and host_alive() turns false.
     void stop_host();
 
     // --- what is alive (the guest's view)

@@ -34,16 +34,16 @@ std::unique_ptr<LoopbackPeer> make_host_peer(HostOptions options, HostMemory& me
     return std::make_unique<HostPeer>(std::move(options), memory);
 }
 
+// The link calls the factory in its constructor only, so `this` (whose LoopbackHostRef
+// base is already constructed) is the transport being built.
 LoopbackTransport::LoopbackTransport(LoopbackOptions options)
     : LoopbackLink(
-          [host = std::move(options.host)](HostMemory& memory) mutable {
-              return make_host_peer(std::move(host), memory);
+          [this, host = std::move(options.host)](
+              HostMemory& memory) mutable -> std::unique_ptr<LoopbackPeer> {
+              auto peer = std::make_unique<HostPeer>(std::move(host), memory);
+              host_ = &peer->host();
+              return peer;
           },
           std::move(static_cast<LoopbackLinkOptions&>(options))) {}
-
-Host& LoopbackTransport::host() noexcept {
-    // The peer is always a HostPeer: this constructor made it.
-    return static_cast<HostPeer*>(peer())->host();
-}
 
 } // namespace apir

@@ -25,6 +25,8 @@ constexpr std::chrono::nanoseconds host_spin = std::chrono::microseconds(200);
 } // namespace
 
 struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
+    // What this transport's Shmems release through; cut first in the destructor.
+    const std::shared_ptr<ShmemLink> shmem_link = ShmemLink::make(*this);
     // The command ring: one producer at a time (submit_mu), one consumer (the host
     // thread), no lock between them. Command number p goes to slot p % slot_count,
     // published by storing seq = p + 1 after the bytes. The slot is the peer's until the
@@ -59,7 +61,7 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         }
     }
     ~Impl() {
-        disown_shmem(); // a Shmem destroyed after the transport does nothing
+        shmem_link->disown(); // a Shmem destroyed after the transport does nothing
         stop();
         peer.reset(); // the backend's deinit may still look at shared memory
         std::lock_guard lk(mem_mu);
@@ -189,7 +191,7 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
         std::span<std::byte> bytes(static_cast<std::byte*>(p), rounded);
         blobs.emplace(id, bytes);
         publish(id, bytes);
-        return Shmem(this, id, bytes);
+        return Shmem(shmem_link, id, bytes);
     }
 
     Expected<void> submit(std::span<const std::byte> cmd, Deadline deadline) {
@@ -344,7 +346,7 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     // For the destructor: true when the host thread is abandoned and now owns this
     // state (it frees it when it returns); false when the state can be freed now.
     bool hand_over() noexcept {
-        disown_shmem(); // a Shmem destroyed after the transport does nothing
+        shmem_link->disown(); // a Shmem destroyed after the transport does nothing
         stop();
         if (!abandoned) return false;
         std::lock_guard lk(exit_->mu);

@@ -38,11 +38,13 @@ constexpr size_t shmem_cache_min_size = size_t{64} << 10;
 } // namespace
 
 struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
+    // What this transport's Shmems release through; cut first in the destructor.
+    const std::shared_ptr<ShmemLink> shmem_link = ShmemLink::make(*this);
     Impl(VirtgpuOptions o, std::shared_ptr<DrmDevice> d, drm::UniqueFd f, VirtgpuNodeReport r)
         : options(std::move(o)), dev(std::move(d)), fd(std::move(f)), report(std::move(r)),
           capset(report.capset->id) {}
     ~Impl() {
-        disown_shmem(); // a Shmem destroyed after the transport does nothing
+        shmem_link->disown(); // a Shmem destroyed after the transport does nothing
         std::lock_guard lk(mu);
         if (!live.empty())
             options.logger.warn("virtgpu: {} shared-memory blobs outlive their transport",
@@ -174,7 +176,7 @@ struct APIR_LOCAL VirtgpuTransport::Impl final : ShmemOwner {
         std::span<std::byte> bytes(b.mapping.get().data(), rounded);
         live_bytes += b.size();
         live.emplace(id, std::move(b));
-        return Shmem(this, id, bytes);
+        return Shmem(shmem_link, id, bytes);
     }
 
     // RESOURCE_CREATE_BLOB → MAP → mmap; whatever succeeded is undone on failure.
@@ -300,7 +302,7 @@ Expected<uint32_t> VirtgpuTransport::wait_reply(const Shmem& page, const WaitPol
     // and a first sleep learned from the replies so far.
     auto r =
         wait_for_reply(page.bytes(), policy, deadline,
-                       WaitHooks{nullptr, impl_->dev->simulated_host_alive(), &impl_->wait_budget});
+                       WaitHooks{nullptr, impl_->dev->host_alive(), &impl_->wait_budget});
     if (r) impl_->reply_seen(page.res_id());
     return r;
 }

@@ -195,9 +195,11 @@ std::string ms_text(nanoseconds d) {
 } // namespace
 
 struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
+    // What this transport's Shmems release through; cut first in the destructor.
+    const std::shared_ptr<ShmemLink> shmem_link = ShmemLink::make(*this);
     Impl(VtestOptions o, PosixFd f) : options(std::move(o)), fd(std::move(f)) {}
     ~Impl() {
-        disown_shmem(); // a Shmem destroyed after the transport does nothing
+        shmem_link->disown(); // a Shmem destroyed after the transport does nothing
         std::lock_guard lk(blobs_mu);
         if (!live.empty())
             options.logger.warn("vtest: {} shared-memory blobs outlive their transport",
@@ -464,7 +466,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
             live_bytes += rounded;
         }
         n_created.fetch_add(1, std::memory_order_relaxed);
-        return Shmem(this, res_id, bytes);
+        return Shmem(shmem_link, res_id, bytes);
     }
 
     // Caller holds io_mu.
