@@ -110,7 +110,6 @@ struct TransportOps {
 
 } // namespace detail
 
-
 /// A transport chosen at run time. Itself a Transport.
 ///
 ///     apir::AnyTransport t = use_vm ? apir::AnyTransport(std::move(drm))
@@ -165,7 +164,7 @@ private:
         return fail(Errc::disconnected, "the transport was moved from");
     }
 
-    detail::TransportOps ops_;                     // self: the held transport
+    detail::TransportOps ops_;                    // self: the held transport
     std::unique_ptr<void, void (*)(void*)> held_; // owns it
 };
 

@@ -72,9 +72,7 @@ public:
     /// dies. A simulated device (apir::SimDevice) runs its host in this process and knows;
     /// the kernel's device does not say (the default, null: a wait then ends at its
     /// deadline).
-    [[nodiscard]] virtual const std::atomic<bool>* host_alive() const noexcept {
-        return nullptr;
-    }
+    [[nodiscard]] virtual const std::atomic<bool>* host_alive() const noexcept { return nullptr; }
 };
 
 /// The machine's DRM devices, through libdrm (drmGetDevices2, drmIoctl) and mmap(2).

@@ -300,9 +300,8 @@ Expected<uint32_t> VirtgpuTransport::wait_reply(const Shmem& page, const WaitPol
     if (!impl_) return moved_from();
     // A remote host cannot wake this thread: no sleepers, only polling, with a spin
     // and a first sleep learned from the replies so far.
-    auto r =
-        wait_for_reply(page.bytes(), policy, deadline,
-                       WaitHooks{nullptr, impl_->dev->host_alive(), &impl_->wait_budget});
+    auto r = wait_for_reply(page.bytes(), policy, deadline,
+                            WaitHooks{nullptr, impl_->dev->host_alive(), &impl_->wait_budget});
     if (r) impl_->reply_seen(page.res_id());
     return r;
 }
