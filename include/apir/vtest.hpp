@@ -15,7 +15,8 @@
 // Shared memory is a HOST3D blob whose fd the server passes over the socket; a call is
 // one SUBMIT_CMD2. The host runs the command while it reads the message and stores the
 // notification word without a message or a wake-up, so a wait spins on the word a
-// little, then sends a PING: the server answers messages in order, so once the PING's
+// little (yielding the CPU between looks: the server may be waiting for the waiter's
+// CPU), then sends a PING: the server answers messages in order, so once the PING's
 // answer is in, the command is done, and a word still 0 means the host dropped it.
 //
 // Thread-safe: writes and reply reads of the connection take one lock, acquired with
@@ -107,7 +108,8 @@ public:
     /// server does not take the bytes (or the lock is not free) before the deadline.
     [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, uint32_t reply_res_id,
                                         Deadline deadline);
-    /// Spins on the word (apir::wait_for_reply), then the PING barrier. A command the
+    /// Spins on the word at most 50 µs, yielding the CPU between looks (a fixed_poll
+    /// policy polls instead: apir::wait_for_reply), then the PING barrier. A command the
     /// host dropped: UNKNOWN_RESOURCE at once; the server gone: DISCONNECTED.
     [[nodiscard]] Expected<uint32_t> wait_reply(const Shmem& page, const WaitPolicy& policy,
                                                 Deadline deadline);

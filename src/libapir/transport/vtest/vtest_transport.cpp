@@ -22,6 +22,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -541,16 +542,21 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         const uint64_t mine = sent_count.load(std::memory_order_acquire);
         const WaitClock& clk = policy.time();
 
-        // 1. The shared wait, briefly: a short command is done before a PING could be.
+        // 1. Briefly look at the word: a short command is done before a PING could be.
         const nanoseconds window =
             std::clamp(policy.spin_for, nanoseconds::zero(), max_spin_window);
         const auto spin_end = detail_spin_deadline(clk, window, deadline);
-        auto spun = wait_for_reply(bytes, policy, spin_end);
-        if (spun) {
+        if (policy.kind == WaitPolicy::Kind::fixed_poll) {
+            auto spun = wait_for_reply(bytes, policy, spin_end);
+            if (spun) {
+                n_spin.fetch_add(1, std::memory_order_relaxed);
+                return spun;
+            }
+            if (spun.error().code() != Errc::timeout) return spun;
+        } else if (const uint32_t w = spin_yielding(bytes, spin_end, clk)) {
             n_spin.fetch_add(1, std::memory_order_relaxed);
-            return spun;
+            return w - 1;
         }
-        if (spun.error().code() != Errc::timeout) return spun;
 
         // 2. The PING barrier: the server answers in order, so once a PING sent after our
         // command is answered, the command has run.
@@ -597,6 +603,23 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                 if (auto s = send_ping(deadline, clk); !s) return dropped_or(bytes, s.error());
             }
             if (auto r = read_ping_answer(deadline, clk); !r) return dropped_or(bytes, r.error());
+        }
+    }
+
+    // Looks at the word until it is set (returned) or the spin's end (0), yielding the
+    // CPU between looks: the server is another process of this machine, and when the
+    // scheduler put it on the waiter's CPU (it does, on a busy machine) it can run the
+    // command only once the waiter lets it; a plain spin then ran out and the command
+    // ran only when the waiter blocked for the PING barrier (the call took the whole
+    // spin plus a PING). With nothing else to run, a yield returns at once; a yield that
+    // gave the CPU to another program for longer than the spin ends it after one more
+    // look.
+    static uint32_t spin_yielding(std::span<std::byte> page, Deadline end, const WaitClock& clk) {
+        auto word = notification_word(page);
+        for (;;) {
+            if (const uint32_t w = word.load(std::memory_order_acquire)) return w;
+            if (end.expired(clk.now())) return 0;
+            ::sched_yield();
         }
     }
 
