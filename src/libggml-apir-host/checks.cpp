@@ -469,4 +469,37 @@ bool indices_in_range(const IndexRule& rule) noexcept {
     return true;
 }
 
+bool op_computes(ggml_op op) noexcept {
+    switch (op) {
+    case GGML_OP_NONE:
+    case GGML_OP_VIEW:
+    case GGML_OP_RESHAPE:
+    case GGML_OP_PERMUTE:
+    case GGML_OP_TRANSPOSE:
+        return false;
+    default:
+        return true;
+    }
+}
+
+uint64_t node_work(const ggml_tensor& node) noexcept {
+    int64_t n = ggml_nelements(&node);
+    if (n < 0) n = 0;
+    const auto out = static_cast<uint64_t>(n);
+    if ((node.op == GGML_OP_MUL_MAT || node.op == GGML_OP_MUL_MAT_ID) && node.src[0] &&
+        node.src[0]->ne[0] > 0) {
+        const auto k = static_cast<uint64_t>(node.src[0]->ne[0]);
+        return out > UINT64_MAX / k ? UINT64_MAX : out * k;
+    }
+    return out;
+}
+
+int threads_for_work(uint64_t work, uint64_t steps, int max_threads) noexcept {
+    if (max_threads <= 1 || steps == 0) return 1;
+    const uint64_t per_step = work / steps;
+    const uint64_t t = per_step / work_per_thread_step;
+    if (t <= 1) return 1;
+    return t >= static_cast<uint64_t>(max_threads) ? max_threads : static_cast<int>(t);
+}
+
 } // namespace apir::ggml_host

@@ -67,4 +67,24 @@ struct IndexRule {
 /// [0, rule.rows).
 [[nodiscard]] bool indices_in_range(const IndexRule& rule) noexcept;
 
+/// Whether ggml's CPU device computes a node of this op (not a view, reshape, permute or
+/// transpose, nor a leaf), so that its threads meet after it.
+[[nodiscard]] bool op_computes(ggml_op op) noexcept;
+
+/// The work of a node that computes, for choosing a thread count: its multiply-adds for a
+/// matrix product (MUL_MAT, MUL_MAT_ID: each output element a dot product of src[0]'s
+/// rows), else its output's elements.
+[[nodiscard]] uint64_t node_work(const ggml_tensor& node) noexcept;
+
+/// The minimum work per computing node and thread for a thread to pay: ggml's CPU device
+/// makes every thread wait for every other one after each node, and on a busy machine
+/// (a guest's vCPUs beside the host's threads) that wait lasts until the scheduler runs
+/// a thread that was taken off its CPU, so a thread that shares too little of a node
+/// costs more than it saves.
+inline constexpr uint64_t work_per_thread_step = uint64_t{1} << 19;
+
+/// The threads for a graph of `steps` computing nodes doing `work` in all (node_work):
+/// one per work_per_thread_step of work per node, at least 1, at most max_threads.
+[[nodiscard]] int threads_for_work(uint64_t work, uint64_t steps, int max_threads) noexcept;
+
 } // namespace apir::ggml_host

@@ -194,6 +194,7 @@ struct State {
             return false;
         }
         int threads = usable_cpus();
+        adapt_threads = true;
         if (const char* t = c.config(config_threads)) {
             char* end = nullptr;
             const long v = std::strtol(t, &end, 10);
@@ -202,10 +203,13 @@ struct State {
                 return false;
             }
             threads = static_cast<int>(v);
+            adapt_threads = false;
         }
-        if (auto set = reinterpret_cast<ggml_backend_set_n_threads_t>(
-                ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads")))
-            set(backend, threads);
+        set_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(
+            ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads"));
+        if (set_threads) set_threads(backend, threads);
+        if (!set_threads) adapt_threads = false;
+        max_threads = threads_now = threads;
         size_t free_mem = 0, total_mem = 0;
         ggml_backend_dev_memory(dev, &free_mem, &total_mem);
         max_memory = total_mem;
@@ -258,6 +262,13 @@ struct State {
     ggml_backend_reg_t reg = nullptr;
     ggml_backend_dev_t dev = nullptr;
     ggml_backend_t backend = nullptr;
+    /// The device's thread count, when it has one (ggml_backend_set_n_threads): at most
+    /// max_threads; with adapt_threads (ggml.cpu.threads unset), chosen per graph by
+    /// its work (threads_for_work), else always max_threads.
+    ggml_backend_set_n_threads_t set_threads = nullptr;
+    int max_threads = 1;
+    int threads_now = 1;
+    bool adapt_threads = false;
     ggml_backend_buffer_type_t buft = nullptr;
     uint64_t salt = 0;
     uint64_t next_slot = 1;              ///< the first never-used slot
@@ -601,11 +612,30 @@ bool copied_in_range(const ggml_tensor* t, int64_t rows) {
     return true;
 }
 
+/// The threads for a graph of `work` multiply-adds and elements in `steps` nodes that
+/// compute (threads_for_work in checks.hpp), applied to the device when they changed.
+void choose_threads(State& s, ggml_cgraph* graph) {
+    if (!s.adapt_threads) return;
+    uint64_t work = 0, steps = 0;
+    for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) {
+        const ggml_tensor* n = ggml_graph_node(graph, i);
+        if (!op_computes(n->op)) continue;
+        ++steps;
+        const uint64_t w = node_work(*n);
+        work = w > UINT64_MAX - work ? UINT64_MAX : work + w;
+    }
+    const int t = threads_for_work(work, steps, s.max_threads);
+    if (t == s.threads_now) return;
+    s.set_threads(s.backend, t);
+    s.threads_now = t;
+}
+
 Code compute_nodes(State& s, ggml_cgraph* graph, size_t from, size_t to, int32_t& status) {
     if (from >= to) return Code::ok;
     ggml_graph_clear(graph);
     for (size_t i = from; i < to; ++i)
         ggml_graph_add_node(graph, s.made[s.index[s.nodes[i]]]);
+    choose_threads(s, graph);
     status = ggml_backend_graph_compute(s.backend, graph);
     return Code::ok;
 }
