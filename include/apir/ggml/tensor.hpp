@@ -120,8 +120,8 @@ struct TypeTraits {
 [[nodiscard]] std::optional<TypeTraits> type_traits(Type t) noexcept;
 
 /// ggml_op numbers of ggml d99724f2 (PROTOCOL.md §7). ggml inserts ops in the middle of
-/// its enum between versions, so these hold for that version only; src/ggml checks them
-/// against ggml.h when the headers are found. Any other uint32 may be cast to Op.
+/// its enum between versions, so these hold for that version only; libggml-apir and the
+/// ggml layer's tests check them against ggml.h (static_asserts). Any other uint32 may be cast to Op.
 enum class Op : uint32_t {
     none = 0,
     dup = 1,
