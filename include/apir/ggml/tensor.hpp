@@ -121,7 +121,8 @@ struct TypeTraits {
 
 /// ggml_op numbers of ggml d99724f2 (PROTOCOL.md §7). ggml inserts ops in the middle of
 /// its enum between versions, so these hold for that version only; libggml-apir and the
-/// ggml layer's tests check them against ggml.h (static_asserts). Any other uint32 may be cast to Op.
+/// ggml layer's tests check them against ggml.h (static_asserts). Any other uint32 may be cast to
+/// Op.
 enum class Op : uint32_t {
     none = 0,
     dup = 1,
