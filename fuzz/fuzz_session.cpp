@@ -66,6 +66,11 @@ struct Blobs final : apir::ShmemOwner {
     std::map<uint32_t, std::span<std::byte>> live;
     std::map<uint32_t, std::unique_ptr<std::byte[]>> memory;
     uint32_t next_id = 2;
+    const std::shared_ptr<apir::ShmemLink> link = apir::ShmemLink::make(*this);
+
+    Blobs() = default;
+    Blobs(const Blobs&) = delete; // the link names this object
+    Blobs& operator=(const Blobs&) = delete;
 
     void release_shmem(uint32_t id) noexcept override {
         if (live.erase(id) != 1) violated("a blob was released twice or never created");
@@ -88,7 +93,7 @@ public:
         m.reset(new std::byte[rounded]);
         std::span<std::byte> b(m.get(), rounded);
         blobs_->live[id] = b;
-        return apir::Shmem(blobs_, id, b);
+        return apir::Shmem(blobs_->link, id, b);
     }
 
     apir::Expected<void> submit(std::span<const std::byte> cmd, uint32_t, apir::Deadline) {
