@@ -194,8 +194,8 @@ struct State {
             return false;
         }
         int threads = usable_cpus();
-        adapt_threads = true;
-        if (const char* t = c.config(config_threads)) {
+        const char* fixed_threads = c.config(config_threads);
+        if (const char* t = fixed_threads) {
             char* end = nullptr;
             const long v = std::strtol(t, &end, 10);
             if (end == t || *end != '\0' || v < 1 || v > 1024) {
@@ -203,12 +203,11 @@ struct State {
                 return false;
             }
             threads = static_cast<int>(v);
-            adapt_threads = false;
         }
         set_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(
             ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads"));
         if (set_threads) set_threads(backend, threads);
-        if (!set_threads) adapt_threads = false;
+        adapt_threads = set_threads && !fixed_threads;
         max_threads = threads_now = threads;
         size_t free_mem = 0, total_mem = 0;
         ggml_backend_dev_memory(dev, &free_mem, &total_mem);
