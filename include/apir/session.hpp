@@ -267,7 +267,8 @@ private:
         uint32_t pattern = 0;
         if constexpr (extent != 0)
             pattern = detail::mark_unwritten(c, reply_payload(c.page), extent);
-        auto code = core_.exchange(c, e.written(), deadline);
+        auto code =
+            core_.exchange(c, e.written(), deadline, core_.counters().forecast(C::type, C::flags));
         if (!code) return Unexpected{std::move(code).error()};
         Expected<typename C::response> out = typename C::response{};
         if (auto ok = C::check(*code); !ok) {

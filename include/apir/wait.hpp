@@ -12,6 +12,8 @@
 
 namespace apir {
 
+class ArrivalForecast;
+
 /// The time source and the sleeps of the wait path (Cap'n Proto KJ's MonotonicClock
 /// idea). WaitClock::system() is the steady clock, nanosleep and a futex; a test injects
 /// one whose time advances when the waiter sleeps, so that deadline tests are exact and
@@ -70,6 +72,13 @@ struct WaitPolicy {
     std::chrono::nanoseconds poll_interval = std::chrono::microseconds(15);
     /// The clock of the wait and of the Session's deadlines; null: WaitClock::system().
     const WaitClock* clock = nullptr;
+    /// When this command's reply is due, learned from its earlier calls (a Session sets
+    /// its command's for each call; null: none). Once it is sure enough, the adaptive
+    /// wait rests (blocks, or sleeps) until shortly before the reply is due, spins
+    /// through the time it is due, and only then falls back to the spin-then-block
+    /// above: a long command is noticed as it ends, without a wake-up after it and
+    /// without spinning through it. Every wait teaches it how long the call took.
+    ArrivalForecast* forecast = nullptr;
 
     static WaitPolicy adaptive() noexcept { return {}; }
     static WaitPolicy spin_only() noexcept {
@@ -118,6 +127,50 @@ private:
     std::atomic<uint32_t> waits_{0};
     std::atomic<int64_t> probe_ns_{probe.count()}; // the next probe's length
     std::atomic<bool> probing_{false};             // a probe was handed out, not yet decided
+};
+
+/// When something that recurs is due: a command's reply after its submission (a Session
+/// keeps one per command), the next command after a reply (the loopback host thread).
+/// Learned from what is observed, lock-free, shared by threads:
+/// - the estimate is a low one: a shorter observation lowers it at once, a longer one
+///   raises it by 1/8 of the difference, at most by a quarter of it plus 50 µs (a long
+///   idle spell or one slow call moves it little);
+/// - the spread is the mean distance of the observations above the estimate;
+/// - plan() says nothing (rest 0) until `sure_after` observations, for events due in
+///   less than `min_rest` (a spin catches those), and where the lead (below) is more
+///   than a quarter of the estimate (waking up would cost more than resting saves).
+/// The rest ends `lead` before the estimate: what rests that long overshoot lately (the
+/// process-wide wake-up lateness, learned by the waits that rest) plus a margin; the
+/// watch that follows covers the lead and twice the spread, at most lead plus an eighth of
+/// the estimate (so a wait that rests spins about 10 % of the time it waits).
+class APIR_EXPORT ArrivalForecast {
+public:
+    struct Plan {
+        std::chrono::nanoseconds rest{0};  ///< rest this long first (0: do not rest)
+        std::chrono::nanoseconds watch{0}; ///< then spin at most this long
+    };
+    [[nodiscard]] Plan plan() const noexcept;
+    /// The event came `took` after the start.
+    void observe(std::chrono::nanoseconds took) noexcept;
+    /// The estimate so far (0 before the first observation) and the spread.
+    [[nodiscard]] std::chrono::nanoseconds estimate() const noexcept;
+    [[nodiscard]] std::chrono::nanoseconds spread() const noexcept;
+
+    /// A rest of `rest` that woke `late` after it was meant to end (clamped to [0, 1 ms]).
+    static void note_wake(std::chrono::nanoseconds rest, std::chrono::nanoseconds late) noexcept;
+    /// What rests about as long as `rest` have lately overshot (a high estimate, by
+    /// length: longer idles wake later; starts at 100 µs).
+    [[nodiscard]] static std::chrono::nanoseconds
+    wake_lateness(std::chrono::nanoseconds rest) noexcept;
+
+    static constexpr std::chrono::nanoseconds min_rest = std::chrono::microseconds(150);
+    static constexpr std::chrono::nanoseconds margin = std::chrono::microseconds(10);
+    static constexpr uint32_t sure_after = 3;
+
+private:
+    std::atomic<int64_t> estimate_ns_{0};
+    std::atomic<int64_t> spread_ns_{0};
+    std::atomic<uint32_t> seen_{0};
 };
 
 } // namespace apir

@@ -224,10 +224,15 @@ private:
     std::vector<Channel*> stale_;
 };
 
-/// The counters of one session: lock-free atomics, a row per command.
+/// What one session learns of its commands: counters (lock-free atomics) and when each
+/// command's reply is due (the forecast its waits rest by), a row per command.
 class APIR_EXPORT SessionCounters {
 public:
     void record(CommandType type, uint32_t id, std::chrono::nanoseconds took, bool ok) noexcept;
+    /// The command's reply forecast (WaitPolicy::forecast).
+    [[nodiscard]] ArrivalForecast& forecast(CommandType type, uint32_t id) noexcept {
+        return slot(type, id).reply_due;
+    }
     [[nodiscard]] std::vector<CommandStats> stats() const;
 
     static constexpr size_t max_forward_rows = 64;
@@ -235,6 +240,7 @@ public:
 private:
     struct Slot {
         std::atomic<uint64_t> calls{0}, failures{0}, total_ns{0}, max_ns{0};
+        ArrivalForecast reply_due;
     };
     // A row for one FORWARD id >= max_forward_ids: key is id + 1 once claimed, 0 before.
     struct HighSlot {
@@ -245,6 +251,12 @@ private:
     static constexpr size_t handshake_slot = 0, load_library_slot = 1, first_forward_slot = 2;
     static constexpr size_t overflow_slot = first_forward_slot + max_forward_ids;
     Slot& high_slot(uint32_t id) noexcept;
+    Slot& slot(CommandType type, uint32_t id) noexcept {
+        return type == CommandType::handshake      ? slots_[handshake_slot]
+               : type == CommandType::load_library ? slots_[load_library_slot]
+               : id < max_forward_ids              ? slots_[first_forward_slot + id]
+                                                   : high_slot(id);
+    }
     static CommandStats row(CommandStats c, const Slot& s, uint64_t calls);
 
     std::array<Slot, overflow_slot + 1> slots_{};
@@ -269,10 +281,11 @@ public:
         return {c.cmd.get(), options_.command_buffer_size};
     }
     /// Submits cmd (the request encoded into c's command buffer, naming c's page) and
-    /// waits for its return code until the deadline. When it fails, c is already
-    /// given back (or set aside after a failed wait); when it succeeds, the caller
-    /// decodes the page, then calls end(c).
-    Expected<uint32_t> exchange(Channel& c, std::span<const std::byte> cmd, Deadline deadline);
+    /// waits for its return code until the deadline, resting by the command's forecast. When it
+    /// fails, c is already given back (or set aside after a failed wait); when it succeeds, the
+    /// caller decodes the page, then calls end(c).
+    Expected<uint32_t> exchange(Channel& c, std::span<const std::byte> cmd, Deadline deadline,
+                                ArrivalForecast& forecast);
     /// Gives the channel back.
     void end(Channel& c) noexcept;
     /// The error of a failed call of this type, with what the transport can add.

@@ -342,10 +342,7 @@ SessionCounters::Slot& SessionCounters::high_slot(uint32_t id) noexcept {
 
 void SessionCounters::record(CommandType type, uint32_t id, std::chrono::nanoseconds took,
                              bool ok) noexcept {
-    Slot& s = type == CommandType::handshake      ? slots_[handshake_slot]
-              : type == CommandType::load_library ? slots_[load_library_slot]
-              : id < max_forward_ids              ? slots_[first_forward_slot + id]
-                                                  : high_slot(id);
+    Slot& s = slot(type, id);
     const auto ns = static_cast<uint64_t>(took.count());
     s.calls.fetch_add(1, std::memory_order_relaxed);
     if (!ok) s.failures.fetch_add(1, std::memory_order_relaxed);
@@ -408,14 +405,16 @@ Expected<Channel*> CallCore::begin() {
     return channels_.add(std::move(*page));
 }
 
-Expected<uint32_t> CallCore::exchange(Channel& c, std::span<const std::byte> cmd,
-                                      Deadline deadline) {
+Expected<uint32_t> CallCore::exchange(Channel& c, std::span<const std::byte> cmd, Deadline deadline,
+                                      ArrivalForecast& forecast) {
     reset_notification(c.page);
     if (auto s = ops_.submit(ops_.self, cmd, c.page.res_id(), deadline); !s) {
         channels_.release(&c);
         return Unexpected{std::move(s).error()};
     }
-    auto code = ops_.wait_reply(ops_.self, c.page, options_.wait, deadline);
+    WaitPolicy policy = options_.wait;
+    policy.forecast = &forecast;
+    auto code = ops_.wait_reply(ops_.self, c.page, policy, deadline);
     if (!code) {
         // The host may still answer into this page, and write the blobs the request
         // named, later: never reuse them blindly.

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include <sys/mman.h>
+#include <sys/prctl.h>
 
 namespace apir {
 
@@ -259,46 +260,71 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     }
 
     // The host thread: execute the commands of the ring in order, without a lock. When
-    // the next slot is empty, spin on its sequence word as long as the gaps between
-    // commands have lately been short enough for a spin to win (host_budget, at most
-    // host_spin), then sleep until submit wakes it.
+    // the next slot is empty: where the gaps between commands are regular enough for a
+    // forecast (next_command), rest until shortly before the next one is due and watch
+    // for it; else spin on its sequence word as long as the gaps have lately been short
+    // enough for a spin to win (host_budget, at most host_spin). Then sleep until submit
+    // wakes it.
     void serve() {
+        // Rests are timed to the microsecond (the default slack of 50 µs would make each
+        // one end up to that much late).
+        prctl(PR_SET_TIMERSLACK, detail::wait_timer_slack_ns, 0, 0, 0);
         uint64_t head = 0;
         auto slept_since = Clock::time_point::min(); // the idle wait that ended in a sleep
+        auto idle_since = Clock::time_point::min();  // the wait for the next command began
+        bool rested = false;  // that wait rested by the forecast (the spin budget ignores it)
+        bool learned = false; // the forecast has learned from it already
         const WaitClock& clock = WaitClock::system();
         std::atomic<int> guest_cpu{-1}; // where the last command came from
+        auto stopping = [&] { return !running.load(std::memory_order_relaxed); };
         while (running.load(std::memory_order_acquire)) {
             Slot& s = slots[head % slot_count];
             auto ready = [&] { return s.seq.load(std::memory_order_acquire) == head + 1; };
-            if (!ready()) {
-                note_cpu();
-                detail::SpinPlan plan;
-                plan.peer_cpu = &guest_cpu;
-                plan.budget = host_budget.next(host_spin);
-                plan.clock = &clock;
-                const auto spun = detail::spin(
-                    plan, ready, [&] { return !running.load(std::memory_order_relaxed); });
-                if (spun.done) {
-                    host_budget.won(spun.start == Clock::time_point::min()
-                                        ? std::chrono::nanoseconds::zero()
-                                        : clock.now() - spun.start,
-                                    host_spin);
-                    continue;
-                }
-                if (slept_since == Clock::time_point::min())
-                    slept_since = spun.start != Clock::time_point::min() ? spun.start : clock.now();
+            auto sleep = [&](std::chrono::nanoseconds d) {
                 host_sleeping.store(1, std::memory_order_seq_cst);
                 const uint32_t w = wake.load(std::memory_order_seq_cst);
                 if (s.seq.load(std::memory_order_seq_cst) != head + 1 && running.load())
-                    detail::futex_wait(&wake, w, std::chrono::milliseconds(100));
+                    detail::futex_wait(&wake, w, d);
                 host_sleeping.store(0, std::memory_order_relaxed);
+            };
+            if (!ready()) {
+                note_cpu();
+                if (idle_since == Clock::time_point::min()) {
+                    // The first look after a command: rest by the forecast of the next.
+                    const auto r = detail::rest_then_watch(next_command, clock, Deadline::never(),
+                                                           &guest_cpu, ready, sleep, stopping);
+                    rested = r.rested;
+                    learned = r.done;
+                    idle_since = r.rested ? r.start : clock.now();
+                    continue;
+                }
+                if (!rested && slept_since == Clock::time_point::min()) {
+                    detail::SpinPlan plan;
+                    plan.peer_cpu = &guest_cpu;
+                    plan.budget = host_budget.next(host_spin);
+                    plan.clock = &clock;
+                    const auto spun = detail::spin(plan, ready, stopping);
+                    if (spun.done) {
+                        host_budget.won(spun.start == Clock::time_point::min()
+                                            ? std::chrono::nanoseconds::zero()
+                                            : clock.now() - spun.start,
+                                        host_spin);
+                        continue;
+                    }
+                }
+                if (slept_since == Clock::time_point::min()) slept_since = clock.now();
+                sleep(std::chrono::milliseconds(100));
                 note_cpu();
                 continue;
             }
-            if (slept_since != Clock::time_point::min()) {
+            if (idle_since != Clock::time_point::min()) {
+                const auto now = clock.now();
                 // The gap a spin would have had to cover to catch this command.
-                host_budget.lost(clock.now() - slept_since, host_spin);
-                slept_since = Clock::time_point::min();
+                if (slept_since != Clock::time_point::min() && !rested)
+                    host_budget.lost(now - idle_since, host_spin);
+                if (!learned) next_command.observe(now - idle_since);
+                idle_since = slept_since = Clock::time_point::min();
+                rested = learned = false;
             }
             guest_cpu.store(s.cpu, std::memory_order_relaxed);
             execute(s.size <= Slot::inline_capacity ? std::span<std::byte>(s.small, s.size)
@@ -405,6 +431,7 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
     alignas(64) SpinBudget guest_budget; // how long the guests' waits spin
     std::atomic<int> host_cpu{-1};       // the CPU the host thread last ran on
     alignas(64) SpinBudget host_budget;  // how long the host thread's idle wait spins
+    ArrivalForecast next_command;        // when, after a command, the next one comes
 
     // Memory first: the host (and its backend's deinit) goes before the blobs.
     alignas(64) mutable std::mutex mem_mu; // taken by the host on every command

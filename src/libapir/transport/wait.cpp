@@ -6,6 +6,7 @@
 #include "apir/internal/spin.hpp"
 
 #include <algorithm>
+#include <array>
 #include <thread>
 
 #include <sched.h>
@@ -196,6 +197,81 @@ nanoseconds SpinBudget::current() const noexcept {
     return b < 0 ? nanoseconds::max() : nanoseconds(b);
 }
 
+// --- ArrivalForecast
+
+namespace {
+// What rests overshoot lately (ns), by the rest's length (a sleep of 100 µs overshoots by
+// 30 µs on a virtual machine, one of 50 ms by 150: the longer the idle, the deeper it
+// goes): a machine's wake-up latency, so process-wide. Bucket k holds rests shorter
+// than 128 µs x 4^k (the last one, all longer).
+constexpr size_t wake_buckets = 6;
+std::array<std::atomic<int64_t>, wake_buckets> g_wake_late_ns{100'000, 100'000, 100'000,
+                                                              100'000, 100'000, 100'000};
+constexpr int64_t max_wake_late_ns = 1'000'000;
+// An estimate rises by at most a quarter of itself plus this per observation.
+constexpr int64_t rise_floor_ns = 50'000;
+std::atomic<int64_t>& wake_bucket(nanoseconds rest) {
+    int64_t bound = 128'000;
+    size_t k = 0;
+    while (k + 1 < wake_buckets && rest.count() >= bound)
+        ++k, bound *= 4;
+    return g_wake_late_ns[k];
+}
+} // namespace
+
+void ArrivalForecast::note_wake(nanoseconds rest, nanoseconds late) noexcept {
+    // A high estimate: a later wake-up raises it by a quarter of the difference (one
+    // far off counts as twice the estimate), an earlier one lowers it by 1/16 (a rest
+    // that ends after the reply costs a wake-up more; one that ends early, some spin).
+    auto& b = wake_bucket(rest);
+    const int64_t g = b.load(std::memory_order_relaxed);
+    const int64_t l =
+        std::clamp<int64_t>(late.count(), 0, std::min(2 * g + 20'000, max_wake_late_ns));
+    b.store(l > g ? g + (l - g) / 4 : g - (g - l) / 16, std::memory_order_relaxed);
+}
+
+nanoseconds ArrivalForecast::wake_lateness(nanoseconds rest) noexcept {
+    return nanoseconds(wake_bucket(rest).load(std::memory_order_relaxed));
+}
+
+ArrivalForecast::Plan ArrivalForecast::plan() const noexcept {
+    if (seen_.load(std::memory_order_relaxed) < sure_after) return {};
+    const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
+    if (est < min_rest.count()) return {};
+    // Resting pays where waking up is a small part of the wait.
+    const int64_t lead = wake_lateness(nanoseconds(est)).count() + margin.count();
+    if (lead > est / 4) return {};
+    const int64_t watch = lead + std::min(2 * spread_ns_.load(std::memory_order_relaxed), est / 8);
+    return {nanoseconds(est - lead), nanoseconds(watch)};
+}
+
+void ArrivalForecast::observe(nanoseconds took) noexcept {
+    const int64_t t = std::max<int64_t>(took.count(), 0);
+    const uint32_t n = seen_.load(std::memory_order_relaxed);
+    if (n != UINT32_MAX) seen_.store(n + 1, std::memory_order_relaxed);
+    const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
+    if (n == 0) {
+        estimate_ns_.store(t, std::memory_order_relaxed);
+        return;
+    }
+    const int64_t above = t - est;
+    if (above <= 0)
+        estimate_ns_.store(t, std::memory_order_relaxed);
+    else
+        estimate_ns_.store(est + std::min(above / 8, est / 4 + rise_floor_ns),
+                           std::memory_order_relaxed);
+    const int64_t dist = std::min(above < 0 ? -above : above, est);
+    const int64_t sp = spread_ns_.load(std::memory_order_relaxed);
+    spread_ns_.store(sp + (dist - sp) / 8, std::memory_order_relaxed);
+}
+
+nanoseconds ArrivalForecast::estimate() const noexcept {
+    return nanoseconds(estimate_ns_.load(std::memory_order_relaxed));
+}
+nanoseconds ArrivalForecast::spread() const noexcept {
+    return nanoseconds(spread_ns_.load(std::memory_order_relaxed));
+}
+
 // --- the wait
 
 Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& policy,
@@ -222,34 +298,71 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
         return fail(Errc::disconnected, "the host stopped before replying");
     }
 
-    // Phase 1: spin, as long as spinning has lately paid (hooks.budget), at most
-    // spin_for. A fast host answers within a few hundred nanoseconds.
-    detail::SpinPlan plan;
-    plan.budget = hooks.budget ? hooks.budget->next(policy.spin_for) : policy.spin_for;
-    plan.peer_cpu = hooks.host_cpu;
-    plan.deadline = deadline;
-    plan.clock = &clock;
-    const auto spun = detail::spin(plan, done, host_gone);
-    auto start = spun.start;
-    if (spun.done) {
-        if (hooks.budget) // an answer within the first looks has no clock reading
-            hooks.budget->won(start == Clock::time_point::min() ? nanoseconds::zero()
-                                                                : clock.now() - start,
-                              policy.spin_for);
-        return word.load(std::memory_order_acquire) - 1;
+    TimerSlack slack;
+    // Phase 0: a forecast sure of when the reply is due: rest until shortly before it
+    // (blocked where the host wakes sleepers, so an early reply still wakes us; else
+    // asleep in slices, so an early reply is noticed at the next one), then watch (spin)
+    // through the time it is due.
+    auto start = Clock::time_point::min();
+    auto spin_began = start; // the wait's CPU-bound part began (after any rest)
+    bool rested = false;
+    if (policy.forecast) {
+        nanoseconds slice{0}; // a sleep's longest: half the rest, at least max_sleep
+        auto rest = [&](nanoseconds d) {
+            slack.lower(); // the rest is timed to the microsecond
+            if (hooks.sleepers) {
+                hooks.sleepers->fetch_add(1, std::memory_order_seq_cst);
+                if (word.load(std::memory_order_seq_cst) == 0) clock.block(word_ptr(page), 0, d);
+                hooks.sleepers->fetch_sub(1, std::memory_order_seq_cst);
+            } else {
+                if (slice == nanoseconds::zero()) slice = std::max(policy.max_sleep, d / 2);
+                clock.sleep(std::min(d, slice));
+            }
+        };
+        const auto r = detail::rest_then_watch(*policy.forecast, clock, deadline, hooks.host_cpu,
+                                               done, rest, host_gone);
+        if (r.timeout) return timed_out(clock, r.start);
+        if (r.done) return word.load(std::memory_order_acquire) - 1;
+        if (r.rested) {
+            rested = true;
+            start = r.start;
+            spin_began = clock.now();
+        }
     }
-    if (start == Clock::time_point::min()) start = clock.now();
-    if (spun.timeout) return timed_out(clock, start);
+
+    // Phase 1: spin, as long as spinning has lately paid (hooks.budget), at most
+    // spin_for. A fast host answers within a few hundred nanoseconds. (Not after a rest:
+    // the watch was this wait's spin.)
+    detail::SpinPlan plan;
+    if (!rested) {
+        plan.budget = hooks.budget ? hooks.budget->next(policy.spin_for) : policy.spin_for;
+        plan.peer_cpu = hooks.host_cpu;
+        plan.deadline = deadline;
+        plan.clock = &clock;
+        const auto spun = detail::spin(plan, done, host_gone);
+        start = spun.start;
+        if (spun.done) {
+            // An answer within the first looks has no clock reading: the forecast learns
+            // only from waits that read the clock.
+            const bool timed = start != Clock::time_point::min();
+            const auto took = timed ? clock.now() - start : nanoseconds::zero();
+            if (hooks.budget) hooks.budget->won(took, policy.spin_for);
+            if (policy.forecast && timed) policy.forecast->observe(took);
+            return word.load(std::memory_order_acquire) - 1;
+        }
+        if (start == Clock::time_point::min()) start = clock.now();
+        if (spun.timeout) return timed_out(clock, start);
+        spin_began = start;
+    }
 
     // Phase 2: block (futex), or poll a host that cannot wake us (DRM): each sleep a
     // share of the time waited so far, longer when the polls cost too much CPU.
     // (Only a polling wait reads the CPU time: a blocking one needs no budget.)
     detail::PollPlan poll{policy};
     if (!hooks.sleepers) {
-        poll.spun = duration_cast<nanoseconds>(clock.now() - start);
+        poll.spun = duration_cast<nanoseconds>(clock.now() - spin_began);
         poll.cpu_start = poll.last_cpu = clock.cpu_time();
     }
-    TimerSlack slack;
     bool slept = false;
     while (!done()) {
         auto now = clock.now();
@@ -273,8 +386,10 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             clock.sleep(clamped(poll.next(now - start, clock.cpu_time()), deadline, now));
         }
     }
-    if (hooks.budget && (slept || plan.budget > nanoseconds::zero()))
-        hooks.budget->lost(clock.now() - start, policy.spin_for);
+    const auto took = clock.now() - start;
+    if (hooks.budget && !rested && (slept || plan.budget > nanoseconds::zero()))
+        hooks.budget->lost(took, policy.spin_for);
+    if (policy.forecast) policy.forecast->observe(took);
     return word.load(std::memory_order_acquire) - 1;
 }
 

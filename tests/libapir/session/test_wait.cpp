@@ -159,3 +159,192 @@ TEST_CASE("a spin budget at zero finds a host a little slower than the first pro
     // Won waits keep it; a probe starts at 4 µs again after the next fall to zero.
     CHECK(b.next(max) >= host);
 }
+
+// --- resting by a forecast (WaitPolicy::forecast)
+
+namespace {
+
+// Wake-ups overshoot by `late`; reading the clock takes 20 ns (so a spin runs out in
+// modelled time); the host stores the reply at reply_at. A block (the loopback's futex)
+// ends early when the reply comes, `wake` after it.
+class RestClock final : public apir::WaitClock {
+public:
+    RestClock(std::span<std::byte> page, nanoseconds late, nanoseconds wake = 30us)
+        : page_(page), late_(late), wake_(wake) {}
+    void call(nanoseconds reply_at) {
+        apir::notification_word(page_).store(0);
+        t_ = 0ns;
+        reply_at_ = reply_at;
+        sleeps_ = 0;
+        resting_ = 0ns;
+    }
+    apir::Clock::time_point now() const noexcept override {
+        t_ += 20ns;
+        publish();
+        return base_ + t_;
+    }
+    void sleep(nanoseconds d) const noexcept override {
+        ++sleeps_;
+        resting_ += d + late_;
+        t_ += d + late_;
+        publish();
+    }
+    void block(const uint32_t*, uint32_t, nanoseconds d) const noexcept override {
+        ++sleeps_;
+        const nanoseconds until = std::min(t_ + d + late_, std::max(t_, reply_at_ + wake_));
+        resting_ += until - t_;
+        t_ = until;
+        publish();
+    }
+    [[nodiscard]] nanoseconds elapsed() const { return t_; }
+    [[nodiscard]] int sleeps() const { return sleeps_; }
+    [[nodiscard]] nanoseconds resting() const { return resting_; }
+
+private:
+    void publish() const {
+        if (t_ >= reply_at_) apir::notification_word(page_).store(1);
+    }
+    std::span<std::byte> page_;
+    nanoseconds late_, wake_;
+    apir::Clock::time_point base_ = apir::Clock::now();
+    mutable nanoseconds t_{0}, reply_at_{0}, resting_{0};
+    mutable int sleeps_ = 0;
+};
+
+// Teaches the process-wide wake-up lateness of rests about `rest` long: `late`.
+void teach_wake(nanoseconds rest, nanoseconds late) {
+    for (int i = 0; i < 200; ++i)
+        apir::ArrivalForecast::note_wake(rest, late);
+}
+
+struct Rested {
+    apir::Expected<uint32_t> result;
+    nanoseconds late;  // noticed this long after the store
+    nanoseconds awake; // the wait's time not resting (its CPU)
+    int sleeps;
+};
+
+Rested rest_wait(RestClock& clock, std::span<std::byte> page, apir::ArrivalForecast& f,
+                 nanoseconds reply_at, bool futex,
+                 apir::Deadline deadline = apir::Deadline::never()) {
+    std::atomic<uint32_t> sleepers{0};
+    std::atomic<bool> alive{true};
+    apir::WaitPolicy p;
+    p.clock = &clock;
+    p.forecast = &f;
+    clock.call(reply_at);
+    auto r = apir::wait_for_reply(page, p, deadline,
+                                  apir::WaitHooks{futex ? &sleepers : nullptr, &alive});
+    return {std::move(r), clock.elapsed() - reply_at, clock.elapsed() - clock.resting(),
+            clock.sleeps()};
+}
+
+} // namespace
+
+TEST_CASE("a forecast learns a low estimate and is sure only after a few observations",
+          "[wait][forecast]") {
+    apir::ArrivalForecast f;
+    teach_wake(2ms, 40us);
+    CHECK(f.plan().rest == 0ns);
+    f.observe(2ms);
+    f.observe(2ms);
+    CHECK(f.plan().rest == 0ns); // two observations: not yet
+    f.observe(2ms);
+    const auto p = f.plan();
+    CHECK(p.rest > 0ns);
+    // It rests until the lead (what wake-ups overshoot, plus a margin) before it is due.
+    CHECK(p.rest ==
+          2ms - apir::ArrivalForecast::wake_lateness(2ms) - apir::ArrivalForecast::margin);
+    CHECK(p.watch >= 2ms - p.rest);
+    CHECK(p.watch <= 2ms - p.rest + 2ms / 8);
+    // A shorter one lowers the estimate at once; a longer one raises it a little.
+    f.observe(1500us);
+    CHECK(f.estimate() == 1500us);
+    f.observe(1h); // one long idle spell
+    CHECK(f.estimate() <= 1500us + 1500us / 4 + 50us);
+    CHECK(f.estimate() > 1500us);
+    // Events due sooner than a spin covers are left to the spin.
+    apir::ArrivalForecast fast;
+    for (int i = 0; i < 5; ++i)
+        fast.observe(20us);
+    CHECK(fast.plan().rest == 0ns);
+}
+
+TEST_CASE("no rest where waking up costs more than a quarter of the wait", "[wait][forecast]") {
+    apir::ArrivalForecast f;
+    for (int i = 0; i < 5; ++i)
+        f.observe(400us);
+    teach_wake(400us, 150us); // a lead of 160 µs against 400
+    CHECK(f.plan().rest == 0ns);
+    teach_wake(400us, 20us);
+    CHECK(f.plan().rest > 0ns);
+}
+
+TEST_CASE("a wait resting by its forecast notices a regular reply as it comes, at little CPU",
+          "[wait][forecast]") {
+    alignas(64) std::array<std::byte, 64> page{};
+    for (bool futex : {false, true}) {
+        for (nanoseconds took : {nanoseconds(1ms), nanoseconds(5ms), nanoseconds(50ms)}) {
+            DYNAMIC_SECTION((futex ? "futex, " : "polled, ") << took.count() / 1000 << " µs") {
+                teach_wake(took, 60us);
+                RestClock clock(page, 60us);
+                apir::ArrivalForecast f;
+                // The first calls are noticed late (by the polls or a wake-up): the
+                // forecast starts high and comes down a lead per rest.
+                for (int i = 0; i < 8; ++i)
+                    REQUIRE(rest_wait(clock, page, f, took, futex).result);
+                for (int i = 0; i < 5; ++i) {
+                    auto w = rest_wait(clock, page, f, took, futex);
+                    REQUIRE(w.result);
+                    CHECK(w.late >= 0ns);
+                    CHECK(w.late <= 1us); // caught by the watch's spin
+                    CHECK(w.sleeps <= 3);
+                    // Awake (spinning) for the lead and a little more: a tenth at most.
+                    INFO("awake " << w.awake.count() << " ns");
+                    CHECK(w.awake <= took / 10);
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("an early reply: a blocked rest wakes for it, a polled one notices it within a slice",
+          "[wait][forecast]") {
+    alignas(64) std::array<std::byte, 64> page{};
+    teach_wake(10ms, 60us);
+    for (bool futex : {false, true}) {
+        DYNAMIC_SECTION((futex ? "futex" : "polled")) {
+            RestClock clock(page, 60us);
+            apir::ArrivalForecast f;
+            for (int i = 0; i < 4; ++i)
+                REQUIRE(rest_wait(clock, page, f, 10ms, futex).result);
+            auto w = rest_wait(clock, page, f, 2ms, futex);
+            REQUIRE(w.result);
+            if (futex)
+                CHECK(w.late <= 30us + 1us); // the futex wake-up
+            else
+                CHECK(w.late <= 10ms / 2 + 60us); // the rest's first slice
+            // The forecast learned a time earlier than it expected.
+            CHECK(f.estimate() < 10ms);
+        }
+    }
+}
+
+TEST_CASE("a rest ends at the deadline", "[wait][forecast]") {
+    alignas(64) std::array<std::byte, 64> page{};
+    teach_wake(20ms, 60us);
+    for (bool futex : {false, true}) {
+        DYNAMIC_SECTION((futex ? "futex" : "polled")) {
+            RestClock clock(page, 0ns);
+            apir::ArrivalForecast f;
+            for (int i = 0; i < 4; ++i)
+                REQUIRE(rest_wait(clock, page, f, 20ms, futex).result);
+            clock.call(1h);
+            const auto deadline = apir::Deadline::after(3ms, clock);
+            auto w = rest_wait(clock, page, f, 1h, futex, deadline);
+            REQUIRE_FALSE(w.result);
+            CHECK(w.result.error() == apir::Errc::timeout);
+            CHECK(clock.elapsed() <= 3ms + 2us);
+        }
+    }
+}

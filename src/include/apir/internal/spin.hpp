@@ -3,6 +3,7 @@
 #pragma once
 
 #include "apir/transport.hpp"
+#include "apir/wait.hpp"
 
 #include <chrono>
 
@@ -93,6 +94,69 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
         }
         cpu_relax();
     }
+}
+
+struct RestResult {
+    bool done = false;    ///< done() turned true, during the rest or the watch
+    bool timeout = false; ///< the deadline passed first
+    bool rested = false;  ///< the forecast had a plan: the rest and watch happened
+    Clock::time_point start = Clock::time_point::min(); ///< when the rest began (rested)
+};
+
+/// A wait's first phase where a forecast knows when the event is due: rests until the
+/// plan's rest has passed since now, with rest(d) (blocks or sleeps at most d; may return
+/// early, e.g. woken by the event), then spins at most the plan's watch. Teaches the
+/// forecast what it saw: the time the event came when the watch caught it, or a time
+/// earlier than expected when the rest did; and teaches the wake-up lateness.
+template <class Done, class Rest, class Stop>
+RestResult rest_then_watch(ArrivalForecast& forecast, const WaitClock& clock, Deadline deadline,
+                           const std::atomic<int>* peer_cpu, Done done, Rest rest, Stop stop) {
+    RestResult r;
+    const ArrivalForecast::Plan plan = forecast.plan();
+    if (plan.rest <= std::chrono::nanoseconds::zero() || done()) return r;
+    r.rested = true;
+    const auto start = r.start = clock.now();
+    const auto due = saturating_after(start, plan.rest);
+    auto now = start;
+    while (!done() && now < due && !stop()) {
+        if (deadline.expired(now)) return r.timeout = true, r;
+        auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(due - now);
+        if (!deadline.is_never())
+            left = std::max(std::min(left, std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               deadline.time() - now)),
+                            std::chrono::nanoseconds(1000));
+        rest(left);
+        now = clock.now();
+    }
+    // How late the rest ended (one the event ended after its end tells at least how late
+    // the timer was not yet).
+    if (now >= due) ArrivalForecast::note_wake(plan.rest, now - due);
+    if (done()) {
+        // The event came during the rest, at some time before this look. Woken before the
+        // rest's end (by the event, or a look between slices): about then, if that is
+        // earlier than expected. After it: the rest ended too late, so the next one
+        // ends a lead earlier (learning the look's time would push it later still).
+        const auto took = now - start;
+        const auto est = forecast.estimate();
+        if (now >= due)
+            forecast.observe(std::max(std::min(took, est) - (est - plan.rest),
+                                      std::chrono::nanoseconds::zero()));
+        else if (took < est)
+            forecast.observe(took);
+        return r.done = true, r;
+    }
+    SpinPlan watch;
+    watch.budget = plan.watch;
+    watch.peer_cpu = peer_cpu;
+    watch.deadline = deadline;
+    watch.clock = &clock;
+    const auto spun = spin(watch, done, stop);
+    if (spun.timeout) return r.timeout = true, r;
+    if (spun.done) {
+        forecast.observe(clock.now() - start);
+        r.done = true;
+    }
+    return r;
 }
 
 } // namespace apir::detail
