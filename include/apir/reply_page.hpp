@@ -51,6 +51,11 @@ struct WaitHooks {
     /// Non-null when the host runs on a CPU of this machine: the CPU it last ran on
     /// (-1 unknown). A waiter on that same CPU cannot win by spinning: it yields at once.
     const std::atomic<int>* host_cpu = nullptr;
+    /// The host is another process of this machine, on a CPU the waiter cannot know
+    /// (vtest's server): the spin yields the CPU between looks, since the host may be
+    /// waiting for this very CPU. A yield that gave the CPU to another program for long
+    /// ends the spin, as with host_cpu.
+    bool yield_between_looks = false;
 };
 
 /// Waits until the notification word is non-zero (acquire), then returns the

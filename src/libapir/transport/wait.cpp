@@ -320,7 +320,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             }
         };
         const auto r = detail::rest_then_watch(*policy.forecast, clock, deadline, hooks.host_cpu,
-                                               done, rest, host_gone);
+                                               hooks.yield_between_looks, done, rest, host_gone);
         if (r.timeout) return timed_out(clock, r.start);
         if (r.done) return word.load(std::memory_order_acquire) - 1;
         if (r.rested) {
@@ -337,6 +337,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     if (!rested) {
         plan.budget = hooks.budget ? hooks.budget->next(policy.spin_for) : policy.spin_for;
         plan.peer_cpu = hooks.host_cpu;
+        plan.yield_between_looks = hooks.yield_between_looks;
         plan.deadline = deadline;
         plan.clock = &clock;
         const auto spun = detail::spin(plan, done, host_gone);

@@ -37,6 +37,7 @@ struct SpinResult {
 struct SpinPlan {
     std::chrono::nanoseconds budget{0};         ///< spin at most this long
     const std::atomic<int>* peer_cpu = nullptr; ///< a peer on our CPU: yield to it at once
+    bool yield_between_looks = false;           ///< a peer on a CPU we cannot know
     Deadline deadline;
     const WaitClock* clock = nullptr;
 };
@@ -78,6 +79,19 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
     };
     if (peer_here() && !yield_to_peer()) return r; // block: the peer gets the CPU
     auto until = Clock::time_point::max();
+    if (plan.yield_between_looks) {
+        // A yield costs a system call: the clock is read at every look.
+        for (;;) {
+            if (done()) return r.done = true, r;
+            const auto now = plan.clock->now();
+            if (r.start == Clock::time_point::min()) {
+                r.start = now;
+                until = saturating_after(now, plan.budget);
+            }
+            if (plan.deadline.expired(now)) return r.timeout = true, r;
+            if (now >= until || stop() || !yield_to_peer()) return r;
+        }
+    }
     for (uint32_t i = 1;; ++i) {
         if (done()) return r.done = true, r;
         if ((i & 63) == 0) {
@@ -110,7 +124,8 @@ struct RestResult {
 /// earlier than expected when the rest did; and teaches the wake-up lateness.
 template <class Done, class Rest, class Stop>
 RestResult rest_then_watch(ArrivalForecast& forecast, const WaitClock& clock, Deadline deadline,
-                           const std::atomic<int>* peer_cpu, Done done, Rest rest, Stop stop) {
+                           const std::atomic<int>* peer_cpu, bool yield_between_looks, Done done,
+                           Rest rest, Stop stop) {
     RestResult r;
     const ArrivalForecast::Plan plan = forecast.plan();
     if (plan.rest <= std::chrono::nanoseconds::zero() || done()) return r;
@@ -148,6 +163,7 @@ RestResult rest_then_watch(ArrivalForecast& forecast, const WaitClock& clock, De
     SpinPlan watch;
     watch.budget = plan.watch;
     watch.peer_cpu = peer_cpu;
+    watch.yield_between_looks = yield_between_looks;
     watch.deadline = deadline;
     watch.clock = &clock;
     const auto spun = spin(watch, done, stop);

@@ -542,22 +542,35 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         const uint64_t mine = sent_count.load(std::memory_order_acquire);
         const WaitClock& clk = policy.time();
 
-        // 1. Briefly look at the word: a short command is done before a PING could be.
-        const nanoseconds window =
-            std::clamp(policy.spin_for, nanoseconds::zero(), max_spin_window);
-        const auto spin_end = detail_spin_deadline(clk, window, deadline);
-        if (policy.kind == WaitPolicy::Kind::fixed_poll) {
-            auto spun = wait_for_reply(bytes, policy, spin_end);
-            if (spun) {
-                n_spin.fetch_add(1, std::memory_order_relaxed);
-                return spun;
-            }
-            if (spun.error().code() != Errc::timeout) return spun;
-        } else if (const uint32_t w = spin_yielding(bytes, spin_end, clk)) {
-            n_spin.fetch_add(1, std::memory_order_relaxed);
-            return w - 1;
+        // 1. Look at the word, yielding the CPU between looks (the server is another
+        // process of this machine, and the scheduler may have put it on the waiter's CPU;
+        // it does, on a busy machine): a short command is done before a PING could be.
+        // Where the command's forecast knows when its reply is due, rest and watch
+        // through that time first (apir::wait_for_reply).
+        const auto began = clk.now();
+        nanoseconds window = std::clamp(policy.spin_for, nanoseconds::zero(), max_spin_window);
+        if (policy.forecast && policy.kind == WaitPolicy::Kind::adaptive) {
+            const auto due = policy.forecast->plan();
+            if (due.rest > nanoseconds::zero()) window = std::max(window, due.rest + due.watch);
         }
+        WaitHooks hooks;
+        hooks.yield_between_looks = true;
+        auto spun =
+            wait_for_reply(bytes, policy, detail_spin_deadline(clk, window, deadline), hooks);
+        if (spun) {
+            n_spin.fetch_add(1, std::memory_order_relaxed);
+            return spun;
+        }
+        if (spun.error().code() != Errc::timeout) return spun;
+        // The reply will come through the PING barrier: the forecast learns from it too.
+        auto code = wait_past_ping(bytes, page.res_id(), mine, deadline, clk);
+        if (code && policy.forecast) policy.forecast->observe(clk.now() - began);
+        return code;
+    }
 
+    // The rest of a wait: the PING barrier.
+    Expected<uint32_t> wait_past_ping(std::span<std::byte> bytes, uint32_t res_id, uint64_t mine,
+                                      Deadline deadline, const WaitClock& clk) {
         // 2. The PING barrier: the server answers in order, so once a PING sent after our
         // command is answered, the command has run.
         for (;;) {
@@ -596,30 +609,13 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                                       "page {} (it drops a command whose reply page it does not "
                                       "know or that is too small; it may also have marked the "
                                       "context fatal: reconnect)",
-                                      page.res_id())));
+                                      res_id)));
             }
             const uint64_t covered = pings_owed.empty() ? completed : pings_owed.back();
             if (covered < mine) {
                 if (auto s = send_ping(deadline, clk); !s) return dropped_or(bytes, s.error());
             }
             if (auto r = read_ping_answer(deadline, clk); !r) return dropped_or(bytes, r.error());
-        }
-    }
-
-    // Looks at the word until it is set (returned) or the spin's end (0), yielding the
-    // CPU between looks: the server is another process of this machine, and when the
-    // scheduler put it on the waiter's CPU (it does, on a busy machine) it can run the
-    // command only once the waiter lets it; a plain spin then ran out and the command
-    // ran only when the waiter blocked for the PING barrier (the call took the whole
-    // spin plus a PING). With nothing else to run, a yield returns at once; a yield that
-    // gave the CPU to another program for longer than the spin ends it after one more
-    // look.
-    static uint32_t spin_yielding(std::span<std::byte> page, Deadline end, const WaitClock& clk) {
-        auto word = notification_word(page);
-        for (;;) {
-            if (const uint32_t w = word.load(std::memory_order_acquire)) return w;
-            if (end.expired(clk.now())) return 0;
-            ::sched_yield();
         }
     }
 
