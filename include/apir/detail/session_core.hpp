@@ -41,6 +41,10 @@ struct CommandStats {
     /// Time spent in the calls; zero unless SessionOptions::time_calls.
     std::chrono::nanoseconds total{0};
     std::chrono::nanoseconds max{0};
+    /// When the command's reply is due, as its forecast has learned it (0: not yet, or
+    /// too short to rest for), and whether its waits rest by it (WaitPolicy::forecast).
+    std::chrono::nanoseconds reply_due{0};
+    bool rests = false;
     [[nodiscard]] std::chrono::nanoseconds mean() const {
         return calls ? total / static_cast<int64_t>(calls) : std::chrono::nanoseconds{0};
     }

@@ -324,6 +324,8 @@ CommandStats SessionCounters::row(CommandStats c, const Slot& s, uint64_t calls)
     c.failures = s.failures.load(std::memory_order_relaxed);
     c.total = std::chrono::nanoseconds(s.total_ns.load(std::memory_order_relaxed));
     c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
+    c.reply_due = s.reply_due.estimate();
+    c.rests = s.reply_due.plan().rest > std::chrono::nanoseconds::zero();
     return c;
 }
 

@@ -357,3 +357,40 @@ TEST_CASE("stop_host() with a host stuck in a backend call returns after the gra
         // The session and its transport go now, with the host thread still asleep.
     }
 }
+
+TEST_CASE("calls that come and end when their forecasts say, then sooner: every one answered",
+          "[loopback][wait][forecast]") {
+    apir::Session s(apir::LoopbackTransport(options()), quiet_session());
+    REQUIRE(s.connect());
+    // Regular 2 ms calls 2 ms apart: the caller's wait learns when Sleep's reply is due
+    // and the host thread when the next command comes; both then rest.
+    for (int i = 0; i < 12; ++i) {
+        REQUIRE(s.call<demo::Sleep>(demo::SleepRequest{2}));
+        std::this_thread::sleep_for(2ms);
+    }
+    bool found = false;
+    for (const auto& row : s.stats())
+        if (row.type == apir::CommandType::forward && row.id == demo::cmd_sleep) {
+            found = true;
+            CHECK(row.rests);
+            CHECK(row.reply_due >= 2ms);
+        }
+    REQUIRE(found);
+    // A command at once (the host thread rests, expecting it 2 ms later: submit wakes
+    // it), then a Sleep that ends at once (the caller rests, expecting 2 ms: the host's
+    // notify wakes it). Neither waits for its rest to end, nor for a deadline.
+    for (int i = 0; i < 3; ++i) {
+        std::chrono::nanoseconds took{0};
+        apir::CallOptions o;
+        o.duration = &took;
+        o.deadline = apir::Deadline::after(5s);
+        auto r = s.call<demo::Add>(demo::AddRequest{i, 2}, o);
+        REQUIRE(r);
+        CHECK(r->sum == i + 2);
+        CHECK(took < 1s);
+        REQUIRE(s.call<demo::Sleep>(demo::SleepRequest{0}, o));
+        CHECK(took < 1s);
+        std::this_thread::sleep_for(2ms);
+        REQUIRE(s.call<demo::Sleep>(demo::SleepRequest{2}));
+    }
+}

@@ -239,6 +239,14 @@ Rested rest_wait(RestClock& clock, std::span<std::byte> page, apir::ArrivalForec
             clock.sleeps()};
 }
 
+// Calls of `took` until the forecast has learned them; it then rests.
+void learn(RestClock& clock, std::span<std::byte> page, apir::ArrivalForecast& f, nanoseconds took,
+           bool futex, int calls) {
+    for (int i = 0; i < calls; ++i)
+        REQUIRE(rest_wait(clock, page, f, took, futex).result);
+    REQUIRE(f.plan().rest > 0ns);
+}
+
 } // namespace
 
 TEST_CASE("a forecast learns a low estimate and is sure only after a few observations",
@@ -291,8 +299,7 @@ TEST_CASE("a wait resting by its forecast notices a regular reply as it comes, a
                 apir::ArrivalForecast f;
                 // The first calls are noticed late (by the polls or a wake-up): the
                 // forecast starts high and comes down a lead per rest.
-                for (int i = 0; i < 8; ++i)
-                    REQUIRE(rest_wait(clock, page, f, took, futex).result);
+                learn(clock, page, f, took, futex, 8);
                 for (int i = 0; i < 5; ++i) {
                     auto w = rest_wait(clock, page, f, took, futex);
                     REQUIRE(w.result);
@@ -316,8 +323,7 @@ TEST_CASE("an early reply: a blocked rest wakes for it, a polled one notices it 
         DYNAMIC_SECTION((futex ? "futex" : "polled")) {
             RestClock clock(page, 60us);
             apir::ArrivalForecast f;
-            for (int i = 0; i < 4; ++i)
-                REQUIRE(rest_wait(clock, page, f, 10ms, futex).result);
+            learn(clock, page, f, 10ms, futex, 4);
             auto w = rest_wait(clock, page, f, 2ms, futex);
             REQUIRE(w.result);
             if (futex)
@@ -337,8 +343,7 @@ TEST_CASE("a rest ends at the deadline", "[wait][forecast]") {
         DYNAMIC_SECTION((futex ? "futex" : "polled")) {
             RestClock clock(page, 0ns);
             apir::ArrivalForecast f;
-            for (int i = 0; i < 4; ++i)
-                REQUIRE(rest_wait(clock, page, f, 20ms, futex).result);
+            learn(clock, page, f, 20ms, futex, 4);
             clock.call(1h);
             const auto deadline = apir::Deadline::after(3ms, clock);
             auto w = rest_wait(clock, page, f, 1h, futex, deadline);
