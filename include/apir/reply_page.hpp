@@ -53,8 +53,9 @@ struct WaitHooks {
     const std::atomic<int>* host_cpu = nullptr;
     /// The host is another process of this machine, on a CPU the waiter cannot know
     /// (vtest's server): the spin yields the CPU between looks, since the host may be
-    /// waiting for this very CPU. A yield that gave the CPU to another program for long
-    /// ends the spin, as with host_cpu.
+    /// waiting for this very CPU. Without host_cpu's hold-off: a yield that kept the
+    /// waiter off the CPU for long usually ran the host, and the spin's length bounds
+    /// what a yield to another program costs.
     bool yield_between_looks = false;
 };
 

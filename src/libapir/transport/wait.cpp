@@ -49,6 +49,9 @@ bool yield_to_peer() noexcept {
     g_yield_holdoff_until.store(ticks(after + yield_holdoff), std::memory_order_relaxed);
     return false;
 }
+void yield_cpu() noexcept {
+    sched_yield();
+}
 int current_cpu() noexcept {
     return sched_getcpu();
 }

@@ -19,6 +19,10 @@ void cpu_relax() noexcept;
 /// timed on the steady clock.
 bool yield_to_peer() noexcept;
 
+/// Gives the CPU to whatever else may run on it (sched_yield), with no hold-off: for a
+/// peer in another process, whose turn on the CPU is the point.
+void yield_cpu() noexcept;
+
 /// The CPU this thread runs on now (-1 unknown); cheap (rseq or vDSO).
 [[nodiscard]] int current_cpu() noexcept;
 
@@ -89,7 +93,8 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
                 until = saturating_after(now, plan.budget);
             }
             if (plan.deadline.expired(now)) return r.timeout = true, r;
-            if (now >= until || stop() || !yield_to_peer()) return r;
+            if (now >= until || stop()) return r;
+            yield_cpu();
         }
     }
     for (uint32_t i = 1;; ++i) {
