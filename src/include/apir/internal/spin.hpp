@@ -71,7 +71,8 @@ struct PollPlan {
 };
 
 /// Spins until done() (true), stop() (false), the budget or the deadline is over.
-/// The clock is read only every 64 looks: a fast answer costs no clock read.
+/// The clock is read only every 64 looks (a fast answer costs no clock read), or at
+/// every look where the spin yields between looks.
 template <class Done, class Stop>
 SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
     SpinResult r;
@@ -83,23 +84,11 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
     };
     if (peer_here() && !yield_to_peer()) return r; // block: the peer gets the CPU
     auto until = Clock::time_point::max();
-    if (plan.yield_between_looks) {
-        // A yield costs a system call: the clock is read at every look.
-        for (;;) {
-            if (done()) return r.done = true, r;
-            const auto now = plan.clock->now();
-            if (r.start == Clock::time_point::min()) {
-                r.start = now;
-                until = saturating_after(now, plan.budget);
-            }
-            if (plan.deadline.expired(now)) return r.timeout = true, r;
-            if (now >= until || stop()) return r;
-            yield_cpu();
-        }
-    }
+    // With a yield between looks (a system call each), the clock is read at every look.
+    const uint32_t clock_mask = plan.yield_between_looks ? 0 : 63;
     for (uint32_t i = 1;; ++i) {
         if (done()) return r.done = true, r;
-        if ((i & 63) == 0) {
+        if ((i & clock_mask) == 0) {
             const auto now = plan.clock->now();
             if (r.start == Clock::time_point::min()) {
                 r.start = now;
@@ -107,6 +96,10 @@ SpinResult spin(const SpinPlan& plan, Done done, Stop stop) {
             }
             if (plan.deadline.expired(now)) return r.timeout = true, r;
             if (now >= until || stop()) return r;
+            if (plan.yield_between_looks) {
+                yield_cpu();
+                continue;
+            }
             if (peer_here() && !yield_to_peer()) return r;
         } else if ((i & 15) == 0 && peer_here()) {
             if (!yield_to_peer()) return r;
