@@ -6,6 +6,7 @@
 // are decoded into. Every handler is bound to the guest's call type (apir/ggml/commands.hpp)
 // through the kit's typed table, except the two whose request is ggml's raw tensor.
 #include "checks.hpp"
+#include "graph_cache.hpp"
 
 #include <apir/backend.hpp>
 #include <apir/ggml/commands.hpp>
@@ -51,6 +52,8 @@ constexpr const char* config_rpc_device = "ggml.rpc.device";
 /// may lower it.
 constexpr uint64_t max_buffers = (uint64_t{1} << 20) - 1;
 constexpr const char* config_max_buffers = "ggml.host.max_buffers";
+/// Graphs one context keeps built for a compute of the same bytes (default 4; 0: none).
+constexpr const char* config_graph_cache = "ggml.host.graph_cache";
 /// A buffer handle: bit 63, the context's salt (bits 40..62), the slot's generation (bits
 /// 20..39) and the slot (bits 0..19, never 0). A freed slot is reused with the next
 /// generation, so a stale handle stays unknown; a slot whose generation would wrap is retired.
@@ -116,9 +119,16 @@ struct State {
     State(const State&) = delete;
     State& operator=(const State&) = delete;
     ~State() {
+        if (graph_computes > 0) {
+            char line[128];
+            std::snprintf(line, sizeof line, "%llu graphs computed, %llu of them reused",
+                          static_cast<unsigned long long>(graph_computes),
+                          static_cast<unsigned long long>(graph_reuses));
+            log("context closed", line);
+        }
+        graphs.clear(); // before the buffers their tensors name
         for (auto& [h, b] : buffers)
             ggml_backend_buffer_free(b.buffer);
-        if (graph_ctx) ggml_free(graph_ctx);
         if (backend) ggml_backend_free(backend);
     }
 
@@ -230,6 +240,15 @@ struct State {
             }
             buffer_limit = v;
         }
+        if (const char* m = c.config(config_graph_cache)) {
+            char* end = nullptr;
+            const unsigned long v = std::strtoul(m, &end, 10);
+            if (end == m || *end != '\0' || v > 64) {
+                log("bad graph count", config_graph_cache);
+                return false;
+            }
+            graphs.set_capacity(v);
+        }
         salt = random_salt();
         return true;
     }
@@ -278,12 +297,12 @@ struct State {
     uint64_t allocated = 0;              ///< bytes of buffers it holds
     std::unordered_map<uint64_t, Buffer> buffers;
     std::unordered_set<ggml_backend_buffer_t> guest_backed; ///< the from_ptr buffers
-    std::vector<std::unique_ptr<std::byte[]>> index_copies; ///< of the current graph
 
-    // Reused between graph computes.
-    ggml_context* graph_ctx = nullptr;
-    std::unique_ptr<std::byte[]> graph_arena;
-    size_t graph_arena_size = 0;
+    /// Graphs built, kept for a compute of the same bytes (graph_cache.hpp).
+    GraphCache graphs;
+    uint64_t graph_computes = 0; ///< graph_compute requests that reached a build or a reuse
+    uint64_t graph_reuses = 0;
+    // Scratch of a graph's decoding, reused between builds.
     std::vector<uint64_t> nodes;
     std::vector<g::RpcTensor> tensors;
     std::vector<ggml_tensor*> made;
@@ -526,23 +545,6 @@ Answer<Empty> buffer_free(Context& c, const g::BufferRequest& r) {
 // ---------------------------------------------------------------------------
 // Graphs
 
-/// The decoded graph's ggml context: the arena is kept and reset between computes.
-ggml_context* graph_context(State& s, size_t need) {
-    if (s.graph_ctx && s.graph_arena_size >= need) {
-        ggml_reset(s.graph_ctx);
-        return s.graph_ctx;
-    }
-    if (s.graph_ctx) ggml_free(s.graph_ctx);
-    s.graph_ctx = nullptr;
-    s.graph_arena.reset();
-    const size_t size = need + need / 4;
-    s.graph_arena.reset(new (std::nothrow) std::byte[size]);
-    if (!s.graph_arena) return nullptr;
-    s.graph_arena_size = size;
-    s.graph_ctx = ggml_init({size, s.graph_arena.get(), true});
-    return s.graph_ctx;
-}
-
 bool overlaps(const ggml_tensor* a, const ggml_tensor* b) {
     if (a->buffer != b->buffer) return false;
     const auto* a0 = static_cast<const char*>(a->data);
@@ -570,17 +572,28 @@ bool writes_over_its_input(const ggml_tensor* n) {
 }
 
 /// Points an indexing node at a host copy of its index tensor (src[1], I32 or I64 as the op
-/// table checked), read once from guest memory.
-Code copy_indices(State& s, ggml_context* ctx, ggml_tensor* node) {
+/// table checked): the kernel reads the copy, filled from guest memory before each run.
+Code make_index_copy(ggml_context* ctx, ggml_tensor* node, BuiltGraph::IndexCheck& check) {
     const ggml_tensor* t = node->src[1];
     const size_t es = ggml_type_size(t->type);
     const auto count = static_cast<size_t>(ggml_nelements(t));
-    std::unique_ptr<std::byte[]> mem(new (std::nothrow) std::byte[count * es + 1]);
-    ggml_tensor* c = mem ? ggml_new_tensor(ctx, t->type, 4, t->ne) : nullptr;
+    check.copy_memory.reset(new (std::nothrow) std::byte[count * es + 1]);
+    ggml_tensor* c = check.copy_memory ? ggml_new_tensor(ctx, t->type, 4, t->ne) : nullptr;
     if (!c) return Code::no_memory;
     c->buffer = t->buffer;
-    c->data = mem.get();
-    std::byte* out = mem.get();
+    c->data = check.copy_memory.get();
+    check.copy = c;
+    check.source = t;
+    node->src[1] = c;
+    return Code::ok;
+}
+
+/// Reads the guest's indices into the host copy, element by element (the source may be
+/// strided).
+void fill_index_copy(const BuiltGraph::IndexCheck& check) {
+    const ggml_tensor* t = check.source;
+    const size_t es = ggml_type_size(t->type);
+    auto* out = static_cast<std::byte*>(check.copy->data);
     const auto* base = static_cast<const std::byte*>(t->data);
     for (int64_t i3 = 0; i3 < t->ne[3]; ++i3)
         for (int64_t i2 = 0; i2 < t->ne[2]; ++i2)
@@ -589,9 +602,6 @@ Code copy_indices(State& s, ggml_context* ctx, ggml_tensor* node) {
                     std::memcpy(
                         out, base + i0 * t->nb[0] + i1 * t->nb[1] + i2 * t->nb[2] + i3 * t->nb[3],
                         es);
-    node->src[1] = c;
-    s.index_copies.push_back(std::move(mem));
-    return Code::ok;
 }
 
 /// Whether every value of a contiguous host copy of indices is in [0, rows).
@@ -629,25 +639,24 @@ void choose_threads(State& s, ggml_cgraph* graph) {
     s.threads_now = t;
 }
 
-Code compute_nodes(State& s, ggml_cgraph* graph, size_t from, size_t to, int32_t& status) {
-    if (from >= to) return Code::ok;
-    ggml_graph_clear(graph);
+void compute_nodes(State& s, BuiltGraph& g, size_t from, size_t to, int32_t& status) {
+    if (from >= to) return;
+    ggml_graph_clear(g.graph);
     for (size_t i = from; i < to; ++i)
-        ggml_graph_add_node(graph, s.made[s.index[s.nodes[i]]]);
-    choose_threads(s, graph);
-    status = ggml_backend_graph_compute(s.backend, graph);
-    return Code::ok;
+        ggml_graph_add_node(g.graph, g.nodes[i]);
+    choose_threads(s, g.graph);
+    status = ggml_backend_graph_compute(s.backend, g.graph);
 }
 
-Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& status) {
+/// Decodes, checks and builds a packed graph (copied out of the guest's blob first: the
+/// guest may write the blob while the host reads it).
+Code build_graph(Context& c, std::span<const std::byte> blob, std::unique_ptr<BuiltGraph>& out) {
     State& s = c.state;
-    if (r.size < 8 || r.size > max_graph_bytes) return Code::bad_graph;
-    std::span<std::byte> blob = c.resolve(r.res_id, 0, r.size);
-    if (blob.empty()) return Code::bad_range;
-    // Everything is copied out of the blob before it is checked: the guest may write the
-    // blob while the host reads it.
-    const std::byte* p = blob.data();
-    uint64_t left = r.size;
+    auto built = std::make_unique<BuiltGraph>();
+    BuiltGraph& g = *built;
+    g.bytes.assign(blob.begin(), blob.end());
+    const std::byte* p = g.bytes.data();
+    uint64_t left = g.bytes.size();
     uint32_t n_nodes = 0;
     std::memcpy(&n_nodes, p, 4);
     p += 4, left -= 4;
@@ -671,6 +680,7 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
     }
     // Nodes: among the tensors, each once.
     s.is_node.assign(n_tensors, 0);
+    g.nodes.reserve(n_nodes);
     for (uint64_t id : s.nodes) {
         auto it = s.index.find(id);
         if (it == s.index.end() || s.is_node[it->second]) return Code::bad_graph;
@@ -682,9 +692,9 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
     const size_t need =
         ggml_tensor_overhead() * (uint64_t{n_tensors} + n_nodes) + // + the index copies
         ggml_graph_overhead_custom(n_nodes, false) + 1024;
-    s.index_copies.clear();
-    ggml_context* ctx = graph_context(s, need);
-    if (!ctx) return Code::no_memory;
+    g.arena.reset(new (std::nothrow) std::byte[need]);
+    g.ctx = g.arena ? ggml_init({need, g.arena.get(), true}) : nullptr;
+    if (!g.ctx) return Code::no_memory;
     for (uint32_t i = 0; i < n_tensors; ++i) {
         const g::RpcTensor& t = s.tensors[i];
         Layout l;
@@ -693,8 +703,12 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
         Buffer* b = find_buffer(c, t.buffer.value());
         if (!b) return Code::unknown_handle;
         if (!range_inside(t.data, l.nbytes, b->size)) return Code::bad_tensor;
+        bool listed = false;
+        for (const auto& u : g.buffers)
+            listed = listed || u.handle == t.buffer.value();
+        if (!listed) g.buffers.push_back({t.buffer.value(), b->buffer, b->base});
         const int64_t ne[4] = {t.ne[0], t.ne[1], t.ne[2], t.ne[3]};
-        ggml_tensor* m = ggml_new_tensor(ctx, static_cast<ggml_type>(t.type), 4, ne);
+        ggml_tensor* m = ggml_new_tensor(g.ctx, static_cast<ggml_type>(t.type), 4, ne);
         if (!m) return Code::no_memory;
         for (int k = 0; k < 4; ++k)
             m->nb[k] = t.nb[k];
@@ -743,37 +757,79 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
             log_refusal(e, n);
             return e;
         }
+        g.nodes.push_back(n);
     }
-
-    ggml_cgraph* graph = ggml_new_graph_custom(ctx, n_nodes, false);
-    if (!graph) return Code::no_memory;
+    g.graph = ggml_new_graph_custom(g.ctx, n_nodes, false);
+    if (!g.graph) return Code::no_memory;
     // Nodes that index rows by tensor data run once the indices are computed: the nodes
     // before them that write the indices' memory run first, then the values are checked.
-    status = GGML_STATUS_SUCCESS;
     size_t from = 0;
     for (size_t i = 0; i < n_nodes; ++i) {
-        ggml_tensor* n = s.made[s.index[s.nodes[i]]];
+        ggml_tensor* n = g.nodes[i];
         const IndexRule rule = index_rule(*n);
         if (!rule.indices) continue;
-        bool written = false;
-        for (size_t k = from; k < i && !written; ++k)
-            written = overlaps(s.made[s.index[s.nodes[k]]], rule.indices);
-        if (written) {
-            compute_nodes(s, graph, from, i, status);
+        BuiltGraph::IndexCheck check;
+        check.node = i;
+        check.rows = rule.rows;
+        for (size_t k = from; k < i && !check.run_before; ++k)
+            check.run_before = overlaps(g.nodes[k], rule.indices);
+        if (check.run_before) from = i;
+        // Indices in guest memory could change between the check and the kernel's read:
+        // the kernel reads a host copy, and the copy is checked.
+        if (s.guest_backed.count(rule.indices->buffer))
+            if (Code e = make_index_copy(g.ctx, n, check); e != Code::ok) return e;
+        g.index_checks.push_back(std::move(check));
+    }
+    out = std::move(built);
+    return Code::ok;
+}
+
+/// Whether every buffer a built graph uses is still this context's, in the same memory.
+bool buffers_unchanged(Context& c, const BuiltGraph& g) {
+    for (const auto& u : g.buffers) {
+        const Buffer* b = find_buffer(c, u.handle);
+        if (!b || b->buffer != u.buffer || b->base != u.base) return false;
+    }
+    return true;
+}
+
+/// Runs a built graph: its data-dependent checks, then its nodes.
+Code run_graph(State& s, BuiltGraph& g, int32_t& status) {
+    status = GGML_STATUS_SUCCESS;
+    size_t from = 0;
+    for (const auto& check : g.index_checks) {
+        if (check.run_before) {
+            compute_nodes(s, g, from, check.node, status);
             if (status != GGML_STATUS_SUCCESS) return Code::ok;
-            from = i;
+            from = check.node;
         }
-        if (s.guest_backed.count(rule.indices->buffer)) {
-            // Indices in guest memory could change between the check and the kernel's
-            // read: the kernel reads a host copy, the copy is checked.
-            if (Code e = copy_indices(s, ctx, n); e != Code::ok) return e;
-            if (!copied_in_range(n->src[1], index_rule(*n).rows)) return Code::bad_index;
-        } else if (!indices_in_range(rule)) {
+        if (check.copy) {
+            fill_index_copy(check);
+            if (!copied_in_range(check.copy, check.rows)) return Code::bad_index;
+        } else if (!indices_in_range(index_rule(*g.nodes[check.node]))) {
             return Code::bad_index;
         }
     }
-    compute_nodes(s, graph, from, n_nodes, status);
+    compute_nodes(s, g, from, g.nodes.size(), status);
     return Code::ok;
+}
+
+Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& status) {
+    State& s = c.state;
+    if (r.size < 8 || r.size > max_graph_bytes) return Code::bad_graph;
+    std::span<const std::byte> blob = c.resolve(r.res_id, 0, r.size);
+    if (blob.empty()) return Code::bad_range;
+    ++s.graph_computes;
+    if (BuiltGraph* kept = s.graphs.find(blob)) {
+        if (buffers_unchanged(c, *kept)) {
+            ++s.graph_reuses;
+            return run_graph(s, *kept, status);
+        }
+        s.graphs.drop(kept);
+    }
+    std::unique_ptr<BuiltGraph> built;
+    if (Code e = build_graph(c, blob, built); e != Code::ok) return e;
+    return run_graph(s, s.graphs.keep(std::move(built)), status);
 }
 
 Answer<g::StatusReply> graph_compute(Context& c, const g::GraphComputeRequest& r) {

@@ -70,6 +70,8 @@ const char* get_config(uint32_t ctx, const char* key) {
     if (std::strcmp(key, "ggml.cpu.threads") == 0) return "1";
     if (std::strcmp(key, "ggml.host.max_memory") == 0 && ctx == 10) return "1048576";
     if (std::strcmp(key, "ggml.host.max_buffers") == 0 && ctx == 12) return "4";
+    if (std::strcmp(key, "ggml.host.graph_cache") == 0 && ctx == 14) return "0";
+    if (std::strcmp(key, "ggml.host.graph_cache") == 0 && ctx == 15) return "65";
     return nullptr;
 }
 void* get_shmem(uint32_t, uint32_t res) {
@@ -314,6 +316,62 @@ g::Graph add_round(Guest& guest, g::BufferHandle buf) {
     REQUIRE(guest.get(buf, c, blob, 0, 16) == 0);
     CHECK(read_blob(4) == std::vector<float>{11, 22, 33, 44});
     return graph;
+}
+
+/// What the backend writes to stderr while f runs.
+template <class F>
+std::string stderr_of(F&& f) {
+    std::fflush(stderr);
+    char path[] = "/tmp/apir-host-stderr-XXXXXX";
+    const int fd = mkstemp(path);
+    REQUIRE(fd >= 0);
+    unlink(path);
+    const int saved = dup(2);
+    dup2(fd, 2);
+    f();
+    std::fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+    std::string out;
+    lseek(fd, 0, SEEK_SET);
+    char chunk[4096];
+    for (ssize_t n; (n = read(fd, chunk, sizeof chunk)) > 0;)
+        out.append(chunk, static_cast<size_t>(n));
+    close(fd);
+    return out;
+}
+
+/// The backend's count of graphs computed and reused, from the line it logs when the
+/// context closes (destroys the guest).
+std::string close_and_count(std::unique_ptr<Guest>& guest) {
+    const std::string log = stderr_of([&] { guest.reset(); });
+    const auto at = log.find("context closed: ");
+    REQUIRE(at != std::string::npos);
+    return log.substr(at + 16, log.find('\n', at) - at - 16);
+}
+
+/// c = a + b for 4 floats of buf, a at 0 and b at 16, c at `c_at`: the packed graph.
+std::vector<std::byte> add_graph(g::BufferHandle buf, uint64_t c_at) {
+    g::Graph graph;
+    uint64_t ia = graph.add(f32({4}, buf, 0)), ib = graph.add(f32({4}, buf, 16));
+    graph.add_node(f32({4}, buf, c_at), static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
+    std::vector<std::byte> bytes(graph.encoded_size());
+    REQUIRE(graph.encode(bytes));
+    return bytes;
+}
+
+/// Uploads a and b (add_graph), computes `packed`, and returns the 4 floats at c_at.
+std::vector<float> add_with(Guest& guest, g::BufferHandle buf, std::span<const std::byte> packed,
+                            uint64_t c_at, std::vector<float> a, std::vector<float> b) {
+    fill_blob(a);
+    REQUIRE(guest.set(buf, f32({4}, buf, 0), blob, 0, 16) == 0);
+    fill_blob(b);
+    REQUIRE(guest.set(buf, f32({4}, buf, 16), blob, 0, 16) == 0);
+    auto r = guest.compute(packed);
+    REQUIRE(r.code == 0);
+    CHECK(r.reply.status == 0);
+    REQUIRE(guest.get(buf, f32({4}, buf, c_at), blob, 0, 16) == 0);
+    return read_blob(4);
 }
 
 /// A port of 127.0.0.1 nobody listens on (the kernel's pick, released).
@@ -970,4 +1028,113 @@ TEST_CASE("buffer slots are reused, and a freed buffer's handle stays unknown") 
     CHECK(r.reply.buffer.is_null());
     for (g::BufferHandle h : held)
         CHECK(guest.call<g::BufferGetBase>({h}).code == 0);
+}
+
+TEST_CASE("graph reuse: the same bytes run the graph built before, on the data of the day") {
+    auto guest = std::make_unique<Guest>(13);
+    g::BufferHandle buf = guest->alloc(4096);
+    const auto graph = add_graph(buf, 32);
+    // Built once, then run again on new inputs: each run computes the inputs it finds.
+    for (float k = 1; k <= 5; ++k) {
+        INFO("run " << k);
+        CHECK(add_with(*guest, buf, graph, 32, {k, 2 * k, 3 * k, 4 * k}, {10, 20, 30, 40}) ==
+              std::vector<float>{10 + k, 20 + 2 * k, 30 + 3 * k, 40 + 4 * k});
+    }
+    // Five other graphs (their output elsewhere): four are kept, the least recently used
+    // goes, so the first graph is built again and the last one is reused.
+    for (uint64_t i = 1; i <= 5; ++i)
+        CHECK(add_with(*guest, buf, add_graph(buf, 32 + 16 * i), 32 + 16 * i, {1, 1, 1, 1},
+                       {1, 2, 3, 4}) == std::vector<float>{2, 3, 4, 5});
+    CHECK(add_with(*guest, buf, graph, 32, {0, 0, 0, 0}, {1, 2, 3, 4}) ==
+          std::vector<float>{1, 2, 3, 4});
+    CHECK(add_with(*guest, buf, add_graph(buf, 112), 112, {2, 2, 2, 2}, {1, 2, 3, 4}) ==
+          std::vector<float>{3, 4, 5, 6});
+    // 5 + 5 + 1 + 1 computes; reused: the 4 repeats of the first graph and the last one.
+    CHECK(close_and_count(guest) == "12 graphs computed, 5 of them reused");
+}
+
+TEST_CASE("graph reuse: row indices and buffers are checked again on every run") {
+    auto guest = std::make_unique<Guest>(13);
+    g::BufferHandle own = guest->alloc(4096);
+    g_blobs[62].assign(4096, std::byte{0});
+    auto shared = guest->call<g::DeviceBufferFromPtr>({62, 4096, 4096});
+    REQUIRE(shared.code == 0);
+    const g::BufferHandle guest_mem = shared.reply.buffer;
+    // GET_ROWS of a 2x3 table, indices in the host's buffer or in guest memory.
+    fill_blob(std::vector<float>{1, 2, 3, 4, 5, 6});
+    REQUIRE(guest->set(own, f32({2, 3}, own, 0), blob, 0, 24) == 0);
+    for (g::BufferHandle where : {own, guest_mem}) {
+        INFO((where == own ? "indices in the host's buffer" : "indices in guest memory"));
+        g::Graph graph;
+        const g::RpcTensor idx = g::make_tensor(g::Type::i32, {2}).place(where, 256);
+        uint64_t it = graph.add(f32({2, 3}, own, 0)), ii = graph.add(idx);
+        graph.add_node(f32({2, 2}, own, 512), static_cast<g::Op>(GGML_OP_GET_ROWS), {it, ii});
+        std::vector<std::byte> bytes(graph.encoded_size());
+        REQUIRE(graph.encode(bytes));
+        auto rows = [&](int32_t r0, int32_t r1) {
+            const int32_t v[2] = {r0, r1};
+            if (where == own) {
+                g_blobs[blob].assign(64, std::byte{0});
+                std::memcpy(g_blobs[blob].data(), v, 8);
+                REQUIRE(guest->set(own, idx, blob, 0, 8) == 0);
+            } else {
+                std::memcpy(g_blobs[62].data() + 256, v, 8);
+            }
+            return guest->compute(bytes).code;
+        };
+        auto out = [&] {
+            REQUIRE(guest->get(own, f32({2, 2}, own, 512), blob, 0, 16) == 0);
+            return read_blob(4);
+        };
+        REQUIRE(rows(2, 0) == 0);
+        CHECK(out() == std::vector<float>{5, 6, 1, 2});
+        CHECK(rows(1, 3) == bad_index); // 3 is past the table's 3 rows
+        CHECK(rows(-1, 0) == bad_index);
+        REQUIRE(rows(1, 1) == 0);
+        CHECK(out() == std::vector<float>{3, 4, 3, 4});
+    }
+    // The guest's memory moves (its blob replaced): the kept graph is not run over the old
+    // memory, nor built again over the new one (the buffer is not at its place).
+    {
+        g::Graph graph;
+        uint64_t ia = graph.add(f32({4}, guest_mem, 0)), ib = graph.add(f32({4}, guest_mem, 16));
+        graph.add_node(f32({4}, guest_mem, 32), static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
+        std::vector<std::byte> bytes(graph.encoded_size());
+        REQUIRE(graph.encode(bytes));
+        REQUIRE(guest->compute(bytes).code == 0);
+        REQUIRE(guest->compute(bytes).code == 0);
+        Blob moved(4096);
+        g_blobs[62].swap(moved);
+        CHECK(guest->compute(bytes).code == unknown_handle);
+        g_blobs[62].swap(moved);
+        CHECK(guest->compute(bytes).code == 0);
+    }
+    // A freed buffer: its graph is refused, even when a new buffer takes its slot.
+    {
+        g::BufferHandle gone = guest->alloc(4096);
+        const auto graph = add_graph(gone, 32);
+        CHECK(add_with(*guest, gone, graph, 32, {1, 1, 1, 1}, {2, 2, 2, 2}) ==
+              std::vector<float>{3, 3, 3, 3});
+        REQUIRE(guest->call<g::BufferFreeBuffer>({gone}).code == 0);
+        CHECK(guest->compute(graph).code == unknown_handle);
+        g::BufferHandle next = guest->alloc(4096);
+        CHECK(next != gone);
+        CHECK(guest->compute(graph).code == unknown_handle);
+    }
+    // Rows: 4 + 4 computes, 3 + 3 reused. Moved memory: 4 computes, the second reused (the
+    // third found the graph but not its buffer, dropped it, and its build failed; the
+    // fourth built it again). Freed: 3 computes, none reused.
+    CHECK(close_and_count(guest) == "15 graphs computed, 7 of them reused");
+}
+
+TEST_CASE("graph reuse off (ggml.host.graph_cache=0): every compute builds its graph") {
+    auto guest = std::make_unique<Guest>(14);
+    g::BufferHandle buf = guest->alloc(4096);
+    const auto graph = add_graph(buf, 32);
+    for (float k = 1; k <= 3; ++k)
+        CHECK(add_with(*guest, buf, graph, 32, {k, k, k, k}, {1, 2, 3, 4}) ==
+              std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
+    CHECK(close_and_count(guest) == "3 graphs computed, 0 of them reused");
+    Guest bad(15); // more than 64 graphs
+    CHECK(bad.init_code == APIR_BACKEND_INIT_FAILED);
 }
