@@ -8,6 +8,7 @@
 
 #include "ggml-backend-impl.h"
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -33,11 +34,13 @@ public:
         for (auto [b, e] : ranges_)
             if (b <= begin && end <= e) return; // already there: repeated failures add nothing
         ranges_.emplace_back(begin, end);
+        count_.store(ranges_.size(), std::memory_order_release);
     }
     /// Written successfully: trusted again.
     void remove(uint64_t begin, uint64_t end) {
         if (begin >= end) return;
         std::lock_guard lk(mu_);
+        if (ranges_.empty()) return;
         std::vector<std::pair<uint64_t, uint64_t>> kept;
         for (auto [b, e] : ranges_) {
             if (e <= begin || b >= end) {
@@ -48,11 +51,16 @@ public:
             if (e > end) kept.emplace_back(end, e);
         }
         ranges_.swap(kept);
+        count_.store(ranges_.size(), std::memory_order_release);
     }
     void clear() {
         std::lock_guard lk(mu_);
         ranges_.clear();
+        count_.store(0, std::memory_order_release);
     }
+    /// Whether any range is untrusted (a read without the lock: a range added meanwhile
+    /// is as if it came after this call).
+    [[nodiscard]] bool any() const noexcept { return count_.load(std::memory_order_acquire) != 0; }
     [[nodiscard]] bool overlaps(uint64_t begin, uint64_t end) const {
         std::lock_guard lk(mu_);
         for (auto [b, e] : ranges_)
@@ -63,6 +71,7 @@ public:
 private:
     mutable std::mutex mu_;
     std::vector<std::pair<uint64_t, uint64_t>> ranges_;
+    std::atomic<size_t> count_{0}; ///< ranges_.size(), for any()
 };
 
 /// A buffer of the device. Shared: the device's table of live buffers holds one
@@ -78,7 +87,8 @@ struct Buffer {
 struct Stream {
     Device* dev;
     std::mutex mu;
-    Shmem graph_blob; // reused for every graph of this stream
+    Shmem graph_blob;                 // reused for every graph of this stream
+    bool blob_holds_encoding = false; ///< graph_blob holds encoding's bytes
     GraphEncoding encoding;
 };
 
@@ -411,8 +421,12 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         return GGML_STATUS_FAILED;
     }
     if (s->encoding.node_count() == 0) return GGML_STATUS_SUCCESS; // nothing to run
+    // Bytes that an earlier failure left untrusted (usually none at all).
+    const bool any_untrusted = std::any_of(holds.held.begin(), holds.held.end(),
+                                           [](const auto& h) { return h.second->untrusted.any(); });
     // The data the graph reads must be what the program wrote.
-    for (auto [t, rb] : s->encoding.inputs()) {
+    for (size_t i = 0; any_untrusted && i < s->encoding.inputs().size(); ++i) {
+        const ggml_tensor* t = s->encoding.inputs()[i];
         Buffer* buf = holds.buffer(tensor_buffer(t));
         if (!buf) continue;
         const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
@@ -426,6 +440,7 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
     const size_t n = s->encoding.size();
     if (s->graph_blob.size() < n) {
         s->graph_blob.reset();
+        s->blob_holds_encoding = false;
         auto blob = dev->remote->device().shmem(std::max(n, size_t{1} << 20));
         if (!blob) {
             dev->log().error("graph_compute: shared memory for {} bytes: {}", n,
@@ -434,23 +449,31 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         }
         s->graph_blob = std::move(*blob);
     }
-    if (auto w = s->encoding.write(s->graph_blob.bytes()); !w) {
-        dev->log().error("graph_compute: {}", w.error().message());
-        return GGML_STATUS_FAILED;
+    // The same graph as the last one: its bytes are in the blob already (nothing else in
+    // this process writes it).
+    if (!s->encoding.reused() || !s->blob_holds_encoding) {
+        s->blob_holds_encoding = false;
+        if (auto w = s->encoding.write(s->graph_blob.bytes()); !w) {
+            dev->log().error("graph_compute: {}", w.error().message());
+            return GGML_STATUS_FAILED;
+        }
+        s->blob_holds_encoding = true;
     }
     auto st = dev->remote->device().compute(s->graph_blob.res_id(), n);
     // The nodes' bytes are what the host just computed when it succeeded; after a
     // failure or a timeout (the host may still be writing them) they are not to be trusted.
     const bool computed = st && *st == ggml::Status::success;
-    for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) {
-        const ggml_tensor* t = ggml_graph_node(graph, i);
-        Buffer* buf = t->view_src ? nullptr : holds.buffer(t->buffer);
-        if (!buf) continue;
-        const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
-        if (computed)
-            buf->untrusted.remove(begin, end);
-        else
-            buf->untrusted.add(begin, end);
+    if (!computed || any_untrusted) {
+        for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) {
+            const ggml_tensor* t = ggml_graph_node(graph, i);
+            Buffer* buf = t->view_src ? nullptr : holds.buffer(t->buffer);
+            if (!buf) continue;
+            const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
+            if (computed)
+                buf->untrusted.remove(begin, end);
+            else
+                buf->untrusted.add(begin, end);
+        }
     }
     if (!st) {
         dev->log().error("graph_compute of {} nodes: {}", ggml_graph_n_nodes(graph),

@@ -1,5 +1,7 @@
 #include "tensor_codec.hpp"
 
+#include <algorithm>
+#include <cstring>
 #include <unordered_set>
 
 #include <fmt/format.h>
@@ -104,10 +106,36 @@ Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& 
     return ggml::to_rpc_tensor(t, buf.buffer.handle, base);
 }
 
+bool GraphEncoding::same_as_last(ggml_cgraph* graph, const BufferResolver& resolve) const {
+    const int n = ggml_graph_n_nodes(graph);
+    if (!complete_ || n < 0 || static_cast<size_t>(n) != node_ptrs_.size()) return false;
+    for (int i = 0; i < n; ++i)
+        if (ggml_graph_node(graph, i) != node_ptrs_[static_cast<size_t>(i)]) return false;
+    // Users before their sources (tensors_ lists sources first): a tensor is read only
+    // once the tensor that reached it (or the graph, for a node) is found unchanged, so
+    // no pointer of the last graph that this one no longer reaches is followed.
+    for (size_t i = reached_.size(); i-- > 0;)
+        if (std::memcmp(reached_[i], &snapshot_[i], sizeof(ggml_tensor)) != 0) return false;
+    for (const auto& [b, was] : buffers_) {
+        const RemoteBuffer* now = resolve(b);
+        if (!now || now->buffer.handle != was.buffer.handle || now->base != was.base ||
+            now->buffer.size != was.buffer.size)
+            return false;
+    }
+    return true;
+}
+
 Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& resolve) {
+    reused_ = same_as_last(graph, resolve);
+    if (reused_) return {};
+    complete_ = false;
     nodes_.clear();
     tensors_.clear();
     inputs_.clear();
+    node_ptrs_.clear();
+    reached_.clear();
+    snapshot_.clear();
+    buffers_.clear();
     const int n = ggml_graph_n_nodes(graph);
     if (n < 0) return fail(Errc::invalid_argument, "graph with a negative node count");
     nodes_.reserve(static_cast<size_t>(n));
@@ -144,16 +172,22 @@ Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& re
             if (!done->data)
                 return fail(Errc::invalid_argument,
                             fmt::format("{} has no data (not allocated)", tensor_label(done)));
-            const RemoteBuffer* rb = resolve(tensor_buffer(done));
+            const ggml_backend_buffer* buffer = tensor_buffer(done);
+            const RemoteBuffer* rb = resolve(buffer);
             if (!rb)
                 return fail(Errc::invalid_argument,
                             fmt::format("{} lives in a buffer that is not this device's ({})",
                                         tensor_label(done),
-                                        tensor_buffer(done) ? "another device" : "no buffer"));
+                                        buffer ? "another device" : "no buffer"));
             auto rt = encode_rpc_tensor(done, *rb);
             if (!rt) return Unexpected{std::move(rt).error()};
             tensors_.push_back(*rt);
-            if (!is_node.contains(done)) inputs_.emplace_back(done, rb);
+            reached_.push_back(done);
+            snapshot_.push_back(*done);
+            if (std::none_of(buffers_.begin(), buffers_.end(),
+                             [&](const auto& u) { return u.first == buffer; }))
+                buffers_.emplace_back(buffer, *rb);
+            if (!is_node.contains(done)) inputs_.push_back(done);
         }
         return {};
     };
@@ -161,9 +195,15 @@ Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& re
         const ggml_tensor* node = ggml_graph_node(graph, i);
         if (!node) return fail(Errc::invalid_argument, fmt::format("graph node {} is null", i));
         nodes_.push_back(id_of(node));
+        node_ptrs_.push_back(node);
         if (auto r = add(node); !r) return r;
     }
+    complete_ = true;
     return {};
+}
+
+Expected<size_t> GraphEncoding::write(std::span<std::byte> out) const {
+    return ggml::write_graph(nodes_, tensors_, out);
 }
 
 } // namespace apir::ggml_remote

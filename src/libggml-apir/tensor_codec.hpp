@@ -33,32 +33,47 @@ using BufferResolver = std::function<const RemoteBuffer*(const ggml_backend_buff
 [[nodiscard]] Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& buf);
 
 /// A graph made ready to send: its nodes and every tensor they reach, checked.
+///
+/// A program that computes the same graph again (a token of a language model after the
+/// last one) hands over the same tensors, unchanged but for their data. build() first
+/// compares the graph with the last one it built: the same nodes, every tensor reached
+/// byte for byte the same ggml_tensor, every buffer the same remote buffer. Then the
+/// encoding is the last one (reused() is true) and nothing is walked, checked or
+/// encoded again.
 class GraphEncoding {
 public:
     /// Walks the graph's nodes through src and view_src as ggml's host does. Fails
     /// (naming the tensor) when a tensor has no data, lives in a buffer that is not this
     /// device's, does not fit, has an op ggml's host cannot run, or when a chain of
-    /// sources is deeper than ggml::max_graph_depth.
+    /// sources is deeper than ggml::max_graph_depth. Resolves every buffer it uses.
     [[nodiscard]] Expected<void> build(ggml_cgraph* graph, const BufferResolver& resolve);
+    /// Whether the last build() found the graph it built before (and encoded nothing).
+    [[nodiscard]] bool reused() const noexcept { return reused_; }
     [[nodiscard]] size_t node_count() const noexcept { return nodes_.size(); }
-    /// The tensors the graph reads without computing them (reached, not nodes), each
-    /// with its buffer: the data the host must already hold.
-    [[nodiscard]] const std::vector<std::pair<const ggml_tensor*, const RemoteBuffer*>>&
-    inputs() const noexcept {
-        return inputs_;
-    }
+    /// The tensors the graph reads without computing them (reached, not nodes): the
+    /// data the host must already hold.
+    [[nodiscard]] const std::vector<const ggml_tensor*>& inputs() const noexcept { return inputs_; }
     [[nodiscard]] size_t size() const noexcept {
         return ggml::graph_encoded_size(nodes_.size(), tensors_.size());
     }
-    /// Writes the packed layout into out (apir::ggml::encode_graph).
-    [[nodiscard]] Expected<size_t> write(std::span<std::byte> out) const {
-        return ggml::encode_graph(nodes_, tensors_, out);
-    }
+    /// Writes the packed layout (apir::ggml::encode_graph's, without checking again what
+    /// build() checked) into out; INVALID_ARGUMENT when it does not fit.
+    [[nodiscard]] Expected<size_t> write(std::span<std::byte> out) const;
 
 private:
+    [[nodiscard]] bool same_as_last(ggml_cgraph* graph, const BufferResolver& resolve) const;
+
     std::vector<uint64_t> nodes_;
     std::vector<RpcTensor> tensors_;
-    std::vector<std::pair<const ggml_tensor*, const RemoteBuffer*>> inputs_;
+    std::vector<const ggml_tensor*> inputs_;
+    // What the last build saw, for same_as_last(): the graph's nodes, every tensor
+    // reached (in tensors_' order) with a copy of its bytes, and each buffer once.
+    std::vector<const ggml_tensor*> node_ptrs_;
+    std::vector<const ggml_tensor*> reached_;
+    std::vector<ggml_tensor> snapshot_;
+    std::vector<std::pair<const ggml_backend_buffer*, RemoteBuffer>> buffers_;
+    bool complete_ = false; ///< the last build succeeded: the fields above describe it
+    bool reused_ = false;
 };
 
 } // namespace apir::ggml_remote

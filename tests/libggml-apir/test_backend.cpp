@@ -5,6 +5,7 @@
 #include "catch.hpp"
 
 #include "registry.hpp"
+#include "tensor_codec.hpp"
 
 #include "apir/loopback.hpp"
 
@@ -903,4 +904,128 @@ int main(int argc, char** argv) {
     }
     ggml_backend_load_all(); // the CPU backend, for the test that needs one
     return Catch::Session().run(argc, argv);
+}
+
+TEST_CASE("a graph built again unchanged reuses its encoding; any change is encoded anew") {
+    // Tensors placed in a pretend buffer: encoding reads only their fields and addresses.
+    alignas(64) static std::byte memory[4096];
+    auto* const gbuf = reinterpret_cast<ggml_backend_buffer*>(uintptr_t{0x1000});
+    RemoteBuffer rb{{ggml::detail::HandleAccess::make<ggml::BufferTag>(0x8000000000000123ull),
+                     {},
+                     sizeof memory},
+                    reinterpret_cast<uintptr_t>(memory)};
+    int resolved = 0;
+    const BufferResolver resolve = [&](const ggml_backend_buffer* b) -> const RemoteBuffer* {
+        ++resolved;
+        return b == gbuf ? &rb : nullptr;
+    };
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 8);
+    ggml_tensor* s = ggml_scale(c.ctx, x, 2.0f);
+    ggml_tensor* y = ggml_add(c.ctx, s, x);
+    size_t at = 0;
+    for (ggml_tensor* t : {x, s, y}) {
+        t->buffer = gbuf;
+        t->data = memory + at;
+        at += 64;
+    }
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    ggml_build_forward_expand(g, y);
+
+    GraphEncoding e;
+    auto encoded = [&] {
+        std::vector<std::byte> out(e.size());
+        REQUIRE(e.write(out));
+        return out;
+    };
+    REQUIRE(e.build(g, resolve));
+    CHECK_FALSE(e.reused());
+    CHECK(e.node_count() == 2);
+    CHECK(e.inputs() == std::vector<const ggml_tensor*>{x});
+    const auto first = encoded();
+    // The same bytes are checked against ggml's rules (what the guest sends is valid).
+    auto decoded = ggml::decode_graph(first);
+    REQUIRE(decoded);
+    CHECK(decoded->tensors.size() == 3);
+
+    resolved = 0;
+    REQUIRE(e.build(g, resolve));
+    CHECK(e.reused());
+    CHECK(resolved == 1); // the one buffer, not each tensor
+    CHECK(encoded() == first);
+
+    SECTION("an op parameter changed in place") {
+        const float five = 5.0f;
+        std::memcpy(s->op_params, &five, sizeof five);
+        REQUIRE(e.build(g, resolve));
+        CHECK_FALSE(e.reused());
+        CHECK(encoded() != first);
+        REQUIRE(e.build(g, resolve));
+        CHECK(e.reused());
+    }
+    SECTION("a source changed, or a tensor's data moved") {
+        y->src[1] = s;
+        REQUIRE(e.build(g, resolve));
+        CHECK_FALSE(e.reused());
+        CHECK(e.inputs() == std::vector<const ggml_tensor*>{x}); // through s
+        y->src[1] = x;
+        x->data = memory + 512;
+        REQUIRE(e.build(g, resolve));
+        CHECK_FALSE(e.reused());
+    }
+    SECTION("the buffer is another remote buffer now (freed, and its pointer reused)") {
+        rb.buffer.handle = ggml::detail::HandleAccess::make<ggml::BufferTag>(0x8000000000000456ull);
+        REQUIRE(e.build(g, resolve));
+        CHECK_FALSE(e.reused());
+        CHECK(encoded() != first);
+    }
+    SECTION("another graph over the same tensors") {
+        Ctx c2(0);
+        ggml_cgraph* g2 = ggml_new_graph(c2.ctx);
+        ggml_build_forward_expand(g2, s);
+        REQUIRE(e.build(g2, resolve));
+        CHECK_FALSE(e.reused());
+        CHECK(e.node_count() == 1);
+    }
+    SECTION("a build that failed is not reused") {
+        x->data = nullptr;
+        CHECK_FALSE(e.build(g, resolve));
+        x->data = memory;
+        REQUIRE(e.build(g, resolve));
+        CHECK_FALSE(e.reused());
+        CHECK(encoded() == first);
+    }
+}
+
+TEST_CASE("a graph computed again computes today's data and today's parameters") {
+    Fixture f;
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 8);
+    ggml_tensor* s = ggml_scale(c.ctx, x, 2.0f);
+    ggml_tensor* y = ggml_add(c.ctx, s, x);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    REQUIRE(buf != nullptr);
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    ggml_build_forward_expand(g, y);
+    auto run = [&](float k) {
+        std::vector<float> in(8), out(8);
+        for (size_t i = 0; i < in.size(); ++i)
+            in[i] = k * static_cast<float>(i + 1);
+        ggml_backend_tensor_set(x, in.data(), 0, ggml_nbytes(x));
+        REQUIRE(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS);
+        ggml_backend_tensor_get(y, out.data(), 0, ggml_nbytes(y));
+        for (size_t i = 0; i < out.size(); ++i)
+            out[i] /= in[i];
+        return out; // y / x
+    };
+    CHECK(run(1) == std::vector<float>(8, 3.0f)); // 2x + x
+    CHECK(run(2) == std::vector<float>(8, 3.0f));
+    const float five = 5.0f;
+    std::memcpy(s->op_params, &five, sizeof five);
+    CHECK(run(3) == std::vector<float>(8, 6.0f)); // 5x + x
+    y->src[1] = s;
+    CHECK(run(1) == std::vector<float>(8, 10.0f)); // 5x + 5x
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
 }

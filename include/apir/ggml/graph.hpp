@@ -47,6 +47,11 @@ inline constexpr size_t max_graph_depth = 16384;
 [[nodiscard]] Expected<size_t> encode_graph(std::span<const uint64_t> nodes,
                                             std::span<const RpcTensor> tensors,
                                             std::span<std::byte> out);
+/// Writes the packed layout without validating it: for an encoder whose graph was
+/// checked as it was made (validate_graph's rules). ENCODE_OVERFLOW when out is short.
+[[nodiscard]] Expected<size_t> write_graph(std::span<const uint64_t> nodes,
+                                           std::span<const RpcTensor> tensors,
+                                           std::span<std::byte> out);
 
 /// A decoded graph (what a host reads); the tensors are copies.
 struct DecodedGraph {

@@ -296,9 +296,8 @@ Expected<void> validate_graph(std::span<const uint64_t> nodes, std::span<const R
     return {};
 }
 
-Expected<size_t> encode_graph(std::span<const uint64_t> nodes, std::span<const RpcTensor> tensors,
-                              std::span<std::byte> out) {
-    APIR_TRY(validate_graph(nodes, tensors));
+Expected<size_t> write_graph(std::span<const uint64_t> nodes, std::span<const RpcTensor> tensors,
+                             std::span<std::byte> out) {
     const uint64_t size = graph_encoded_size(nodes.size(), tensors.size());
     if (size > out.size())
         return fail(Errc::encode_overflow,
@@ -313,6 +312,12 @@ Expected<size_t> encode_graph(std::span<const uint64_t> nodes, std::span<const R
         e.put(t);
     APIR_TRY(e.status());
     return e.size();
+}
+
+Expected<size_t> encode_graph(std::span<const uint64_t> nodes, std::span<const RpcTensor> tensors,
+                              std::span<std::byte> out) {
+    APIR_TRY(validate_graph(nodes, tensors));
+    return write_graph(nodes, tensors, out);
 }
 
 Expected<DecodedGraph> decode_graph(std::span<const std::byte> in, uint64_t max_tensors) {
