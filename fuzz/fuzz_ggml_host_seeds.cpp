@@ -180,6 +180,20 @@ int main(int argc, char** argv) {
         uint64_t i = gr.add(t(g::Type::i32, {2}, 512));
         gr.add_node(f32({4, 2}, 1024), op(GGML_OP_GET_ROWS), {a, i});
         session("get_rows", gr);
+        // The same graph again (the host runs the graph it built): new indices, one past
+        // the rows, then its buffer freed.
+        Input again;
+        const int32_t valid[2] = {2, 0}, past[2] = {1, 3};
+        again.blob(valid, sizeof valid)
+            .call<g::BufferSetTensor>({buf1, t(g::Type::i32, {2}, 512), 3, 0, 8});
+        again.graph(gr);
+        again
+            .blob(past, sizeof past, 3) // blob 4 now; blob 3 keeps the graph
+            .call<g::BufferSetTensor>({buf1, t(g::Type::i32, {2}, 512), 4, 0, 8})
+            .call<g::BackendGraphCompute>({3, gr.encoded_size()})
+            .call<g::BufferFreeBuffer>({buf1})
+            .call<g::BackendGraphCompute>({3, gr.encoded_size()});
+        add("get_rows_again", std::move(again));
         g::Graph s;
         uint64_t rows = s.add(f32({4, 2}, 0));
         uint64_t idx = s.add(t(g::Type::i64, {2}, 512));

@@ -9,6 +9,7 @@
 #include "ggml-backend-impl.h"
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstring>
 #include <memory>
@@ -87,9 +88,29 @@ struct Buffer {
 struct Stream {
     Device* dev;
     std::mutex mu;
-    Shmem graph_blob;                 // reused for every graph of this stream
-    bool blob_holds_encoding = false; ///< graph_blob holds encoding's bytes
-    GraphEncoding encoding;
+    Shmem graph_blob; // reused for every graph of this stream
+    /// The last graphs encoded (a program may alternate between a few: ggml's scheduler
+    /// runs one per split), each reused while it stays the same; the least recently used
+    /// one is encoded over.
+    std::array<GraphEncoding, 4> encodings;
+    std::array<uint64_t, 4> last_use{};
+    uint64_t uses = 0;
+    const GraphEncoding* in_blob = nullptr; ///< whose bytes graph_blob holds
+
+    /// The encoding to build graph into: the one that last had its nodes, else the least
+    /// recently used.
+    GraphEncoding& encoding_for(const ggml_cgraph* graph) {
+        size_t pick = 0;
+        for (size_t i = 0; i < encodings.size(); ++i) {
+            if (encodings[i].same_nodes(graph)) {
+                pick = i;
+                break;
+            }
+            if (last_use[i] < last_use[pick]) pick = i;
+        }
+        last_use[pick] = ++uses;
+        return encodings[pick];
+    }
 };
 
 struct Device {
@@ -416,17 +437,18 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
     // Every buffer the graph names is held until the host has answered: one freed by
     // another thread meanwhile is freed on the host only after this call.
     Holds holds{dev, {}};
-    if (auto r = s->encoding.build(graph, holds.resolver()); !r) {
+    GraphEncoding& encoding = s->encoding_for(graph);
+    if (auto r = encoding.build(graph, holds.resolver()); !r) {
         dev->log().error("graph_compute: {}", r.error().message());
         return GGML_STATUS_FAILED;
     }
-    if (s->encoding.node_count() == 0) return GGML_STATUS_SUCCESS; // nothing to run
+    if (encoding.node_count() == 0) return GGML_STATUS_SUCCESS; // nothing to run
     // Bytes that an earlier failure left untrusted (usually none at all).
     const bool any_untrusted = std::any_of(holds.held.begin(), holds.held.end(),
                                            [](const auto& h) { return h.second->untrusted.any(); });
     // The data the graph reads must be what the program wrote.
-    for (size_t i = 0; any_untrusted && i < s->encoding.inputs().size(); ++i) {
-        const ggml_tensor* t = s->encoding.inputs()[i];
+    for (size_t i = 0; any_untrusted && i < encoding.inputs().size(); ++i) {
+        const ggml_tensor* t = encoding.inputs()[i];
         Buffer* buf = holds.buffer(tensor_buffer(t));
         if (!buf) continue;
         const auto [begin, end] = byte_range(*buf, t, 0, nbytes_or_zero(t));
@@ -437,10 +459,10 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
             return GGML_STATUS_FAILED;
         }
     }
-    const size_t n = s->encoding.size();
+    const size_t n = encoding.size();
     if (s->graph_blob.size() < n) {
         s->graph_blob.reset();
-        s->blob_holds_encoding = false;
+        s->in_blob = nullptr;
         auto blob = dev->remote->device().shmem(std::max(n, size_t{1} << 20));
         if (!blob) {
             dev->log().error("graph_compute: shared memory for {} bytes: {}", n,
@@ -449,15 +471,15 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         }
         s->graph_blob = std::move(*blob);
     }
-    // The same graph as the last one: its bytes are in the blob already (nothing else in
-    // this process writes it).
-    if (!s->encoding.reused() || !s->blob_holds_encoding) {
-        s->blob_holds_encoding = false;
-        if (auto w = s->encoding.write(s->graph_blob.bytes()); !w) {
+    // The graph the blob was last written with, unchanged: its bytes are there already
+    // (nothing else in this process writes the blob).
+    if (!encoding.reused() || s->in_blob != &encoding) {
+        s->in_blob = nullptr;
+        if (auto w = encoding.write(s->graph_blob.bytes()); !w) {
             dev->log().error("graph_compute: {}", w.error().message());
             return GGML_STATUS_FAILED;
         }
-        s->blob_holds_encoding = true;
+        s->in_blob = &encoding;
     }
     auto st = dev->remote->device().compute(s->graph_blob.res_id(), n);
     // The nodes' bytes are what the host just computed when it succeeded; after a

@@ -106,11 +106,17 @@ Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& 
     return ggml::to_rpc_tensor(t, buf.buffer.handle, base);
 }
 
-bool GraphEncoding::same_as_last(ggml_cgraph* graph, const BufferResolver& resolve) const {
-    const int n = ggml_graph_n_nodes(graph);
+bool GraphEncoding::same_nodes(const ggml_cgraph* graph) const {
+    auto* g = const_cast<ggml_cgraph*>(graph); // ggml's accessors take it mutable
+    const int n = ggml_graph_n_nodes(g);
     if (!complete_ || n < 0 || static_cast<size_t>(n) != node_ptrs_.size()) return false;
     for (int i = 0; i < n; ++i)
-        if (ggml_graph_node(graph, i) != node_ptrs_[static_cast<size_t>(i)]) return false;
+        if (ggml_graph_node(g, i) != node_ptrs_[static_cast<size_t>(i)]) return false;
+    return true;
+}
+
+bool GraphEncoding::same_as_last(ggml_cgraph* graph, const BufferResolver& resolve) const {
+    if (!same_nodes(graph)) return false;
     // Users before their sources (tensors_ lists sources first): a tensor is read only
     // once the tensor that reached it (or the graph, for a node) is found unchanged, so
     // no pointer of the last graph that this one no longer reaches is followed.

@@ -47,6 +47,9 @@ public:
     /// device's, does not fit, has an op ggml's host cannot run, or when a chain of
     /// sources is deeper than ggml::max_graph_depth. Resolves every buffer it uses.
     [[nodiscard]] Expected<void> build(ggml_cgraph* graph, const BufferResolver& resolve);
+    /// Whether graph has the nodes of the last graph built (the first test of build()'s
+    /// reuse; a cheap way to pick among several encodings).
+    [[nodiscard]] bool same_nodes(const ggml_cgraph* graph) const;
     /// Whether the last build() found the graph it built before (and encoded nothing).
     [[nodiscard]] bool reused() const noexcept { return reused_; }
     [[nodiscard]] size_t node_count() const noexcept { return nodes_.size(); }

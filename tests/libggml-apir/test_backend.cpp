@@ -1004,28 +1004,43 @@ TEST_CASE("a graph computed again computes today's data and today's parameters")
     ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 8);
     ggml_tensor* s = ggml_scale(c.ctx, x, 2.0f);
     ggml_tensor* y = ggml_add(c.ctx, s, x);
+    ggml_tensor* w = ggml_mul(c.ctx, x, x); // a second graph, computed in turn with the first
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
     REQUIRE(buf != nullptr);
     ggml_cgraph* g = ggml_new_graph(c.ctx);
     ggml_build_forward_expand(g, y);
-    auto run = [&](float k) {
+    Ctx c2(0);
+    ggml_cgraph* g2 = ggml_new_graph(c2.ctx);
+    ggml_build_forward_expand(g2, w);
+    // out / x after computing graph on x = k, 2k, ..., 8k.
+    auto run = [&](ggml_cgraph* graph, ggml_tensor* out_t, float k) {
         std::vector<float> in(8), out(8);
         for (size_t i = 0; i < in.size(); ++i)
             in[i] = k * static_cast<float>(i + 1);
         ggml_backend_tensor_set(x, in.data(), 0, ggml_nbytes(x));
-        REQUIRE(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS);
-        ggml_backend_tensor_get(y, out.data(), 0, ggml_nbytes(y));
+        REQUIRE(ggml_backend_graph_compute(backend, graph) == GGML_STATUS_SUCCESS);
+        ggml_backend_tensor_get(out_t, out.data(), 0, ggml_nbytes(out_t));
         for (size_t i = 0; i < out.size(); ++i)
             out[i] /= in[i];
-        return out; // y / x
+        return out;
     };
-    CHECK(run(1) == std::vector<float>(8, 3.0f)); // 2x + x
-    CHECK(run(2) == std::vector<float>(8, 3.0f));
+    auto times = [](float k) {
+        std::vector<float> v(8);
+        for (size_t i = 0; i < v.size(); ++i)
+            v[i] = k * static_cast<float>(i + 1);
+        return v;
+    };
+    for (float k = 1; k <= 3; ++k) {
+        CHECK(run(g, y, k) == std::vector<float>(8, 3.0f)); // (2x + x) / x
+        CHECK(run(g2, w, k) == times(k));                   // x * x / x
+    }
     const float five = 5.0f;
     std::memcpy(s->op_params, &five, sizeof five);
-    CHECK(run(3) == std::vector<float>(8, 6.0f)); // 5x + x
+    CHECK(run(g, y, 3) == std::vector<float>(8, 6.0f)); // 5x + x
+    CHECK(run(g2, w, 2) == times(2));
     y->src[1] = s;
-    CHECK(run(1) == std::vector<float>(8, 10.0f)); // 5x + 5x
+    CHECK(run(g, y, 1) == std::vector<float>(8, 10.0f)); // 5x + 5x
+    CHECK(run(g2, w, 1) == times(1));
     ggml_backend_buffer_free(buf);
     ggml_backend_free(backend);
 }
