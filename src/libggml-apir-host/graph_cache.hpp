@@ -54,16 +54,28 @@ struct BuiltGraph {
         std::unique_ptr<std::byte[]> copy_memory;
     };
     std::vector<IndexCheck> index_checks; ///< in node order
+    size_t arena_size = 0;
     uint64_t last_use = 0;
+
+    /// The host memory it holds, about.
+    [[nodiscard]] size_t footprint() const noexcept {
+        return bytes.size() + arena_size + nodes.size() * sizeof(ggml_tensor*);
+    }
 };
 
-/// The graphs a context built most recently, found by their bytes.
+/// The graphs a context built most recently, found by their bytes: at most capacity()
+/// graphs and max_footprint bytes of host memory, the least recently used going first.
+/// The default holds the graphs a program computes in turn (ggml's scheduler runs one
+/// per split: dozens a token for a large model with its attention on another device).
 class GraphCache {
 public:
     /// Graphs of more packed bytes than this are built for one run and not kept.
     static constexpr size_t max_bytes = size_t{16} << 20;
+    /// The memory all kept graphs may hold together.
+    static constexpr size_t max_footprint = size_t{64} << 20;
+    static constexpr size_t default_capacity = 64;
 
-    explicit GraphCache(size_t capacity = 4) : capacity_(capacity) {}
+    explicit GraphCache(size_t capacity = default_capacity) : capacity_(capacity) {}
     void set_capacity(size_t n) {
         capacity_ = n;
         while (graphs_.size() > capacity_)
@@ -84,17 +96,21 @@ public:
             }
         return nullptr;
     }
-    /// Keeps g (evicting the least recently used graph when full) and returns it; a
-    /// graph that may not be kept (capacity 0, too many bytes) is held until the next
-    /// keep() or drop() so that it can run once.
+    /// Keeps g (evicting the least recently used graphs until it fits) and returns it; a
+    /// graph that may not be kept (capacity 0, too large) is held until the next keep()
+    /// or clear() so that it can run once.
     BuiltGraph& keep(std::unique_ptr<BuiltGraph> g) {
         g->last_use = ++clock_;
-        if (capacity_ == 0 || g->bytes.size() > max_bytes) {
+        const size_t size = g->footprint();
+        if (capacity_ == 0 || g->bytes.size() > max_bytes || size > max_footprint) {
             once_ = std::move(g);
             return *once_;
         }
         once_.reset();
-        if (graphs_.size() >= capacity_) evict();
+        while (!graphs_.empty() &&
+               (graphs_.size() >= capacity_ || footprint_ + size > max_footprint))
+            evict();
+        footprint_ += size;
         graphs_.push_back(std::move(g));
         return *graphs_.back();
     }
@@ -102,12 +118,14 @@ public:
     void drop(const BuiltGraph* g) {
         for (auto it = graphs_.begin(); it != graphs_.end(); ++it)
             if (it->get() == g) {
+                footprint_ -= (*it)->footprint();
                 graphs_.erase(it);
                 return;
             }
     }
     void clear() {
         graphs_.clear();
+        footprint_ = 0;
         once_.reset();
     }
 
@@ -117,12 +135,14 @@ private:
         auto oldest = graphs_.begin();
         for (auto it = graphs_.begin(); it != graphs_.end(); ++it)
             if ((*it)->last_use < (*oldest)->last_use) oldest = it;
+        footprint_ -= (*oldest)->footprint();
         graphs_.erase(oldest);
     }
 
     std::vector<std::unique_ptr<BuiltGraph>> graphs_;
     std::unique_ptr<BuiltGraph> once_;
     size_t capacity_;
+    size_t footprint_ = 0; ///< of graphs_
     uint64_t clock_ = 0;
 };
 

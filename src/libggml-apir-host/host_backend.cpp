@@ -52,7 +52,8 @@ constexpr const char* config_rpc_device = "ggml.rpc.device";
 /// may lower it.
 constexpr uint64_t max_buffers = (uint64_t{1} << 20) - 1;
 constexpr const char* config_max_buffers = "ggml.host.max_buffers";
-/// Graphs one context keeps built for a compute of the same bytes (default 4; 0: none).
+/// Graphs one context keeps built for a compute of the same bytes (default 64, within
+/// 64 MiB; 0: none).
 constexpr const char* config_graph_cache = "ggml.host.graph_cache";
 /// A buffer handle: bit 63, the context's salt (bits 40..62), the slot's generation (bits
 /// 20..39) and the slot (bits 0..19, never 0). A freed slot is reused with the next
@@ -243,7 +244,7 @@ struct State {
         if (const char* m = c.config(config_graph_cache)) {
             char* end = nullptr;
             const unsigned long v = std::strtoul(m, &end, 10);
-            if (end == m || *end != '\0' || v > 64) {
+            if (end == m || *end != '\0' || v > 1024) {
                 log("bad graph count", config_graph_cache);
                 return false;
             }
@@ -693,6 +694,7 @@ Code build_graph(Context& c, std::span<const std::byte> blob, std::unique_ptr<Bu
         ggml_tensor_overhead() * (uint64_t{n_tensors} + n_nodes) + // + the index copies
         ggml_graph_overhead_custom(n_nodes, false) + 1024;
     g.arena.reset(new (std::nothrow) std::byte[need]);
+    g.arena_size = need;
     g.ctx = g.arena ? ggml_init({need, g.arena.get(), true}) : nullptr;
     if (!g.ctx) return Code::no_memory;
     for (uint32_t i = 0; i < n_tensors; ++i) {

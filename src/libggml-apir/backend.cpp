@@ -89,11 +89,13 @@ struct Stream {
     Device* dev;
     std::mutex mu;
     Shmem graph_blob; // reused for every graph of this stream
-    /// The last graphs encoded (a program may alternate between a few: ggml's scheduler
-    /// runs one per split), each reused while it stays the same; the least recently used
-    /// one is encoded over.
-    std::array<GraphEncoding, 4> encodings;
-    std::array<uint64_t, 4> last_use{};
+    /// The last graphs encoded (a program may alternate between many: ggml's scheduler
+    /// runs one per split, dozens a token for a large model with its attention on
+    /// another device), each reused while it stays the same; the least recently used one
+    /// is encoded over.
+    static constexpr size_t kept_encodings = 64;
+    std::array<GraphEncoding, kept_encodings> encodings;
+    std::array<uint64_t, kept_encodings> last_use{};
     uint64_t uses = 0;
     const GraphEncoding* in_blob = nullptr; ///< whose bytes graph_blob holds
 

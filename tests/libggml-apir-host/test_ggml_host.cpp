@@ -70,8 +70,9 @@ const char* get_config(uint32_t ctx, const char* key) {
     if (std::strcmp(key, "ggml.cpu.threads") == 0) return "1";
     if (std::strcmp(key, "ggml.host.max_memory") == 0 && ctx == 10) return "1048576";
     if (std::strcmp(key, "ggml.host.max_buffers") == 0 && ctx == 12) return "4";
+    if (std::strcmp(key, "ggml.host.graph_cache") == 0 && ctx == 13) return "4";
     if (std::strcmp(key, "ggml.host.graph_cache") == 0 && ctx == 14) return "0";
-    if (std::strcmp(key, "ggml.host.graph_cache") == 0 && ctx == 15) return "65";
+    if (std::strcmp(key, "ggml.host.graph_cache") == 0 && ctx == 15) return "1025";
     return nullptr;
 }
 void* get_shmem(uint32_t, uint32_t res) {
@@ -1031,7 +1032,7 @@ TEST_CASE("buffer slots are reused, and a freed buffer's handle stays unknown") 
 }
 
 TEST_CASE("graph reuse: the same bytes run the graph built before, on the data of the day") {
-    auto guest = std::make_unique<Guest>(13);
+    auto guest = std::make_unique<Guest>(13); // ggml.host.graph_cache = 4
     g::BufferHandle buf = guest->alloc(4096);
     const auto graph = add_graph(buf, 32);
     // Built once, then run again on new inputs: each run computes the inputs it finds.
@@ -1135,6 +1136,6 @@ TEST_CASE("graph reuse off (ggml.host.graph_cache=0): every compute builds its g
         CHECK(add_with(*guest, buf, graph, 32, {k, k, k, k}, {1, 2, 3, 4}) ==
               std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
     CHECK(close_and_count(guest) == "3 graphs computed, 0 of them reused");
-    Guest bad(15); // more than 64 graphs
+    Guest bad(15); // more than 1024 graphs
     CHECK(bad.init_code == APIR_BACKEND_INIT_FAILED);
 }
