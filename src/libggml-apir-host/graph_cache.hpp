@@ -55,11 +55,12 @@ struct BuiltGraph {
     };
     std::vector<IndexCheck> index_checks; ///< in node order
     size_t arena_size = 0;
+    size_t copy_bytes = 0; ///< of the index copies
     uint64_t last_use = 0;
 
     /// The host memory it holds, about.
     [[nodiscard]] size_t footprint() const noexcept {
-        return bytes.size() + arena_size + nodes.size() * sizeof(ggml_tensor*);
+        return bytes.size() + arena_size + copy_bytes + nodes.size() * sizeof(ggml_tensor*);
     }
 };
 
@@ -97,8 +98,8 @@ public:
         return nullptr;
     }
     /// Keeps g (evicting the least recently used graphs until it fits) and returns it; a
-    /// graph that may not be kept (capacity 0, too large) is held until the next keep()
-    /// or clear() so that it can run once.
+    /// graph that may not be kept (capacity 0, too large) is held for one run, until
+    /// let_go() (or the next keep() or clear()).
     BuiltGraph& keep(std::unique_ptr<BuiltGraph> g) {
         g->last_use = ++clock_;
         const size_t size = g->footprint();
@@ -114,6 +115,8 @@ public:
         graphs_.push_back(std::move(g));
         return *graphs_.back();
     }
+    /// Frees the graph keep() held for one run, if any.
+    void let_go() noexcept { once_.reset(); }
     /// Forgets g (its buffers are gone).
     void drop(const BuiltGraph* g) {
         for (auto it = graphs_.begin(); it != graphs_.end(); ++it)

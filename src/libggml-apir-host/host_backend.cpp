@@ -778,8 +778,10 @@ Code build_graph(Context& c, std::span<const std::byte> blob, std::unique_ptr<Bu
         if (check.run_before) from = i;
         // Indices in guest memory could change between the check and the kernel's read:
         // the kernel reads a host copy, and the copy is checked.
-        if (s.guest_backed.count(rule.indices->buffer))
+        if (s.guest_backed.count(rule.indices->buffer)) {
             if (Code e = make_index_copy(g.ctx, n, check); e != Code::ok) return e;
+            g.copy_bytes += ggml_nbytes(check.copy);
+        }
         g.index_checks.push_back(std::move(check));
     }
     out = std::move(built);
@@ -831,7 +833,9 @@ Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& st
     }
     std::unique_ptr<BuiltGraph> built;
     if (Code e = build_graph(c, blob, built); e != Code::ok) return e;
-    return run_graph(s, s.graphs.keep(std::move(built)), status);
+    const Code e = run_graph(s, s.graphs.keep(std::move(built)), status);
+    s.graphs.let_go(); // a graph too large to keep goes now
+    return e;
 }
 
 Answer<g::StatusReply> graph_compute(Context& c, const g::GraphComputeRequest& r) {

@@ -440,7 +440,14 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
     // another thread meanwhile is freed on the host only after this call.
     Holds holds{dev, {}};
     GraphEncoding& encoding = s->encoding_for(graph);
-    if (auto r = encoding.build(graph, holds.resolver()); !r) {
+    auto built = encoding.build(graph, holds.resolver());
+    // Built anew (or not at all): whatever the blob holds is not this encoding's bytes,
+    // even where the last write was of this encoding (a refusal below returns before
+    // the write).
+    if (!built || !encoding.reused()) {
+        if (s->in_blob == &encoding) s->in_blob = nullptr;
+    }
+    if (auto& r = built; !r) {
         dev->log().error("graph_compute: {}", r.error().message());
         return GGML_STATUS_FAILED;
     }

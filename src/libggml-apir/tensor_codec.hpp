@@ -60,7 +60,7 @@ public:
         return ggml::graph_encoded_size(nodes_.size(), tensors_.size());
     }
     /// Writes the packed layout (apir::ggml::encode_graph's, without checking again what
-    /// build() checked) into out; INVALID_ARGUMENT when it does not fit.
+    /// build() checked) into out; ENCODE_OVERFLOW when it does not fit.
     [[nodiscard]] Expected<size_t> write(std::span<std::byte> out) const;
 
 private:

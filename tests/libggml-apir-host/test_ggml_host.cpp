@@ -1139,3 +1139,45 @@ TEST_CASE("graph reuse off (ggml.host.graph_cache=0): every compute builds its g
     Guest bad(15); // more than 1024 graphs
     CHECK(bad.init_code == APIR_BACKEND_INIT_FAILED);
 }
+
+TEST_CASE("graph reuse: indices a node of the graph computes are checked after it, each run") {
+    auto guest = std::make_unique<Guest>(13);
+    g::BufferHandle own = guest->alloc(4096);
+    // Node 1 gathers a row of an I32 table: the indices of node 2, which gathers rows of a
+    // float table. Node 2's indices exist only once node 1 has run.
+    const g::RpcTensor values = f32({2, 3}, own, 0);
+    const g::RpcTensor table = g::make_tensor(g::Type::i32, {2, 3}).place(own, 64);
+    const g::RpcTensor pick = g::make_tensor(g::Type::i32, {1}).place(own, 128);
+    g::Graph graph;
+    uint64_t iv = graph.add(values), it = graph.add(table), ip = graph.add(pick);
+    uint64_t rows = graph.add_node(g::make_tensor(g::Type::i32, {2, 1}).place(own, 192),
+                                   static_cast<g::Op>(GGML_OP_GET_ROWS), {it, ip});
+    graph.add_node(f32({2, 2, 1}, own, 256), static_cast<g::Op>(GGML_OP_GET_ROWS), {iv, rows});
+    std::vector<std::byte> bytes(graph.encoded_size());
+    REQUIRE(graph.encode(bytes));
+    fill_blob(std::vector<float>{1, 2, 3, 4, 5, 6});
+    REQUIRE(guest->set(own, values, blob, 0, 24) == 0);
+    const int32_t t[6] = {2, 0, 1, 1, 0, 5}; // row 2 names row 5 of 3
+    g_blobs[blob].assign(64, std::byte{0});
+    std::memcpy(g_blobs[blob].data(), t, sizeof t);
+    REQUIRE(guest->set(own, table, blob, 0, sizeof t) == 0);
+    auto run = [&](int32_t row) {
+        g_blobs[blob].assign(64, std::byte{0});
+        std::memcpy(g_blobs[blob].data(), &row, 4);
+        REQUIRE(guest->set(own, pick, blob, 0, 4) == 0);
+        return guest->compute(bytes).code;
+    };
+    auto out = [&] {
+        REQUIRE(guest->get(own, f32({4}, own, 256), blob, 0, 16) == 0);
+        return read_blob(4);
+    };
+    REQUIRE(run(0) == 0);
+    CHECK(out() == std::vector<float>{5, 6, 1, 2}); // rows 2 and 0
+    REQUIRE(run(1) == 0);
+    CHECK(out() == std::vector<float>{3, 4, 3, 4}); // rows 1 and 1
+    CHECK(run(2) == bad_index);                     // node 1 gave row 5
+    CHECK(run(3) == bad_index);                     // node 1's own index is past its table
+    REQUIRE(run(0) == 0);
+    CHECK(out() == std::vector<float>{5, 6, 1, 2});
+    CHECK(close_and_count(guest) == "5 graphs computed, 4 of them reused");
+}

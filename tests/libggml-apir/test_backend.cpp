@@ -1044,3 +1044,36 @@ TEST_CASE("a graph computed again computes today's data and today's parameters")
     ggml_backend_buffer_free(buf);
     ggml_backend_free(backend);
 }
+
+TEST_CASE("a graph changed and refused (untrusted input) is written to the blob when it runs") {
+    LogCapture log;
+    Fixture f(test_backend_config("refuse_bad_set"));
+    ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);
+    Ctx c;
+    ggml_tensor* x = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+    ggml_tensor* y = ggml_add(c.ctx, x, x);
+    ggml_tensor* elsewhere = ggml_new_tensor_1d(c.ctx, GGML_TYPE_F32, 64);
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(c.ctx, backend);
+    REQUIRE(buf != nullptr);
+    ggml_cgraph* g = ggml_new_graph(c.ctx);
+    ggml_build_forward_expand(g, y);
+    std::vector<float> v = random_floats(64, 21), got(64, 0.f);
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    REQUIRE(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS); // in the blob
+    // x's bytes become untrusted; the graph changes (y's output moves), is encoded anew
+    // and refused before anything is written.
+    ggml_set_name(x, "bad-x");
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    ggml_set_name(x, "");
+    y->data = elsewhere->data;
+    CHECK(ggml_backend_graph_compute(backend, g) == GGML_STATUS_FAILED);
+    // Written again, the same changed graph computes: the host gets its bytes, not the
+    // last ones the blob held (which would write the old place of y).
+    ggml_backend_tensor_set(x, v.data(), 0, ggml_nbytes(x));
+    REQUIRE(ggml_backend_graph_compute(backend, g) == GGML_STATUS_SUCCESS);
+    ggml_backend_tensor_get(y, got.data(), 0, ggml_nbytes(y));
+    for (size_t i = 0; i < got.size(); ++i)
+        CHECK(got[i] == v[i] + v[i]);
+    ggml_backend_buffer_free(buf);
+    ggml_backend_free(backend);
+}
