@@ -21,6 +21,7 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <cerrno>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -106,6 +107,25 @@ int usable_cpus() {
     return n > 0 ? n : 1;
 }
 
+/// A number of the host's configuration: absent (out keeps its default), or decimal
+/// digits in [min, max]; anything else is logged (what: key) and fails.
+template <class C>
+bool config_number(C& c, const char* key, uint64_t min, uint64_t max, const char* what,
+                   uint64_t& out) {
+    const char* v = c.config(key);
+    if (!v) return true;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long n = std::strtoull(v, &end, 10);
+    if (v[0] < '0' || v[0] > '9' || end == v || *end != '\0' || errno == ERANGE || n < min ||
+        n > max) {
+        log(what, key);
+        return false;
+    }
+    out = n;
+    return true;
+}
+
 struct Buffer {
     ggml_backend_buffer_t buffer = nullptr;
     char* base = nullptr; ///< ggml's base (host memory for host buffers)
@@ -170,15 +190,10 @@ struct State {
                     path);
                 return false;
             }
-            if (const char* d = c.config(config_rpc_device)) {
-                char* end = nullptr;
-                const unsigned long v = std::strtoul(d, &end, 10);
-                if (end == d || *end != '\0' || v > 1023) {
-                    log("bad RPC device index", config_rpc_device);
-                    return false;
-                }
-                device_index = v;
-            }
+            uint64_t index = 0;
+            if (!config_number(c, config_rpc_device, 0, 1023, "bad RPC device index", index))
+                return false;
+            device_index = index;
             reg = add(endpoint); // null when the server cannot be reached or has no device
             if (!reg) {
                 log("no RPC server with a device at", endpoint);
@@ -204,52 +219,24 @@ struct State {
             log("the ggml device did not initialize");
             return false;
         }
-        int threads = usable_cpus();
-        const char* fixed_threads = c.config(config_threads);
-        if (const char* t = fixed_threads) {
-            char* end = nullptr;
-            const long v = std::strtol(t, &end, 10);
-            if (end == t || *end != '\0' || v < 1 || v > 1024) {
-                log("bad thread count", config_threads);
-                return false;
-            }
-            threads = static_cast<int>(v);
-        }
+        uint64_t threads = static_cast<uint64_t>(usable_cpus());
+        const bool fixed_threads = c.config(config_threads) != nullptr;
+        if (!config_number(c, config_threads, 1, 1024, "bad thread count", threads)) return false;
         set_threads = reinterpret_cast<ggml_backend_set_n_threads_t>(
             ggml_backend_reg_get_proc_address(reg, "ggml_backend_set_n_threads"));
-        if (set_threads) set_threads(backend, threads);
+        if (set_threads) set_threads(backend, static_cast<int>(threads));
         adapt_threads = set_threads && !fixed_threads;
-        max_threads = threads_now = threads;
+        max_threads = threads_now = static_cast<int>(threads);
         size_t free_mem = 0, total_mem = 0;
         ggml_backend_dev_memory(dev, &free_mem, &total_mem);
         max_memory = total_mem;
-        if (const char* m = c.config(config_max_memory)) {
-            char* end = nullptr;
-            const unsigned long long v = std::strtoull(m, &end, 10);
-            if (end == m || *end != '\0') {
-                log("bad memory limit", config_max_memory);
-                return false;
-            }
-            max_memory = v;
-        }
-        if (const char* m = c.config(config_max_buffers)) {
-            char* end = nullptr;
-            const unsigned long long v = std::strtoull(m, &end, 10);
-            if (end == m || *end != '\0' || v < 1 || v > max_buffers) {
-                log("bad buffer count", config_max_buffers);
-                return false;
-            }
-            buffer_limit = v;
-        }
-        if (const char* m = c.config(config_graph_cache)) {
-            char* end = nullptr;
-            const unsigned long v = std::strtoul(m, &end, 10);
-            if (end == m || *end != '\0' || v > 1024) {
-                log("bad graph count", config_graph_cache);
-                return false;
-            }
-            graphs.set_capacity(v);
-        }
+        uint64_t kept_graphs = graphs.capacity();
+        if (!config_number(c, config_max_memory, 0, UINT64_MAX, "bad memory limit", max_memory) ||
+            !config_number(c, config_max_buffers, 1, max_buffers, "bad buffer count",
+                           buffer_limit) ||
+            !config_number(c, config_graph_cache, 0, 1024, "bad graph count", kept_graphs))
+            return false;
+        graphs.set_capacity(kept_graphs);
         salt = random_salt();
         return true;
     }
