@@ -2,9 +2,10 @@
 // over a ggml device, with nothing a guest sends trusted (docs/GGML-HOST.md).
 //
 // State is per context (apir::ContextRegistry): the ggml device and backend, the buffers
-// this context allocated (looked up by opaque handles, never dereferenced), the arena graphs
-// are decoded into. Every handler is bound to the guest's call type (apir/ggml/commands.hpp)
-// through the kit's typed table, except the two whose request is ggml's raw tensor.
+// this context allocated (looked up by opaque handles, never dereferenced), the graphs it
+// built (graph_cache.hpp: run again when the same bytes come back). Every handler is bound
+// to the guest's call type (apir/ggml/commands.hpp) through the kit's typed table, except
+// the two whose request is ggml's raw tensor.
 #include "checks.hpp"
 #include "graph_cache.hpp"
 
