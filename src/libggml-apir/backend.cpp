@@ -480,9 +480,10 @@ ggml_status stream_graph_compute(ggml_backend_t b, ggml_cgraph* graph) {
         }
         s->graph_blob = std::move(*blob);
     }
-    // The graph the blob was last written with, unchanged: its bytes are there already
-    // (nothing else in this process writes the blob).
-    if (!encoding.reused() || s->in_blob != &encoding) {
+    // The graph the blob was last written with, unchanged (in_blob is cleared above when
+    // it was built anew): its bytes are there already (nothing else in this process
+    // writes the blob).
+    if (s->in_blob != &encoding) {
         s->in_blob = nullptr;
         if (auto w = encoding.write(s->graph_blob.bytes()); !w) {
             dev->log().error("graph_compute: {}", w.error().message());

@@ -13,6 +13,9 @@ namespace {
 uint64_t id_of(const ggml_tensor* t) noexcept {
     return reinterpret_cast<uintptr_t>(t);
 }
+const ggml_tensor* tensor_of(uint64_t id) noexcept {
+    return reinterpret_cast<const ggml_tensor*>(static_cast<uintptr_t>(id));
+}
 
 std::string tensor_label(const ggml_tensor* t) {
     return fmt::format("tensor '{}' ({} {})", t->name, ggml_op_desc(t), ggml_type_name(t->type));
@@ -109,9 +112,9 @@ Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& 
 bool GraphEncoding::same_nodes(const ggml_cgraph* graph) const {
     auto* g = const_cast<ggml_cgraph*>(graph); // ggml's accessors take it mutable
     const int n = ggml_graph_n_nodes(g);
-    if (!complete_ || n < 0 || static_cast<size_t>(n) != node_ptrs_.size()) return false;
+    if (!complete_ || n < 0 || static_cast<size_t>(n) != nodes_.size()) return false;
     for (int i = 0; i < n; ++i)
-        if (ggml_graph_node(g, i) != node_ptrs_[static_cast<size_t>(i)]) return false;
+        if (id_of(ggml_graph_node(g, i)) != nodes_[static_cast<size_t>(i)]) return false;
     return true;
 }
 
@@ -120,8 +123,9 @@ bool GraphEncoding::same_as_last(ggml_cgraph* graph, const BufferResolver& resol
     // Users before their sources (tensors_ lists sources first): a tensor is read only
     // once the tensor that reached it (or the graph, for a node) is found unchanged, so
     // no pointer of the last graph that this one no longer reaches is followed.
-    for (size_t i = reached_.size(); i-- > 0;)
-        if (std::memcmp(reached_[i], &snapshot_[i], sizeof(ggml_tensor)) != 0) return false;
+    for (size_t i = tensors_.size(); i-- > 0;)
+        if (std::memcmp(tensor_of(tensors_[i].id), &snapshot_[i], sizeof(ggml_tensor)) != 0)
+            return false;
     for (const auto& [b, was] : buffers_) {
         const RemoteBuffer* now = resolve(b);
         if (!now || now->buffer.handle != was.buffer.handle || now->base != was.base ||
@@ -138,8 +142,6 @@ Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& re
     nodes_.clear();
     tensors_.clear();
     inputs_.clear();
-    node_ptrs_.clear();
-    reached_.clear();
     snapshot_.clear();
     buffers_.clear();
     const int n = ggml_graph_n_nodes(graph);
@@ -188,7 +190,6 @@ Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& re
             auto rt = encode_rpc_tensor(done, *rb);
             if (!rt) return Unexpected{std::move(rt).error()};
             tensors_.push_back(*rt);
-            reached_.push_back(done);
             snapshot_.push_back(*done);
             if (std::none_of(buffers_.begin(), buffers_.end(),
                              [&](const auto& u) { return u.first == buffer; }))
@@ -201,7 +202,6 @@ Expected<void> GraphEncoding::build(ggml_cgraph* graph, const BufferResolver& re
         const ggml_tensor* node = ggml_graph_node(graph, i);
         if (!node) return fail(Errc::invalid_argument, fmt::format("graph node {} is null", i));
         nodes_.push_back(id_of(node));
-        node_ptrs_.push_back(node);
         if (auto r = add(node); !r) return r;
     }
     complete_ = true;

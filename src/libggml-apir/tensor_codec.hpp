@@ -66,13 +66,11 @@ public:
 private:
     [[nodiscard]] bool same_as_last(ggml_cgraph* graph, const BufferResolver& resolve) const;
 
-    std::vector<uint64_t> nodes_;
-    std::vector<RpcTensor> tensors_;
+    std::vector<uint64_t> nodes_;    ///< ids: the nodes' addresses
+    std::vector<RpcTensor> tensors_; ///< ids: the reached tensors' addresses
     std::vector<const ggml_tensor*> inputs_;
-    // What the last build saw, for same_as_last(): the graph's nodes, every tensor
-    // reached (in tensors_' order) with a copy of its bytes, and each buffer once.
-    std::vector<const ggml_tensor*> node_ptrs_;
-    std::vector<const ggml_tensor*> reached_;
+    // What else the last build saw, for same_as_last(): a copy of the bytes of every
+    // tensor reached (in tensors_' order), and each buffer once.
     std::vector<ggml_tensor> snapshot_;
     std::vector<std::pair<const ggml_backend_buffer*, RemoteBuffer>> buffers_;
     bool complete_ = false; ///< the last build succeeded: the fields above describe it
