@@ -300,22 +300,36 @@ uint32_t one_node(Guest& guest, std::vector<g::RpcTensor> srcs, g::RpcTensor out
     return guest.compute(packed(1, nodes, n + 1, srcs)).code;
 }
 
-/// c = a + b on the first 48 bytes of buf: uploads a and b, computes, downloads and checks
-/// c. Returns the graph, to compute again.
-g::Graph add_round(Guest& guest, g::BufferHandle buf) {
-    g::RpcTensor a = f32({4}, buf, 0), b = f32({4}, buf, 16), c = f32({4}, buf, 32);
-    fill_blob(std::vector<float>{1, 2, 3, 4});
-    REQUIRE(guest.set(buf, a, blob, 0, 16) == 0);
-    fill_blob(std::vector<float>{10, 20, 30, 40});
-    REQUIRE(guest.set(buf, b, blob, 0, 16) == 0);
+/// c = a + b for 4 floats of buf, a at 0 and b at 16, c at `c_at`: the packed graph.
+std::vector<std::byte> add_graph(g::BufferHandle buf, uint64_t c_at) {
     g::Graph graph;
-    uint64_t ia = graph.add(a), ib = graph.add(b);
-    graph.add_node(c, static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
-    auto r = guest.compute(graph);
+    uint64_t ia = graph.add(f32({4}, buf, 0)), ib = graph.add(f32({4}, buf, 16));
+    graph.add_node(f32({4}, buf, c_at), static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
+    std::vector<std::byte> bytes(graph.encoded_size());
+    REQUIRE(graph.encode(bytes));
+    return bytes;
+}
+
+/// Uploads a and b (add_graph), computes `packed`, and returns the 4 floats at c_at.
+std::vector<float> add_with(Guest& guest, g::BufferHandle buf, std::span<const std::byte> packed,
+                            uint64_t c_at, std::vector<float> a, std::vector<float> b) {
+    fill_blob(a);
+    REQUIRE(guest.set(buf, f32({4}, buf, 0), blob, 0, 16) == 0);
+    fill_blob(b);
+    REQUIRE(guest.set(buf, f32({4}, buf, 16), blob, 0, 16) == 0);
+    auto r = guest.compute(packed);
     REQUIRE(r.code == 0);
     CHECK(r.reply.status == 0);
-    REQUIRE(guest.get(buf, c, blob, 0, 16) == 0);
-    CHECK(read_blob(4) == std::vector<float>{11, 22, 33, 44});
+    REQUIRE(guest.get(buf, f32({4}, buf, c_at), blob, 0, 16) == 0);
+    return read_blob(4);
+}
+
+/// c = a + b on the first 48 bytes of buf: uploads a and b, computes, downloads and checks
+/// c. Returns the packed graph, to compute again.
+std::vector<std::byte> add_round(Guest& guest, g::BufferHandle buf) {
+    auto graph = add_graph(buf, 32);
+    CHECK(add_with(guest, buf, graph, 32, {1, 2, 3, 4}, {10, 20, 30, 40}) ==
+          std::vector<float>{11, 22, 33, 44});
     return graph;
 }
 
@@ -349,30 +363,6 @@ std::string close_and_count(std::unique_ptr<Guest>& guest) {
     const auto at = log.find("context closed: ");
     REQUIRE(at != std::string::npos);
     return log.substr(at + 16, log.find('\n', at) - at - 16);
-}
-
-/// c = a + b for 4 floats of buf, a at 0 and b at 16, c at `c_at`: the packed graph.
-std::vector<std::byte> add_graph(g::BufferHandle buf, uint64_t c_at) {
-    g::Graph graph;
-    uint64_t ia = graph.add(f32({4}, buf, 0)), ib = graph.add(f32({4}, buf, 16));
-    graph.add_node(f32({4}, buf, c_at), static_cast<g::Op>(GGML_OP_ADD), {ia, ib});
-    std::vector<std::byte> bytes(graph.encoded_size());
-    REQUIRE(graph.encode(bytes));
-    return bytes;
-}
-
-/// Uploads a and b (add_graph), computes `packed`, and returns the 4 floats at c_at.
-std::vector<float> add_with(Guest& guest, g::BufferHandle buf, std::span<const std::byte> packed,
-                            uint64_t c_at, std::vector<float> a, std::vector<float> b) {
-    fill_blob(a);
-    REQUIRE(guest.set(buf, f32({4}, buf, 0), blob, 0, 16) == 0);
-    fill_blob(b);
-    REQUIRE(guest.set(buf, f32({4}, buf, 16), blob, 0, 16) == 0);
-    auto r = guest.compute(packed);
-    REQUIRE(r.code == 0);
-    CHECK(r.reply.status == 0);
-    REQUIRE(guest.get(buf, f32({4}, buf, c_at), blob, 0, 16) == 0);
-    return read_blob(4);
 }
 
 /// A port of 127.0.0.1 nobody listens on (the kernel's pick, released).
@@ -457,7 +447,7 @@ TEST_CASE("a remote device through ggml's RPC backend, checked like a local one"
     CHECK(name.reply.value.rfind("RPC", 0) == 0);
 
     g::BufferHandle buf = guest.alloc(64 * 1024);
-    const g::Graph graph = add_round(guest, buf);
+    const auto graph = add_round(guest, buf);
     const g::RpcTensor a = f32({4}, buf, 0), c = f32({4}, buf, 32);
 
     // The checks guard the remote device as they guard a local one: a node ggml-cpu would
