@@ -247,6 +247,22 @@ int main(int argc, char** argv) {
         v2.add_node(f32({4}, 1024), op(GGML_OP_ADD), {vid, vid});
         session("view_add", v2);
     }
+    {
+        // Attention: 2 query rows of 2 heads over 3 keys of 1 head, a mask and sinks.
+        g::Graph gr;
+        uint64_t q = gr.add(f32({8, 2, 2}, 0));
+        uint64_t k = gr.add(t(g::Type::f16, {8, 3, 1}, 256));
+        uint64_t vv = gr.add(t(g::Type::f16, {8, 3, 1}, 320));
+        uint64_t m = gr.add(t(g::Type::f16, {3, 2}, 384));
+        uint64_t sk = gr.add(f32({2}, 448));
+        g::RpcTensor d = f32({8, 2, 2}, 1024);
+        float scale = 0.35f;
+        std::memcpy(&d.op_params[0], &scale, 4);
+        d.op = GGML_OP_FLASH_ATTN_EXT, d.src[0] = q, d.src[1] = k, d.src[2] = vv, d.src[3] = m,
+        d.src[4] = sk, d.flags = g::flag_compute;
+        gr.add_node(d);
+        session("flash_attn_ext", gr);
+    }
 
     for (auto& [name, in] : seeds) {
         std::string path = std::string(argv[1]) + "/" + name;

@@ -385,6 +385,57 @@ Code check_glu(const ggml_tensor* d) {
                  d->ne[3] == a->ne[3]);
 }
 
+// FLASH_ATTN_EXT: q (F32) against k and v, with an optional F16 mask and F32 sinks. What
+// ggml_flash_attn_ext and ggml_flash_attn_ext_add_sinks assert, and what ggml-cpu's kernels
+// assume without asserting it:
+// - q is read as F32 rows whatever its type;
+// - k and v are read for every query at the key row it counts (up to k's ne1), at the head
+//   that broadcasts to the query's (q's heads a multiple of theirs);
+// - the mask is read as F16 at rows up to q's ne1 and columns up to k's ne1, its heads and
+//   batches taken modulo its own (so none may be 0);
+// - the sinks are read at every query head;
+// - the output is written by rows at indices made from its ne alone, so it must be the
+//   contiguous [v's ne0, q's heads, q's rows, q's batches] ggml makes;
+// - query rows are counted in int.
+// k and v rows may not overlap (nb1 at least a row): the key count is then bounded by
+// their memory, and so is the work a graph can ask for.
+Code check_flash_attn(const ggml_tensor* d) {
+    const ggml_tensor* q = d->src[0];
+    const ggml_tensor* k = d->src[1];
+    const ggml_tensor* v = d->src[2];
+    const ggml_tensor* mask = d->src[3];
+    const ggml_tensor* sinks = d->src[4];
+    if (!q || !k || !v) return Code::bad_tensor;
+    const int32_t prec = param(d, 3);
+    if (prec != GGML_PREC_DEFAULT && prec != GGML_PREC_F32) return Code::bad_tensor;
+    if (q->type != GGML_TYPE_F32 || d->type != GGML_TYPE_F32) return Code::bad_tensor;
+    const auto kv_type = [](ggml_type t) { return is_float(t) || cpu_reads_quantized(t); };
+    if (!kv_type(k->type) || !kv_type(v->type)) return Code::bad_tensor;
+    if (!elem_stride(q) || !elem_stride(k) || !elem_stride(v)) return Code::bad_tensor;
+    if (k->nb[1] < ggml_row_size(k->type, k->ne[0]) || v->nb[1] < ggml_row_size(v->type, v->ne[0]))
+        return Code::bad_tensor;
+    for (const ggml_tensor* kv : {k, v})
+        if (kv->ne[2] == 0 || kv->ne[3] == 0 || q->ne[2] % kv->ne[2] != 0 ||
+            kv->ne[3] != q->ne[3] || kv->ne[1] != k->ne[1])
+            return Code::bad_tensor;
+    if (q->ne[0] != k->ne[0]) return Code::bad_tensor;
+    if (d->ne[0] != v->ne[0] || d->ne[1] != q->ne[2] || d->ne[2] != q->ne[1] ||
+        d->ne[3] != q->ne[3] || !ggml_is_contiguous(d))
+        return Code::bad_tensor;
+    if (ggml_nrows(q) > INT32_MAX) return Code::bad_tensor;
+    if (mask) {
+        if (mask->type != GGML_TYPE_F16 || !ggml_is_contiguous(mask) || mask->ne[0] < k->ne[1] ||
+            mask->ne[1] < q->ne[1] || mask->ne[2] == 0 || mask->ne[3] == 0 ||
+            q->ne[2] % mask->ne[2] != 0 || q->ne[3] % mask->ne[3] != 0)
+            return Code::bad_tensor;
+    } else if (param_f32(d, 1) > 0.0f) {
+        return Code::bad_tensor; // ggml asserts a mask with ALiBi (max_bias > 0)
+    }
+    if (sinks && (sinks->type != GGML_TYPE_F32 || sinks->ne[0] != q->ne[2] || !elem_stride(sinks)))
+        return Code::bad_tensor;
+    return Code::ok;
+}
+
 // VIEW, RESHAPE, PERMUTE, TRANSPOSE, NONE: nothing is computed (the data is where the
 // layout check put it).
 Code check_no_compute(const ggml_tensor* d) {
@@ -429,6 +480,8 @@ Code check_op(const ggml_tensor& node) noexcept {
         return check_unary(d);
     case GGML_OP_GLU:
         return check_glu(d);
+    case GGML_OP_FLASH_ATTN_EXT:
+        return check_flash_attn(d);
     default:
         return Code::unsupported_op;
     }
@@ -490,6 +543,11 @@ uint64_t node_work(const ggml_tensor& node) noexcept {
         node.src[0]->ne[0] > 0) {
         const auto k = static_cast<uint64_t>(node.src[0]->ne[0]);
         return out > UINT64_MAX / k ? UINT64_MAX : out * k;
+    }
+    if (node.op == GGML_OP_FLASH_ATTN_EXT && node.src[1] && node.src[1]->ne[1] > 0) {
+        // Each output row: a dot product with every key and a sum of as many value rows.
+        const auto keys = static_cast<uint64_t>(node.src[1]->ne[1]);
+        return out > UINT64_MAX / keys / 2 ? UINT64_MAX : out * keys * 2;
     }
     return out;
 }

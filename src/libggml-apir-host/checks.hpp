@@ -73,7 +73,8 @@ struct IndexRule {
 
 /// The work of a node that computes, for choosing a thread count: its multiply-adds for a
 /// matrix product (MUL_MAT, MUL_MAT_ID: each output element a dot product of src[0]'s
-/// rows), else its output's elements.
+/// rows), twice its output's elements per key for FLASH_ATTN_EXT, else its output's
+/// elements.
 [[nodiscard]] uint64_t node_work(const ggml_tensor& node) noexcept;
 
 /// The minimum work per computing node and thread for a thread to pay: ggml's CPU device

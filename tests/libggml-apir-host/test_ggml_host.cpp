@@ -20,8 +20,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
 #include <chrono>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -1170,4 +1172,190 @@ TEST_CASE("graph reuse: indices a node of the graph computes are checked after i
     REQUIRE(run(0) == 0);
     CHECK(out() == std::vector<float>{5, 6, 1, 2});
     CHECK(close_and_count(guest) == "5 graphs computed, 4 of them reused");
+}
+
+namespace {
+
+/// The half-precision bits of a float that F16 holds exactly (0, ±inf, or a normal number
+/// with at most 11 significant bits); the attention test uses no other.
+uint16_t half_bits(float f) {
+    const auto u = std::bit_cast<uint32_t>(f);
+    const auto sign = static_cast<uint16_t>((u >> 16) & 0x8000);
+    if ((u & 0x7fffffff) == 0) return sign;
+    if (std::isinf(f)) return sign | 0x7c00;
+    const int exp = static_cast<int>((u >> 23) & 0xff) - 127 + 15;
+    REQUIRE(exp > 0);
+    REQUIRE(exp < 31);
+    REQUIRE((u & 0x1fff) == 0); // no bits lost
+    return sign | static_cast<uint16_t>(exp << 10) | static_cast<uint16_t>((u >> 13) & 0x3ff);
+}
+
+/// Attention as ggml defines FLASH_ATTN_EXT, in double: for each query row i and head h,
+/// softmax over the keys of scale * q.k + mask (and the head's sink in the denominator),
+/// times v; k and v heads broadcast to q's. Output [dv, heads, rows], as ggml lays it out.
+std::vector<float> attention(const std::vector<float>& q, const std::vector<float>& k,
+                             const std::vector<float>& v, const std::vector<float>& mask,
+                             const std::vector<float>& sinks, int d, int rows, int heads, int keys,
+                             int kv_heads, float scale) {
+    std::vector<float> out(static_cast<size_t>(d * heads * rows));
+    for (int i = 0; i < rows; ++i)
+        for (int h = 0; h < heads; ++h) {
+            const int kh = h / (heads / kv_heads);
+            std::vector<double> s(static_cast<size_t>(keys));
+            double top = -INFINITY;
+            for (int j = 0; j < keys; ++j) {
+                double dot = 0;
+                for (int x = 0; x < d; ++x)
+                    dot += double{q[static_cast<size_t>((h * rows + i) * d + x)]} *
+                           k[static_cast<size_t>((kh * keys + j) * d + x)];
+                s[static_cast<size_t>(j)] = scale * dot + mask[static_cast<size_t>(i * keys + j)];
+                top = std::max(top, s[static_cast<size_t>(j)]);
+            }
+            if (!sinks.empty()) top = std::max(top, double{sinks[static_cast<size_t>(h)]});
+            double sum = sinks.empty() ? 0 : std::exp(sinks[static_cast<size_t>(h)] - top);
+            for (double& e : s)
+                sum += (e = std::exp(e - top));
+            for (int x = 0; x < d; ++x) {
+                double acc = 0;
+                for (int j = 0; j < keys; ++j)
+                    acc +=
+                        s[static_cast<size_t>(j)] * v[static_cast<size_t>((kh * keys + j) * d + x)];
+                out[static_cast<size_t>((i * heads + h) * d + x)] = static_cast<float>(acc / sum);
+            }
+        }
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("FLASH_ATTN_EXT: ggml's attention, on shapes its CPU kernels can run") {
+    Guest guest(16);
+    g::BufferHandle buf = guest.alloc(64 * 1024);
+    // 3 query rows of 4 heads against 5 keys of 2 heads (each shared by 2 query heads),
+    // 8 values a row, one batch; the mask hides the keys past row i + 2.
+    constexpr int d = 8, rows = 3, heads = 4, keys = 5, kv_heads = 2;
+    constexpr float scale = 0.25f;
+    std::vector<float> q(d * rows * heads), k(d * keys * kv_heads), v(k.size());
+    for (size_t i = 0; i < q.size(); ++i)
+        q[i] = static_cast<float>(static_cast<int>(i % 7) - 3) / 4;
+    for (size_t i = 0; i < k.size(); ++i) {
+        k[i] = static_cast<float>(static_cast<int>(i % 5) - 2) / 2;
+        v[i] = static_cast<float>(static_cast<int>(i % 11) - 5) / 8;
+    }
+    std::vector<float> mask(rows * keys);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < keys; ++j)
+            mask[static_cast<size_t>(i * keys + j)] = j > i + 2 ? -INFINITY : 0.0f;
+    const std::vector<float> sinks{0.5f, -1.0f, 0.0f, 2.0f};
+
+    // Every tensor 4 KiB from the next; the data goes in through the blob.
+    auto upload = [&](const g::RpcTensor& t, std::span<const std::byte> bytes) {
+        auto& bl = g_blobs[blob];
+        bl.assign(1 << 16, std::byte{0});
+        std::memcpy(bl.data(), bytes.data(), bytes.size());
+        REQUIRE(guest.set(buf, t, blob, 0, bytes.size()) == 0);
+    };
+    auto halves = [](const std::vector<float>& f) {
+        std::vector<uint16_t> h(f.size());
+        for (size_t i = 0; i < f.size(); ++i)
+            h[i] = half_bits(f[i]);
+        return h;
+    };
+    const g::RpcTensor tq = f32({d, rows, heads}, buf, 0);
+    const g::RpcTensor tk = f32({d, keys, kv_heads}, buf, 4096);
+    const g::RpcTensor tv = f32({d, keys, kv_heads}, buf, 8192);
+    const g::RpcTensor hk = typed(GGML_TYPE_F16, {d, keys, kv_heads}, buf, 12288);
+    const g::RpcTensor hv = typed(GGML_TYPE_F16, {d, keys, kv_heads}, buf, 16384);
+    const g::RpcTensor tm = typed(GGML_TYPE_F16, {keys, rows}, buf, 20480);
+    const g::RpcTensor ts = f32({heads}, buf, 24576);
+    const g::RpcTensor out = f32({d, heads, rows}, buf, 28672);
+    upload(tq, std::as_bytes(std::span(q)));
+    upload(tk, std::as_bytes(std::span(k)));
+    upload(tv, std::as_bytes(std::span(v)));
+    const auto k16 = halves(k), v16 = halves(v), m16 = halves(mask);
+    upload(hk, std::as_bytes(std::span(k16)));
+    upload(hv, std::as_bytes(std::span(v16)));
+    upload(tm, std::as_bytes(std::span(m16)));
+    upload(ts, std::as_bytes(std::span(sinks)));
+
+    const std::initializer_list<std::pair<int, int32_t>> params{{0, f32_bits(scale)}};
+    auto result = [&] {
+        REQUIRE(guest.get(buf, out, blob, 0, d * heads * rows * 4) == 0);
+        return read_blob(d * heads * rows);
+    };
+    auto near = [](const std::vector<float>& got, const std::vector<float>& want) {
+        REQUIRE(got.size() == want.size());
+        for (size_t i = 0; i < got.size(); ++i) {
+            INFO("element " << i);
+            CHECK(std::abs(got[i] - want[i]) <= 1e-3f * (1 + std::abs(want[i])));
+        }
+    };
+
+    SECTION("F32 and F16 keys and values, with and without sinks") {
+        const auto plain = attention(q, k, v, mask, {}, d, rows, heads, keys, kv_heads, scale);
+        const auto sunk = attention(q, k, v, mask, sinks, d, rows, heads, keys, kv_heads, scale);
+        REQUIRE(one_node(guest, {tq, tk, tv, tm}, out, GGML_OP_FLASH_ATTN_EXT, params) == 0);
+        near(result(), plain);
+        REQUIRE(one_node(guest, {tq, hk, hv, tm}, out, GGML_OP_FLASH_ATTN_EXT, params) == 0);
+        near(result(), plain);
+        REQUIRE(one_node(guest, {tq, hk, hv, tm, ts}, out, GGML_OP_FLASH_ATTN_EXT, params) == 0);
+        near(result(), sunk);
+        // GGML_PREC_F32 (what llama.cpp sets) computes the same.
+        REQUIRE(one_node(guest, {tq, hk, hv, tm}, out, GGML_OP_FLASH_ATTN_EXT,
+                         {{0, f32_bits(scale)}, {3, GGML_PREC_F32}}) == 0);
+        near(result(), plain);
+    }
+    SECTION("shapes and types the kernels would read or write past, or abort on") {
+        auto fa = [&](std::vector<g::RpcTensor> srcs, g::RpcTensor o,
+                      std::initializer_list<std::pair<int, int32_t>> p = {}) {
+            return one_node(guest, std::move(srcs), o, GGML_OP_FLASH_ATTN_EXT,
+                            p.size() ? p : params);
+        };
+        // The output's rows and heads swapped: written at indices past it.
+        CHECK(fa({tq, hk, hv, tm}, f32({d, rows, heads}, buf, 28672)) == bad_tensor);
+        // An output with gaps between its rows.
+        g::RpcTensor gappy = out;
+        gappy.nb[1] = 64, gappy.nb[2] = 64 * heads, gappy.nb[3] = 64 * heads * rows;
+        CHECK(fa({tq, hk, hv, tm}, gappy) == bad_tensor);
+        // q of F16: read as F32 rows, twice their bytes.
+        CHECK(fa({typed(GGML_TYPE_F16, {d, rows, heads}, buf, 0), hk, hv, tm}, out) == bad_tensor);
+        // A query head count that k's (or v's) heads do not divide: 3 key heads.
+        CHECK(fa({tq, typed(GGML_TYPE_F16, {d, 1, 3}, buf, 12288), hv, tm}, out) == bad_tensor);
+        CHECK(fa({tq, hk, typed(GGML_TYPE_F16, {d, keys, 3}, buf, 16384), tm}, out) == bad_tensor);
+        // Fewer value rows than keys.
+        CHECK(fa({tq, hk, typed(GGML_TYPE_F16, {d, keys - 1, kv_heads}, buf, 16384), tm}, out) ==
+              bad_tensor);
+        // A key row length other than q's.
+        CHECK(fa({tq, typed(GGML_TYPE_F16, {d / 2, keys, kv_heads}, buf, 12288), hv, tm}, out) ==
+              bad_tensor);
+        // Keys whose rows all sit at one address: a million of them in 16 bytes.
+        g::RpcTensor zero = hk;
+        zero.ne[1] = 1 << 20, zero.nb[1] = 0, zero.nb[2] = 0, zero.nb[3] = 0;
+        g::RpcTensor zero_v = hv;
+        zero_v.ne[1] = 1 << 20, zero_v.nb[1] = 0, zero_v.nb[2] = 0, zero_v.nb[3] = 0;
+        CHECK(fa({tq, zero, zero_v}, out) == bad_tensor);
+        // The mask: F32, too few columns for the keys, too few rows for the queries, 0 heads.
+        CHECK(fa({tq, hk, hv, f32({keys, rows}, buf, 20480)}, out) == bad_tensor);
+        CHECK(fa({tq, hk, hv, typed(GGML_TYPE_F16, {keys - 1, rows}, buf, 20480)}, out) ==
+              bad_tensor);
+        CHECK(fa({tq, hk, hv, typed(GGML_TYPE_F16, {keys, rows - 1}, buf, 20480)}, out) ==
+              bad_tensor);
+        CHECK(fa({tq, hk, hv, typed(GGML_TYPE_F16, {keys, rows, 0}, buf, 20480)}, out) ==
+              bad_tensor);
+        // Sinks: one per query head, F32.
+        CHECK(fa({tq, hk, hv, tm, f32({heads - 1}, buf, 24576)}, out) == bad_tensor);
+        CHECK(fa({tq, hk, hv, tm, typed(GGML_TYPE_F16, {heads}, buf, 24576)}, out) == bad_tensor);
+        // A precision ggml-cpu has no case for; ALiBi (max_bias > 0) without a mask.
+        CHECK(fa({tq, hk, hv, tm}, out, {{0, f32_bits(scale)}, {3, 5}}) == bad_tensor);
+        CHECK(fa({tq, hk, hv}, out, {{0, f32_bits(scale)}, {1, f32_bits(8.0f)}}) == bad_tensor);
+        // Key types the CPU cannot read.
+        CHECK(fa({tq, typed(GGML_TYPE_I32, {d, keys, kv_heads}, buf, 12288), hv, tm}, out) ==
+              bad_tensor);
+        // Without a mask and with ALiBi and a mask: ggml computes both.
+        CHECK(fa({tq, hk, hv}, out) == 0);
+        CHECK(fa({tq, hk, hv, tm}, out, {{0, f32_bits(scale)}, {1, f32_bits(8.0f)}}) == 0);
+    }
+    // After every refusal the context goes on, and computes the right thing.
+    REQUIRE(one_node(guest, {tq, tk, tv, tm}, out, GGML_OP_FLASH_ATTN_EXT, params) == 0);
+    near(result(), attention(q, k, v, mask, {}, d, rows, heads, keys, kv_heads, scale));
 }

@@ -29,8 +29,8 @@ TEST_CASE("host threads: ops that the device only reinterprets do not compute") 
         CHECK(op_computes(op));
 }
 
-TEST_CASE("host threads: a matrix product's work is its multiply-adds, another node's its "
-          "elements") {
+TEST_CASE("host threads: a matrix product's work is its multiply-adds, attention's its "
+          "keys', another node's its elements") {
     ggml_tensor a = tensor(GGML_OP_NONE, 256, 32000); // weights: 32000 rows of 256
     ggml_tensor b = tensor(GGML_OP_NONE, 256, 7);     // 7 tokens
     ggml_tensor mm = tensor(GGML_OP_MUL_MAT, 32000, 7);
@@ -39,6 +39,11 @@ TEST_CASE("host threads: a matrix product's work is its multiply-adds, another n
     ggml_tensor add = tensor(GGML_OP_ADD, 256, 7, 2);
     add.src[0] = &b, add.src[1] = &b;
     CHECK(node_work(add) == 256 * 7 * 2);
+    // Attention: each output element a dot product and a sum over every key (k's ne1).
+    ggml_tensor q = tensor(GGML_OP_NONE, 64, 7, 8), k = tensor(GGML_OP_NONE, 64, 512, 2);
+    ggml_tensor fa = tensor(GGML_OP_FLASH_ATTN_EXT, 64, 8, 7);
+    fa.src[0] = &q, fa.src[1] = &k, fa.src[2] = &k;
+    CHECK(node_work(fa) == uint64_t{64} * 8 * 7 * 512 * 2);
     // Saturates instead of wrapping.
     ggml_tensor huge_a = tensor(GGML_OP_NONE, int64_t{1} << 40);
     ggml_tensor huge = tensor(GGML_OP_MUL_MAT, int64_t{1} << 30, int64_t{1} << 30);
