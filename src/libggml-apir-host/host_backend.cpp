@@ -541,9 +541,21 @@ bool overlaps(const ggml_tensor* a, const ggml_tensor* b) {
     return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
 }
 
+/// Whether a node computed over a source's memory does so in place, as ggml's allocator
+/// places a node only over a parent of the same layout: the same data, type, ne and nb,
+/// so that every row the kernel writes is the row it reads.
+bool in_place(const ggml_tensor* n, const ggml_tensor* src) {
+    if (n->data != src->data || n->type != src->type) return false;
+    for (int i = 0; i < GGML_MAX_DIMS; ++i)
+        if (n->ne[i] != src->ne[i] || n->nb[i] != src->nb[i]) return false;
+    return true;
+}
+
 /// A node that writes over memory it reads while it runs: a copy (DUP, CONT, CPY) onto its
 /// own source is memcpy's undefined case in ggml-cpu; a row op (GET_ROWS, SET_ROWS) writing
-/// over its indices would read indices changed after they were checked.
+/// over its indices would read indices changed after they were checked; any other node
+/// over a source it does not replace in place (RMS_NORM's row memcpy over its source one
+/// float on: found by fuzz-ggml-host).
 bool writes_over_its_input(const ggml_tensor* n) {
     const ggml_tensor* a = n->src[0];
     const ggml_tensor* b = n->src[1];
@@ -556,6 +568,9 @@ bool writes_over_its_input(const ggml_tensor* n) {
     case GGML_OP_SET_ROWS:
         return (a && overlaps(n, a)) || (b && overlaps(n, b));
     default:
+        if (!op_computes(n->op)) return false;
+        for (const ggml_tensor* src : n->src)
+            if (src && overlaps(n, src) && !in_place(n, src)) return true;
         return false;
     }
 }

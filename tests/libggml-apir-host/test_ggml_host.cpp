@@ -946,7 +946,8 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         CHECK(rope(GGML_ROPE_TYPE_NORMAL) == 0);
         CHECK(rope(GGML_ROPE_TYPE_NEOX) == 0);
     }
-    SECTION("a copy onto its own source, a row op writing over its indices or rows") {
+    SECTION("a copy onto its own source, a row op writing over its indices or rows, any "
+            "op over its source") {
         const g::RpcTensor src = f32({8}, buf, 0);
         const g::RpcTensor shifted = f32({8}, buf, 4); // one float on: the ranges overlap
         for (ggml_op op : {GGML_OP_CPY, GGML_OP_DUP, GGML_OP_CONT}) {
@@ -971,6 +972,22 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         CHECK(one_node(guest, {rows, idx64}, f32({4, 4}, buf, 2 * k - 32), GGML_OP_SET_ROWS) ==
               bad_tensor);
         CHECK(one_node(guest, {rows, idx64}, f32({4, 4}, buf, k), GGML_OP_SET_ROWS) == 0);
+        // Any other op over its source, unless exactly in place (the same data and layout,
+        // as ggml's allocator places a node over its parent): RMS_NORM copies each row
+        // before scaling it (found by fuzz-ggml-host), ADD, SCALE, UNARY.
+        const g::RpcTensor row = f32({8, 2}, buf, 0), row_on = f32({8, 2}, buf, 4);
+        CHECK(one_node(guest, {row}, row_on, GGML_OP_RMS_NORM, {{0, f32_bits(1e-6f)}}) ==
+              bad_tensor);
+        CHECK(one_node(guest, {row}, row, GGML_OP_RMS_NORM, {{0, f32_bits(1e-6f)}}) == 0);
+        g::RpcTensor spread = row; // the same data, its second row 16 bytes further on
+        spread.nb[1] = 48, spread.nb[2] = spread.nb[3] = 96;
+        CHECK(one_node(guest, {row, f32({8}, buf, k)}, spread, GGML_OP_ADD) == bad_tensor);
+        CHECK(one_node(guest, {row}, row, GGML_OP_SCALE, {{0, f32_bits(2.0f)}}) == 0);
+        CHECK(one_node(guest, {row, f32({8}, buf, k)}, row_on, GGML_OP_ADD) == bad_tensor);
+        CHECK(one_node(guest, {row, f32({8}, buf, k)}, row, GGML_OP_ADD) == 0);
+        CHECK(one_node(guest, {row}, row_on, GGML_OP_UNARY, {{0, GGML_UNARY_OP_SILU}}) ==
+              bad_tensor);
+        CHECK(one_node(guest, {row}, row, GGML_OP_UNARY, {{0, GGML_UNARY_OP_SILU}}) == 0);
     }
     SECTION("RMS_NORM, NORM: an epsilon below 0 or NaN (ggml asserts eps >= 0)") {
         const g::RpcTensor a = f32({8, 2}, buf, 0), d = f32({8, 2}, buf, k);
