@@ -480,7 +480,12 @@ TEST_CASE("munmap_range unmaps any part of a mapping; the last page releases it"
     CHECK(dev->munmap_range(b + 4096, 4096) == -ENOENT); // nothing of the device there
     CHECK(dev->munmap(p, 3 * 4096) == -EINVAL);          // the seam wants a whole mapping
     REQUIRE(drm::ioctl_gem_close(*dev, fd, h) == 0);
-    CHECK(dev->munmap_range(b, 3 * 4096, &released) == 0);
+    // The pieces left, one at a time: the middle page was given back and the process may
+    // have mapped other memory there since, which a range over all three would unmap.
+    CHECK(dev->munmap_range(b + 2 * 4096, 4096, &released) == 0);
+    CHECK(released == 0);
+    CHECK(dev->mappings() == 1);
+    CHECK(dev->munmap_range(b, 4096, &released) == 0);
     CHECK(released == 1);
     CHECK(dev->mappings() == 0);
     CHECK(dev->objects() == 0);

@@ -92,6 +92,28 @@ int gem_close(int fd, uint32_t handle) {
     return ioctl(fd, uapi::ioctl_gem_close, &g);
 }
 
+// The file mapped at addr as /proc/self/maps names it (device and inode), or "" when
+// nothing, or anonymous memory, is mapped there.
+std::string file_mapped_at(const void* addr) {
+    std::string found;
+    FILE* f = std::fopen("/proc/self/maps", "r");
+    if (!f) return found;
+    const auto a = reinterpret_cast<uintptr_t>(addr);
+    char* line = nullptr;
+    size_t cap = 0;
+    while (getline(&line, &cap, f) > 0) {
+        unsigned long lo = 0, hi = 0, inode = 0;
+        char dev[32] = {};
+        if (std::sscanf(line, "%lx-%lx %*s %*s %31s %lu", &lo, &hi, dev, &inode) != 4) continue;
+        if (a < lo || a >= hi) continue;
+        if (inode != 0) found = std::string(dev) + " " + std::to_string(inode);
+        break;
+    }
+    std::free(line);
+    std::fclose(f);
+    return found;
+}
+
 // Sends an APIR command (words) whose reply goes to page; 0 or -1.
 int submit(int fd, const Blob& page, std::vector<uint32_t> words) {
     std::atomic_ref<uint32_t>(*static_cast<uint32_t*>(page.p)).store(0);
@@ -635,20 +657,26 @@ TEST_CASE("a partial munmap of a node mapping unmaps those pages and keeps the r
     Blob b;
     REQUIRE(make_blob(fd, 4 * pg, b));
     auto* p = static_cast<unsigned char*>(b.p);
+    const std::string blob = file_mapped_at(p);
+    REQUIRE(!blob.empty());
     std::memset(p, 7, 4 * pg);
     CHECK(counts().mappings == 1);
+    // A page given back is the process's again at once: its allocator, or the host
+    // thread's first use of thread-local storage, may map memory there. So a page is
+    // checked to be no longer the blob's (not to be unmapped), and never unmapped twice:
+    // unmapping the head and the hole again would take that memory from its owner.
     REQUIRE(munmap(p + pg, pg) == 0); // a hole in the middle
+    CHECK(file_mapped_at(p + pg) != blob);
     CHECK(p[0] == 7);
     CHECK(p[2 * pg] == 7);
     p[3 * pg] = 9;
-    CHECK(msync(p + pg, pg, MS_ASYNC) == -1); // the hole is unmapped
-    CHECK(errno == ENOMEM);
     REQUIRE(munmap(p, pg) == 0); // the head
+    CHECK(file_mapped_at(p) != blob);
     CHECK(counts().mappings == 1);
     CHECK(p[3 * pg] == 9);
     REQUIRE(gem_close(fd, b.handle) == 0);
-    CHECK(counts().objects == 1);    // the mapping still holds the object
-    REQUIRE(munmap(p, 4 * pg) == 0); // the rest, holes included
+    CHECK(counts().objects == 1);             // the mapping still holds the object
+    REQUIRE(munmap(p + 2 * pg, 2 * pg) == 0); // the rest
     CHECK(counts().mappings == 0);
     CHECK(counts().objects == 0);
     CHECK(close(fd) == 0);
