@@ -399,6 +399,9 @@ Code check_glu(const ggml_tensor* d) {
 // - query rows are counted in int.
 // k and v rows may not overlap (nb1 at least a row): the key count is then bounded by
 // their memory, and so is the work a graph can ask for.
+// Head sizes of real models go to 576 (keys) and 512 (values).
+constexpr int64_t max_head_size = 4096;
+
 Code check_flash_attn(const ggml_tensor* d) {
     const ggml_tensor* q = d->src[0];
     const ggml_tensor* k = d->src[1];
@@ -419,6 +422,11 @@ Code check_flash_attn(const ggml_tensor* d) {
             kv->ne[3] != q->ne[3] || kv->ne[1] != k->ne[1])
             return Code::bad_tensor;
     if (q->ne[0] != k->ne[0]) return Code::bad_tensor;
+    // ggml-cpu sizes the work buffer from the head sizes and head count even for an
+    // empty node it then skips: no empty output (its heads are then bounded by its
+    // memory), head sizes up to max_head_size.
+    if (ggml_is_empty(d) || k->ne[0] > max_head_size || v->ne[0] > max_head_size)
+        return Code::bad_tensor;
     if (d->ne[0] != v->ne[0] || d->ne[1] != q->ne[2] || d->ne[2] != q->ne[1] ||
         d->ne[3] != q->ne[3] || !ggml_is_contiguous(d))
         return Code::bad_tensor;

@@ -15,6 +15,7 @@
 
 #include <ggml-backend-impl.h>
 #include <ggml-backend.h>
+#include <ggml-cpu.h>
 #include <ggml.h>
 
 #include <dlfcn.h>
@@ -65,6 +66,9 @@ constexpr uint64_t slot_mask = (uint64_t{1} << slot_bits) - 1;
 constexpr uint32_t max_generation = (uint32_t{1} << slot_bits) - 1;
 /// A graph blob larger than this is refused before anything is copied.
 constexpr uint64_t max_graph_bytes = uint64_t{1} << 31;
+/// The most work buffer a graph may need from ggml-cpu at the most threads (a prompt of
+/// 8192 tokens of 16384 floats converted to F16 for a matrix product: 256 MiB).
+constexpr size_t max_work_bytes = size_t{1} << 30;
 /// What buffer_get_base answers: a per-buffer address that is not a host address (the
 /// guest only ever subtracts it), 2^40 bytes apart so that no two buffers' ranges meet.
 constexpr uint64_t fake_base_shift = 40;
@@ -202,6 +206,10 @@ struct State {
             }
         } else {
             auto reg_fn = reinterpret_cast<ggml_backend_reg_t (*)()>(dlsym(lib, reg_name));
+            // ggml-cpu's planner, to bound a graph's work buffer before the device runs it
+            // (plan_fits); another device library has none.
+            graph_plan =
+                reinterpret_cast<decltype(&ggml_graph_plan)>(dlsym(lib, "ggml_graph_plan"));
             dlclose(lib); // NODELETE: the library stays, the reference goes
             if (!reg_fn) {
                 log("the ggml library lacks its registration function", reg_name);
@@ -269,6 +277,8 @@ struct State {
     ggml_backend_reg_t reg = nullptr;
     ggml_backend_dev_t dev = nullptr;
     ggml_backend_t backend = nullptr;
+    /// ggml-cpu's ggml_graph_plan, when the device library is ggml-cpu.
+    decltype(&ggml_graph_plan) graph_plan = nullptr;
     /// The device's thread count, when it has one (ggml_backend_set_n_threads): at most
     /// max_threads; with adapt_threads (ggml.cpu.threads unset), chosen per graph by
     /// its work (threads_for_work), else always max_threads.
@@ -643,13 +653,40 @@ void choose_threads(State& s, ggml_cgraph* graph) {
     s.threads_now = t;
 }
 
+/// Whether ggml-cpu's work buffer for the graph's nodes, planned at the most threads,
+/// stays within max_work_bytes. ggml plans it from the nodes' shapes alone (an empty
+/// node, a zero-stride source of 2^40 elements), and when its allocation fails the CPU
+/// device keeps the freed buffer and frees it again later: a graph that asks for more
+/// is refused before it runs.
+bool plan_fits(State& s, BuiltGraph& g) {
+    if (!s.graph_plan) return true;
+    ggml_graph_clear(g.graph);
+    for (ggml_tensor* n : g.nodes)
+        ggml_graph_add_node(g.graph, n);
+    const ggml_cplan plan = s.graph_plan(g.graph, s.max_threads, nullptr);
+    ggml_graph_clear(g.graph);
+    return plan.work_size <= max_work_bytes;
+}
+
 void compute_nodes(State& s, BuiltGraph& g, size_t from, size_t to, int32_t& status) {
     if (from >= to) return;
+    if (!s.backend) throw std::bad_alloc();
     ggml_graph_clear(g.graph);
     for (size_t i = from; i < to; ++i)
         ggml_graph_add_node(g.graph, g.nodes[i]);
     choose_threads(s, g.graph);
-    status = ggml_backend_graph_compute(s.backend, g.graph);
+    try {
+        status = ggml_backend_graph_compute(s.backend, g.graph);
+    } catch (...) {
+        // ggml-cpu replaces its work buffer with delete[] then new[]: when new[] throws,
+        // the device still holds the freed buffer, runs the next graph in it and frees it
+        // again when it is freed. That device is left as it is, never used nor freed, and
+        // the context goes on with a new one.
+        s.backend = ggml_backend_dev_init(s.dev, nullptr);
+        if (s.backend && s.set_threads) s.set_threads(s.backend, s.threads_now);
+        log("a graph's compute failed (out of memory): the device was replaced");
+        throw;
+    }
 }
 
 /// Decodes, checks and builds a packed graph (copied out of the guest's blob first: the
@@ -766,6 +803,10 @@ Code build_graph(Context& c, std::span<const std::byte> blob, std::unique_ptr<Bu
     }
     g.graph = ggml_new_graph_custom(g.ctx, n_nodes, false);
     if (!g.graph) return Code::no_memory;
+    if (!plan_fits(s, g)) {
+        log("graph refused: NO_MEMORY: its work buffer would pass 1 GiB");
+        return Code::no_memory;
+    }
     // Nodes that index rows by tensor data run once the indices are computed: the nodes
     // before them that write the indices' memory run first, then the values are checked.
     size_t from = 0;

@@ -38,7 +38,8 @@ namespace g = apir::ggml;
 
 // The backend's codes (docs/GGML-HOST.md).
 constexpr uint32_t bad_request = 1, unknown_handle = 2, bad_tensor = 3, bad_range = 4,
-                   bad_graph = 5, not_initialized = 7, unsupported_op = 9, bad_index = 12;
+                   bad_graph = 5, not_initialized = 7, unsupported_op = 9, no_memory = 10,
+                   bad_index = 12;
 
 std::string g_cpu_lib;
 std::map<uint32_t, std::string> g_config_path;  // ctx -> ggml.library.path
@@ -1002,6 +1003,20 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
             CHECK(norm(op, 0.0f) == 0);
         }
     }
+    SECTION("a graph whose work buffer ggml-cpu would size past 1 GiB (found by a review)") {
+        // MUL_MAT over 2^30 elements of src1 that all sit in one row (zero strides):
+        // ggml-cpu plans 2 GiB to convert them to F16, and a failed allocation leaves it
+        // holding a freed buffer.
+        g::RpcTensor a = typed(GGML_TYPE_F16, {256, 2}, buf, 0);
+        g::RpcTensor b = f32({256, 4096, 1024}, buf, k);
+        b.nb[1] = b.nb[2] = b.nb[3] = 0;
+        g::RpcTensor d = f32({2, 4096, 1024}, buf, 2 * k);
+        d.nb[1] = d.nb[2] = d.nb[3] = 4;
+        CHECK(one_node(guest, {a, b}, d, GGML_OP_MUL_MAT) == no_memory);
+        // The same product over 64 rows: 32 KiB of work.
+        CHECK(one_node(guest, {a, f32({256, 64}, buf, k)}, f32({2, 64}, buf, 5 * k),
+                       GGML_OP_MUL_MAT) == 0);
+    }
     SECTION("SCALE: a source or destination that is not contiguous (ggml asserts both are)") {
         const g::RpcTensor a = f32({8, 2}, buf, 0), d = f32({8, 2}, buf, k);
         g::RpcTensor gappy = f32({8, 2}, buf, 2 * k);
@@ -1368,6 +1383,25 @@ TEST_CASE("FLASH_ATTN_EXT: ggml's attention, on shapes its CPU kernels can run")
         // Key types the CPU cannot read.
         CHECK(fa({tq, typed(GGML_TYPE_I32, {d, keys, kv_heads}, buf, 12288), hv, tm}, out) ==
               bad_tensor);
+        // ggml-cpu sizes its work buffer from the head sizes and the head count, even for
+        // an empty node it skips (found by a review): an empty node with heads of 2^31
+        // floats (1.5 TB planned), one of 2^32 - 1 heads (34 GB), a head past 4096.
+        {
+            const uint32_t dk = 0x7fffff00, dv = 0x3fffff00;
+            g::RpcTensor eq = f32({dk, 0, 1, 1}, buf, 0), ek = typed(GGML_TYPE_F16, {1}, buf, 0);
+            ek.ne[0] = dk, ek.ne[1] = 0, ek.nb[1] = ek.nb[2] = ek.nb[3] = 2 * dk;
+            g::RpcTensor ev = ek;
+            ev.ne[0] = dv, ev.nb[1] = ev.nb[2] = ev.nb[3] = 2 * dv;
+            g::RpcTensor eo = f32({dv, 1, 0, 1}, buf, 0);
+            CHECK(fa({eq, ek, ev}, eo) == bad_tensor);
+            g::RpcTensor hq = f32({1, 0, 0xffffffff, 1}, buf, 0);
+            hq.nb[1] = hq.nb[2] = hq.nb[3] = 4;
+            g::RpcTensor hk = f32({1, 0, 1, 1}, buf, 0), hv = f32({0, 0, 1, 1}, buf, 0);
+            g::RpcTensor ho = f32({0, 0xffffffff, 0, 1}, buf, 0);
+            CHECK(fa({hq, hk, hv}, ho) == bad_tensor);
+            CHECK(fa({f32({4104, 1}, buf, 0), f32({4104, 1}, buf, 0), f32({8, 1}, buf, 40000)},
+                     f32({8, 1}, buf, 60000)) == bad_tensor);
+        }
         // Without a mask and with ALiBi and a mask: ggml computes both.
         CHECK(fa({tq, hk, hv}, out) == 0);
         CHECK(fa({tq, hk, hv, tm}, out, {{0, f32_bits(scale)}, {1, f32_bits(8.0f)}}) == 0);
