@@ -653,6 +653,13 @@ void choose_threads(State& s, ggml_cgraph* graph) {
     s.threads_now = t;
 }
 
+/// Makes g.graph the built nodes [from, to).
+void set_graph_nodes(BuiltGraph& g, size_t from, size_t to) {
+    ggml_graph_clear(g.graph);
+    for (size_t i = from; i < to; ++i)
+        ggml_graph_add_node(g.graph, g.nodes[i]);
+}
+
 /// Whether ggml-cpu's work buffer for the graph's nodes, planned at the most threads,
 /// stays within max_work_bytes. ggml plans it from the nodes' shapes alone (an empty
 /// node, a zero-stride source of 2^40 elements), and when its allocation fails the CPU
@@ -660,9 +667,7 @@ void choose_threads(State& s, ggml_cgraph* graph) {
 /// is refused before it runs.
 bool plan_fits(State& s, BuiltGraph& g) {
     if (!s.graph_plan) return true;
-    ggml_graph_clear(g.graph);
-    for (ggml_tensor* n : g.nodes)
-        ggml_graph_add_node(g.graph, n);
+    set_graph_nodes(g, 0, g.nodes.size());
     const ggml_cplan plan = s.graph_plan(g.graph, s.max_threads, nullptr);
     ggml_graph_clear(g.graph);
     return plan.work_size <= max_work_bytes;
@@ -671,9 +676,7 @@ bool plan_fits(State& s, BuiltGraph& g) {
 void compute_nodes(State& s, BuiltGraph& g, size_t from, size_t to, int32_t& status) {
     if (from >= to) return;
     if (!s.backend) throw std::bad_alloc();
-    ggml_graph_clear(g.graph);
-    for (size_t i = from; i < to; ++i)
-        ggml_graph_add_node(g.graph, g.nodes[i]);
+    set_graph_nodes(g, from, to);
     choose_threads(s, g.graph);
     try {
         status = ggml_backend_graph_compute(s.backend, g.graph);
