@@ -7,6 +7,8 @@
 // (still there, still in the same memory) is checked again on every run.
 #pragma once
 
+#include "thread_tuner.hpp"
+
 #include <ggml-backend.h>
 #include <ggml.h>
 
@@ -57,6 +59,12 @@ struct BuiltGraph {
     size_t arena_size = 0;
     size_t copy_bytes = 0; ///< of the index copies
     uint64_t last_use = 0;
+
+    /// Its thread floor, chosen by timing its runs (thread_tuner.hpp); made after the
+    /// first run, which finds the least work-based thread count of its parts.
+    ThreadTuner tuner;
+    bool tuner_made = false;
+    int least_threads = INT32_MAX;
 
     /// The host memory it holds, about.
     [[nodiscard]] size_t footprint() const noexcept {

@@ -23,7 +23,9 @@
 #include <sys/random.h>
 #include <time.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstdio>
 #include <cstdlib>
@@ -151,6 +153,16 @@ struct State {
                           static_cast<unsigned long long>(graph_computes),
                           static_cast<unsigned long long>(graph_reuses));
             log("context closed", line);
+        }
+        if (timed_runs > 0) {
+            char line[160];
+            std::snprintf(line, sizeof line,
+                          "%llu runs timed, %llu of them on more threads than their work "
+                          "asks, %llu measurements",
+                          static_cast<unsigned long long>(timed_runs),
+                          static_cast<unsigned long long>(raised_runs),
+                          static_cast<unsigned long long>(thread_measurements));
+            log("thread floors", line);
         }
         graphs.clear(); // before the buffers their tensors name
         for (auto& [h, b] : buffers)
@@ -281,11 +293,15 @@ struct State {
     decltype(&ggml_graph_plan) graph_plan = nullptr;
     /// The device's thread count, when it has one (ggml_backend_set_n_threads): at most
     /// max_threads; with adapt_threads (ggml.cpu.threads unset), chosen per graph by
-    /// its work (threads_for_work), else always max_threads.
+    /// its work (threads_for_work) and, for a graph run again, by timing it
+    /// (thread_tuner.hpp), else always max_threads.
     ggml_backend_set_n_threads_t set_threads = nullptr;
     int max_threads = 1;
     int threads_now = 1;
     bool adapt_threads = false;
+    uint64_t timed_runs = 0;          ///< runs of graphs whose tuner has candidates
+    uint64_t raised_runs = 0;         ///< of those, run above their work-based count
+    uint64_t thread_measurements = 0; ///< the tuners' measurements completed
     ggml_backend_buffer_type_t buft = nullptr;
     uint64_t salt = 0;
     uint64_t next_slot = 1;              ///< the first never-used slot
@@ -635,19 +651,22 @@ bool copied_in_range(const ggml_tensor* t, int64_t rows) {
     return true;
 }
 
-/// The threads for a graph of `work` multiply-adds and elements in `steps` nodes that
-/// compute (threads_for_work in checks.hpp), applied to the device when they changed.
-void choose_threads(State& s, ggml_cgraph* graph) {
+/// The threads for a part of a built graph: threads_for_work (checks.hpp) of its nodes'
+/// multiply-adds and elements, raised to the floor its tuner chose (thread_tuner.hpp),
+/// applied to the device when they changed.
+void choose_threads(State& s, BuiltGraph& g) {
     if (!s.adapt_threads) return;
     uint64_t work = 0, steps = 0;
-    for (int i = 0; i < ggml_graph_n_nodes(graph); ++i) {
-        const ggml_tensor* n = ggml_graph_node(graph, i);
+    for (int i = 0; i < ggml_graph_n_nodes(g.graph); ++i) {
+        const ggml_tensor* n = ggml_graph_node(g.graph, i);
         if (!op_computes(n->op)) continue;
         ++steps;
         const uint64_t w = node_work(*n);
         work = w > UINT64_MAX - work ? UINT64_MAX : work + w;
     }
-    const int t = threads_for_work(work, steps, s.max_threads);
+    const int by_work = threads_for_work(work, steps, s.max_threads);
+    g.least_threads = std::min(g.least_threads, by_work);
+    const int t = std::min(std::max(by_work, g.tuner.next()), s.max_threads);
     if (t == s.threads_now) return;
     s.set_threads(s.backend, t);
     s.threads_now = t;
@@ -677,7 +696,7 @@ void compute_nodes(State& s, BuiltGraph& g, size_t from, size_t to, int32_t& sta
     if (from >= to) return;
     if (!s.backend) throw std::bad_alloc();
     set_graph_nodes(g, from, to);
-    choose_threads(s, g.graph);
+    choose_threads(s, g);
     try {
         status = ggml_backend_graph_compute(s.backend, g.graph);
     } catch (...) {
@@ -845,7 +864,7 @@ bool buffers_unchanged(Context& c, const BuiltGraph& g) {
 }
 
 /// Runs a built graph: its data-dependent checks, then its nodes.
-Code run_graph(State& s, BuiltGraph& g, int32_t& status) {
+Code run_checks_and_nodes(State& s, BuiltGraph& g, int32_t& status) {
     status = GGML_STATUS_SUCCESS;
     size_t from = 0;
     for (const auto& check : g.index_checks) {
@@ -863,6 +882,29 @@ Code run_graph(State& s, BuiltGraph& g, int32_t& status) {
     }
     compute_nodes(s, g, from, g.nodes.size(), status);
     return Code::ok;
+}
+
+/// Runs a built graph and, when the device's threads are chosen per graph, reports how
+/// long it took to the graph's tuner (made after its first run, which found the parts'
+/// work-based thread counts).
+Code run_graph(State& s, BuiltGraph& g, int32_t& status) {
+    const auto start = std::chrono::steady_clock::now();
+    const int floor = g.tuner.next();
+    const Code e = run_checks_and_nodes(s, g, status);
+    if (!s.adapt_threads || e != Code::ok || status != GGML_STATUS_SUCCESS) return e;
+    if (!g.tuner_made) {
+        g.tuner.reset(ThreadTuner::floors_for(g.least_threads, s.max_threads));
+        g.tuner_made = true;
+    } else if (g.tuner.tuning()) {
+        ++s.timed_runs;
+        if (floor > g.least_threads) ++s.raised_runs;
+    }
+    const unsigned measured = g.tuner.measurements();
+    g.tuner.report(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                             std::chrono::steady_clock::now() - start)
+                                             .count()));
+    s.thread_measurements += g.tuner.measurements() - measured;
+    return e;
 }
 
 Code graph_compute_impl(Context& c, const g::GraphComputeRequest& r, int32_t& status) {

@@ -1,12 +1,16 @@
-// libggml-apir-host's choice of device threads per graph (src/libggml-apir-host/checks.hpp): the
-// work it counts per node and the thread count it derives. Pure functions, no device.
+// libggml-apir-host's choice of device threads per graph: the work it counts per node and
+// the thread count it derives (checks.hpp), and the floor it times (thread_tuner.hpp). No device.
 #include "catch.hpp"
 
 #include "checks.hpp"
+#include "thread_tuner.hpp"
 
 #include <ggml.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <map>
+#include <vector>
 
 using namespace apir::ggml_host;
 
@@ -70,4 +74,135 @@ TEST_CASE("host threads: small graphs run on one thread, large ones on up to the
     CHECK(threads_for_work(UINT64_MAX, 1, 8) == 8);
     CHECK(threads_for_work(UINT64_MAX, 1, 1) == 1);
     CHECK(threads_for_work(UINT64_MAX, 1, 0) == 1);
+}
+
+// ---------------------------------------------------------------------------
+// The thread floor of a graph run again, chosen by timing (thread_tuner.hpp). The tests
+// drive a tuner with the durations a graph would take at each floor.
+
+namespace {
+/// Runs `runs` graph runs, each taking cost(floor) ns; returns the runs made per floor.
+template <class Cost>
+std::map<int, int> drive(ThreadTuner& t, int runs, Cost cost) {
+    std::map<int, int> at;
+    for (int i = 0; i < runs; ++i) {
+        const int f = t.next();
+        ++at[f];
+        t.report(cost(f));
+    }
+    return at;
+}
+constexpr uint64_t us = 1000;
+constexpr uint64_t ms = 1000 * us;
+} // namespace
+
+TEST_CASE("thread tuner: the floors worth trying") {
+    using V = std::vector<int>;
+    CHECK(ThreadTuner::floors_for(1, 2) == V{1, 2});
+    CHECK(ThreadTuner::floors_for(1, 8) == V{1, 2, 4, 8});
+    CHECK(ThreadTuner::floors_for(3, 8) == V{1, 4, 8});
+    CHECK(ThreadTuner::floors_for(2, 6) == V{1, 4, 6});
+    // Nothing to try when the work already asks for every thread, or there is one.
+    CHECK(ThreadTuner::floors_for(2, 2) == V{1});
+    CHECK(ThreadTuner::floors_for(8, 8) == V{1});
+    CHECK(ThreadTuner::floors_for(1, 1) == V{1});
+}
+
+TEST_CASE("thread tuner: one candidate is never measured") {
+    ThreadTuner t(ThreadTuner::floors_for(2, 2));
+    CHECK_FALSE(t.tuning());
+    const auto at = drive(t, 100, [](int) { return 1 * ms; });
+    CHECK(at.at(1) == 100);
+    CHECK(t.measurements() == 0);
+}
+
+TEST_CASE("thread tuner: on quiet CPUs a small graph runs on every thread") {
+    // A token of a small model: 0.9 ms on one thread, 0.6 ms on two.
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    auto at = drive(t, 8, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    REQUIRE(t.measurements() == 1);
+    CHECK(t.chosen() == 2);
+    // Each candidate: one untimed run and three timed ones.
+    CHECK(at[1] == 4);
+    CHECK(at[2] == 4);
+    // Then mostly on two threads, measuring again now and then at a small cost.
+    at = drive(t, 2000, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    CHECK(t.chosen() == 2);
+    CHECK(at[2] > 1900);
+    CHECK(t.measurements() > 1);
+}
+
+TEST_CASE("thread tuner: on busy CPUs a slow candidate costs two timed runs") {
+    // Beside a busy process: 1 ms on one thread, 35 ms on two (every node waits for the
+    // thread the scheduler took off its CPU).
+    const auto busy = [](int f) { return f == 1 ? 1 * ms : 35 * ms; };
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    auto at = drive(t, 10, busy);
+    REQUIRE(t.measurements() == 1);
+    CHECK(t.chosen() == 1);
+    CHECK(at[2] == 3); // its untimed first run and two timed ones
+    // The choice holds for at least 50 times what the slow runs cost beyond it.
+    CHECK(t.budget_ns() >= 50 * 2 * 34 * ms);
+    at = drive(t, 3000, busy);
+    CHECK(at[2] == 0);
+    CHECK(t.measurements() == 1);
+    // Measuring costs about 2 % over the long run.
+    ThreadTuner u(ThreadTuner::floors_for(1, 2));
+    at = drive(u, 100'000, busy);
+    const double total = at[1] * 1.0 + at[2] * 35.0, best = 100'000 * 1.0;
+    CHECK(total / best < 1.05);
+}
+
+TEST_CASE("thread tuner: one slow run does not decide") {
+    int run_at_2 = 0;
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    drive(t, 8, [&](int f) {
+        if (f == 1) return 900 * us;
+        return ++run_at_2 == 2 ? 10 * ms : 600 * us; // its first timed run was preempted
+    });
+    REQUIRE(t.measurements() == 1);
+    CHECK(t.chosen() == 2);
+}
+
+TEST_CASE("thread tuner: it follows the machine getting busy and quiet again") {
+    bool busy = false;
+    const auto cost = [&](int f) {
+        if (busy) return f == 1 ? 1 * ms : 35 * ms;
+        return f == 1 ? 900 * us : 600 * us;
+    };
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    drive(t, 500, cost);
+    REQUIRE(t.chosen() == 2);
+    // Busy: three slow runs in a row start a measurement at once, which drops two threads
+    // after two runs.
+    busy = true;
+    auto at = drive(t, 200, cost);
+    CHECK(t.chosen() == 1);
+    CHECK(at[2] <= 5);
+    // Quiet again: the next measurement, within the budget of compute time, goes back.
+    busy = false;
+    const uint64_t budget = t.budget_ns();
+    at = drive(t, static_cast<int>(budget / (900 * us)) + 20, cost);
+    CHECK(t.chosen() == 2);
+}
+
+TEST_CASE("thread tuner: a confirmed choice is measured less often, a changed one soon") {
+    ThreadTuner t(ThreadTuner::floors_for(1, 4)); // floors 1, 2, 4
+    const auto cost = [](int f) { return f == 4 ? 400 * us : f == 2 ? 500 * us : 700 * us; };
+    drive(t, 13, cost); // 3 untimed runs, 9 timed, and the first of the choice
+    REQUIRE(t.measurements() == 1);
+    CHECK(t.chosen() == 4);
+    // 50 times what floors 1 and 2 cost beyond floor 4's median: 3 x 300 and 3 x 100 us.
+    CHECK(t.budget_ns() == 50 * (3 * 300 * us + 3 * 100 * us));
+    uint64_t last = t.budget_ns();
+    for (unsigned m = 2; m <= 12; ++m) {
+        while (t.measurements() < m)
+            t.report(cost(t.next()));
+        CHECK(t.chosen() == 4);
+        const uint64_t expect = std::min(2 * last, ThreadTuner::max_budget_ns);
+        CHECK(t.budget_ns() >= expect);
+        CHECK(t.budget_ns() <= ThreadTuner::max_budget_ns);
+        last = t.budget_ns();
+    }
+    CHECK(last == ThreadTuner::max_budget_ns);
 }

@@ -1,0 +1,198 @@
+// The thread count of a graph the host runs again and again, chosen by timing it.
+//
+// threads_for_work (checks.hpp) gives a graph of small nodes one thread: on a machine
+// whose CPUs are busy, every thread of ggml's CPU device waits at each node for the
+// slowest, and a thread taken off its CPU makes that wait last a time slice (a token of a
+// small language model: 1 ms alone, 35 ms on two threads beside a busy process). On
+// quiet CPUs the same graph runs faster on every thread (0.6 ms on two against 0.9 ms on
+// one). Which holds depends on what else runs on the host, so a graph that is run again
+// (graph_cache.hpp) is timed at each candidate thread floor, and runs at the fastest
+// until the next measurement.
+//
+// - The candidates are floors under the work-based choice: floor f runs each part of
+//   the graph on max(its work-based count, f) threads. 1 is the work-based choice
+//   itself; then 2, 4, ... and the most threads, those that change some part's count.
+// - A measurement runs the candidates in turn, 3 runs each, the current choice first,
+//   and keeps the one of the lowest median. A candidate whose first two runs both take
+//   more than twice the best median so far is dropped then: a slow candidate costs two
+//   runs (one is not enough: any run can meet a preemption of its own).
+// - The choice then holds for a budget of compute time: 20 ms after a measurement that
+//   changed the choice, twice the last budget after one that confirmed it, and at least
+//   50 times what the other candidates' runs cost beyond the choice's median (so that
+//   measuring costs about 2 % at most); never more than 5 s.
+// - 3 runs in a row at more than twice the choice's median (the machine got busy) start
+//   a measurement at once.
+// - The first run at each candidate is not timed: the graph's first makes the device's
+//   work buffer, a first run on more threads may start them.
+//
+// Pure logic: the caller times each run and reports it; nothing here reads a clock.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace apir::ggml_host {
+
+class ThreadTuner {
+public:
+    static constexpr size_t samples_per_candidate = 3;
+    static constexpr uint64_t first_budget_ns = 20'000'000;  // 20 ms
+    static constexpr uint64_t max_budget_ns = 5'000'000'000; // 5 s
+    static constexpr unsigned slow_runs_to_measure = 3;
+    static constexpr uint64_t waste_factor = 50;
+
+    /// The floors worth trying for a graph whose parts' work-based counts are at least
+    /// `least` (threads_for_work), on up to `max_threads`: 1, then each of 2, 4, 8, ...
+    /// and max_threads above `least`.
+    [[nodiscard]] static std::vector<int> floors_for(int least, int max_threads) {
+        std::vector<int> floors{1};
+        for (int f = 2; f < max_threads; f *= 2)
+            if (f > least) floors.push_back(f);
+        if (max_threads > least && max_threads > 1) floors.push_back(max_threads);
+        return floors;
+    }
+
+    ThreadTuner() = default;
+    explicit ThreadTuner(std::vector<int> floors) { reset(std::move(floors)); }
+
+    /// Starts over with these candidate floors (the first is used until measured).
+    void reset(std::vector<int> floors) {
+        floors_ = floors.empty() ? std::vector<int>{1} : std::move(floors);
+        samples_.assign(floors_.size(), {});
+        counts_.assign(floors_.size(), 0);
+        dropped_.assign(floors_.size(), false);
+        warm_.assign(floors_.size(), false);
+        chosen_ = 0;
+        budget_ = first_budget_ns;
+        spent_ = 0;
+        slow_runs_ = 0;
+        measurements_ = 0;
+        measuring_ = false;
+        if (floors_.size() > 1) start_measuring();
+    }
+
+    /// Whether there is more than one candidate (else next() is always 1).
+    [[nodiscard]] bool tuning() const noexcept { return floors_.size() > 1; }
+
+    /// The floor for the next run.
+    [[nodiscard]] int next() const noexcept { return floors_[measuring_ ? current_ : chosen_]; }
+
+    /// Reports the duration of the run made at next()'s floor.
+    void report(uint64_t ns) {
+        if (!tuning()) return;
+        if (measuring_) {
+            record(ns);
+            return;
+        }
+        spent_ += ns;
+        const uint64_t median = median_of(chosen_);
+        slow_runs_ = ns > 2 * median ? slow_runs_ + 1 : 0;
+        if (slow_runs_ >= slow_runs_to_measure) {
+            budget_ = first_budget_ns;
+            start_measuring();
+        } else if (spent_ >= budget_) {
+            start_measuring();
+        }
+    }
+
+    [[nodiscard]] bool measuring() const noexcept { return measuring_; }
+    /// The floor chosen by the last measurement (the first candidate before one).
+    [[nodiscard]] int chosen() const noexcept { return floors_[chosen_]; }
+    /// Measurements completed.
+    [[nodiscard]] unsigned measurements() const noexcept { return measurements_; }
+    /// Compute time the current choice holds for before the next measurement.
+    [[nodiscard]] uint64_t budget_ns() const noexcept { return budget_; }
+
+private:
+    void start_measuring() {
+        measuring_ = true;
+        std::fill(counts_.begin(), counts_.end(), size_t{0});
+        std::fill(dropped_.begin(), dropped_.end(), false);
+        // The current choice first: its runs are the ones most likely to be fast.
+        current_ = chosen_;
+    }
+
+    void record(uint64_t ns) {
+        const size_t c = current_;
+        if (!warm_[c])
+            warm_[c] = true;
+        else
+            samples_[c][counts_[c]++] = ns;
+        // Dropped once two of its runs are both clearly slower than the best median of
+        // another candidate (one run can be slow for reasons of its own).
+        uint64_t best = UINT64_MAX;
+        for (size_t i = 0; i < floors_.size(); ++i)
+            if (i != c && !dropped_[i] && counts_[i] > 0) best = std::min(best, median_of(i));
+        if (best != UINT64_MAX && counts_[c] >= 2 && min_of(c) > 2 * best) dropped_[c] = true;
+        // The next candidate with samples to take, in turn after this one.
+        for (size_t step = 1; step <= floors_.size(); ++step) {
+            const size_t i = (c + step) % floors_.size();
+            if (!dropped_[i] && counts_[i] < samples_per_candidate) {
+                current_ = i;
+                return;
+            }
+        }
+        finish_measuring();
+    }
+
+    void finish_measuring() {
+        size_t best = chosen_;
+        uint64_t best_median = UINT64_MAX;
+        for (size_t i = 0; i < floors_.size(); ++i) {
+            if (dropped_[i] || counts_[i] == 0) continue;
+            const uint64_t m = median_of(i);
+            if (m < best_median) best = i, best_median = m;
+        }
+        // What the other candidates' runs cost beyond the best's median: the choice holds
+        // for at least waste_factor times that, so measuring costs at most about 1/50th.
+        uint64_t waste = 0;
+        for (size_t i = 0; i < floors_.size(); ++i) {
+            if (i == best) continue;
+            for (size_t k = 0; k < counts_[i]; ++k)
+                if (samples_[i][k] > best_median) waste += samples_[i][k] - best_median;
+        }
+        budget_ = best == chosen_ && measurements_ > 0 ? std::min(2 * budget_, max_budget_ns)
+                                                       : first_budget_ns;
+        if (waste > max_budget_ns / waste_factor)
+            budget_ = max_budget_ns;
+        else
+            budget_ = std::max(budget_, waste * waste_factor);
+        chosen_ = best;
+        measuring_ = false;
+        spent_ = 0;
+        slow_runs_ = 0;
+        ++measurements_;
+    }
+
+    [[nodiscard]] uint64_t min_of(size_t i) const noexcept {
+        return *std::min_element(samples_[i].begin(), samples_[i].begin() + counts_[i]);
+    }
+
+    /// The median of a candidate's samples of the current measurement (or the last one).
+    [[nodiscard]] uint64_t median_of(size_t i) const noexcept {
+        const size_t n = counts_[i];
+        if (n == 0) return UINT64_MAX;
+        std::array<uint64_t, samples_per_candidate> v{};
+        std::copy_n(samples_[i].begin(), n, v.begin());
+        std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(n));
+        return v[n / 2];
+    }
+
+    std::vector<int> floors_{1};
+    std::vector<std::array<uint64_t, samples_per_candidate>> samples_{1};
+    std::vector<size_t> counts_{0};
+    std::vector<bool> dropped_{false};
+    std::vector<bool> warm_{false}; ///< has run once (its first run is not timed)
+    size_t chosen_ = 0;
+    size_t current_ = 0;
+    bool measuring_ = false;
+    uint64_t budget_ = first_budget_ns;
+    uint64_t spent_ = 0;
+    unsigned slow_runs_ = 0;
+    unsigned measurements_ = 0;
+};
+
+} // namespace apir::ggml_host
