@@ -155,13 +155,14 @@ struct State {
             log("context closed", line);
         }
         if (timed_runs > 0) {
-            char line[160];
+            char line[192];
             std::snprintf(line, sizeof line,
                           "%llu runs timed, %llu of them on more threads than their work "
-                          "asks, %llu measurements",
+                          "asks, %llu measurements, %llu falls back",
                           static_cast<unsigned long long>(timed_runs),
                           static_cast<unsigned long long>(raised_runs),
-                          static_cast<unsigned long long>(thread_measurements));
+                          static_cast<unsigned long long>(thread_measurements),
+                          static_cast<unsigned long long>(thread_fallbacks));
             log("thread floors", line);
         }
         graphs.clear(); // before the buffers their tensors name
@@ -302,6 +303,7 @@ struct State {
     uint64_t timed_runs = 0;          ///< runs of graphs whose tuner has candidates
     uint64_t raised_runs = 0;         ///< of those, run above their work-based count
     uint64_t thread_measurements = 0; ///< the tuners' measurements completed
+    uint64_t thread_fallbacks = 0;    ///< and their returns to the least floor
     ggml_backend_buffer_type_t buft = nullptr;
     uint64_t salt = 0;
     uint64_t next_slot = 1;              ///< the first never-used slot
@@ -899,11 +901,12 @@ Code run_graph(State& s, BuiltGraph& g, int32_t& status) {
         ++s.timed_runs;
         if (floor > g.least_threads) ++s.raised_runs;
     }
-    const unsigned measured = g.tuner.measurements();
+    const unsigned measured = g.tuner.measurements(), fell_back = g.tuner.fallbacks();
     g.tuner.report(static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                              std::chrono::steady_clock::now() - start)
                                              .count()));
     s.thread_measurements += g.tuner.measurements() - measured;
+    s.thread_fallbacks += g.tuner.fallbacks() - fell_back;
     return e;
 }
 

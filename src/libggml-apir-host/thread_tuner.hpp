@@ -13,17 +13,25 @@
 //   the graph on max(its work-based count, f) threads. 1 is the work-based choice
 //   itself; then 2, 4, ... and the most threads, those that change some part's count.
 // - A measurement runs the candidates in turn, 3 runs each, the current choice first,
-//   and keeps the one of the lowest median. A candidate whose first two runs both take
-//   more than twice the best median so far is dropped then: a slow candidate costs two
-//   runs (one is not enough: any run can meet a preemption of its own).
+//   and keeps the one of the lowest median among the least floor and the floors whose
+//   every run beat the least floor's median (on a busy machine the runs on more threads
+//   scatter widely, and a lucky median must not choose them). A candidate whose first two runs both
+//   take more than twice the best median so far is dropped then: a slow candidate costs two runs
+//   (one is not enough: any run can meet a preemption of its own).
 // - The choice then holds for a budget of compute time: 20 ms after a measurement that
 //   changed the choice, twice the last budget after one that confirmed it, and at least
 //   50 times what the other candidates' runs cost beyond the choice's median (so that
-//   measuring costs about 2 % at most); never more than 5 s.
+//   measuring costs about 2 % at most; what the last measurements cost counts too,
+//   halving with each); never more than 5 s.
 // - 3 runs in a row at more than twice the choice's median (the machine got busy) start
-//   a measurement at once.
-// - The first run at each candidate is not timed: the graph's first makes the device's
-//   work buffer, a first run on more threads may start them.
+//   a measurement at once, when the choice is above the least floor (at the least, a
+//   busier machine makes more threads slower still).
+// - At a floor above the least, runs whose mean passes the least floor's median (a few
+//   runs of a time slice or more among fast ones, which a median of three does not see)
+//   go back to the least floor at once, for 50 times what they cost beyond it.
+// - The graph's first run is not timed (it makes the device's work buffer). A first run on
+//   more threads may start them: one slow run neither drops a candidate nor moves a
+//   median of three.
 //
 // Pure logic: the caller times each run and reports it; nothing here reads a clock.
 #pragma once
@@ -43,6 +51,7 @@ public:
     static constexpr uint64_t max_budget_ns = 5'000'000'000; // 5 s
     static constexpr unsigned slow_runs_to_measure = 3;
     static constexpr uint64_t waste_factor = 50;
+    static constexpr uint64_t min_runs_for_mean = 8;
 
     /// The floors worth trying for a graph whose parts' work-based counts are at least
     /// `least` (threads_for_work), on up to `max_threads`: 1, then each of 2, 4, 8, ...
@@ -64,7 +73,7 @@ public:
         samples_.assign(floors_.size(), {});
         counts_.assign(floors_.size(), 0);
         dropped_.assign(floors_.size(), false);
-        warm_.assign(floors_.size(), false);
+        warm_ = false;
         chosen_ = 0;
         budget_ = first_budget_ns;
         spent_ = 0;
@@ -83,19 +92,33 @@ public:
     /// Reports the duration of the run made at next()'s floor.
     void report(uint64_t ns) {
         if (!tuning()) return;
+        if (!warm_) {
+            warm_ = true;
+            return;
+        }
         if (measuring_) {
             record(ns);
             return;
         }
         spent_ += ns;
-        const uint64_t median = median_of(chosen_);
-        slow_runs_ = ns > 2 * median ? slow_runs_ + 1 : 0;
-        if (slow_runs_ >= slow_runs_to_measure) {
-            budget_ = first_budget_ns;
-            start_measuring();
-        } else if (spent_ >= budget_) {
-            start_measuring();
+        ++runs_;
+        if (chosen_ > 0) {
+            // Above the least floor (at the least, a busier machine makes more threads
+            // slower still): three slow runs in a row measure again at once, and runs
+            // whose mean has passed what the least floor took go back to it.
+            slow_runs_ = ns > 2 * median_of(chosen_) ? slow_runs_ + 1 : 0;
+            if (slow_runs_ >= slow_runs_to_measure) {
+                budget_ = first_budget_ns;
+                start_measuring();
+                return;
+            }
+            const uint64_t at_least = runs_ * least_median_;
+            if (runs_ >= min_runs_for_mean && spent_ > at_least) {
+                fall_back(spent_ - at_least);
+                return;
+            }
         }
+        if (spent_ >= budget_) start_measuring();
     }
 
     [[nodiscard]] bool measuring() const noexcept { return measuring_; }
@@ -103,6 +126,8 @@ public:
     [[nodiscard]] int chosen() const noexcept { return floors_[chosen_]; }
     /// Measurements completed.
     [[nodiscard]] unsigned measurements() const noexcept { return measurements_; }
+    /// Returns to the least floor without a measurement (fall_back).
+    [[nodiscard]] unsigned fallbacks() const noexcept { return fallbacks_; }
     /// Compute time the current choice holds for before the next measurement.
     [[nodiscard]] uint64_t budget_ns() const noexcept { return budget_; }
 
@@ -117,10 +142,7 @@ private:
 
     void record(uint64_t ns) {
         const size_t c = current_;
-        if (!warm_[c])
-            warm_[c] = true;
-        else
-            samples_[c][counts_[c]++] = ns;
+        samples_[c][counts_[c]++] = ns;
         // Dropped once two of its runs are both clearly slower than the best median of
         // another candidate (one run can be slow for reasons of its own).
         uint64_t best = UINT64_MAX;
@@ -139,10 +161,14 @@ private:
     }
 
     void finish_measuring() {
-        size_t best = chosen_;
-        uint64_t best_median = UINT64_MAX;
-        for (size_t i = 0; i < floors_.size(); ++i) {
-            if (dropped_[i] || counts_[i] == 0) continue;
+        // The least floor, or a higher one whose every run beat the least floor's median
+        // (more threads are the riskier choice: on a busy machine their runs scatter, and
+        // a lucky median must not pick them); of those, the lowest median.
+        size_t best = 0;
+        uint64_t best_median = median_of(0);
+        for (size_t i = 1; i < floors_.size(); ++i) {
+            if (dropped_[i] || counts_[i] < samples_per_candidate || max_of(i) >= median_of(0))
+                continue;
             const uint64_t m = median_of(i);
             if (m < best_median) best = i, best_median = m;
         }
@@ -154,6 +180,10 @@ private:
             for (size_t k = 0; k < counts_[i]; ++k)
                 if (samples_[i][k] > best_median) waste += samples_[i][k] - best_median;
         }
+        // A measurement's waste varies (a run of a time slice or more now and then): the
+        // mean of the last ones, halving, counts too.
+        usual_waste_ = usual_waste_ / 2 + waste / 2;
+        waste = std::max(waste, usual_waste_);
         budget_ = best == chosen_ && measurements_ > 0 ? std::min(2 * budget_, max_budget_ns)
                                                        : first_budget_ns;
         if (waste > max_budget_ns / waste_factor)
@@ -161,12 +191,31 @@ private:
         else
             budget_ = std::max(budget_, waste * waste_factor);
         chosen_ = best;
+        least_median_ = median_of(0);
         measuring_ = false;
         spent_ = 0;
+        runs_ = 0;
         slow_runs_ = 0;
         ++measurements_;
     }
 
+    /// Back to the least floor without measuring: the choice's runs cost `waste` more
+    /// than the least floor would have (a few runs that took a time slice or more each,
+    /// among fast ones: a median of three does not see them).
+    void fall_back(uint64_t waste) {
+        chosen_ = 0;
+        budget_ = waste > max_budget_ns / waste_factor
+                      ? max_budget_ns
+                      : std::max(first_budget_ns, waste * waste_factor);
+        spent_ = 0;
+        runs_ = 0;
+        slow_runs_ = 0;
+        ++fallbacks_;
+    }
+
+    [[nodiscard]] uint64_t max_of(size_t i) const noexcept {
+        return *std::max_element(samples_[i].begin(), samples_[i].begin() + counts_[i]);
+    }
     [[nodiscard]] uint64_t min_of(size_t i) const noexcept {
         return *std::min_element(samples_[i].begin(), samples_[i].begin() + counts_[i]);
     }
@@ -185,14 +234,18 @@ private:
     std::vector<std::array<uint64_t, samples_per_candidate>> samples_{1};
     std::vector<size_t> counts_{0};
     std::vector<bool> dropped_{false};
-    std::vector<bool> warm_{false}; ///< has run once (its first run is not timed)
+    bool warm_ = false; ///< the graph has run once (its first run is not timed)
     size_t chosen_ = 0;
     size_t current_ = 0;
     bool measuring_ = false;
     uint64_t budget_ = first_budget_ns;
     uint64_t spent_ = 0;
+    uint64_t runs_ = 0;         ///< at the choice since it was made
+    uint64_t least_median_ = 0; ///< the least floor's, in the last measurement
+    uint64_t usual_waste_ = 0;  ///< of the measurements, each weighing half the last
     unsigned slow_runs_ = 0;
     unsigned measurements_ = 0;
+    unsigned fallbacks_ = 0;
 };
 
 } // namespace apir::ggml_host
