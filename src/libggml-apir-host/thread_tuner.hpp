@@ -77,8 +77,12 @@ public:
         chosen_ = 0;
         budget_ = first_budget_ns;
         spent_ = 0;
+        runs_ = 0;
+        least_median_ = 0;
+        usual_waste_ = 0;
         slow_runs_ = 0;
         measurements_ = 0;
+        fallbacks_ = 0;
         measuring_ = false;
         if (floors_.size() > 1) start_measuring();
     }

@@ -196,6 +196,15 @@ TEST_CASE("thread tuner: rare very slow runs on more threads send it back to one
     CHECK(t.budget_ns() >= 50 * 50 * ms);
     at = drive(t, 3000, cost);
     CHECK(at[2] == 0);
+    // Starting over forgets all of it.
+    t.reset(ThreadTuner::floors_for(1, 2));
+    CHECK(t.measurements() == 0);
+    CHECK(t.fallbacks() == 0);
+    CHECK(t.measuring());
+    CHECK(t.budget_ns() == ThreadTuner::first_budget_ns);
+    drive(t, 7, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    CHECK(t.chosen() == 2);
+    CHECK(t.budget_ns() == 50 * 3 * 300 * us);
 }
 
 TEST_CASE("thread tuner: it follows the machine getting busy and quiet again") {
