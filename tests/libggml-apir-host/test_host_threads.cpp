@@ -249,3 +249,21 @@ TEST_CASE("thread tuner: a confirmed choice is measured less often, a changed on
     }
     CHECK(last == ThreadTuner::max_budget_ns);
 }
+
+TEST_CASE("thread tuner: a floor that loses on one run does not take another out with it") {
+    // Floors 1, 2, 4: floor 2 has the lowest median but one run over floor 1's median, so
+    // it cannot be chosen; floor 4, three times as fast as floor 1 on every run, is.
+    std::map<int, int> runs;
+    const auto cost = [&](int f) -> uint64_t {
+        const int k = runs[f]++;
+        if (f == 1) return k == 2 ? 3000 * us : 1000 * us; // its third run slow too
+        if (f == 2) return k == 2 ? 2000 * us : 100 * us;
+        return 300 * us;
+    };
+    ThreadTuner t(ThreadTuner::floors_for(1, 4));
+    drive(t, 10, cost); // the untimed first run, then 3 runs per candidate
+    REQUIRE(t.measurements() == 1);
+    CHECK(t.chosen() == 4);
+    // The least floor takes all its runs, however slow against the others.
+    CHECK(runs[1] == 4);
+}
