@@ -35,7 +35,8 @@
 //     at most 5 s). When such runs are rare this can cost more than they did: about
 //     10 % in a simulation with one run in 300 at 35 ms (0.6 ms otherwise, 0.9 ms on
 //     the least floor).
-// - The graph's first run is not timed (it makes the device's work buffer).
+// - The first run at each floor is not timed: the graph's first makes the device's work
+//   buffer, a higher floor's may start its threads (and one slow run keeps a floor out).
 //
 // Pure logic: the caller times each run and reports it; nothing here reads a clock.
 #pragma once
@@ -55,7 +56,7 @@ public:
     static constexpr uint64_t max_budget_ns = 5'000'000'000; // 5 s
     static constexpr unsigned slow_runs_to_measure = 3;
     static constexpr uint64_t waste_factor = 50;
-    static constexpr uint64_t min_runs_for_mean = 8;
+    static constexpr uint64_t min_runs_for_mean = 32;
 
     /// The floors worth trying for a graph whose parts' work-based counts are at least
     /// `least` (threads_for_work), on up to `max_threads`: 1, then each of 2, 4, 8, ...
@@ -77,7 +78,7 @@ public:
         samples_.assign(floors_.size(), {});
         counts_.assign(floors_.size(), 0);
         dropped_.assign(floors_.size(), false);
-        warm_ = false;
+        warm_.assign(floors_.size(), false);
         chosen_ = 0;
         budget_ = first_budget_ns;
         spent_ = 0;
@@ -100,10 +101,6 @@ public:
     /// Reports the duration of the run made at next()'s floor.
     void report(uint64_t ns) {
         if (!tuning()) return;
-        if (!warm_) {
-            warm_ = true;
-            return;
-        }
         if (measuring_) {
             record(ns);
             return;
@@ -150,6 +147,12 @@ private:
 
     void record(uint64_t ns) {
         const size_t c = current_;
+        if (!warm_[c]) {
+            // Its first run: the graph's makes the device's work buffer, a higher floor's
+            // may start the threads. Not timed; the candidate runs again.
+            warm_[c] = true;
+            return;
+        }
         samples_[c][counts_[c]++] = ns;
         // A higher floor is dropped once two of its runs are both over twice the least
         // floor's median: it could not be chosen (one run can be slow for reasons of
@@ -242,7 +245,7 @@ private:
     std::vector<std::array<uint64_t, samples_per_candidate>> samples_{1};
     std::vector<size_t> counts_{0};
     std::vector<bool> dropped_{false};
-    bool warm_ = false; ///< the graph has run once (its first run is not timed)
+    std::vector<bool> warm_{false}; ///< per candidate: has run once (that run is not timed)
     size_t chosen_ = 0;
     size_t current_ = 0;
     bool measuring_ = false;

@@ -119,12 +119,12 @@ TEST_CASE("thread tuner: one candidate is never measured") {
 TEST_CASE("thread tuner: on quiet CPUs a small graph runs on every thread") {
     // A token of a small model: 0.9 ms on one thread, 0.6 ms on two.
     ThreadTuner t(ThreadTuner::floors_for(1, 2));
-    auto at = drive(t, 7, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    auto at = drive(t, 8, [](int f) { return f == 1 ? 900 * us : 600 * us; });
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 2);
-    // The graph's first run (untimed), then three timed runs per candidate.
+    // Per candidate, a first run (untimed), then three timed runs.
     CHECK(at[1] == 4);
-    CHECK(at[2] == 3);
+    CHECK(at[2] == 4);
     // Then mostly on two threads, measuring again now and then at a small cost.
     at = drive(t, 2000, [](int f) { return f == 1 ? 900 * us : 600 * us; });
     CHECK(t.chosen() == 2);
@@ -140,7 +140,7 @@ TEST_CASE("thread tuner: on busy CPUs a slow candidate costs two timed runs") {
     auto at = drive(t, 10, busy);
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 1);
-    CHECK(at[2] == 2);
+    CHECK(at[2] == 3); // its untimed first run and two timed ones
     // The choice holds for at least 50 times what the slow runs cost beyond it.
     CHECK(t.budget_ns() >= 50 * 2 * 34 * ms);
     at = drive(t, 3000, busy);
@@ -158,10 +158,10 @@ TEST_CASE("thread tuner: more threads win only with every run faster, and soon g
     int run_at_2 = 0;
     const auto cost = [&](int f) {
         if (f == 1) return 900 * us;
-        return ++run_at_2 == 1 ? 10 * ms : 600 * us; // its first run was preempted
+        return ++run_at_2 == 2 ? 10 * ms : 600 * us; // its first timed run was preempted
     };
     ThreadTuner t(ThreadTuner::floors_for(1, 2));
-    drive(t, 7, cost);
+    drive(t, 8, cost);
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 1);
     // For 50 times what the slow run cost beyond one thread's median, then measured again.
@@ -202,7 +202,7 @@ TEST_CASE("thread tuner: rare very slow runs on more threads send it back to one
     CHECK(t.fallbacks() == 0);
     CHECK(t.measuring());
     CHECK(t.budget_ns() == ThreadTuner::first_budget_ns);
-    drive(t, 7, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    drive(t, 8, [](int f) { return f == 1 ? 900 * us : 600 * us; });
     CHECK(t.chosen() == 2);
     CHECK(t.budget_ns() == 50 * 3 * 300 * us);
 }
@@ -232,7 +232,7 @@ TEST_CASE("thread tuner: it follows the machine getting busy and quiet again") {
 TEST_CASE("thread tuner: a confirmed choice is measured less often, a changed one soon") {
     ThreadTuner t(ThreadTuner::floors_for(1, 4)); // floors 1, 2, 4
     const auto cost = [](int f) { return f == 4 ? 400 * us : f == 2 ? 500 * us : 700 * us; };
-    drive(t, 10, cost); // the untimed first run, then 3 timed runs per candidate
+    drive(t, 12, cost); // per candidate an untimed first run, then 3 timed runs
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 4);
     // 50 times what floors 1 and 2 cost beyond floor 4's median: 3 x 300 and 3 x 100 us.
@@ -261,7 +261,7 @@ TEST_CASE("thread tuner: a floor that loses on one run does not take another out
         return 300 * us;
     };
     ThreadTuner t(ThreadTuner::floors_for(1, 4));
-    drive(t, 10, cost); // the untimed first run, then 3 runs per candidate
+    drive(t, 12, cost); // per candidate an untimed first run, then 3 timed runs
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 4);
     // The least floor takes all its runs, however slow against the others.
