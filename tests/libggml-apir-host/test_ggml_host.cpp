@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <dlfcn.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -70,7 +71,8 @@ const char* get_config(uint32_t ctx, const char* key) {
         return it == g_rpc_endpoint.end() ? nullptr : it->second.c_str();
     }
     if (std::strcmp(key, "ggml.library.reg") == 0) return "ggml_backend_cpu_reg";
-    if (std::strcmp(key, "ggml.cpu.threads") == 0) return "1";
+    // Context 16 leaves the threads to the backend (per graph, timed); the others fix 1.
+    if (std::strcmp(key, "ggml.cpu.threads") == 0) return ctx == 16 ? nullptr : "1";
     if (std::strcmp(key, "ggml.host.max_memory") == 0 && ctx == 10) return "1048576";
     if (std::strcmp(key, "ggml.host.max_buffers") == 0 && ctx == 12) return "4";
     if (std::strcmp(key, "ggml.host.graph_cache") == 0 && ctx == 13) return "4";
@@ -1150,6 +1152,40 @@ TEST_CASE("graph reuse: row indices and buffers are checked again on every run")
     // third found the graph but not its buffer, dropped it, and its build failed; the
     // fourth built it again). Freed: 3 computes, none reused.
     CHECK(close_and_count(guest) == "15 graphs computed, 7 of them reused");
+}
+
+TEST_CASE("threads chosen per graph: a graph computed again is timed, a fixed count is not") {
+    // Context 16: ggml.cpu.threads unset. On two CPUs or more the 4-float ADD's work asks
+    // for one thread and its tuner (thread_tuner.hpp) tries two as well; each result is
+    // the same, and the closing line counts the runs timed (all but the first).
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
+    const int cpus = CPU_COUNT(&set);
+    auto guest = std::make_unique<Guest>(16);
+    g::BufferHandle buf = guest->alloc(4096);
+    const auto graph = add_graph(buf, 32);
+    for (float k = 1; k <= 20; ++k)
+        REQUIRE(add_with(*guest, buf, graph, 32, {k, k, k, k}, {1, 2, 3, 4}) ==
+                std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
+    const std::string log = stderr_of([&] { guest.reset(); });
+    CHECK(log.find("context closed: 20 graphs computed, 19 of them reused") != std::string::npos);
+    if (cpus >= 2) {
+        CHECK(log.find("thread floors: 19 runs timed") != std::string::npos);
+        // The tuner's first measurement (an untimed first run and 3 timed ones per floor)
+        // is done within 20 runs.
+        CHECK(log.find(", 0 measurements") == std::string::npos);
+    } else {
+        WARN("one CPU: no thread count to choose, the tuner is not made");
+        CHECK(log.find("thread floors") == std::string::npos);
+    }
+    // A fixed count (every other context: ggml.cpu.threads=1) times nothing.
+    auto fixed = std::make_unique<Guest>(1);
+    g::BufferHandle b1 = fixed->alloc(4096);
+    for (float k = 1; k <= 5; ++k)
+        REQUIRE(add_with(*fixed, b1, add_graph(b1, 32), 32, {k, k, k, k}, {1, 2, 3, 4}) ==
+                std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
+    CHECK(stderr_of([&] { fixed.reset(); }).find("thread floors") == std::string::npos);
 }
 
 TEST_CASE("graph reuse off (ggml.host.graph_cache=0): every compute builds its graph") {
