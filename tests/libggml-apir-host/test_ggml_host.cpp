@@ -329,6 +329,17 @@ std::vector<float> add_with(Guest& guest, g::BufferHandle buf, std::span<const s
     return read_blob(4);
 }
 
+/// Computes the same c = a + b graph `n` times on new data (k + {1, 2, 3, 4}, k = 1..n),
+/// checking each result.
+void add_rounds(Guest& guest, g::BufferHandle buf, int n) {
+    const auto graph = add_graph(buf, 32);
+    for (int i = 1; i <= n; ++i) {
+        const auto k = static_cast<float>(i);
+        REQUIRE(add_with(guest, buf, graph, 32, {k, k, k, k}, {1, 2, 3, 4}) ==
+                std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
+    }
+}
+
 /// c = a + b on the first 48 bytes of buf: uploads a and b, computes, downloads and checks
 /// c. Returns the packed graph, to compute again.
 std::vector<std::byte> add_round(Guest& guest, g::BufferHandle buf) {
@@ -1163,11 +1174,7 @@ TEST_CASE("threads chosen per graph: a graph computed again is timed, a fixed co
     REQUIRE(sched_getaffinity(0, sizeof set, &set) == 0);
     const int cpus = CPU_COUNT(&set);
     auto guest = std::make_unique<Guest>(16);
-    g::BufferHandle buf = guest->alloc(4096);
-    const auto graph = add_graph(buf, 32);
-    for (float k = 1; k <= 20; ++k)
-        REQUIRE(add_with(*guest, buf, graph, 32, {k, k, k, k}, {1, 2, 3, 4}) ==
-                std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
+    add_rounds(*guest, guest->alloc(4096), 20);
     const std::string log = stderr_of([&] { guest.reset(); });
     CHECK(log.find("context closed: 20 graphs computed, 19 of them reused") != std::string::npos);
     if (cpus >= 2) {
@@ -1181,20 +1188,13 @@ TEST_CASE("threads chosen per graph: a graph computed again is timed, a fixed co
     }
     // A fixed count (every other context: ggml.cpu.threads=1) times nothing.
     auto fixed = std::make_unique<Guest>(1);
-    g::BufferHandle b1 = fixed->alloc(4096);
-    for (float k = 1; k <= 5; ++k)
-        REQUIRE(add_with(*fixed, b1, add_graph(b1, 32), 32, {k, k, k, k}, {1, 2, 3, 4}) ==
-                std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
+    add_rounds(*fixed, fixed->alloc(4096), 5);
     CHECK(stderr_of([&] { fixed.reset(); }).find("thread floors") == std::string::npos);
 }
 
 TEST_CASE("graph reuse off (ggml.host.graph_cache=0): every compute builds its graph") {
     auto guest = std::make_unique<Guest>(14);
-    g::BufferHandle buf = guest->alloc(4096);
-    const auto graph = add_graph(buf, 32);
-    for (float k = 1; k <= 3; ++k)
-        CHECK(add_with(*guest, buf, graph, 32, {k, k, k, k}, {1, 2, 3, 4}) ==
-              std::vector<float>{1 + k, 2 + k, 3 + k, 4 + k});
+    add_rounds(*guest, guest->alloc(4096), 3);
     CHECK(close_and_count(guest) == "3 graphs computed, 0 of them reused");
     Guest bad(15); // more than 1024 graphs
     CHECK(bad.init_code == APIR_BACKEND_INIT_FAILED);
