@@ -890,10 +890,11 @@ Code run_checks_and_nodes(State& s, BuiltGraph& g, int32_t& status) {
 /// long it took to the graph's tuner (made after its first run, which found the parts'
 /// work-based thread counts).
 Code run_graph(State& s, BuiltGraph& g, int32_t& status) {
+    if (!s.adapt_threads) return run_checks_and_nodes(s, g, status);
     const auto start = std::chrono::steady_clock::now();
     const int floor = g.tuner.next();
     const Code e = run_checks_and_nodes(s, g, status);
-    if (!s.adapt_threads || e != Code::ok || status != GGML_STATUS_SUCCESS) return e;
+    if (e != Code::ok || status != GGML_STATUS_SUCCESS) return e;
     if (!g.tuner_made) {
         g.tuner.reset(ThreadTuner::floors_for(g.least_threads, s.max_threads));
         g.tuner_made = true;

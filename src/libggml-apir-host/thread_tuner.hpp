@@ -83,7 +83,6 @@ public:
         budget_ = first_budget_ns;
         spent_ = 0;
         runs_ = 0;
-        least_median_ = 0;
         usual_waste_ = 0;
         slow_runs_ = 0;
         measurements_ = 0;
@@ -117,7 +116,9 @@ public:
                 start_measuring();
                 return;
             }
-            const uint64_t at_least = runs_ * least_median_;
+            // median_of(0): the least floor's in the last measurement (its samples stay
+            // until the next one starts).
+            const uint64_t at_least = runs_ * median_of(0);
             if (runs_ >= min_runs_for_mean && spent_ > at_least) {
                 fall_back(spent_ - at_least);
                 return;
@@ -195,14 +196,10 @@ private:
         // mean of the last ones, halving, counts too.
         usual_waste_ = usual_waste_ / 2 + waste / 2;
         waste = std::max(waste, usual_waste_);
-        budget_ = best == chosen_ && measurements_ > 0 ? std::min(2 * budget_, max_budget_ns)
-                                                       : first_budget_ns;
-        if (waste > max_budget_ns / waste_factor)
-            budget_ = max_budget_ns;
-        else
-            budget_ = std::max(budget_, waste * waste_factor);
+        budget_ = hold_for(waste, best == chosen_ && measurements_ > 0
+                                      ? std::min(2 * budget_, max_budget_ns)
+                                      : first_budget_ns);
         chosen_ = best;
-        least_median_ = median_of(0);
         measuring_ = false;
         spent_ = 0;
         runs_ = 0;
@@ -215,13 +212,17 @@ private:
     /// among fast ones: a median of three does not see them).
     void fall_back(uint64_t waste) {
         chosen_ = 0;
-        budget_ = waste > max_budget_ns / waste_factor
-                      ? max_budget_ns
-                      : std::max(first_budget_ns, waste * waste_factor);
+        budget_ = hold_for(waste, first_budget_ns);
         spent_ = 0;
         runs_ = 0;
         slow_runs_ = 0;
         ++fallbacks_;
+    }
+
+    /// A budget of waste_factor times `waste`, at least `at_least`, at most max_budget_ns.
+    [[nodiscard]] static uint64_t hold_for(uint64_t waste, uint64_t at_least) noexcept {
+        if (waste > max_budget_ns / waste_factor) return max_budget_ns;
+        return std::max(at_least, waste * waste_factor);
     }
 
     [[nodiscard]] uint64_t max_of(size_t i) const noexcept {
@@ -251,9 +252,8 @@ private:
     bool measuring_ = false;
     uint64_t budget_ = first_budget_ns;
     uint64_t spent_ = 0;
-    uint64_t runs_ = 0;         ///< at the choice since it was made
-    uint64_t least_median_ = 0; ///< the least floor's, in the last measurement
-    uint64_t usual_waste_ = 0;  ///< of the measurements, each weighing half the last
+    uint64_t runs_ = 0;        ///< at the choice since it was made
+    uint64_t usual_waste_ = 0; ///< of the measurements, each weighing half the last
     unsigned slow_runs_ = 0;
     unsigned measurements_ = 0;
     unsigned fallbacks_ = 0;

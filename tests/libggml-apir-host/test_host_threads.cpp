@@ -94,6 +94,11 @@ std::map<int, int> drive(ThreadTuner& t, int runs, Cost cost) {
 }
 constexpr uint64_t us = 1000;
 constexpr uint64_t ms = 1000 * us;
+/// A token of a small model on quiet CPUs: 0.9 ms on one thread, 0.6 ms on two.
+constexpr auto quiet = [](int f) { return f == 1 ? 900 * us : 600 * us; };
+/// Beside a busy process: 1 ms on one thread, 35 ms on two (every node waits for the
+/// thread the scheduler took off its CPU).
+constexpr auto busy_cpus = [](int f) { return f == 1 ? 1 * ms : 35 * ms; };
 } // namespace
 
 TEST_CASE("thread tuner: the floors worth trying") {
@@ -117,25 +122,22 @@ TEST_CASE("thread tuner: one candidate is never measured") {
 }
 
 TEST_CASE("thread tuner: on quiet CPUs a small graph runs on every thread") {
-    // A token of a small model: 0.9 ms on one thread, 0.6 ms on two.
     ThreadTuner t(ThreadTuner::floors_for(1, 2));
-    auto at = drive(t, 8, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    auto at = drive(t, 8, quiet);
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 2);
     // Per candidate, a first run (untimed), then three timed runs.
     CHECK(at[1] == 4);
     CHECK(at[2] == 4);
     // Then mostly on two threads, measuring again now and then at a small cost.
-    at = drive(t, 2000, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    at = drive(t, 2000, quiet);
     CHECK(t.chosen() == 2);
     CHECK(at[2] > 1900);
     CHECK(t.measurements() > 1);
 }
 
 TEST_CASE("thread tuner: on busy CPUs a slow candidate costs two timed runs") {
-    // Beside a busy process: 1 ms on one thread, 35 ms on two (every node waits for the
-    // thread the scheduler took off its CPU).
-    const auto busy = [](int f) { return f == 1 ? 1 * ms : 35 * ms; };
+    const auto busy = busy_cpus;
     ThreadTuner t(ThreadTuner::floors_for(1, 2));
     auto at = drive(t, 10, busy);
     REQUIRE(t.measurements() == 1);
@@ -202,17 +204,14 @@ TEST_CASE("thread tuner: rare very slow runs on more threads send it back to one
     CHECK(t.fallbacks() == 0);
     CHECK(t.measuring());
     CHECK(t.budget_ns() == ThreadTuner::first_budget_ns);
-    drive(t, 8, [](int f) { return f == 1 ? 900 * us : 600 * us; });
+    drive(t, 8, quiet);
     CHECK(t.chosen() == 2);
     CHECK(t.budget_ns() == 50 * 3 * 300 * us);
 }
 
 TEST_CASE("thread tuner: it follows the machine getting busy and quiet again") {
     bool busy = false;
-    const auto cost = [&](int f) {
-        if (busy) return f == 1 ? 1 * ms : 35 * ms;
-        return f == 1 ? 900 * us : 600 * us;
-    };
+    const auto cost = [&](int f) { return busy ? busy_cpus(f) : quiet(f); };
     ThreadTuner t(ThreadTuner::floors_for(1, 2));
     drive(t, 500, cost);
     REQUIRE(t.chosen() == 2);
