@@ -1,0 +1,238 @@
+// A choice among a few ways of doing something that recurs, made by timing the runs made
+// each way: the host's thread floor of a graph it runs again (libggml-apir-host's
+// ThreadTuner), a guest's way of waiting for a long reply (ArrivalForecast, wait.hpp).
+//
+// Candidate 0 is the safe one and the measure of the others: a higher candidate is chosen
+// only when it was faster on every run. The rules:
+// - A measurement runs the candidates in turn, 3 runs each, the current choice first.
+//   It keeps candidate 0, or the higher candidate of the lowest median among those whose
+//   every run beat candidate 0's median: where runs scatter widely (a busy machine), a
+//   lucky median must not choose the riskier way. So one slow run keeps a higher
+//   candidate out until the next measurement.
+// - A higher candidate whose first two runs both take over twice candidate 0's median is
+//   dropped then (it could not win): a slow candidate costs two runs. Candidate 0 always
+//   takes its three.
+// - The choice then holds for a budget of run time: 20 ms after a measurement that
+//   changed the choice, twice the last budget after one that confirmed it, and at least
+//   50 times what the other candidates' runs cost beyond the choice's median (so that
+//   measuring costs about 2 %; what the last measurements cost counts too, each weighing
+//   half the one after it); never more than 5 s.
+// - At a higher candidate:
+//   - 3 runs in a row at over twice the choice's median (the machine got busy) start a
+//     measurement at once, its budget counted from 20 ms again. At candidate 0 they do
+//     not: it is the safe way.
+//   - Runs whose mean since the choice passes candidate 0's median (a few runs of a time
+//     slice or more among fast ones, which a median of three does not see) go back to
+//     candidate 0 at once, for 50 times what they cost beyond it (at least 20 ms, at most
+//     5 s).
+// - The first run of each candidate is not timed (it may set things up: a work buffer,
+//   threads).
+//
+// Pure logic: the caller times each run and reports it; nothing here reads a clock. Not
+// thread-safe: a caller shared by threads locks around it.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
+namespace apir {
+
+template <size_t MaxCandidates> class ChoiceTuner {
+    static_assert(MaxCandidates >= 1);
+
+public:
+    static constexpr size_t max_candidates = MaxCandidates;
+    static constexpr size_t samples_per_candidate = 3;
+    static constexpr uint64_t first_budget_ns = 20'000'000;  // 20 ms
+    static constexpr uint64_t max_budget_ns = 5'000'000'000; // 5 s
+    static constexpr unsigned slow_runs_to_measure = 3;
+    static constexpr uint64_t waste_factor = 50;
+    static constexpr uint64_t min_runs_for_mean = 32;
+
+    ChoiceTuner() = default;
+    explicit ChoiceTuner(size_t candidates) { reset(candidates); }
+
+    /// Starts over with this many candidates (at least 1, at most MaxCandidates); the
+    /// first is used until measured.
+    void reset(size_t candidates) {
+        n_ = std::clamp<size_t>(candidates, 1, MaxCandidates);
+        samples_ = {};
+        counts_ = {};
+        dropped_ = {};
+        warm_ = {};
+        chosen_ = 0;
+        budget_ = first_budget_ns;
+        spent_ = 0;
+        runs_ = 0;
+        usual_waste_ = 0;
+        slow_runs_ = 0;
+        measurements_ = 0;
+        fallbacks_ = 0;
+        measuring_ = false;
+        if (n_ > 1) start_measuring();
+    }
+
+    /// Whether there is more than one candidate (else next() is always 0).
+    [[nodiscard]] bool tuning() const noexcept { return n_ > 1; }
+    [[nodiscard]] size_t candidates() const noexcept { return n_; }
+
+    /// The candidate for the next run.
+    [[nodiscard]] size_t next() const noexcept { return measuring_ ? current_ : chosen_; }
+
+    /// Reports the duration of the run made with next()'s candidate.
+    void report(uint64_t ns) {
+        if (!tuning()) return;
+        if (measuring_) {
+            record(ns);
+            return;
+        }
+        spent_ += ns;
+        ++runs_;
+        if (chosen_ > 0) {
+            slow_runs_ = ns > 2 * median_of(chosen_) ? slow_runs_ + 1 : 0;
+            if (slow_runs_ >= slow_runs_to_measure) {
+                budget_ = first_budget_ns;
+                start_measuring();
+                return;
+            }
+            // median_of(0): candidate 0's in the last measurement (its samples stay until
+            // the next one starts).
+            const uint64_t at_safe = runs_ * median_of(0);
+            if (runs_ >= min_runs_for_mean && spent_ > at_safe) {
+                fall_back(spent_ - at_safe);
+                return;
+            }
+        }
+        if (spent_ >= budget_) start_measuring();
+    }
+
+    [[nodiscard]] bool measuring() const noexcept { return measuring_; }
+    /// The candidate chosen by the last measurement (0 before one).
+    [[nodiscard]] size_t chosen() const noexcept { return chosen_; }
+    /// Measurements completed.
+    [[nodiscard]] unsigned measurements() const noexcept { return measurements_; }
+    /// Returns to candidate 0 without a measurement (fall_back).
+    [[nodiscard]] unsigned fallbacks() const noexcept { return fallbacks_; }
+    /// Run time the current choice holds for before the next measurement.
+    [[nodiscard]] uint64_t budget_ns() const noexcept { return budget_; }
+
+private:
+    void start_measuring() {
+        measuring_ = true;
+        counts_ = {};
+        dropped_ = {};
+        // The current choice first: its runs are the ones most likely to be fast.
+        current_ = chosen_;
+    }
+
+    void record(uint64_t ns) {
+        const size_t c = current_;
+        if (!warm_[c]) {
+            warm_[c] = true; // its first run is not timed; the candidate runs again
+            return;
+        }
+        samples_[c][counts_[c]++] = ns;
+        // Two runs both over twice candidate 0's median: this one could not be chosen
+        // (one run can be slow for reasons of its own, two are enough). Candidate 0 is
+        // the measure of the others and takes all its runs.
+        if (c > 0 && counts_[c] >= 2 && counts_[0] > 0 && min_of(c) > 2 * median_of(0))
+            dropped_[c] = true;
+        // The next candidate with samples to take, in turn after this one.
+        for (size_t step = 1; step <= n_; ++step) {
+            const size_t i = (c + step) % n_;
+            if (!dropped_[i] && counts_[i] < samples_per_candidate) {
+                current_ = i;
+                return;
+            }
+        }
+        finish_measuring();
+    }
+
+    void finish_measuring() {
+        // Candidate 0, or a higher one whose every run beat candidate 0's median; of
+        // those, the lowest median.
+        size_t best = 0;
+        uint64_t best_median = median_of(0);
+        for (size_t i = 1; i < n_; ++i) {
+            if (dropped_[i] || counts_[i] < samples_per_candidate || max_of(i) >= median_of(0))
+                continue;
+            const uint64_t m = median_of(i);
+            if (m < best_median) best = i, best_median = m;
+        }
+        // What the other candidates' runs cost beyond the best's median: the choice holds
+        // for at least waste_factor times that.
+        uint64_t waste = 0;
+        for (size_t i = 0; i < n_; ++i) {
+            if (i == best) continue;
+            for (size_t k = 0; k < counts_[i]; ++k)
+                if (samples_[i][k] > best_median) waste += samples_[i][k] - best_median;
+        }
+        // A measurement's waste varies (a run of a time slice or more now and then): the
+        // mean of the last ones, halving, counts too.
+        usual_waste_ = usual_waste_ / 2 + waste / 2;
+        waste = std::max(waste, usual_waste_);
+        budget_ = hold_for(waste, best == chosen_ && measurements_ > 0
+                                      ? std::min(2 * budget_, max_budget_ns)
+                                      : first_budget_ns);
+        chosen_ = best;
+        measuring_ = false;
+        spent_ = 0;
+        runs_ = 0;
+        slow_runs_ = 0;
+        ++measurements_;
+    }
+
+    /// Back to candidate 0 without measuring: the choice's runs cost `waste` more than
+    /// candidate 0 would have.
+    void fall_back(uint64_t waste) {
+        chosen_ = 0;
+        budget_ = hold_for(waste, first_budget_ns);
+        spent_ = 0;
+        runs_ = 0;
+        slow_runs_ = 0;
+        ++fallbacks_;
+    }
+
+    /// A budget of waste_factor times `waste`, at least `at_least`, at most max_budget_ns.
+    [[nodiscard]] static uint64_t hold_for(uint64_t waste, uint64_t at_least) noexcept {
+        if (waste > max_budget_ns / waste_factor) return max_budget_ns;
+        return std::max(at_least, waste * waste_factor);
+    }
+
+    [[nodiscard]] uint64_t max_of(size_t i) const noexcept {
+        return *std::max_element(samples_[i].begin(), samples_[i].begin() + counts_[i]);
+    }
+    [[nodiscard]] uint64_t min_of(size_t i) const noexcept {
+        return *std::min_element(samples_[i].begin(), samples_[i].begin() + counts_[i]);
+    }
+
+    /// The median of a candidate's samples of the current measurement (or the last one).
+    [[nodiscard]] uint64_t median_of(size_t i) const noexcept {
+        const size_t n = counts_[i];
+        if (n == 0) return UINT64_MAX;
+        std::array<uint64_t, samples_per_candidate> v{};
+        std::copy_n(samples_[i].begin(), n, v.begin());
+        std::sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(n));
+        return v[n / 2];
+    }
+
+    size_t n_ = 1;
+    std::array<std::array<uint64_t, samples_per_candidate>, MaxCandidates> samples_{};
+    std::array<uint8_t, MaxCandidates> counts_{};
+    std::array<bool, MaxCandidates> dropped_{};
+    std::array<bool, MaxCandidates> warm_{}; ///< per candidate: has run once (not timed)
+    size_t chosen_ = 0;
+    size_t current_ = 0;
+    bool measuring_ = false;
+    uint64_t budget_ = first_budget_ns;
+    uint64_t spent_ = 0;
+    uint64_t runs_ = 0;        ///< with the choice since it was made
+    uint64_t usual_waste_ = 0; ///< of the measurements, each weighing half the last
+    unsigned slow_runs_ = 0;
+    unsigned measurements_ = 0;
+    unsigned fallbacks_ = 0;
+};
+
+} // namespace apir
