@@ -39,7 +39,8 @@
 
 namespace apir {
 
-template <size_t MaxCandidates> class ChoiceTuner {
+template <size_t MaxCandidates>
+class ChoiceTuner {
     static_assert(MaxCandidates >= 1);
 
 public:

@@ -70,6 +70,8 @@ struct VtestStats {
     uint64_t pings = 0;         ///< PING barriers sent
     uint64_t spin_replies = 0;  ///< waits answered while spinning on the word
     uint64_t ping_replies = 0;  ///< waits answered after a PING barrier
+    uint64_t blocked = 0;       ///< waits that went to the PING barrier at once (blocked,
+                                ///< ArrivalForecast::Rest::block): among ping_replies
     uint64_t dropped = 0;       ///< commands the host answered with no reply
     uint64_t blobs_created = 0; ///< RESOURCE_CREATE_BLOB that succeeded
     uint64_t blobs_released = 0;

@@ -3,12 +3,14 @@
 // The transports implement the wait itself (src/libapir/transport/wait.cpp).
 #pragma once
 
+#include "apir/choice_tuner.hpp"
 #include "apir/deadline.hpp"
 #include "apir/export.hpp"
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 
 namespace apir {
 
@@ -143,13 +145,37 @@ private:
 /// process-wide wake-up lateness, learned by the waits that rest) plus a margin; the
 /// watch that follows covers the lead and twice the spread, at most lead plus an eighth of
 /// the estimate (so a wait that rests spins about 10 % of the time it waits).
+///
+/// A transport whose host can wake the waiter (the loopback's futex, vtest's PING
+/// answer) has a second way to wait for a reply the forecast would rest for: block until
+/// the host wakes it (Rest::block). Which is faster depends on what else runs: where the
+/// host's threads need every CPU, the rest's timer wake-up and the watch's spin take a
+/// CPU from them (a token of a small language model through the loopback, the host on
+/// two threads, two CPUs: 0.81 of the local CPU resting and watching, 0.98 blocking);
+/// where a CPU is free, the watch saves the wake-up (the same with the host on one
+/// thread: 1,095 against 1,023 tokens/s). So the forecast times the waits made each way
+/// and keeps the faster (choice_tuner.hpp: block is the safe candidate, the watch is
+/// chosen only when it was faster on every run; that choice takes a lock).
 class APIR_EXPORT ArrivalForecast {
 public:
     struct Plan {
         std::chrono::nanoseconds rest{0};  ///< rest this long first (0: do not rest)
         std::chrono::nanoseconds watch{0}; ///< then spin at most this long
     };
+    /// How a wait that rests, where the host can wake it, waits.
+    enum class Rest : uint8_t {
+        block, ///< blocks until the host wakes it (no CPU while the host works)
+        watch, ///< rests until shortly before the reply is due, then spins through it
+    };
     [[nodiscard]] Plan plan() const noexcept;
+    /// The way for the next wait that rests (by the timed choice above).
+    [[nodiscard]] Rest rest_mode() const noexcept;
+    /// A wait that rested the `used` way took `took`, from its start to the reply noticed.
+    void timed(Rest used, std::chrono::nanoseconds took) noexcept;
+    /// The timed choice's measurements completed, and how often it went back to
+    /// blocking without one.
+    [[nodiscard]] unsigned rest_measurements() const noexcept;
+    [[nodiscard]] unsigned rest_fallbacks() const noexcept;
     /// The event came `took` after the start.
     void observe(std::chrono::nanoseconds took) noexcept;
     /// The estimate so far (0 before the first observation) and the spread.
@@ -171,6 +197,8 @@ private:
     std::atomic<int64_t> estimate_ns_{0};
     std::atomic<int64_t> spread_ns_{0};
     std::atomic<uint32_t> seen_{0};
+    mutable std::mutex rest_mu_;    // guards rest_choice_
+    ChoiceTuner<2> rest_choice_{2}; // candidate 0: Rest::block, 1: Rest::watch
 };
 
 } // namespace apir

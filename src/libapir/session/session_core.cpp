@@ -326,6 +326,8 @@ CommandStats SessionCounters::row(CommandStats c, const Slot& s, uint64_t calls)
     c.max = std::chrono::nanoseconds(s.max_ns.load(std::memory_order_relaxed));
     c.reply_due = s.reply_due.estimate();
     c.rests = s.reply_due.plan().rest > std::chrono::nanoseconds::zero();
+    c.rest_measurements = s.reply_due.rest_measurements();
+    c.blocks = c.rest_measurements > 0 && s.reply_due.rest_mode() == ArrivalForecast::Rest::block;
     return c;
 }
 

@@ -268,6 +268,28 @@ void ArrivalForecast::observe(nanoseconds took) noexcept {
     spread_ns_.store(sp + (dist - sp) / 8, std::memory_order_relaxed);
 }
 
+ArrivalForecast::Rest ArrivalForecast::rest_mode() const noexcept {
+    const std::lock_guard lk(rest_mu_);
+    return static_cast<Rest>(rest_choice_.next());
+}
+
+void ArrivalForecast::timed(Rest used, nanoseconds took) noexcept {
+    const std::lock_guard lk(rest_mu_);
+    // Another thread's wait may have moved the choice on since this one began.
+    if (rest_choice_.next() != static_cast<size_t>(used)) return;
+    rest_choice_.report(static_cast<uint64_t>(std::max<int64_t>(took.count(), 0)));
+}
+
+unsigned ArrivalForecast::rest_measurements() const noexcept {
+    const std::lock_guard lk(rest_mu_);
+    return rest_choice_.measurements();
+}
+
+unsigned ArrivalForecast::rest_fallbacks() const noexcept {
+    const std::lock_guard lk(rest_mu_);
+    return rest_choice_.fallbacks();
+}
+
 nanoseconds ArrivalForecast::estimate() const noexcept {
     return nanoseconds(estimate_ns_.load(std::memory_order_relaxed));
 }
@@ -302,6 +324,18 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     }
 
     TimerSlack slack;
+    // A wait its forecast rests for, where the host wakes sleepers, either blocks until
+    // woken or rests and watches (phase 0), as the forecast's timing chose
+    // (ArrivalForecast::rest_mode); it reports how long it took.
+    using Rest = ArrivalForecast::Rest;
+    ArrivalForecast* const forecast = policy.forecast;
+    const bool choosing = forecast && hooks.sleepers && forecast->plan().rest > nanoseconds::zero();
+    const Rest way = choosing ? forecast->rest_mode() : Rest::watch;
+    const auto began = choosing ? clock.now() : Clock::time_point::min();
+    auto report = [&] {
+        if (choosing) forecast->timed(way, clock.now() - began);
+    };
+
     // Phase 0: a forecast sure of when the reply is due: rest until shortly before it
     // (blocked where the host wakes sleepers, so an early reply still wakes us; else
     // asleep in slices, so an early reply is noticed at the next one), then watch (spin)
@@ -309,7 +343,11 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     auto start = Clock::time_point::min();
     auto spin_began = start; // the wait's CPU-bound part began (after any rest)
     bool rested = false;
-    if (policy.forecast) {
+    if (way == Rest::block) {
+        // Straight to phase 2's block: no spin, and the spin budget ignores this wait.
+        rested = true;
+        start = spin_began = began;
+    } else if (forecast) {
         nanoseconds slice{0}; // a sleep's longest: half the rest, at least max_sleep
         auto rest = [&](nanoseconds d) {
             slack.lower(); // the rest is timed to the microsecond
@@ -325,7 +363,10 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
         const auto r = detail::rest_then_watch(*policy.forecast, clock, deadline, hooks.host_cpu,
                                                hooks.yield_between_looks, done, rest, host_gone);
         if (r.timeout) return timed_out(clock, r.start);
-        if (r.done) return word.load(std::memory_order_acquire) - 1;
+        if (r.done) {
+            report();
+            return word.load(std::memory_order_acquire) - 1;
+        }
         if (r.rested) {
             rested = true;
             start = r.start;
@@ -352,6 +393,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             const auto took = timed ? clock.now() - start : nanoseconds::zero();
             if (hooks.budget) hooks.budget->won(took, policy.spin_for);
             if (policy.forecast && timed) policy.forecast->observe(took);
+            report();
             return word.load(std::memory_order_acquire) - 1;
         }
         if (start == Clock::time_point::min()) start = clock.now();
@@ -393,7 +435,8 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     const auto took = clock.now() - start;
     if (hooks.budget && !rested && (slept || plan.budget > nanoseconds::zero()))
         hooks.budget->lost(took, policy.spin_for);
-    if (policy.forecast) policy.forecast->observe(took);
+    if (forecast) forecast->observe(took);
+    report();
     return word.load(std::memory_order_acquire) - 1;
 }
 

@@ -384,6 +384,17 @@ TEST_CASE("calls that come and end when their forecasts say, then sooner: every 
                      "wait");
         }
     REQUIRE(found);
+    // Resting waits are timed two ways, blocking on the host's wake-up and watching; a
+    // measurement takes four waits each way.
+    for (int i = 0; i < 12; ++i) {
+        REQUIRE(s.call<demo::Sleep>(demo::SleepRequest{2}));
+        std::this_thread::sleep_for(2ms);
+    }
+    for (const auto& row : s.stats())
+        if (row.type == apir::CommandType::forward && row.id == demo::cmd_sleep && row.rests) {
+            INFO("blocks: " << row.blocks);
+            CHECK(row.rest_measurements >= 1);
+        }
     // A command at once (the host thread rests, expecting it 2 ms later: submit wakes
     // it), then a Sleep that ends at once (the caller rests, expecting 2 ms: the host's
     // notify wakes it). Neither waits for its rest to end, nor for a deadline.

@@ -178,8 +178,12 @@ public:
         sleeps_ = 0;
         resting_ = 0ns;
     }
+    /// Each look at the clock before the reply delays the reply by `d`: a waiter awake
+    /// (spinning) takes a CPU the host's threads need.
+    void steal_per_look(nanoseconds d) { steal_ = d; }
     apir::Clock::time_point now() const noexcept override {
         t_ += 20ns;
+        if (t_ < reply_at_) reply_at_ += steal_;
         publish();
         return base_ + t_;
     }
@@ -209,6 +213,7 @@ private:
     apir::Clock::time_point base_ = apir::Clock::now();
     mutable nanoseconds t_{0}, reply_at_{0}, resting_{0};
     mutable int sleeps_ = 0;
+    nanoseconds steal_{0};
 };
 
 // Teaches the process-wide wake-up lateness of rests about `rest` long: `late`.
@@ -239,12 +244,15 @@ Rested rest_wait(RestClock& clock, std::span<std::byte> page, apir::ArrivalForec
             clock.sleeps()};
 }
 
-// Calls of `took` until the forecast has learned them; it then rests.
+// Calls of `took` until the forecast has learned them; it then rests. On the futex, the
+// calls go on until the forecast has timed blocking against watching once (its first
+// measurement: rest_mode).
 void learn(RestClock& clock, std::span<std::byte> page, apir::ArrivalForecast& f, nanoseconds took,
            bool futex, int calls) {
-    for (int i = 0; i < calls; ++i)
+    for (int i = 0; i < calls || (futex && f.rest_measurements() == 0 && i < calls + 32); ++i)
         REQUIRE(rest_wait(clock, page, f, took, futex).result);
     REQUIRE(f.plan().rest > 0ns);
+    if (futex) REQUIRE(f.rest_measurements() > 0);
 }
 
 } // namespace
@@ -300,16 +308,26 @@ TEST_CASE("a wait resting by its forecast notices a regular reply as it comes, a
                 // The first calls are noticed late (by the polls or a wake-up): the
                 // forecast starts high and comes down a lead per rest.
                 learn(clock, page, f, took, futex, 8);
+                int watched = 0;
                 for (int i = 0; i < 5; ++i) {
                     auto w = rest_wait(clock, page, f, took, futex);
                     REQUIRE(w.result);
                     CHECK(w.late >= 0ns);
-                    CHECK(w.late <= 1us); // caught by the watch's spin
                     CHECK(w.sleeps <= 3);
-                    // Awake (spinning) for the lead and a little more: a tenth at most.
                     INFO("awake " << w.awake.count() << " ns");
+                    if (futex && w.awake <= 1us) {
+                        // Blocked until woken (the forecast times that way now and
+                        // then against the watch): a wake-up late.
+                        CHECK(w.late <= 30us + 1us);
+                        continue;
+                    }
+                    ++watched;
+                    CHECK(w.late <= 1us); // caught by the watch's spin
+                    // Awake (spinning) for the lead and a little more: a tenth at most.
                     CHECK(w.awake <= took / 10);
                 }
+                // Where the watch costs the host nothing, it is the way chosen.
+                CHECK(watched >= 3);
             }
         }
     }
@@ -352,4 +370,92 @@ TEST_CASE("a rest ends at the deadline", "[wait][forecast]") {
             CHECK(clock.elapsed() <= 3ms + 2us);
         }
     }
+}
+
+// --- blocking or watching (ArrivalForecast::rest_mode)
+
+namespace {
+
+struct Ways {
+    int blocked = 0; // waits noticed a wake-up after the reply, having slept throughout
+    int watched = 0; // waits noticed the reply as it came (the watch's spin)
+};
+
+// `calls` waits on the loopback's futex for replies due `took` into each call.
+Ways wait_calls(RestClock& clock, std::span<std::byte> page, apir::ArrivalForecast& f,
+                nanoseconds took, int calls) {
+    Ways w;
+    for (int i = 0; i < calls; ++i) {
+        auto r = rest_wait(clock, page, f, took, true);
+        REQUIRE(r.result);
+        if (r.awake <= 1us && r.sleeps == 1)
+            ++w.blocked;
+        else
+            ++w.watched;
+    }
+    return w;
+}
+
+} // namespace
+
+TEST_CASE("a wait that takes the host's CPU while it watches blocks until woken instead",
+          "[wait][forecast]") {
+    alignas(64) std::array<std::byte, 64> page{};
+    teach_wake(1ms, 60us);
+    RestClock clock(page, 60us, 20us); // a futex wake-up: 20 µs after the reply
+    clock.steal_per_look(10ns);        // awake, the waiter slows the host by half
+    apir::ArrivalForecast f;
+    learn(clock, page, f, 1ms, true, 4); // to the first measurement's end
+    CHECK(f.rest_mode() == apir::ArrivalForecast::Rest::block);
+    // Then it blocks, watching only in the measurements that follow (3 waits of a
+    // measurement, the budget at least 20 ms of waits, doubling).
+    const Ways after = wait_calls(clock, page, f, 1ms, 400);
+    INFO(after.watched << " of 400 watched, " << f.rest_measurements() << " measurements");
+    CHECK(after.blocked >= 400 - 4 * 3);
+    CHECK(f.rest_mode() == apir::ArrivalForecast::Rest::block);
+    CHECK(f.rest_measurements() >= 3);
+}
+
+TEST_CASE("a wait whose watch costs the host nothing watches: it saves the wake-up",
+          "[wait][forecast]") {
+    alignas(64) std::array<std::byte, 64> page{};
+    teach_wake(1ms, 60us);
+    RestClock clock(page, 60us, 20us);
+    apir::ArrivalForecast f;
+    learn(clock, page, f, 1ms, true, 4); // to the first measurement's end
+    CHECK(f.rest_mode() == apir::ArrivalForecast::Rest::watch);
+    const Ways after = wait_calls(clock, page, f, 1ms, 400);
+    INFO(after.blocked << " of 400 blocked, " << f.rest_measurements() << " measurements");
+    CHECK(after.watched >= 400 - 4 * 4); // blocking only in measurements (4 with its first)
+    // Noticed as it came: the watch's spin, not a wake-up.
+    auto w = rest_wait(clock, page, f, 1ms, true);
+    REQUIRE(w.result);
+    if (f.rest_mode() == apir::ArrivalForecast::Rest::watch) CHECK(w.late <= 1us);
+}
+
+TEST_CASE("a polled wait (no wake-up from the host) never blocks, and times no way",
+          "[wait][forecast]") {
+    alignas(64) std::array<std::byte, 64> page{};
+    teach_wake(1ms, 60us);
+    RestClock clock(page, 60us);
+    apir::ArrivalForecast f;
+    learn(clock, page, f, 1ms, false, 40);
+    CHECK(f.rest_measurements() == 0);
+    CHECK(f.rest_mode() == apir::ArrivalForecast::Rest::block); // asked, never used
+}
+
+TEST_CASE("a wait's time reported for a way the choice has moved past is dropped",
+          "[wait][forecast]") {
+    using Rest = apir::ArrivalForecast::Rest;
+    apir::ArrivalForecast f;
+    REQUIRE(f.rest_mode() == Rest::block);
+    f.timed(Rest::block, 1ms); // the first wait each way is not timed
+    REQUIRE(f.rest_mode() == Rest::block);
+    for (int i = 0; i < 10; ++i)
+        f.timed(Rest::watch, 1us); // another thread's stale waits: not the way measured
+    CHECK(f.rest_mode() == Rest::block);
+    f.timed(Rest::block, 1ms);
+    CHECK(f.rest_mode() == Rest::watch); // measured in turn
+    f.timed(Rest::block, 1ms);           // stale again
+    CHECK(f.rest_measurements() == 0);
 }

@@ -230,7 +230,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     size_t partial_len = 0;
 
     std::atomic<uint64_t> sent_count{0}; // `sent`, readable without the lock
-    std::atomic<uint64_t> n_pings{0}, n_spin{0}, n_ping_replies{0}, n_dropped{0};
+    std::atomic<uint64_t> n_pings{0}, n_spin{0}, n_ping_replies{0}, n_dropped{0}, n_blocked{0};
     std::atomic<uint64_t> n_created{0}, n_released{0};
 
     mutable std::mutex blobs_mu;
@@ -547,24 +547,46 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         // it does, on a busy machine): a short command is done before a PING could be.
         // Where the command's forecast knows when its reply is due, rest and watch
         // through that time first (apir::wait_for_reply).
+        // A reply the forecast rests for: rest and watch (as above), or block at once in
+        // the PING barrier below (the server answers the PING once the command has run:
+        // no CPU meanwhile), as the forecast's timing chose (ArrivalForecast::rest_mode).
         const auto began = clk.now();
         nanoseconds window = std::clamp(policy.spin_for, nanoseconds::zero(), max_spin_window);
-        if (policy.forecast && policy.kind == WaitPolicy::Kind::adaptive) {
-            const auto due = policy.forecast->plan();
-            if (due.rest > nanoseconds::zero()) window = std::max(window, due.rest + due.watch);
+        ArrivalForecast* const forecast = policy.forecast;
+        using Rest = ArrivalForecast::Rest;
+        bool choosing = false;
+        Rest way = Rest::watch;
+        if (forecast && policy.kind == WaitPolicy::Kind::adaptive) {
+            const auto due = forecast->plan();
+            if (due.rest > nanoseconds::zero()) {
+                choosing = true;
+                way = forecast->rest_mode();
+                window = std::max(window, due.rest + due.watch);
+            }
         }
-        WaitHooks hooks;
-        hooks.yield_between_looks = true;
-        auto spun =
-            wait_for_reply(bytes, policy, detail_spin_deadline(clk, window, deadline), hooks);
-        if (spun) {
-            n_spin.fetch_add(1, std::memory_order_relaxed);
-            return spun;
+        auto report = [&] {
+            if (choosing) forecast->timed(way, clk.now() - began);
+        };
+        if (way == Rest::watch) {
+            WaitHooks hooks;
+            hooks.yield_between_looks = true;
+            auto spun =
+                wait_for_reply(bytes, policy, detail_spin_deadline(clk, window, deadline), hooks);
+            if (spun) {
+                n_spin.fetch_add(1, std::memory_order_relaxed);
+                report();
+                return spun;
+            }
+            if (spun.error().code() != Errc::timeout) return spun;
+        } else {
+            n_blocked.fetch_add(1, std::memory_order_relaxed);
         }
-        if (spun.error().code() != Errc::timeout) return spun;
         // The reply will come through the PING barrier: the forecast learns from it too.
         auto code = wait_past_ping(bytes, page.res_id(), mine, deadline, clk);
-        if (code && policy.forecast) policy.forecast->observe(clk.now() - began);
+        if (code && forecast) {
+            forecast->observe(clk.now() - began);
+            report();
+        }
         return code;
     }
 
@@ -876,6 +898,7 @@ VtestStats VtestTransport::stats() const noexcept {
     s.pings = impl_->n_pings.load(std::memory_order_relaxed);
     s.spin_replies = impl_->n_spin.load(std::memory_order_relaxed);
     s.ping_replies = impl_->n_ping_replies.load(std::memory_order_relaxed);
+    s.blocked = impl_->n_blocked.load(std::memory_order_relaxed);
     s.dropped = impl_->n_dropped.load(std::memory_order_relaxed);
     s.blobs_created = impl_->n_created.load(std::memory_order_relaxed);
     s.blobs_released = impl_->n_released.load(std::memory_order_relaxed);

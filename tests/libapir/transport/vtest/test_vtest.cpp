@@ -273,6 +273,33 @@ TEST_CASE("the real host: a session connects, calls, and moves bulk data", "[hos
     CHECK(sum->checksum == demo::checksum(data.data(), data.size()));
 }
 
+TEST_CASE("a long command's wait blocks in the PING barrier when its forecast measures that way",
+          "[host][demo]") {
+    // Once a command's forecast is sure of when its reply is due, its waits either rest
+    // and watch or block at once in the PING barrier, timed against each other
+    // (ArrivalForecast::rest_mode); a measurement starts with blocking, four waits.
+    VtestServer server(demo_config());
+    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
+    REQUIRE(t);
+    Session s(std::move(*t), quiet_session());
+    REQUIRE(s.connect());
+    constexpr int calls = 12;
+    for (int i = 0; i < calls; ++i) {
+        apir::CallOptions co;
+        co.deadline = apir::Deadline::after(10s);
+        REQUIRE(s.call<demo::Sleep>(demo::SleepRequest{2}, co));
+    }
+    const auto st = s.transport().stats();
+    INFO(st.blocked << " of " << calls << " blocked, " << st.ping_replies << " after a PING, "
+                    << st.spin_replies << " in the spin");
+    CHECK(st.blocked >= 3);
+    CHECK(st.ping_replies >= st.blocked); // each blocked wait got its reply past a PING
+    // It still answers: an Echo after them.
+    auto e = s.call<demo::Echo>(demo::EchoRequest{9, "after"});
+    REQUIRE(e);
+    CHECK(e->text == "after");
+}
+
 TEST_CASE("a command the host runs without a reply fails at once with UNKNOWN_RESOURCE",
           "[faults]") {
     SilentServer server(SilentServer::answers_pings); // answers PINGs, writes no reply
