@@ -300,6 +300,42 @@ TEST_CASE("a long command's wait blocks in the PING barrier when its forecast me
     CHECK(e->text == "after");
 }
 
+TEST_CASE("threads whose long waits block in the PING barrier, between short calls: every "
+          "reply matches its request",
+          "[host][demo]") {
+    // One thread's blocked wait holds the connection while it reads its PING's answer;
+    // the others' submits and waits queue behind it, and all are answered in order.
+    VtestServer server(demo_config());
+    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
+    REQUIRE(t);
+    Session s(std::move(*t), quiet_session());
+    REQUIRE(s.connect());
+    constexpr int threads = 4, rounds = 15;
+    std::atomic<int> bad{0}, ok{0};
+    std::vector<std::thread> pool;
+    for (int th = 0; th < threads; ++th)
+        pool.emplace_back([&, th] {
+            for (int i = 0; i < rounds; ++i) {
+                apir::CallOptions co;
+                co.deadline = apir::Deadline::after(20s);
+                if (!s.call<demo::Sleep>(demo::SleepRequest{2}, co)) ++bad;
+                const uint64_t tag = (uint64_t(th) << 32) | uint32_t(i);
+                auto e = s.call<demo::Echo>(demo::EchoRequest{tag, std::to_string(tag)}, co);
+                if (!e || e->tag != tag || e->text != std::to_string(tag))
+                    ++bad;
+                else
+                    ++ok;
+            }
+        });
+    for (auto& p : pool)
+        p.join();
+    const auto st = s.transport().stats();
+    INFO(st.blocked << " waits blocked, " << st.ping_replies << " after a PING");
+    CHECK(bad == 0);
+    CHECK(ok == threads * rounds);
+    CHECK(st.blocked >= 3); // Sleep's forecast measured the blocking way at least once
+}
+
 TEST_CASE("a command the host runs without a reply fails at once with UNKNOWN_RESOURCE",
           "[faults]") {
     SilentServer server(SilentServer::answers_pings); // answers PINGs, writes no reply
