@@ -155,7 +155,9 @@ private:
 /// where a CPU is free, the watch saves the wake-up (the same with the host on one
 /// thread: 1,095 against 1,023 tokens/s). So the forecast times the waits made each way
 /// and keeps the faster (choice_tuner.hpp: block is the safe candidate, the watch is
-/// chosen only when it was faster on every run; that choice takes a lock).
+/// chosen only when it was faster on every run; that choice takes a lock). A wait over
+/// twice the estimate (a call of another kind with the same command: a prompt's graph
+/// among a token's) is not timed.
 class APIR_EXPORT ArrivalForecast {
 public:
     struct Plan {

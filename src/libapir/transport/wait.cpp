@@ -277,6 +277,10 @@ void ArrivalForecast::timed(Rest used, nanoseconds took) noexcept {
     const std::lock_guard lk(rest_mu_);
     // Another thread's wait may have moved the choice on since this one began.
     if (rest_choice_.next() != static_cast<size_t>(used)) return;
+    // A call of another kind than those the estimate follows (a prompt's graph among a
+    // token's, same command) is not compared with them.
+    const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
+    if (est > 0 && took.count() > 2 * est) return;
     rest_choice_.report(static_cast<uint64_t>(std::max<int64_t>(took.count(), 0)));
 }
 

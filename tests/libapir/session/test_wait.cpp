@@ -459,3 +459,18 @@ TEST_CASE("a wait's time reported for a way the choice has moved past is dropped
     f.timed(Rest::block, 1ms);           // stale again
     CHECK(f.rest_measurements() == 0);
 }
+
+TEST_CASE("a wait far longer than the estimate (a call of another kind) is not timed",
+          "[wait][forecast]") {
+    using Rest = apir::ArrivalForecast::Rest;
+    apir::ArrivalForecast f;
+    for (int i = 0; i < 3; ++i)
+        f.observe(1ms);        // a token's graph
+    f.timed(Rest::block, 1ms); // untimed: the first wait each way
+    REQUIRE(f.rest_mode() == Rest::block);
+    for (int i = 0; i < 5; ++i)
+        f.timed(Rest::block, 13ms); // a prompt's graph: not compared with a token's
+    CHECK(f.rest_mode() == Rest::block);
+    f.timed(Rest::block, 1100us); // within twice the estimate: timed, the turn moves on
+    CHECK(f.rest_mode() == Rest::watch);
+}
