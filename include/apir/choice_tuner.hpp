@@ -4,7 +4,9 @@
 //
 // Candidate 0 is the safe one and the measure of the others: a higher candidate is chosen
 // only when it was faster on every run. The rules:
-// - A measurement runs the candidates in turn, 3 runs each, the current choice first.
+// - A measurement runs each candidate 3 times in a row after one untimed run (which may
+//   pay for the switch from another candidate: a thread woken, a buffer made), the
+//   current choice first. Alternating would make every run pay for a switch.
 //   It keeps candidate 0, or the higher candidate of the lowest median among those whose
 //   every run beat candidate 0's median: where runs scatter widely (a busy machine), a
 //   lucky median must not choose the riskier way. So one slow run keeps a higher
@@ -25,8 +27,6 @@
 //     slice or more among fast ones, which a median of three does not see) go back to
 //     candidate 0 at once, for 50 times what they cost beyond it (at least 20 ms, at most
 //     5 s).
-// - The first run of each candidate is not timed (it may set things up: a work buffer,
-//   threads).
 //
 // Pure logic: the caller times each run and reports it; nothing here reads a clock. Not
 // thread-safe: a caller shared by threads locks around it.
@@ -124,6 +124,7 @@ private:
         measuring_ = true;
         counts_ = {};
         dropped_ = {};
+        warm_ = {};
         // The current choice first: its runs are the ones most likely to be fast.
         current_ = chosen_;
     }
@@ -131,7 +132,9 @@ private:
     void record(uint64_t ns) {
         const size_t c = current_;
         if (!warm_[c]) {
-            warm_[c] = true; // its first run is not timed; the candidate runs again
+            // Its first run in this measurement is not timed (it may pay for the switch
+            // from another candidate: a thread woken, a work buffer made); it runs again.
+            warm_[c] = true;
             return;
         }
         samples_[c][counts_[c]++] = ns;
@@ -140,7 +143,8 @@ private:
         // the measure of the others and takes all its runs.
         if (c > 0 && counts_[c] >= 2 && counts_[0] > 0 && min_of(c) > 2 * median_of(0))
             dropped_[c] = true;
-        // The next candidate with samples to take, in turn after this one.
+        // Its runs in a row, then the next candidate with samples to take.
+        if (!dropped_[c] && counts_[c] < samples_per_candidate) return;
         for (size_t step = 1; step <= n_; ++step) {
             const size_t i = (c + step) % n_;
             if (!dropped_[i] && counts_[i] < samples_per_candidate) {
@@ -223,7 +227,7 @@ private:
     std::array<std::array<uint64_t, samples_per_candidate>, MaxCandidates> samples_{};
     std::array<uint8_t, MaxCandidates> counts_{};
     std::array<bool, MaxCandidates> dropped_{};
-    std::array<bool, MaxCandidates> warm_{}; ///< per candidate: has run once (not timed)
+    std::array<bool, MaxCandidates> warm_{}; ///< per candidate: has run in this measurement
     size_t chosen_ = 0;
     size_t current_ = 0;
     bool measuring_ = false;

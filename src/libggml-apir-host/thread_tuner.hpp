@@ -20,8 +20,8 @@
 //   the least floor's median go back to it. That can cost more than those runs did when
 //   they are rare: about 10 % in a simulation with one run in 300 at 35 ms (0.6 ms
 //   otherwise, 0.9 ms on the least floor).
-// - The first run at each floor is not timed: the graph's first makes the device's work
-//   buffer, a higher floor's may start its threads.
+// - A measurement's first run at each floor is not timed: the graph's first makes the
+//   device's work buffer, a higher floor's may start or wake its threads.
 //
 // Pure logic: the caller times each run and reports it; nothing here reads a clock.
 #pragma once

@@ -173,7 +173,26 @@ TEST_CASE("thread tuner: more threads win only with every run faster, and soon g
     const auto at = drive(t, runs_in_budget + 10, cost);
     CHECK(t.measurements() == 2);
     CHECK(t.chosen() == 2);
-    CHECK(at.at(1) <= runs_in_budget + 4);
+    CHECK(at.at(1) <= runs_in_budget + 5); // with the measurement's 1 + 3 runs on one
+}
+
+TEST_CASE("thread tuner: what switching floors costs does not keep more threads out") {
+    // A run on two threads right after one on one thread pays for waking the second
+    // thread (0.3 ms). Each candidate's runs in a measurement come in a row after an
+    // untimed one: alternating, every run on two threads would pay it (0.9 ms, not
+    // faster than one thread) and one thread would be kept.
+    int last = 1;
+    const auto cost = [&](int f) {
+        const uint64_t c = f == 1 ? 900 * us : (last == 1 ? 900 * us : 600 * us);
+        last = f;
+        return c;
+    };
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    drive(t, 8, cost);
+    REQUIRE(t.measurements() == 1);
+    CHECK(t.chosen() == 2);
+    const auto at = drive(t, 2000, cost);
+    CHECK(at.at(2) > 1900);
 }
 
 TEST_CASE("thread tuner: rare very slow runs on more threads send it back to one") {

@@ -449,13 +449,14 @@ TEST_CASE("a wait's time reported for a way the choice has moved past is dropped
     using Rest = apir::ArrivalForecast::Rest;
     apir::ArrivalForecast f;
     REQUIRE(f.rest_mode() == Rest::block);
-    f.timed(Rest::block, 1ms); // the first wait each way is not timed
+    f.timed(Rest::block, 1ms); // a measurement's first wait each way is not timed
     REQUIRE(f.rest_mode() == Rest::block);
     for (int i = 0; i < 10; ++i)
         f.timed(Rest::watch, 1us); // another thread's stale waits: not the way measured
     CHECK(f.rest_mode() == Rest::block);
-    f.timed(Rest::block, 1ms);
-    CHECK(f.rest_mode() == Rest::watch); // measured in turn
+    for (int i = 0; i < 3; ++i)
+        f.timed(Rest::block, 1ms);
+    CHECK(f.rest_mode() == Rest::watch); // three timed waits, then the other way
     f.timed(Rest::block, 1ms);           // stale again
     CHECK(f.rest_measurements() == 0);
 }
@@ -468,9 +469,11 @@ TEST_CASE("a wait far longer than the estimate (a call of another kind) is not t
         f.observe(1ms);        // a token's graph
     f.timed(Rest::block, 1ms); // untimed: the first wait each way
     REQUIRE(f.rest_mode() == Rest::block);
+    f.timed(Rest::block, 1ms);
+    f.timed(Rest::block, 1ms);
     for (int i = 0; i < 5; ++i)
         f.timed(Rest::block, 13ms); // a prompt's graph: not compared with a token's
     CHECK(f.rest_mode() == Rest::block);
-    f.timed(Rest::block, 1100us); // within twice the estimate: timed, the turn moves on
+    f.timed(Rest::block, 1100us); // within twice the estimate: the third, the turn moves on
     CHECK(f.rest_mode() == Rest::watch);
 }
