@@ -82,17 +82,19 @@ public:
     /// The candidate for the next run.
     [[nodiscard]] size_t next() const noexcept { return measuring_ ? current_ : chosen_; }
 
-    /// Reports the duration of the run made with next()'s candidate.
+    /// Reports the duration of the run made with next()'s candidate (at least 1 ns is
+    /// counted, so that runs always spend the budget).
     void report(uint64_t ns) {
         if (!tuning()) return;
+        ns = std::max<uint64_t>(ns, 1);
         if (measuring_) {
             record(ns);
             return;
         }
-        spent_ += ns;
+        spent_ = add(spent_, ns);
         ++runs_;
         if (chosen_ > 0) {
-            slow_runs_ = ns > 2 * median_of(chosen_) ? slow_runs_ + 1 : 0;
+            slow_runs_ = ns > mul(2, median_of(chosen_)) ? slow_runs_ + 1 : 0;
             if (slow_runs_ >= slow_runs_to_measure) {
                 budget_ = first_budget_ns;
                 start_measuring();
@@ -100,7 +102,7 @@ public:
             }
             // median_of(0): candidate 0's in the last measurement (its samples stay until
             // the next one starts).
-            const uint64_t at_safe = runs_ * median_of(0);
+            const uint64_t at_safe = mul(runs_, median_of(0));
             if (runs_ >= min_runs_for_mean && spent_ > at_safe) {
                 fall_back(spent_ - at_safe);
                 return;
@@ -141,7 +143,7 @@ private:
         // Two runs both over twice candidate 0's median: this one could not be chosen
         // (one run can be slow for reasons of its own, two are enough). Candidate 0 is
         // the measure of the others and takes all its runs.
-        if (c > 0 && counts_[c] >= 2 && counts_[0] > 0 && min_of(c) > 2 * median_of(0))
+        if (c > 0 && counts_[c] >= 2 && counts_[0] > 0 && min_of(c) > mul(2, median_of(0)))
             dropped_[c] = true;
         // Its runs in a row, then the next candidate with samples to take.
         if (!dropped_[c] && counts_[c] < samples_per_candidate) return;
@@ -172,7 +174,7 @@ private:
         for (size_t i = 0; i < n_; ++i) {
             if (i == best) continue;
             for (size_t k = 0; k < counts_[i]; ++k)
-                if (samples_[i][k] > best_median) waste += samples_[i][k] - best_median;
+                if (samples_[i][k] > best_median) waste = add(waste, samples_[i][k] - best_median);
         }
         // A measurement's waste varies (a run of a time slice or more now and then): the
         // mean of the last ones, halving, counts too.
@@ -198,6 +200,14 @@ private:
         runs_ = 0;
         slow_runs_ = 0;
         ++fallbacks_;
+    }
+
+    // Saturating: durations come from a caller's clock, and may be anything.
+    [[nodiscard]] static uint64_t add(uint64_t a, uint64_t b) noexcept {
+        return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+    }
+    [[nodiscard]] static uint64_t mul(uint64_t a, uint64_t b) noexcept {
+        return b != 0 && a > UINT64_MAX / b ? UINT64_MAX : a * b;
     }
 
     /// A budget of waste_factor times `waste`, at least `at_least`, at most max_budget_ns.

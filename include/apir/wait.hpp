@@ -157,7 +157,8 @@ private:
 /// and keeps the faster (choice_tuner.hpp: block is the safe candidate, the watch is
 /// chosen only when it was faster on every run; that choice takes a lock). A wait over
 /// twice the estimate (a call of another kind with the same command: a prompt's graph
-/// among a token's) is not timed.
+/// among a token's) is not timed in a measurement, and counts at most 4 times the
+/// estimate between them.
 class APIR_EXPORT ArrivalForecast {
 public:
     struct Plan {
@@ -170,8 +171,11 @@ public:
         watch, ///< rests until shortly before the reply is due, then spins through it
     };
     [[nodiscard]] Plan plan() const noexcept;
-    /// The way for the next wait that rests (by the timed choice above).
+    /// The way for the next wait that rests (by the timed choice above; in a
+    /// measurement, the way being timed).
     [[nodiscard]] Rest rest_mode() const noexcept;
+    /// The way the last measurement chose (Rest::block before one).
+    [[nodiscard]] Rest rest_chosen() const noexcept;
     /// A wait that rested the `used` way took `took`, from its start to the reply noticed.
     void timed(Rest used, std::chrono::nanoseconds took) noexcept;
     /// The timed choice's measurements completed, and how often it went back to

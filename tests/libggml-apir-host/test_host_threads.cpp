@@ -285,3 +285,22 @@ TEST_CASE("thread tuner: a floor that loses on one run does not take another out
     // The least floor takes all its runs, however slow against the others.
     CHECK(runs[1] == 4);
 }
+
+TEST_CASE("thread tuner: durations of 0 ns and near 2^64 ns neither wrap nor stop it") {
+    // Durations come from a clock: a run may read 0 ns (a coarse clock) or anything. Each
+    // run counts at least 1 ns toward the budget, so it still measures again; sums and
+    // products saturate, so a huge run is slow, not fast.
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    drive(t, 8, [](int) { return uint64_t{0}; });
+    REQUIRE(t.measurements() == 1);
+    for (uint64_t i = 0; i <= t.budget_ns(); ++i) // 1 ns a run: budget_ns() runs
+        t.report(0);
+    CHECK(t.measuring());
+    ThreadTuner u(ThreadTuner::floors_for(1, 2));
+    const auto huge = [](int f) { return f == 1 ? UINT64_MAX / 2 + 1 : uint64_t{1000}; };
+    drive(u, 8, huge);
+    REQUIRE(u.measurements() == 1);
+    CHECK(u.chosen() == 2); // every run on two threads beat one thread's median
+    const auto at = drive(u, 1000, huge);
+    CHECK(at.at(2) > 900);
+}

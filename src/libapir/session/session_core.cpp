@@ -327,7 +327,7 @@ CommandStats SessionCounters::row(CommandStats c, const Slot& s, uint64_t calls)
     c.reply_due = s.reply_due.estimate();
     c.rests = s.reply_due.plan().rest > std::chrono::nanoseconds::zero();
     c.rest_measurements = s.reply_due.rest_measurements();
-    c.blocks = c.rest_measurements > 0 && s.reply_due.rest_mode() == ArrivalForecast::Rest::block;
+    c.blocks = c.rest_measurements > 0 && s.reply_due.rest_chosen() == ArrivalForecast::Rest::block;
     return c;
 }
 

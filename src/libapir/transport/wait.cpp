@@ -278,10 +278,21 @@ void ArrivalForecast::timed(Rest used, nanoseconds took) noexcept {
     // Another thread's wait may have moved the choice on since this one began.
     if (rest_choice_.next() != static_cast<size_t>(used)) return;
     // A call of another kind than those the estimate follows (a prompt's graph among a
-    // token's, same command) is not compared with them.
+    // token's, same command) is not compared with them in a measurement. Between
+    // measurements it counts, capped at 4 times the estimate: a watch that cost the host a
+    // time slice is what the choice's fall-back rules are there to see.
     const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
-    if (est > 0 && took.count() > 2 * est) return;
-    rest_choice_.report(static_cast<uint64_t>(std::max<int64_t>(took.count(), 0)));
+    int64_t ns = std::max<int64_t>(took.count(), 0);
+    if (est > 0 && ns > 2 * est) {
+        if (rest_choice_.measuring()) return;
+        ns = std::min(ns, 4 * est);
+    }
+    rest_choice_.report(static_cast<uint64_t>(ns));
+}
+
+ArrivalForecast::Rest ArrivalForecast::rest_chosen() const noexcept {
+    const std::lock_guard lk(rest_mu_);
+    return static_cast<Rest>(rest_choice_.chosen());
 }
 
 unsigned ArrivalForecast::rest_measurements() const noexcept {

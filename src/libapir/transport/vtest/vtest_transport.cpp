@@ -59,8 +59,10 @@ constexpr uint32_t max_capset_words = 1024;
 // How long a wait spins on the word before the PING barrier, at most: a small
 // FORWARD completes in about 14 µs on the real host, a PING round trip takes 16 µs.
 constexpr nanoseconds max_spin_window = microseconds(50);
-// How often a waiter blocked on the connection's lock looks at its word again.
-constexpr milliseconds lock_slice{1};
+// How often a waiter blocked on the connection's lock looks at its word again: the lock's
+// holder may be reading the answer to a PING sent after a long command that ran after
+// the waiter's.
+constexpr microseconds lock_slice{100};
 // The longest single wait on the socket or the lock: a waiter with no deadline looks
 // at the transport's `closing` flag at least this often.
 constexpr milliseconds close_slice{100};
@@ -619,6 +621,11 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                                                    "deadline"));
             }
             if (answered) continue;
+            // The reply may have come while the lock was being taken.
+            if (const uint32_t w = notification_word(bytes).load(std::memory_order_acquire)) {
+                n_ping_replies.fetch_add(1, std::memory_order_relaxed);
+                return w - 1;
+            }
             if (closing.load(std::memory_order_acquire))
                 (void)break_connection("the transport was closed");
             if (broken) return dropped_or(bytes, *broken);
