@@ -51,6 +51,16 @@ apir::SessionOptions quiet_session() {
     return s;
 }
 
+// A session on a new connection to the server, connected (its host loads the demo
+// backend).
+std::unique_ptr<Session> connected_session(const VtestServer& server) {
+    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
+    REQUIRE(t);
+    auto s = std::make_unique<Session>(std::move(*t), quiet_session());
+    REQUIRE(s->connect());
+    return s;
+}
+
 double ms_since(apir::Clock::time_point t) {
     return std::chrono::duration<double, std::milli>(apir::Clock::now() - t).count();
 }
@@ -279,23 +289,20 @@ TEST_CASE("a long command's wait blocks in the PING barrier when its forecast me
     // and watch or block at once in the PING barrier, timed against each other
     // (ArrivalForecast::rest_mode); a measurement starts with blocking, four waits.
     VtestServer server(demo_config());
-    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
-    REQUIRE(t);
-    Session s(std::move(*t), quiet_session());
-    REQUIRE(s.connect());
+    auto s = connected_session(server);
     constexpr int calls = 12;
     for (int i = 0; i < calls; ++i) {
         apir::CallOptions co;
         co.deadline = apir::Deadline::after(10s);
-        REQUIRE(s.call<demo::Sleep>(demo::SleepRequest{2}, co));
+        REQUIRE(s->call<demo::Sleep>(demo::SleepRequest{2}, co));
     }
-    const auto st = s.transport().stats();
+    const auto st = s->transport().stats();
     INFO(st.blocked << " of " << calls << " blocked, " << st.ping_replies << " after a PING, "
                     << st.spin_replies << " in the spin");
     CHECK(st.blocked >= 3);
     CHECK(st.ping_replies >= st.blocked); // each blocked wait got its reply past a PING
     // It still answers: an Echo after them.
-    auto e = s.call<demo::Echo>(demo::EchoRequest{9, "after"});
+    auto e = s->call<demo::Echo>(demo::EchoRequest{9, "after"});
     REQUIRE(e);
     CHECK(e->text == "after");
 }
@@ -306,10 +313,7 @@ TEST_CASE("threads whose long waits block in the PING barrier, between short cal
     // One thread's blocked wait holds the connection while it reads its PING's answer;
     // the others' submits and waits queue behind it, and all are answered in order.
     VtestServer server(demo_config());
-    auto t = apir::VtestTransport::open(options_for(server.socket_path()));
-    REQUIRE(t);
-    Session s(std::move(*t), quiet_session());
-    REQUIRE(s.connect());
+    auto s = connected_session(server);
     constexpr int threads = 4, rounds = 15;
     std::atomic<int> bad{0}, ok{0};
     std::vector<std::thread> pool;
@@ -318,9 +322,9 @@ TEST_CASE("threads whose long waits block in the PING barrier, between short cal
             for (int i = 0; i < rounds; ++i) {
                 apir::CallOptions co;
                 co.deadline = apir::Deadline::after(20s);
-                if (!s.call<demo::Sleep>(demo::SleepRequest{2}, co)) ++bad;
+                if (!s->call<demo::Sleep>(demo::SleepRequest{2}, co)) ++bad;
                 const uint64_t tag = (uint64_t(th) << 32) | uint32_t(i);
-                auto e = s.call<demo::Echo>(demo::EchoRequest{tag, std::to_string(tag)}, co);
+                auto e = s->call<demo::Echo>(demo::EchoRequest{tag, std::to_string(tag)}, co);
                 if (!e || e->tag != tag || e->text != std::to_string(tag))
                     ++bad;
                 else
@@ -329,7 +333,7 @@ TEST_CASE("threads whose long waits block in the PING barrier, between short cal
         });
     for (auto& p : pool)
         p.join();
-    const auto st = s.transport().stats();
+    const auto st = s->transport().stats();
     INFO(st.blocked << " waits blocked, " << st.ping_replies << " after a PING");
     CHECK(bad == 0);
     CHECK(ok == threads * rounds);
@@ -518,10 +522,7 @@ TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new
           "[faults][demo]") {
     VtestServer server(demo_config());
     {
-        auto t = apir::VtestTransport::open(options_for(server.socket_path()));
-        REQUIRE(t);
-        Session s(std::move(*t), quiet_session());
-        REQUIRE(s.connect());
+        auto s = connected_session(server);
         constexpr int threads = 4;
         std::vector<apir::Expected<apir::Empty>> results(threads);
         std::vector<double> took(threads);
@@ -531,7 +532,7 @@ TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new
             pool.emplace_back([&, i] {
                 apir::CallOptions co;
                 co.deadline = apir::Deadline::after(20s);
-                results[i] = s.call<demo::Sleep>(demo::SleepRequest{5000}, co);
+                results[i] = s->call<demo::Sleep>(demo::SleepRequest{5000}, co);
                 took[i] = ms_since(start);
             });
         std::this_thread::sleep_for(300ms);
@@ -547,7 +548,7 @@ TEST_CASE("a server child killed mid-call: every waiter gets DISCONNECTED, a new
             CHECK(results[i].error() == Errc::disconnected);
             CHECK(took[i] < 4000); // long before the sleep or the deadline
         }
-        auto later = s.call<demo::Echo>(demo::EchoRequest{1, "x"});
+        auto later = s->call<demo::Echo>(demo::EchoRequest{1, "x"});
         REQUIRE_FALSE(later);
         CHECK(later.error() == Errc::disconnected);
     }
