@@ -45,9 +45,9 @@ struct CommandStats {
     /// too short to rest for), and whether its waits rest by it (WaitPolicy::forecast).
     std::chrono::nanoseconds reply_due{0};
     bool rests = false;
-    /// Where the host can wake the waiter, whether the waits that rest block until it
-    /// does (else they rest and watch), and how many times the two ways were timed
-    /// against each other (ArrivalForecast::rest_mode).
+    /// Where the host can wake the waiter, whether the last measurement chose to block
+    /// until it does (else the waits rest and watch), and how many times the two ways
+    /// were timed against each other (ArrivalForecast::rest_chosen).
     bool blocks = false;
     unsigned rest_measurements = 0;
     [[nodiscard]] std::chrono::nanoseconds mean() const {
