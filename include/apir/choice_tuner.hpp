@@ -44,7 +44,6 @@ class ChoiceTuner {
     static_assert(MaxCandidates >= 1);
 
 public:
-    static constexpr size_t max_candidates = MaxCandidates;
     static constexpr size_t samples_per_candidate = 3;
     static constexpr uint64_t first_budget_ns = 20'000'000;  // 20 ms
     static constexpr uint64_t max_budget_ns = 5'000'000'000; // 5 s
@@ -77,7 +76,6 @@ public:
 
     /// Whether there is more than one candidate (else next() is always 0).
     [[nodiscard]] bool tuning() const noexcept { return n_ > 1; }
-    [[nodiscard]] size_t candidates() const noexcept { return n_; }
 
     /// The candidate for the next run.
     [[nodiscard]] size_t next() const noexcept { return measuring_ ? current_ : chosen_; }

@@ -291,9 +291,9 @@ struct APIR_LOCAL LoopbackLink::Impl final : HostMemory, ShmemOwner {
                 note_cpu();
                 if (idle_since == Clock::time_point::min()) {
                     // The first look after a command: rest by the forecast of the next.
-                    const auto r =
-                        detail::rest_then_watch(next_command, clock, Deadline::never(), &guest_cpu,
-                                                false, ready, sleep, stopping);
+                    const auto r = detail::rest_then_watch(next_command, next_command.plan(), clock,
+                                                           Deadline::never(), &guest_cpu, false,
+                                                           ready, sleep, stopping);
                     rested = r.rested;
                     learned = r.done;
                     idle_since = r.rested ? r.start : clock.now();

@@ -342,14 +342,9 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     // A wait its forecast rests for, where the host wakes sleepers, either blocks until
     // woken or rests and watches (phase 0), as the forecast's timing chose
     // (ArrivalForecast::rest_mode); it reports how long it took.
-    using Rest = ArrivalForecast::Rest;
     ArrivalForecast* const forecast = policy.forecast;
-    const bool choosing = forecast && hooks.sleepers && forecast->plan().rest > nanoseconds::zero();
-    const Rest way = choosing ? forecast->rest_mode() : Rest::watch;
-    const auto began = choosing ? clock.now() : Clock::time_point::min();
-    auto report = [&] {
-        if (choosing) forecast->timed(way, clock.now() - began);
-    };
+    const detail::RestChoice choice =
+        detail::choose_rest(forecast, hooks.sleepers != nullptr, clock);
 
     // Phase 0: a forecast sure of when the reply is due: rest until shortly before it
     // (blocked where the host wakes sleepers, so an early reply still wakes us; else
@@ -358,10 +353,10 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     auto start = Clock::time_point::min();
     auto spin_began = start; // the wait's CPU-bound part began (after any rest)
     bool rested = false;
-    if (way == Rest::block) {
+    if (choice.way == ArrivalForecast::Rest::block) {
         // Straight to phase 2's block: no spin, and the spin budget ignores this wait.
         rested = true;
-        start = spin_began = began;
+        start = spin_began = choice.began;
     } else if (forecast) {
         nanoseconds slice{0}; // a sleep's longest: half the rest, at least max_sleep
         auto rest = [&](nanoseconds d) {
@@ -375,11 +370,12 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
                 clock.sleep(std::min(d, slice));
             }
         };
-        const auto r = detail::rest_then_watch(*policy.forecast, clock, deadline, hooks.host_cpu,
-                                               hooks.yield_between_looks, done, rest, host_gone);
+        const auto r =
+            detail::rest_then_watch(*forecast, choice.plan, clock, deadline, hooks.host_cpu,
+                                    hooks.yield_between_looks, done, rest, host_gone);
         if (r.timeout) return timed_out(clock, r.start);
         if (r.done) {
-            report();
+            choice.report(clock);
             return word.load(std::memory_order_acquire) - 1;
         }
         if (r.rested) {
@@ -408,7 +404,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             const auto took = timed ? clock.now() - start : nanoseconds::zero();
             if (hooks.budget) hooks.budget->won(took, policy.spin_for);
             if (policy.forecast && timed) policy.forecast->observe(took);
-            report();
+            choice.report(clock);
             return word.load(std::memory_order_acquire) - 1;
         }
         if (start == Clock::time_point::min()) start = clock.now();
@@ -451,7 +447,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
     if (hooks.budget && !rested && (slept || plan.budget > nanoseconds::zero()))
         hooks.budget->lost(took, policy.spin_for);
     if (forecast) forecast->observe(took);
-    report();
+    choice.report(clock);
     return word.load(std::memory_order_acquire) - 1;
 }
 

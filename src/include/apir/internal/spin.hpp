@@ -115,17 +115,43 @@ struct RestResult {
     Clock::time_point start = Clock::time_point::min(); ///< when the rest began (rested)
 };
 
-/// A wait's first phase where a forecast knows when the event is due: rests until the
-/// plan's rest has passed since now, with rest(d) (blocks or sleeps at most d; may return
+/// A wait's way to a reply its forecast would rest for, where the host can wake the waiter:
+/// block until woken, or rest and watch, as the forecast's timing chose
+/// (ArrivalForecast::rest_mode). report() tells the forecast how long the wait took.
+struct RestChoice {
+    ArrivalForecast::Plan plan;         ///< the forecast's (rest 0: no forecast, or no rest)
+    ArrivalForecast* chooser = nullptr; ///< set: the wait is timed for the choice
+    ArrivalForecast::Rest way = ArrivalForecast::Rest::watch;
+    Clock::time_point began{}; ///< when the timed wait began
+    void report(const WaitClock& clock) const noexcept {
+        if (chooser) chooser->timed(way, clock.now() - began);
+    }
+};
+
+/// The plan of `forecast` (may be null) and, where the host can wake the waiter
+/// (can_block) and the plan rests, the way chosen for this wait.
+inline RestChoice choose_rest(ArrivalForecast* forecast, bool can_block, const WaitClock& clock) {
+    RestChoice c;
+    if (!forecast) return c;
+    c.plan = forecast->plan();
+    if (!can_block || c.plan.rest <= std::chrono::nanoseconds::zero()) return c;
+    c.chooser = forecast;
+    c.way = forecast->rest_mode();
+    c.began = clock.now();
+    return c;
+}
+
+/// A wait's first phase where a forecast knows when the event is due (its plan): rests
+/// until the plan's rest has passed since now, with rest(d) (blocks or sleeps at most d; may return
 /// early, e.g. woken by the event), then spins at most the plan's watch. Teaches the
 /// forecast what it saw: the time the event came when the watch caught it, or a time
 /// earlier than expected when the rest did; and teaches the wake-up lateness.
 template <class Done, class Rest, class Stop>
-RestResult rest_then_watch(ArrivalForecast& forecast, const WaitClock& clock, Deadline deadline,
+RestResult rest_then_watch(ArrivalForecast& forecast, const ArrivalForecast::Plan& plan,
+                           const WaitClock& clock, Deadline deadline,
                            const std::atomic<int>* peer_cpu, bool yield_between_looks, Done done,
                            Rest rest, Stop stop) {
     RestResult r;
-    const ArrivalForecast::Plan plan = forecast.plan();
     if (plan.rest <= std::chrono::nanoseconds::zero() || done()) return r;
     r.rested = true;
     const auto start = r.start = clock.now();

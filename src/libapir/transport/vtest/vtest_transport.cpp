@@ -1,6 +1,7 @@
 // VtestTransport: the vtest socket protocol (docs/PROTOCOL.md, "vtest").
 #include "apir/vtest.hpp"
 
+#include "apir/internal/spin.hpp"
 #include "apir/internal/unique_handle.hpp"
 #include "apir/reply_page.hpp"
 
@@ -555,28 +556,18 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         const auto began = clk.now();
         nanoseconds window = std::clamp(policy.spin_for, nanoseconds::zero(), max_spin_window);
         ArrivalForecast* const forecast = policy.forecast;
-        using Rest = ArrivalForecast::Rest;
-        bool choosing = false;
-        Rest way = Rest::watch;
-        if (forecast && policy.kind == WaitPolicy::Kind::adaptive) {
-            const auto due = forecast->plan();
-            if (due.rest > nanoseconds::zero()) {
-                choosing = true;
-                way = forecast->rest_mode();
-                window = std::max(window, due.rest + due.watch);
-            }
-        }
-        auto report = [&] {
-            if (choosing) forecast->timed(way, clk.now() - began);
-        };
-        if (way == Rest::watch) {
+        const detail::RestChoice choice = detail::choose_rest(
+            policy.kind == WaitPolicy::Kind::adaptive ? forecast : nullptr, true, clk);
+        if (choice.plan.rest > nanoseconds::zero())
+            window = std::max(window, choice.plan.rest + choice.plan.watch);
+        if (choice.way == ArrivalForecast::Rest::watch) {
             WaitHooks hooks;
             hooks.yield_between_looks = true;
             auto spun =
                 wait_for_reply(bytes, policy, detail_spin_deadline(clk, window, deadline), hooks);
             if (spun) {
                 n_spin.fetch_add(1, std::memory_order_relaxed);
-                report();
+                choice.report(clk);
                 return spun;
             }
             if (spun.error().code() != Errc::timeout) return spun;
@@ -587,7 +578,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         auto code = wait_past_ping(bytes, page.res_id(), mine, deadline, clk);
         if (code && forecast) {
             forecast->observe(clk.now() - began);
-            report();
+            choice.report(clk);
         }
         return code;
     }
