@@ -27,6 +27,11 @@
 //     slice or more among fast ones, which a median of three does not see) go back to
 //     candidate 0 at once, for 50 times what they cost beyond it (at least 20 ms, at most
 //     5 s).
+// - The caller may start over (start_over()) where what the runs do has changed (calls
+//   of another kind): samples of before and after must not be compared, nor a choice
+//   made on the old ones kept. Candidate 0 then runs for 20 ms before the next
+//   measurement, so that a change that settles over a few runs (a peer timing its own
+//   choice on the new kind of run) is not what is measured.
 //
 // Pure logic: the caller times each run and reports it; nothing here reads a clock. Not
 // thread-safe: a caller shared by threads locks around it.
@@ -107,6 +112,18 @@ public:
             }
         }
         if (spent_ >= budget_) start_measuring();
+    }
+
+    /// The runs no longer do what the samples timed: drops them and the choice (back to
+    /// candidate 0, not counted as a fall-back) and measures again after 20 ms of runs.
+    void start_over() {
+        if (!tuning()) return;
+        measuring_ = false;
+        chosen_ = 0;
+        budget_ = first_budget_ns;
+        spent_ = 0;
+        runs_ = 0;
+        slow_runs_ = 0;
     }
 
     [[nodiscard]] bool measuring() const noexcept { return measuring_; }

@@ -158,7 +158,12 @@ private:
 /// chosen only when it was faster on every run; that choice takes a lock). A wait over
 /// twice the estimate (a call of another kind with the same command: a prompt's graph
 /// among a token's) is not timed in a measurement, and counts at most 4 times the
-/// estimate between them.
+/// estimate between them. When the calls themselves change kind (the estimate moves past
+/// twice, or under half, what it was when the timing began: a prompt's graphs, then a
+/// token's), the samples and the choice are dropped: the waits block, and both ways are
+/// timed again after 20 ms of them (ChoiceTuner::start_over), once the host has settled
+/// on the new calls (it times its own thread counts on a graph's first runs). The first
+/// waits timed start the same way.
 class APIR_EXPORT ArrivalForecast {
 public:
     struct Plan {
@@ -205,6 +210,7 @@ private:
     std::atomic<uint32_t> seen_{0};
     mutable std::mutex rest_mu_;    // guards rest_choice_
     ChoiceTuner<2> rest_choice_{2}; // candidate 0: Rest::block, 1: Rest::watch
+    int64_t timing_basis_ns_ = 0;   // the estimate when the timing began (rest_mu_)
 };
 
 } // namespace apir

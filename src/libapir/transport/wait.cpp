@@ -275,19 +275,31 @@ ArrivalForecast::Rest ArrivalForecast::rest_mode() const noexcept {
 
 void ArrivalForecast::timed(Rest used, nanoseconds took) noexcept {
     const std::lock_guard lk(rest_mu_);
+    const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
+    // The calls changed kind (the estimate went past twice, or under half, what it was
+    // when the timing began: a prompt's graphs, then a token's): what was timed, and a
+    // choice made on it, no longer apply. Block, and time both ways again once the new
+    // calls have settled (the host may be timing its own choices on them: its threads).
+    // The first calls timed start the same way.
+    if (est > 0 &&
+        (timing_basis_ns_ == 0 || est / 2 > timing_basis_ns_ || est < timing_basis_ns_ / 2)) {
+        rest_choice_.start_over();
+        timing_basis_ns_ = est;
+    }
     // Another thread's wait may have moved the choice on since this one began.
     if (rest_choice_.next() != static_cast<size_t>(used)) return;
     // A call of another kind than those the estimate follows (a prompt's graph among a
     // token's, same command) is not compared with them in a measurement. Between
     // measurements it counts, capped at 4 times the estimate: a watch that cost the host a
     // time slice is what the choice's fall-back rules are there to see.
-    const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
     int64_t ns = std::max<int64_t>(took.count(), 0);
     if (est > 0 && ns > 2 * est) {
         if (rest_choice_.measuring()) return;
         ns = std::min(ns, 4 * est);
     }
+    const bool was_measuring = rest_choice_.measuring();
     rest_choice_.report(static_cast<uint64_t>(ns));
+    if (!was_measuring && rest_choice_.measuring() && est > 0) timing_basis_ns_ = est;
 }
 
 ArrivalForecast::Rest ArrivalForecast::rest_chosen() const noexcept {

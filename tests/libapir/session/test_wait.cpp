@@ -3,6 +3,7 @@
 // a modelled clock: deterministic, no timing asserts.
 #include "catch.hpp"
 
+#include <apir/choice_tuner.hpp>
 #include <apir/reply_page.hpp>
 
 #include <algorithm>
@@ -466,8 +467,10 @@ TEST_CASE("a wait far longer than the estimate (a call of another kind) is not t
     using Rest = apir::ArrivalForecast::Rest;
     apir::ArrivalForecast f;
     for (int i = 0; i < 3; ++i)
-        f.observe(1ms);        // a token's graph
-    f.timed(Rest::block, 1ms); // untimed: the first wait each way
+        f.observe(1ms); // a token's graph
+    for (int i = 0; i < 20; ++i)
+        f.timed(Rest::block, 1ms); // the first 20 ms of waits block before the measurement
+    f.timed(Rest::block, 1ms);     // untimed: the first wait each way
     REQUIRE(f.rest_mode() == Rest::block);
     f.timed(Rest::block, 1ms);
     f.timed(Rest::block, 1ms);
@@ -476,6 +479,62 @@ TEST_CASE("a wait far longer than the estimate (a call of another kind) is not t
     CHECK(f.rest_mode() == Rest::block);
     f.timed(Rest::block, 1100us); // within twice the estimate: the third, the turn moves on
     CHECK(f.rest_mode() == Rest::watch);
+}
+
+TEST_CASE("a choice started over goes back to the safe way and measures after 20 ms",
+          "[wait][forecast]") {
+    apir::ChoiceTuner<2> t(2);
+    REQUIRE(t.measuring());
+    for (const uint64_t ns : {1'000'000, 500'000}) // each way: one untimed run, then 3
+        for (int i = 0; i < 4; ++i)
+            t.report(ns);
+    REQUIRE_FALSE(t.measuring());
+    REQUIRE(t.chosen() == 1);
+    t.report(500'000);
+    t.start_over();
+    CHECK(t.chosen() == 0);
+    CHECK(t.next() == 0);
+    CHECK_FALSE(t.measuring());
+    CHECK(t.fallbacks() == 0);
+    CHECK(t.measurements() == 1);
+    for (int i = 0; i < 19; ++i)
+        t.report(1'000'000);
+    CHECK_FALSE(t.measuring()); // 19 ms of runs
+    t.report(1'000'000);
+    CHECK(t.measuring());
+    CHECK(t.next() == 0); // the choice first
+}
+
+TEST_CASE("calls that change kind are timed anew: a prompt's waits do not choose a token's",
+          "[wait][forecast]") {
+    // A prompt's graphs (13 ms each way), then a token's. The host takes the first token
+    // graphs slowly (it builds the graph and times its threads on them), then blocking
+    // takes 620 µs and watching 750. Timed across the change, blocking's samples held a
+    // prompt's wait and the slow first tokens, the watch's the faster ones after them:
+    // the watch was chosen and kept for about a second (its mean stayed far below
+    // blocking's stale median).
+    using Rest = apir::ArrivalForecast::Rest;
+    apir::ArrivalForecast f;
+    auto run = [&](nanoseconds block_took, nanoseconds watch_took) {
+        // A wait rests (and is timed) once the forecast is sure: after 3 observations.
+        const bool rests = f.plan().rest > nanoseconds::zero();
+        const Rest way = rests ? f.rest_mode() : Rest::block;
+        const nanoseconds took = way == Rest::block ? block_took : watch_took;
+        f.observe(took);
+        if (rests) f.timed(way, took);
+        return way;
+    };
+    for (int i = 0; i < 4; ++i) // llama-bench's pp128: a warm-up and 3 repetitions
+        run(13ms, 13ms);
+    for (const auto slow : {3000us, 2600us, 2200us, 1800us, 900us})
+        run(slow, slow);
+    int watched = 0;
+    for (int i = 0; i < 2000; ++i)
+        watched += run(620us, 750us) == Rest::watch;
+    INFO(watched << " of 2000 token waits watched, " << f.rest_measurements() << " measurements");
+    CHECK(watched <= 40); // the measurements' watches: 4 each
+    CHECK(f.rest_chosen() == Rest::block);
+    CHECK(f.rest_measurements() >= 3);
 }
 
 TEST_CASE("a watch that now and then costs the host a time slice goes back to blocking",
