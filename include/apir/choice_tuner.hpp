@@ -68,6 +68,7 @@ public:
         dropped_ = {};
         warm_ = {};
         chosen_ = 0;
+        has_choice_ = false;
         budget_ = first_budget_ns;
         spent_ = 0;
         runs_ = 0;
@@ -114,15 +115,18 @@ public:
         if (spent_ >= budget_) start_measuring();
     }
 
-    /// The runs no longer do what the samples timed: drops them and the choice (back to
-    /// candidate 0, not counted as a fall-back) and measures again after 20 ms of runs.
+    /// The runs no longer do what the samples timed: drops the choice (back to candidate
+    /// 0, not counted as a fall-back) and what the last measurements cost, and measures
+    /// again after 20 ms of runs; that measurement's choice holds as a first one would.
     void start_over() {
         if (!tuning()) return;
         measuring_ = false;
         chosen_ = 0;
+        has_choice_ = false;
         budget_ = first_budget_ns;
         spent_ = 0;
         runs_ = 0;
+        usual_waste_ = 0;
         slow_runs_ = 0;
     }
 
@@ -195,10 +199,11 @@ private:
         // mean of the last ones, halving, counts too.
         usual_waste_ = usual_waste_ / 2 + waste / 2;
         waste = std::max(waste, usual_waste_);
-        budget_ = hold_for(waste, best == chosen_ && measurements_ > 0
-                                      ? std::min(2 * budget_, max_budget_ns)
-                                      : first_budget_ns);
+        budget_ =
+            hold_for(waste, best == chosen_ && has_choice_ ? std::min(2 * budget_, max_budget_ns)
+                                                           : first_budget_ns);
         chosen_ = best;
+        has_choice_ = true;
         measuring_ = false;
         spent_ = 0;
         runs_ = 0;
@@ -254,6 +259,7 @@ private:
     std::array<bool, MaxCandidates> dropped_{};
     std::array<bool, MaxCandidates> warm_{}; ///< per candidate: has run in this measurement
     size_t chosen_ = 0;
+    bool has_choice_ = false; ///< a measurement chose since the start (or start_over())
     size_t current_ = 0;
     bool measuring_ = false;
     uint64_t budget_ = first_budget_ns;

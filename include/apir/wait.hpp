@@ -158,12 +158,13 @@ private:
 /// chosen only when it was faster on every run; that choice takes a lock). A wait over
 /// twice the estimate (a call of another kind with the same command: a prompt's graph
 /// among a token's) is not timed in a measurement, and counts at most 4 times the
-/// estimate between them. When the calls themselves change kind (the estimate moves past
-/// twice, or under half, what it was when the timing began: a prompt's graphs, then a
-/// token's), the samples and the choice are dropped: the waits block, and both ways are
-/// timed again after 20 ms of them (ChoiceTuner::start_over), once the host has settled
-/// on the new calls (it times its own thread counts on a graph's first runs). The first
-/// waits timed start the same way.
+/// estimate between them. When the calls themselves change kind (their mean, typical(),
+/// moves past twice, or under half, what it was when the timing began: a prompt's graphs,
+/// then a token's), the choice is dropped: the waits block, and both ways are timed again
+/// after 20 ms of them (ChoiceTuner::start_over), once the host has settled on the new
+/// calls (it times its own thread counts on a graph's first runs). The first waits timed
+/// start the same way. The mean moves little for one call of another kind, so calls of
+/// two kinds mixed do not start the timing over and over.
 class APIR_EXPORT ArrivalForecast {
 public:
     struct Plan {
@@ -191,6 +192,9 @@ public:
     void observe(std::chrono::nanoseconds took) noexcept;
     /// The estimate so far (0 before the first observation) and the spread.
     [[nodiscard]] std::chrono::nanoseconds estimate() const noexcept;
+    /// The mean of the observations, each weighing 1/8 (0 before the first): what the
+    /// calls take, as the timed choice follows it.
+    [[nodiscard]] std::chrono::nanoseconds typical() const noexcept;
     [[nodiscard]] std::chrono::nanoseconds spread() const noexcept;
 
     /// A rest of `rest` that woke `late` after it was meant to end (clamped to [0, 1 ms]).
@@ -207,10 +211,11 @@ public:
 private:
     std::atomic<int64_t> estimate_ns_{0};
     std::atomic<int64_t> spread_ns_{0};
+    std::atomic<int64_t> typical_ns_{0};
     std::atomic<uint32_t> seen_{0};
-    mutable std::mutex rest_mu_;    // guards rest_choice_
+    mutable std::mutex rest_mu_;    // guards rest_choice_ and timing_basis_ns_
     ChoiceTuner<2> rest_choice_{2}; // candidate 0: Rest::block, 1: Rest::watch
-    int64_t timing_basis_ns_ = 0;   // the estimate when the timing began (rest_mu_)
+    int64_t timing_basis_ns_ = 0;   // typical() when the timing began
 };
 
 } // namespace apir

@@ -253,6 +253,8 @@ void ArrivalForecast::observe(nanoseconds took) noexcept {
     const uint32_t n = seen_.load(std::memory_order_relaxed);
     if (n != UINT32_MAX) seen_.store(n + 1, std::memory_order_relaxed);
     const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
+    const int64_t typ = typical_ns_.load(std::memory_order_relaxed);
+    typical_ns_.store(n == 0 ? t : typ + (t - typ) / 8, std::memory_order_relaxed);
     if (n == 0) {
         estimate_ns_.store(t, std::memory_order_relaxed);
         return;
@@ -276,15 +278,18 @@ ArrivalForecast::Rest ArrivalForecast::rest_mode() const noexcept {
 void ArrivalForecast::timed(Rest used, nanoseconds took) noexcept {
     const std::lock_guard lk(rest_mu_);
     const int64_t est = estimate_ns_.load(std::memory_order_relaxed);
-    // The calls changed kind (the estimate went past twice, or under half, what it was
-    // when the timing began: a prompt's graphs, then a token's): what was timed, and a
-    // choice made on it, no longer apply. Block, and time both ways again once the new
-    // calls have settled (the host may be timing its own choices on them: its threads).
-    // The first calls timed start the same way.
-    if (est > 0 &&
-        (timing_basis_ns_ == 0 || est / 2 > timing_basis_ns_ || est < timing_basis_ns_ / 2)) {
+    // The calls changed kind (their mean went past twice, or under half, what it was when
+    // the timing began: a prompt's graphs, then a token's): what was timed, and a choice
+    // made on it, no longer apply. Block, and time both ways again once the new calls
+    // have settled (the host may be timing its own choices on them: its threads). The
+    // first calls timed start the same way. The mean, not the low estimate: that one
+    // drops to any single short call, and calls of two kinds mixed would start the
+    // timing over and over, never letting a measurement end.
+    const int64_t typ = typical_ns_.load(std::memory_order_relaxed);
+    if (typ > 0 &&
+        (timing_basis_ns_ == 0 || typ / 2 > timing_basis_ns_ || typ < timing_basis_ns_ / 2)) {
         rest_choice_.start_over();
-        timing_basis_ns_ = est;
+        timing_basis_ns_ = typ;
     }
     // Another thread's wait may have moved the choice on since this one began.
     if (rest_choice_.next() != static_cast<size_t>(used)) return;
@@ -299,7 +304,7 @@ void ArrivalForecast::timed(Rest used, nanoseconds took) noexcept {
     }
     const bool was_measuring = rest_choice_.measuring();
     rest_choice_.report(static_cast<uint64_t>(ns));
-    if (!was_measuring && rest_choice_.measuring() && est > 0) timing_basis_ns_ = est;
+    if (!was_measuring && rest_choice_.measuring() && typ > 0) timing_basis_ns_ = typ;
 }
 
 ArrivalForecast::Rest ArrivalForecast::rest_chosen() const noexcept {
@@ -319,6 +324,9 @@ unsigned ArrivalForecast::rest_fallbacks() const noexcept {
 
 nanoseconds ArrivalForecast::estimate() const noexcept {
     return nanoseconds(estimate_ns_.load(std::memory_order_relaxed));
+}
+nanoseconds ArrivalForecast::typical() const noexcept {
+    return nanoseconds(typical_ns_.load(std::memory_order_relaxed));
 }
 nanoseconds ArrivalForecast::spread() const noexcept {
     return nanoseconds(spread_ns_.load(std::memory_order_relaxed));

@@ -485,11 +485,12 @@ TEST_CASE("a choice started over goes back to the safe way and measures after 20
           "[wait][forecast]") {
     apir::ChoiceTuner<2> t(2);
     REQUIRE(t.measuring());
-    for (const uint64_t ns : {1'000'000, 500'000}) // each way: one untimed run, then 3
+    for (const uint64_t ns : {4'000'000, 500'000}) // each way: one untimed run, then 3
         for (int i = 0; i < 4; ++i)
             t.report(ns);
     REQUIRE_FALSE(t.measuring());
     REQUIRE(t.chosen() == 1);
+    REQUIRE(t.budget_ns() > 20'000'000); // 50 times what candidate 0 cost over it
     t.report(500'000);
     t.start_over();
     CHECK(t.chosen() == 0);
@@ -497,13 +498,40 @@ TEST_CASE("a choice started over goes back to the safe way and measures after 20
     CHECK_FALSE(t.measuring());
     CHECK(t.fallbacks() == 0);
     CHECK(t.measurements() == 1);
+    CHECK(t.budget_ns() == 20'000'000);
     for (int i = 0; i < 19; ++i)
         t.report(1'000'000);
     CHECK_FALSE(t.measuring()); // 19 ms of runs
     t.report(1'000'000);
     CHECK(t.measuring());
     CHECK(t.next() == 0); // the choice first
+    // Both ways alike now: candidate 0 stays, and holds as a first choice does (20 ms),
+    // neither doubled as a confirmation nor lengthened by what the old runs cost.
+    for (int i = 0; i < 8; ++i)
+        t.report(1'000'000);
+    CHECK_FALSE(t.measuring());
+    CHECK(t.chosen() == 0);
+    CHECK(t.measurements() == 2);
+    CHECK(t.budget_ns() == 20'000'000);
 }
+
+namespace {
+
+/// One wait on a modelled host whose reply takes block_took when the waiter blocks and
+/// watch_took when it rests and watches. It rests (and is timed) once the forecast is
+/// sure: after 3 observations.
+apir::ArrivalForecast::Rest timed_wait(apir::ArrivalForecast& f, nanoseconds block_took,
+                                       nanoseconds watch_took) {
+    using Rest = apir::ArrivalForecast::Rest;
+    const bool rests = f.plan().rest > nanoseconds::zero();
+    const Rest way = rests ? f.rest_mode() : Rest::block;
+    const nanoseconds took = way == Rest::block ? block_took : watch_took;
+    f.observe(took);
+    if (rests) f.timed(way, took);
+    return way;
+}
+
+} // namespace
 
 TEST_CASE("calls that change kind are timed anew: a prompt's waits do not choose a token's",
           "[wait][forecast]") {
@@ -515,26 +543,97 @@ TEST_CASE("calls that change kind are timed anew: a prompt's waits do not choose
     // blocking's stale median).
     using Rest = apir::ArrivalForecast::Rest;
     apir::ArrivalForecast f;
-    auto run = [&](nanoseconds block_took, nanoseconds watch_took) {
-        // A wait rests (and is timed) once the forecast is sure: after 3 observations.
-        const bool rests = f.plan().rest > nanoseconds::zero();
-        const Rest way = rests ? f.rest_mode() : Rest::block;
-        const nanoseconds took = way == Rest::block ? block_took : watch_took;
-        f.observe(took);
-        if (rests) f.timed(way, took);
-        return way;
-    };
     for (int i = 0; i < 4; ++i) // llama-bench's pp128: a warm-up and 3 repetitions
-        run(13ms, 13ms);
+        timed_wait(f, 13ms, 13ms);
     for (const auto slow : {3000us, 2600us, 2200us, 1800us, 900us})
-        run(slow, slow);
+        timed_wait(f, slow, slow);
     int watched = 0;
     for (int i = 0; i < 2000; ++i)
-        watched += run(620us, 750us) == Rest::watch;
+        watched += timed_wait(f, 620us, 750us) == Rest::watch;
     INFO(watched << " of 2000 token waits watched, " << f.rest_measurements() << " measurements");
     CHECK(watched <= 40); // the measurements' watches: 4 each
     CHECK(f.rest_chosen() == Rest::block);
     CHECK(f.rest_measurements() >= 3);
+}
+
+TEST_CASE("a choice made on long calls is dropped when short ones follow", "[wait][forecast]") {
+    // Prompt graphs where watching wins (12 ms against 13), until the fifth measurement
+    // has confirmed it: the watch then holds for 50 times what blocking cost, doubled at
+    // each confirmation (about 2 s: 2,700 tokens). Then tokens, where blocking wins (620
+    // µs against 750): the watch's mean never passes blocking's 13 ms median, so only
+    // the tokens' mean falling under half the prompts' drops it.
+    using Rest = apir::ArrivalForecast::Rest;
+    apir::ArrivalForecast f;
+    for (int i = 0; i < 2000 && f.rest_measurements() < 5; ++i)
+        timed_wait(f, 13ms, 12ms);
+    REQUIRE(f.rest_measurements() == 5);
+    REQUIRE(f.rest_chosen() == Rest::watch);
+    int watched = 0;
+    for (int i = 0; i < 300; ++i)
+        watched += timed_wait(f, 620us, 750us) == Rest::watch;
+    INFO(watched << " of the first 300 token waits watched");
+    CHECK(watched <= 20);
+    CHECK(f.rest_chosen() == Rest::block);
+}
+
+TEST_CASE("a choice made on short calls is timed again when long ones follow", "[wait][forecast]") {
+    // Tokens where blocking wins (620 µs against 750), until the eighth measurement has
+    // confirmed it: the hold is then 2.56 s of waits (it doubles at each confirmation).
+    // Then long calls where watching wins (12 ms against 13): held at blocking, they
+    // would wait about 200 calls for the next measurement; their mean passing twice the
+    // tokens' starts one within a few calls.
+    using Rest = apir::ArrivalForecast::Rest;
+    apir::ArrivalForecast f;
+    for (int i = 0; i < 20000 && f.rest_measurements() < 8; ++i)
+        timed_wait(f, 620us, 750us);
+    REQUIRE(f.rest_measurements() == 8);
+    REQUIRE(f.rest_chosen() == Rest::block);
+    int watched = 0;
+    for (int i = 0; i < 150; ++i)
+        watched += timed_wait(f, 13ms, 12ms) == Rest::watch;
+    INFO(watched << " of the first 150 long waits watched");
+    CHECK(watched >= 100);
+    CHECK(f.rest_chosen() == Rest::watch);
+}
+
+TEST_CASE("calls of two kinds mixed, or jittering, do not keep the timing from ending",
+          "[wait][forecast]") {
+    // The low estimate drops to any short call and climbs back over a few long ones: had
+    // it decided when the calls changed kind, three 13 ms calls to one of 0.7 ms would
+    // start the timing over every fourth call, and no measurement would end.
+    using Rest = apir::ArrivalForecast::Rest;
+    SECTION("three long calls to one short") {
+        apir::ArrivalForecast f;
+        for (int i = 0; i < 20000; ++i) {
+            const bool shorter = i % 4 == 3;
+            timed_wait(f, shorter ? 700us : 13ms, shorter ? 650us : 12ms);
+        }
+        INFO(f.rest_measurements() << " measurements");
+        CHECK(f.rest_measurements() >= 20);
+    }
+    SECTION("one short call in fifty") {
+        apir::ArrivalForecast f;
+        int watched = 0;
+        for (int i = 0; i < 20000; ++i) {
+            const bool shorter = i % 50 == 49;
+            watched += timed_wait(f, shorter ? 700us : 13ms, shorter ? 900us : 14ms) == Rest::watch;
+        }
+        INFO(watched << " of 20000 waits watched, " << f.rest_measurements() << " measurements");
+        CHECK(watched <= 400); // blocking wins: only the measurements watch
+        CHECK(f.rest_measurements() >= 5);
+    }
+    SECTION("1 ms calls, each 40-160 % of it") {
+        apir::ArrivalForecast f;
+        uint32_t x = 12345;
+        for (int i = 0; i < 20000; ++i) {
+            x = x * 1664525u + 1013904223u; // a fixed pseudo-random sequence
+            const auto took = nanoseconds(400'000 + int64_t(x >> 8) % 1'200'000);
+            timed_wait(f, took, took + 100us);
+        }
+        INFO(f.rest_measurements() << " measurements");
+        CHECK(f.rest_measurements() >= 5);
+        CHECK(f.rest_chosen() == Rest::block);
+    }
 }
 
 TEST_CASE("a watch that now and then costs the host a time slice goes back to blocking",
