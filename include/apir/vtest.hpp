@@ -71,7 +71,9 @@ struct VtestStats {
     uint64_t spin_replies = 0;  ///< waits answered while spinning on the word
     uint64_t ping_replies = 0;  ///< waits answered after a PING barrier
     uint64_t blocked = 0;       ///< waits that went to the PING barrier at once (blocked,
-                                ///< ArrivalForecast::Rest::block): among ping_replies
+                                ///< ArrivalForecast::Rest::block, or a reply the command's
+                                ///< forecast is sure comes after the longest look): among
+                                ///< ping_replies
     uint64_t dropped = 0;       ///< commands the host answered with no reply
     uint64_t blobs_created = 0; ///< RESOURCE_CREATE_BLOB that succeeded
     uint64_t blobs_released = 0;

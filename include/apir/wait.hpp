@@ -192,6 +192,8 @@ public:
     void observe(std::chrono::nanoseconds took) noexcept;
     /// The estimate so far (0 before the first observation) and the spread.
     [[nodiscard]] std::chrono::nanoseconds estimate() const noexcept;
+    /// The estimate once the forecast is sure (after sure_after observations), else 0.
+    [[nodiscard]] std::chrono::nanoseconds sure_estimate() const noexcept;
     /// The mean of the observations, each weighing 1/8 (0 before the first): what the
     /// calls take, as the timed choice follows it.
     [[nodiscard]] std::chrono::nanoseconds typical() const noexcept;

@@ -325,6 +325,10 @@ unsigned ArrivalForecast::rest_fallbacks() const noexcept {
 nanoseconds ArrivalForecast::estimate() const noexcept {
     return nanoseconds(estimate_ns_.load(std::memory_order_relaxed));
 }
+nanoseconds ArrivalForecast::sure_estimate() const noexcept {
+    if (seen_.load(std::memory_order_relaxed) < sure_after) return nanoseconds::zero();
+    return nanoseconds(estimate_ns_.load(std::memory_order_relaxed));
+}
 nanoseconds ArrivalForecast::typical() const noexcept {
     return nanoseconds(typical_ns_.load(std::memory_order_relaxed));
 }
@@ -407,9 +411,14 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
 
     // Phase 1: spin, as long as spinning has lately paid (hooks.budget), at most
     // spin_for. A fast host answers within a few hundred nanoseconds. (Not after a rest:
-    // the watch was this wait's spin.)
+    // the watch was this wait's spin. Nor where the command's forecast is sure its reply
+    // comes after the longest spin: that spin cannot win, and its loss would teach the
+    // transport's budget, shared by every command, to stop spinning for the short ones.)
     detail::SpinPlan plan;
-    if (!rested) {
+    const bool spin_cannot_win = !rested && detail::spin_cannot_win(forecast, policy.spin_for);
+    if (spin_cannot_win) {
+        start = spin_began = clock.now();
+    } else if (!rested) {
         plan.budget = hooks.budget ? hooks.budget->next(policy.spin_for) : policy.spin_for;
         plan.peer_cpu = hooks.host_cpu;
         plan.yield_between_looks = hooks.yield_between_looks;
@@ -464,7 +473,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
         }
     }
     const auto took = clock.now() - start;
-    if (hooks.budget && !rested && (slept || plan.budget > nanoseconds::zero()))
+    if (hooks.budget && !rested && !spin_cannot_win && (slept || plan.budget > nanoseconds::zero()))
         hooks.budget->lost(took, policy.spin_for);
     if (forecast) forecast->observe(took);
     choice.report(clock);

@@ -445,6 +445,50 @@ TEST_CASE("a polled wait (no wake-up from the host) never blocks, and times no w
     CHECK(f.rest_mode() == apir::ArrivalForecast::Rest::block); // asked, never used
 }
 
+TEST_CASE("a command whose replies come after the longest spin does not spin, and leaves "
+          "the spin to the others",
+          "[wait][forecast]") {
+    // Two commands share the transport's spin budget (DRM: polled, no wake-up): a graph
+    // whose reply comes at 300 µs, too soon for its forecast to rest (waking up is late
+    // by 100 µs here), and a 16-byte get answered at 15 µs. Once the graph's forecast is
+    // sure its reply comes after the longest spin (50 µs), its waits poll at once: each
+    // spin would have lost (up to 50 µs awake, a CPU the host's threads may need) and
+    // halved the budget the get's spin relies on.
+    alignas(64) std::array<std::byte, 64> page{};
+    teach_wake(300us, 100us);
+    teach_wake(15us, 100us);
+    RestClock clock(page, 5us);
+    apir::SpinBudget budget;
+    apir::ArrivalForecast graph, get;
+    std::atomic<bool> alive{true};
+    auto wait = [&](apir::ArrivalForecast& f, nanoseconds reply_at) {
+        apir::WaitPolicy p;
+        p.clock = &clock;
+        p.forecast = &f;
+        clock.call(reply_at);
+        REQUIRE(apir::wait_for_reply(page, p, apir::Deadline::never(),
+                                     apir::WaitHooks{nullptr, &alive, &budget}));
+        return Rested{
+            {}, clock.elapsed() - reply_at, clock.elapsed() - clock.resting(), clock.sleeps()};
+    };
+    for (int i = 0; i < 3; ++i) { // each forecast sure of its command
+        wait(graph, 300us);
+        wait(get, 15us);
+    }
+    REQUIRE(graph.plan().rest == 0ns); // no rest: the spin would have been phase 1's
+    nanoseconds graph_awake{0};
+    int get_late = 0;
+    for (int i = 0; i < 100; ++i) {
+        graph_awake = std::max(graph_awake, wait(graph, 300us).awake);
+        get_late += wait(get, 15us).late > 1us;
+    }
+    INFO("graph awake at most " << graph_awake.count() << " ns; " << get_late
+                                << " of 100 gets noticed over 1 µs late");
+    CHECK(graph_awake < 5us); // polls only: a spin would be up to 50 µs awake
+    CHECK(get_late <= 10);    // the budget's probes; otherwise a spin wins
+    CHECK(budget.current() >= 15us);
+}
+
 TEST_CASE("a wait's time reported for a way the choice has moved past is dropped",
           "[wait][forecast]") {
     using Rest = apir::ArrivalForecast::Rest;

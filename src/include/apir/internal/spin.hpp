@@ -141,6 +141,13 @@ inline RestChoice choose_rest(ArrivalForecast* forecast, bool can_block, const W
     return c;
 }
 
+/// Whether the command's forecast is sure its reply comes after the longest spin: its
+/// low estimate (what the calls have all taken, about) is past spin_for.
+inline bool spin_cannot_win(const ArrivalForecast* forecast,
+                            std::chrono::nanoseconds spin_for) noexcept {
+    return forecast && forecast->sure_estimate() > spin_for;
+}
+
 /// A wait's first phase where a forecast knows when the event is due (its plan): rests
 /// until the plan's rest has passed since now, with rest(d) (blocks or sleeps at most d; may return
 /// early, e.g. woken by the event), then spins at most the plan's watch. Teaches the

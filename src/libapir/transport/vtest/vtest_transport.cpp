@@ -560,7 +560,13 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
             policy.kind == WaitPolicy::Kind::adaptive ? forecast : nullptr, true, clk);
         if (choice.plan.rest > nanoseconds::zero())
             window = std::max(window, choice.plan.rest + choice.plan.watch);
-        if (choice.way == ArrivalForecast::Rest::watch) {
+        // A reply the command's forecast is sure comes after the longest look, where it
+        // does not rest: looking cannot win; the PING barrier at once.
+        const bool looks_cannot_win =
+            choice.plan.rest <= nanoseconds::zero() &&
+            detail::spin_cannot_win(policy.kind == WaitPolicy::Kind::adaptive ? forecast : nullptr,
+                                    window);
+        if (choice.way == ArrivalForecast::Rest::watch && !looks_cannot_win) {
             WaitHooks hooks;
             hooks.yield_between_looks = true;
             auto spun =

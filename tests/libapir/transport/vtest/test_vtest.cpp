@@ -307,6 +307,32 @@ TEST_CASE("a long command's wait blocks in the PING barrier when its forecast me
     CHECK(e->text == "after");
 }
 
+TEST_CASE("a wait that does not rest, for a reply its forecast knows comes after the look, "
+          "goes to the PING barrier at once",
+          "[host][demo]") {
+    // Waking up is made to look late by 400 µs for rests of about a millisecond: the
+    // forecast then does not rest for a 1 ms Sleep (it would wake after the reply). Its
+    // reply comes after the longest look (50 µs), which cannot win: once the forecast is
+    // sure (3 calls), each wait goes to the PING barrier without looking.
+    for (int i = 0; i < 200; ++i)
+        apir::ArrivalForecast::note_wake(1ms, 400us);
+    VtestServer server(demo_config());
+    auto s = connected_session(server);
+    constexpr int calls = 12;
+    for (int i = 0; i < calls; ++i) {
+        apir::CallOptions co;
+        co.deadline = apir::Deadline::after(10s);
+        REQUIRE(s->call<demo::Sleep>(demo::SleepRequest{1}, co));
+    }
+    const auto st = s->transport().stats();
+    INFO(st.blocked << " of " << calls << " went to the PING at once, " << st.spin_replies
+                    << " answered in the look");
+    CHECK(st.blocked >= calls - 3);
+    CHECK(st.ping_replies >= st.blocked);
+    for (int i = 0; i < 200; ++i) // the process-wide lateness back to a usual one
+        apir::ArrivalForecast::note_wake(1ms, 60us);
+}
+
 TEST_CASE("threads whose long waits block in the PING barrier, between short calls: every "
           "reply matches its request",
           "[host][demo]") {
