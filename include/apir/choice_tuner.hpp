@@ -67,13 +67,7 @@ public:
         counts_ = {};
         dropped_ = {};
         warm_ = {};
-        chosen_ = 0;
-        has_choice_ = false;
-        budget_ = first_budget_ns;
-        spent_ = 0;
-        runs_ = 0;
-        usual_waste_ = 0;
-        slow_runs_ = 0;
+        forget_choice();
         measurements_ = 0;
         fallbacks_ = 0;
         measuring_ = false;
@@ -121,13 +115,7 @@ public:
     void start_over() {
         if (!tuning()) return;
         measuring_ = false;
-        chosen_ = 0;
-        has_choice_ = false;
-        budget_ = first_budget_ns;
-        spent_ = 0;
-        runs_ = 0;
-        usual_waste_ = 0;
-        slow_runs_ = 0;
+        forget_choice();
     }
 
     [[nodiscard]] bool measuring() const noexcept { return measuring_; }
@@ -141,6 +129,17 @@ public:
     [[nodiscard]] uint64_t budget_ns() const noexcept { return budget_; }
 
 private:
+    /// Candidate 0, held for a first budget, as before any measurement.
+    void forget_choice() {
+        chosen_ = 0;
+        has_choice_ = false;
+        budget_ = first_budget_ns;
+        spent_ = 0;
+        runs_ = 0;
+        usual_waste_ = 0;
+        slow_runs_ = 0;
+    }
+
     void start_measuring() {
         measuring_ = true;
         counts_ = {};

@@ -600,6 +600,31 @@ TEST_CASE("calls that change kind are timed anew: a prompt's waits do not choose
     CHECK(f.rest_measurements() >= 3);
 }
 
+namespace {
+
+/// Calls of one kind (each way's time) until the `measurements`th measurement has
+/// confirmed its choice, then `then` calls of another kind: how many of those watched,
+/// and the choice after them.
+struct KindChange {
+    int watched = 0;
+    apir::ArrivalForecast::Rest chosen_before{}, chosen_after{};
+};
+KindChange change_kind(nanoseconds block_before, nanoseconds watch_before, unsigned measurements,
+                       nanoseconds block_after, nanoseconds watch_after, int then) {
+    apir::ArrivalForecast f;
+    for (int i = 0; i < 50000 && f.rest_measurements() < measurements; ++i)
+        timed_wait(f, block_before, watch_before);
+    REQUIRE(f.rest_measurements() == measurements);
+    KindChange k;
+    k.chosen_before = f.rest_chosen();
+    for (int i = 0; i < then; ++i)
+        k.watched += timed_wait(f, block_after, watch_after) == apir::ArrivalForecast::Rest::watch;
+    k.chosen_after = f.rest_chosen();
+    return k;
+}
+
+} // namespace
+
 TEST_CASE("a choice made on long calls is dropped when short ones follow", "[wait][forecast]") {
     // Prompt graphs where watching wins (12 ms against 13), until the fifth measurement
     // has confirmed it: the watch then holds for 50 times what blocking cost, doubled at
@@ -607,17 +632,11 @@ TEST_CASE("a choice made on long calls is dropped when short ones follow", "[wai
     // µs against 750): the watch's mean never passes blocking's 13 ms median, so only
     // the tokens' mean falling under half the prompts' drops it.
     using Rest = apir::ArrivalForecast::Rest;
-    apir::ArrivalForecast f;
-    for (int i = 0; i < 2000 && f.rest_measurements() < 5; ++i)
-        timed_wait(f, 13ms, 12ms);
-    REQUIRE(f.rest_measurements() == 5);
-    REQUIRE(f.rest_chosen() == Rest::watch);
-    int watched = 0;
-    for (int i = 0; i < 300; ++i)
-        watched += timed_wait(f, 620us, 750us) == Rest::watch;
-    INFO(watched << " of the first 300 token waits watched");
-    CHECK(watched <= 20);
-    CHECK(f.rest_chosen() == Rest::block);
+    const auto k = change_kind(13ms, 12ms, 5, 620us, 750us, 300);
+    INFO(k.watched << " of the first 300 token waits watched");
+    REQUIRE(k.chosen_before == Rest::watch);
+    CHECK(k.watched <= 20);
+    CHECK(k.chosen_after == Rest::block);
 }
 
 TEST_CASE("a choice made on short calls is timed again when long ones follow", "[wait][forecast]") {
@@ -627,17 +646,11 @@ TEST_CASE("a choice made on short calls is timed again when long ones follow", "
     // would wait about 200 calls for the next measurement; their mean passing twice the
     // tokens' starts one within a few calls.
     using Rest = apir::ArrivalForecast::Rest;
-    apir::ArrivalForecast f;
-    for (int i = 0; i < 20000 && f.rest_measurements() < 8; ++i)
-        timed_wait(f, 620us, 750us);
-    REQUIRE(f.rest_measurements() == 8);
-    REQUIRE(f.rest_chosen() == Rest::block);
-    int watched = 0;
-    for (int i = 0; i < 150; ++i)
-        watched += timed_wait(f, 13ms, 12ms) == Rest::watch;
-    INFO(watched << " of the first 150 long waits watched");
-    CHECK(watched >= 100);
-    CHECK(f.rest_chosen() == Rest::watch);
+    const auto k = change_kind(620us, 750us, 8, 13ms, 12ms, 150);
+    INFO(k.watched << " of the first 150 long waits watched");
+    REQUIRE(k.chosen_before == Rest::block);
+    CHECK(k.watched >= 100);
+    CHECK(k.chosen_after == Rest::watch);
 }
 
 TEST_CASE("calls of two kinds mixed, or jittering, do not keep the timing from ending",

@@ -61,6 +61,15 @@ std::unique_ptr<Session> connected_session(const VtestServer& server) {
     return s;
 }
 
+// `calls` demo Sleeps of `ms` milliseconds each, every one answered.
+void sleep_calls(Session& s, int calls, uint32_t ms) {
+    for (int i = 0; i < calls; ++i) {
+        apir::CallOptions co;
+        co.deadline = apir::Deadline::after(10s);
+        REQUIRE(s.call<demo::Sleep>(demo::SleepRequest{ms}, co));
+    }
+}
+
 double ms_since(apir::Clock::time_point t) {
     return std::chrono::duration<double, std::milli>(apir::Clock::now() - t).count();
 }
@@ -291,11 +300,7 @@ TEST_CASE("a long command's wait blocks in the PING barrier when its forecast me
     VtestServer server(demo_config());
     auto s = connected_session(server);
     constexpr int calls = 12;
-    for (int i = 0; i < calls; ++i) {
-        apir::CallOptions co;
-        co.deadline = apir::Deadline::after(10s);
-        REQUIRE(s->call<demo::Sleep>(demo::SleepRequest{2}, co));
-    }
+    sleep_calls(*s, calls, 2);
     const auto st = s->transport().stats();
     INFO(st.blocked << " of " << calls << " blocked, " << st.ping_replies << " after a PING, "
                     << st.spin_replies << " in the spin");
@@ -319,11 +324,7 @@ TEST_CASE("a wait that does not rest, for a reply its forecast knows comes after
     VtestServer server(demo_config());
     auto s = connected_session(server);
     constexpr int calls = 12;
-    for (int i = 0; i < calls; ++i) {
-        apir::CallOptions co;
-        co.deadline = apir::Deadline::after(10s);
-        REQUIRE(s->call<demo::Sleep>(demo::SleepRequest{1}, co));
-    }
+    sleep_calls(*s, calls, 1);
     const auto st = s->transport().stats();
     INFO(st.blocked << " of " << calls << " went to the PING at once, " << st.spin_replies
                     << " answered in the look");
