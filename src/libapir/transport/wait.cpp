@@ -432,7 +432,7 @@ Expected<uint32_t> wait_for_reply(std::span<std::byte> page, const WaitPolicy& p
             const bool timed = start != Clock::time_point::min();
             const auto took = timed ? clock.now() - start : nanoseconds::zero();
             if (hooks.budget) hooks.budget->won(took, policy.spin_for);
-            if (policy.forecast && timed) policy.forecast->observe(took);
+            if (forecast && timed) forecast->observe(took);
             choice.report(clock);
             return word.load(std::memory_order_acquire) - 1;
         }

@@ -556,16 +556,16 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         const auto began = clk.now();
         nanoseconds window = std::clamp(policy.spin_for, nanoseconds::zero(), max_spin_window);
         ArrivalForecast* const forecast = policy.forecast;
-        const detail::RestChoice choice = detail::choose_rest(
-            policy.kind == WaitPolicy::Kind::adaptive ? forecast : nullptr, true, clk);
+        // The forecast this wait rests and looks by (the adaptive policy's only).
+        ArrivalForecast* const guide =
+            policy.kind == WaitPolicy::Kind::adaptive ? forecast : nullptr;
+        const detail::RestChoice choice = detail::choose_rest(guide, true, clk);
         if (choice.plan.rest > nanoseconds::zero())
             window = std::max(window, choice.plan.rest + choice.plan.watch);
         // A reply the command's forecast is sure comes after the longest look, where it
         // does not rest: looking cannot win; the PING barrier at once.
         const bool looks_cannot_win =
-            choice.plan.rest <= nanoseconds::zero() &&
-            detail::spin_cannot_win(policy.kind == WaitPolicy::Kind::adaptive ? forecast : nullptr,
-                                    window);
+            choice.plan.rest <= nanoseconds::zero() && detail::spin_cannot_win(guide, window);
         if (choice.way == ArrivalForecast::Rest::watch && !looks_cannot_win) {
             WaitHooks hooks;
             hooks.yield_between_looks = true;
