@@ -492,7 +492,7 @@ TEST_CASE("errors reach ggml as null buffers and failed statuses, with the reaso
         CHECK(ggml_backend_dev_init(f.dev, nullptr) == nullptr);
         ggml_backend_buffer_free(buf); // logs, does not hang
         const auto took = std::chrono::steady_clock::now() - t0;
-        CHECK(took < std::chrono::seconds(1));
+        CHECK(took < std::chrono::seconds(3)); // each call would wait its 30 s deadline
         std::lock_guard lk(log_mu);
         CHECK(ggml_log_text.find("the host is lost") != std::string::npos);
         ggml_backend_free(backend);

@@ -17,7 +17,7 @@
 //   bad_alignment     buffer_type_get_alignment answers 24
 //   negative_count    device_get_count answers -1
 //   refuse            every command returns 1 (the host refused)
-//   slow_name         device_get_name sleeps 500 ms first
+//   slow_name         device_get_name sleeps 1500 ms first
 //   slow_memory       device_get_memory sleeps 600 ms first
 //   slow_compute      backend_graph_compute sleeps 600 ms first (a long legitimate graph)
 //   refuse_bad_set    buffer_set_tensor refuses tensors whose name starts with "bad"
@@ -179,7 +179,7 @@ uint32_t device_get_count(Context& c, Frame& f) {
     return 0;
 }
 uint32_t device_get_name(Context& c, Frame& f) {
-    if (hostile(c) == "slow_name") std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    if (hostile(c) == "slow_name") std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     put_string(f.reply(), "apir-test", hostile(c) != "no_nul");
     return 0;
 }

@@ -678,7 +678,7 @@ TEST_CASE("Device: metadata calls have a deadline, compute has none by default")
     auto r = f.dev->name();
     const auto took = apir::Clock::now() - start;
     check_error(r, Errc::timeout, "device_get_name");
-    CHECK(took < 100ms + 400ms);
+    CHECK(took < 100ms + 900ms); // the host answers after 1.5 s
 }
 
 #if APIR_HAVE_GGML_HEADERS

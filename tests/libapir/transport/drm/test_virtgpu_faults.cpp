@@ -405,6 +405,6 @@ TEST_CASE("GET_CAPS answering EBUSY is retried until the open deadline", "[fault
         const auto took = apir::Clock::now() - start;
         CHECK(e.sys_errno() == EBUSY);
         CHECK(took >= std::chrono::milliseconds(100));
-        CHECK(took < std::chrono::milliseconds(100 + 500));
+        CHECK(took < std::chrono::milliseconds(100 + 2000)); // room for a crowded machine
     }
 }
