@@ -5,15 +5,17 @@
 // Candidate 0 is the safe one and the measure of the others: a higher candidate is chosen
 // only when it was faster on every run. The rules:
 // - A measurement runs each candidate 3 times in a row after one untimed run (which may
-//   pay for the switch from another candidate: a thread woken, a buffer made), the
-//   current choice first. Alternating would make every run pay for a switch.
+//   pay for the switch from another candidate: a thread woken, a buffer made),
+//   candidate 0 first. Alternating would make every run pay for a switch.
 //   It keeps candidate 0, or the higher candidate of the lowest median among those whose
 //   every run beat candidate 0's median: where runs scatter widely (a busy machine), a
 //   lucky median must not choose the riskier way. So one slow run keeps a higher
 //   candidate out until the next measurement.
 // - A higher candidate whose first two runs both take over twice candidate 0's median is
-//   dropped then (it could not win): a slow candidate costs two runs. Candidate 0 always
-//   takes its three.
+//   dropped then (it could not win): a slow candidate costs two runs. One whose untimed
+//   run takes over 8 times candidate 0's median is dropped at once: no switch costs that
+//   much, a thread waiting a time slice for a busy CPU does, and each such run costs as
+//   much as many runs of the others. Candidate 0 always takes its three.
 // - The choice then holds for a budget of run time: 20 ms after a measurement that
 //   changed the choice, twice the last budget after one that confirmed it, and at least
 //   50 times what the other candidates' runs cost beyond the choice's median (so that
@@ -55,6 +57,7 @@ public:
     static constexpr unsigned slow_runs_to_measure = 3;
     static constexpr uint64_t waste_factor = 50;
     static constexpr uint64_t min_runs_for_mean = 32;
+    static constexpr uint64_t first_run_drop_factor = 8;
 
     ChoiceTuner() = default;
     explicit ChoiceTuner(size_t candidates) { reset(candidates); }
@@ -145,24 +148,30 @@ private:
         counts_ = {};
         dropped_ = {};
         warm_ = {};
-        // The current choice first: its runs are the ones most likely to be fast.
-        current_ = chosen_;
+        // Candidate 0 first: its median is what the others' runs are dropped against.
+        current_ = 0;
     }
 
     void record(uint64_t ns) {
         const size_t c = current_;
         if (!warm_[c]) {
             // Its first run in this measurement is not timed (it may pay for the switch
-            // from another candidate: a thread woken, a work buffer made); it runs again.
+            // from another candidate: a thread woken, a work buffer made); it runs again,
+            // unless it took so long that no switch explains it (a thread that waited a
+            // time slice for a busy CPU): then the candidate is dropped at once, and the
+            // run counts as its sample, so that what it cost holds the choice.
             warm_[c] = true;
-            return;
-        }
-        samples_[c][counts_[c]++] = ns;
-        // Two runs both over twice candidate 0's median: this one could not be chosen
-        // (one run can be slow for reasons of its own, two are enough). Candidate 0 is
-        // the measure of the others and takes all its runs.
-        if (c > 0 && counts_[c] >= 2 && counts_[0] > 0 && min_of(c) > mul(2, median_of(0)))
+            if (c == 0 || counts_[0] == 0 || ns <= mul(first_run_drop_factor, median_of(0))) return;
+            samples_[c][counts_[c]++] = ns;
             dropped_[c] = true;
+        } else {
+            samples_[c][counts_[c]++] = ns;
+            // Two runs both over twice candidate 0's median: this one could not be chosen
+            // (one run can be slow for reasons of its own, two are enough). Candidate 0
+            // is the measure of the others and takes all its runs.
+            if (c > 0 && counts_[c] >= 2 && counts_[0] > 0 && min_of(c) > mul(2, median_of(0)))
+                dropped_[c] = true;
+        }
         // Its runs in a row, then the next candidate with samples to take.
         if (!dropped_[c] && counts_[c] < samples_per_candidate) return;
         for (size_t step = 1; step <= n_; ++step) {
