@@ -28,7 +28,8 @@
 //   - Runs whose mean since the choice passes candidate 0's median (a few runs of a time
 //     slice or more among fast ones, which a median of three does not see) go back to
 //     candidate 0 at once, for 50 times what they cost beyond it (at least 20 ms, at most
-//     5 s).
+//     5 s). The mean is taken after 32 runs; before that, runs that cost 8 of candidate
+//     0's medians beyond it (one time slice) go back at once.
 // - The caller may start over (start_over()) where what the runs do has changed (calls
 //   of another kind): samples of before and after must not be compared, nor a choice
 //   made on the old ones kept. Candidate 0 then runs for 20 ms before the next
@@ -57,7 +58,7 @@ public:
     static constexpr unsigned slow_runs_to_measure = 3;
     static constexpr uint64_t waste_factor = 50;
     static constexpr uint64_t min_runs_for_mean = 32;
-    static constexpr uint64_t first_run_drop_factor = 8;
+    static constexpr uint64_t far_slower_factor = 8;
 
     ChoiceTuner() = default;
     explicit ChoiceTuner(size_t candidates) { reset(candidates); }
@@ -104,7 +105,8 @@ public:
             // median_of(0): candidate 0's in the last measurement (its samples stay until
             // the next one starts).
             const uint64_t at_safe = mul(runs_, median_of(0));
-            if (runs_ >= min_runs_for_mean && spent_ > at_safe) {
+            if ((runs_ >= min_runs_for_mean && spent_ > at_safe) ||
+                spent_ > add(at_safe, mul(far_slower_factor, median_of(0)))) {
                 fall_back(spent_ - at_safe);
                 return;
             }
@@ -161,7 +163,7 @@ private:
             // time slice for a busy CPU): then the candidate is dropped at once, and the
             // run counts as its sample, so that what it cost holds the choice.
             warm_[c] = true;
-            if (c == 0 || counts_[0] == 0 || ns <= mul(first_run_drop_factor, median_of(0))) return;
+            if (c == 0 || counts_[0] == 0 || ns <= mul(far_slower_factor, median_of(0))) return;
             samples_[c][counts_[c]++] = ns;
             dropped_[c] = true;
         } else {

@@ -243,6 +243,25 @@ TEST_CASE("thread tuner: rare very slow runs on more threads send it back to one
     CHECK(t.budget_ns() == 50 * 3 * 300 * us);
 }
 
+TEST_CASE("thread tuner: a run of a time slice on more threads sends it back to one at once") {
+    // Two threads chosen on quiet CPUs; then a run on two threads takes 35 ms (its second
+    // thread waited for a CPU a busy process had). The mean is not taken before 32 runs,
+    // but this run alone costs more than 8 runs on one thread: back to one at once. A run
+    // of 2 ms among fast ones does not.
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    drive(t, 8, quiet);
+    REQUIRE(t.chosen() == 2);
+    REQUIRE(t.next() == 2);
+    t.report(2 * ms);
+    CHECK(t.fallbacks() == 0);
+    REQUIRE(t.next() == 2);
+    t.report(35 * ms);
+    CHECK(t.fallbacks() == 1);
+    CHECK(t.next() == 1);
+    // For 50 times what the two runs cost beyond one thread's median.
+    CHECK(t.budget_ns() == 50 * (2 * ms + 35 * ms - 2 * 900 * us));
+}
+
 TEST_CASE("thread tuner: it follows the machine getting busy and quiet again") {
     bool busy = false;
     const auto cost = [&](int f) { return busy ? busy_cpus(f) : quiet(f); };
