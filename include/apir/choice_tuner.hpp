@@ -13,9 +13,10 @@
 //   candidate out until the next measurement.
 // - A higher candidate whose first two runs both take over twice candidate 0's median is
 //   dropped then (it could not win): a slow candidate costs two runs. One whose untimed
-//   run takes over 8 times candidate 0's median is dropped at once: no switch costs that
-//   much, a thread waiting a time slice for a busy CPU does, and each such run costs as
-//   much as many runs of the others. Candidate 0 always takes its three.
+//   run takes over 8 times candidate 0's median, and over 10 ms, is dropped at once: no
+//   switch costs that much, a thread waiting a time slice or more for a busy CPU does,
+//   and each such run costs as much as many runs of the others. Candidate 0 always
+//   takes its three.
 // - The choice then holds for a budget of run time: 20 ms after a measurement that
 //   changed the choice, twice the last budget after one that confirmed it, and at least
 //   50 times what the other candidates' runs cost beyond the choice's median (so that
@@ -29,7 +30,7 @@
 //     slice or more among fast ones, which a median of three does not see) go back to
 //     candidate 0 at once, for 50 times what they cost beyond it (at least 20 ms, at most
 //     5 s). The mean is taken after 32 runs; before that, runs that cost 8 of candidate
-//     0's medians beyond it (one time slice) go back at once.
+//     0's medians beyond it, and over 10 ms (a wait for a CPU), go back at once.
 // - The caller may start over (start_over()) where what the runs do has changed (calls
 //   of another kind): samples of before and after must not be compared, nor a choice
 //   made on the old ones kept. Candidate 0 then runs for 20 ms before the next
@@ -59,6 +60,7 @@ public:
     static constexpr uint64_t waste_factor = 50;
     static constexpr uint64_t min_runs_for_mean = 32;
     static constexpr uint64_t far_slower_factor = 8;
+    static constexpr uint64_t far_slower_at_least_ns = 10'000'000; // 10 ms
 
     ChoiceTuner() = default;
     explicit ChoiceTuner(size_t candidates) { reset(candidates); }
@@ -106,7 +108,7 @@ public:
             // the next one starts).
             const uint64_t at_safe = mul(runs_, median_of(0));
             if ((runs_ >= min_runs_for_mean && spent_ > at_safe) ||
-                spent_ > add(at_safe, mul(far_slower_factor, median_of(0)))) {
+                spent_ > add(at_safe, far_slower_margin())) {
                 fall_back(spent_ - at_safe);
                 return;
             }
@@ -163,7 +165,7 @@ private:
             // time slice for a busy CPU): then the candidate is dropped at once, and the
             // run counts as its sample, so that what it cost holds the choice.
             warm_[c] = true;
-            if (c == 0 || counts_[0] == 0 || ns <= mul(far_slower_factor, median_of(0))) return;
+            if (c == 0 || counts_[0] == 0 || ns <= far_slower_margin()) return;
             samples_[c][counts_[c]++] = ns;
             dropped_[c] = true;
         } else {
@@ -251,6 +253,12 @@ private:
     }
     [[nodiscard]] uint64_t min_of(size_t i) const noexcept {
         return *std::min_element(samples_[i].begin(), samples_[i].begin() + counts_[i]);
+    }
+
+    /// Beyond this, a run is not what a switch or the run's own work costs, but a wait
+    /// for a CPU (a time slice or more): 8 of candidate 0's medians, at least 10 ms.
+    [[nodiscard]] uint64_t far_slower_margin() const noexcept {
+        return std::max(mul(far_slower_factor, median_of(0)), far_slower_at_least_ns);
     }
 
     /// The median of a candidate's samples of the current measurement (or the last one).

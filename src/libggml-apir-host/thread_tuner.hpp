@@ -17,11 +17,13 @@
 //   slow run (a preemption, threads starting) keeps them out until the next measurement;
 //   at a higher floor, 3 slow runs in a row measure again (at the least floor they do
 //   not: a busier machine makes more threads slower still), and runs whose mean passes
-//   the least floor's median go back to it. That can cost more than those runs did when
-//   they are rare: about 10 % in a simulation with one run in 300 at 35 ms (0.6 ms
-//   otherwise, 0.9 ms on the least floor).
+//   the least floor's median, or that cost over 8 of its medians and 10 ms beyond it (a
+//   thread that waited for a busy CPU), go back to it. That can cost more than those
+//   runs did when they are rare: 13-15 % in a simulation with one run in 300 at 35 ms
+//   (0.6 ms otherwise, 0.9 ms on the least floor).
 // - A measurement's first run at each floor is not timed: the graph's first makes the
-//   device's work buffer, a higher floor's may start or wake its threads.
+//   device's work buffer, a higher floor's may start or wake its threads. One that
+//   takes over 8 times the least floor's median and 10 ms drops its floor at once.
 //
 // Pure logic: the caller times each run and reports it; nothing here reads a clock.
 #pragma once

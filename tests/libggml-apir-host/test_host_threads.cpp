@@ -191,6 +191,27 @@ TEST_CASE("thread tuner: a first run slowed by starting threads does not drop mo
     CHECK(at.at(2) == 4);
 }
 
+TEST_CASE("thread tuner: on a short graph, a first run that starts threads does not drop them") {
+    // 0.5 ms on one thread, 0.3 ms on two, whose first run in each measurement costs
+    // 5 ms (ten times one thread's median, but under 10 ms: starting a thread, not a
+    // wait for a busy CPU). Two threads are chosen, measurement after measurement.
+    int last = 1;
+    const auto cost = [&](int f) -> uint64_t {
+        const bool starts = f == 2 && last == 1;
+        last = f;
+        if (f == 1) return 500 * us;
+        return starts ? 5 * ms : 300 * us;
+    };
+    ThreadTuner t(ThreadTuner::floors_for(1, 2));
+    auto at = drive(t, 8, cost);
+    REQUIRE(t.measurements() == 1);
+    CHECK(t.chosen() == 2);
+    at = drive(t, 20'000, cost);
+    CHECK(t.measurements() > 3);
+    CHECK(t.chosen() == 2);
+    CHECK(at[2] > 19'000);
+}
+
 TEST_CASE("thread tuner: what switching floors costs does not keep more threads out") {
     // A run on two threads right after one on one thread pays for waking the second
     // thread (0.3 ms). Each candidate's runs in a measurement come in a row after an
