@@ -164,18 +164,17 @@ private:
             // unless it took so long that no switch explains it (a thread that waited a
             // time slice for a busy CPU): then the candidate is dropped at once, and the
             // run counts as its sample, so that what it cost holds the choice.
+            // (Candidate 0 runs first and takes all its runs: a higher candidate always
+            // has its median to go by.)
             warm_[c] = true;
-            if (c == 0 || counts_[0] == 0 || ns <= far_slower_margin()) return;
-            samples_[c][counts_[c]++] = ns;
+            if (c == 0 || ns <= far_slower_margin()) return;
             dropped_[c] = true;
-        } else {
-            samples_[c][counts_[c]++] = ns;
-            // Two runs both over twice candidate 0's median: this one could not be chosen
-            // (one run can be slow for reasons of its own, two are enough). Candidate 0
-            // is the measure of the others and takes all its runs.
-            if (c > 0 && counts_[c] >= 2 && counts_[0] > 0 && min_of(c) > mul(2, median_of(0)))
-                dropped_[c] = true;
         }
+        samples_[c][counts_[c]++] = ns;
+        // Two runs both over twice candidate 0's median: this one could not be chosen
+        // (one run can be slow for reasons of its own, two are enough). Candidate 0 is
+        // the measure of the others and takes all its runs.
+        if (c > 0 && counts_[c] >= 2 && min_of(c) > mul(2, median_of(0))) dropped_[c] = true;
         // Its runs in a row, then the next candidate with samples to take.
         if (!dropped_[c] && counts_[c] < samples_per_candidate) return;
         for (size_t step = 1; step <= n_; ++step) {
