@@ -232,7 +232,8 @@ struct Rested {
 
 Rested rest_wait(RestClock& clock, std::span<std::byte> page, apir::ArrivalForecast& f,
                  nanoseconds reply_at, bool futex,
-                 apir::Deadline deadline = apir::Deadline::never()) {
+                 apir::Deadline deadline = apir::Deadline::never(),
+                 apir::SpinBudget* budget = nullptr) {
     std::atomic<uint32_t> sleepers{0};
     std::atomic<bool> alive{true};
     apir::WaitPolicy p;
@@ -240,7 +241,7 @@ Rested rest_wait(RestClock& clock, std::span<std::byte> page, apir::ArrivalForec
     p.forecast = &f;
     clock.call(reply_at);
     auto r = apir::wait_for_reply(page, p, deadline,
-                                  apir::WaitHooks{futex ? &sleepers : nullptr, &alive});
+                                  apir::WaitHooks{futex ? &sleepers : nullptr, &alive, budget});
     return {std::move(r), clock.elapsed() - reply_at, clock.elapsed() - clock.resting(),
             clock.sleeps()};
 }
@@ -463,16 +464,10 @@ TEST_CASE("a command whose replies come after the longest spin does not spin, an
     RestClock clock(page, 5us);
     apir::SpinBudget budget;
     apir::ArrivalForecast graph, get;
-    std::atomic<bool> alive{true};
     auto wait = [&](apir::ArrivalForecast& f, nanoseconds reply_at) {
-        apir::WaitPolicy p;
-        p.clock = &clock;
-        p.forecast = &f;
-        clock.call(reply_at);
-        REQUIRE(apir::wait_for_reply(page, p, apir::Deadline::never(),
-                                     apir::WaitHooks{nullptr, &alive, &budget}));
-        return Rested{
-            {}, clock.elapsed() - reply_at, clock.elapsed() - clock.resting(), clock.sleeps()};
+        auto w = rest_wait(clock, page, f, reply_at, false, apir::Deadline::never(), &budget);
+        REQUIRE(w.result);
+        return w;
     };
     for (int i = 0; i < 3; ++i) { // each forecast sure of its command
         wait(graph, 300us);
@@ -551,7 +546,7 @@ TEST_CASE("a choice started over goes back to the safe way and measures after 20
     CHECK_FALSE(t.measuring()); // 19 ms of runs
     t.report(1'000'000);
     CHECK(t.measuring());
-    CHECK(t.next() == 0); // the choice first
+    CHECK(t.next() == 0); // candidate 0 first
     // Both ways alike now: candidate 0 stays, and holds as a first choice does (20 ms),
     // neither doubled as a confirmation nor lengthened by what the old runs cost.
     for (int i = 0; i < 8; ++i)
