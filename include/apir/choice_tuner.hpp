@@ -3,20 +3,30 @@
 // ThreadTuner), a guest's way of waiting for a long reply (ArrivalForecast, wait.hpp).
 //
 // Candidate 0 is the safe one and the measure of the others: a higher candidate is chosen
-// only when it was faster on every run. The rules:
-// - A measurement runs each candidate 3 times in a row after one untimed run (which may
+// only when it was faster on every run. A slow run has one of two causes, which one run
+// cannot tell apart: a one-off (another process's thread woken on the run's CPU, a thread
+// the scheduler put beside another for a few ms until it moved it), or a busy machine,
+// which makes such runs again and again, each a time slice or more. A one-off costs up
+// to twice the far-slower margin below (20 ms at least); a run beyond that is taken for a
+// busy CPU. The rules:
+// - A measurement runs each candidate 3 times in a row after an untimed run (which may
 //   pay for the switch from another candidate: a thread woken, a buffer made),
-//   candidate 0 first. Alternating would make every run pay for a switch.
+//   candidate 0 first. Alternating would make every run pay for a switch. A caller whose
+//   switch can take longer than one run gives the higher candidates more untimed runs
+//   (set_switch_runs(): the host's thread floors take two, because a thread woken on a
+//   CPU that was idle can wait milliseconds for it, and the wait spills into the next
+//   run).
 //   It keeps candidate 0, or the higher candidate of the lowest median among those whose
 //   every run beat candidate 0's median: where runs scatter widely (a busy machine), a
 //   lucky median must not choose the riskier way. So one slow run keeps a higher
 //   candidate out until the next measurement.
-// - A higher candidate whose first two runs both take over twice candidate 0's median is
-//   dropped then (it could not win): a slow candidate costs two runs. One whose untimed
-//   run takes over 8 times candidate 0's median, and over 10 ms, is dropped at once: no
-//   switch costs that much, a thread waiting a time slice or more for a busy CPU does,
-//   and each such run costs as much as many runs of the others. Candidate 0 always
-//   takes its three.
+// - A higher candidate whose first two timed runs both take over twice candidate 0's
+//   median is dropped then (it could not win). One whose untimed runs each take over the
+//   far-slower margin (8 times candidate 0's median, and over 10 ms), or one of them
+//   over twice that, is dropped at once: a switch may cost that much once, a thread
+//   waiting a time slice or more for a busy CPU does each time, and each such run costs
+//   as much as many runs of the others. So on a busy machine a slow candidate costs one
+//   run. Candidate 0 always takes its three.
 // - The choice then holds for a budget of run time: 20 ms after a measurement that
 //   changed the choice, twice the last budget after one that confirmed it, and at least
 //   50 times what the other candidates' runs cost beyond the choice's median (so that
@@ -29,8 +39,15 @@
 //   - Runs whose mean since the choice passes candidate 0's median (a few runs of a time
 //     slice or more among fast ones, which a median of three does not see) go back to
 //     candidate 0 at once, for 50 times what they cost beyond it (at least 20 ms, at most
-//     5 s). The mean is taken after 32 runs; before that, runs that cost 8 of candidate
-//     0's medians beyond it, and over 10 ms (a wait for a CPU), go back at once.
+//     5 s). The mean is taken after 32 runs; before that, runs that cost the far-slower
+//     margin beyond it (a wait for a CPU) go back at once.
+// - A verdict for candidate 0 that rests on a one-off holds only for 20 ms, once: a
+//   measurement whose higher candidates lost by one run each, no longer than a one-off,
+//   or a go-back before the mean counts that cost no more than one. A second such
+//   verdict holds as any other, until a higher choice has held for its budget and 32
+//   runs. Without this, one run slowed by another process while the choice was being
+//   made keeps the faster way out for 50 times its cost (on a 2-vCPU virtual machine,
+//   2 or 3 llama-bench runs in 12 kept one host thread throughout).
 // - The caller may start over (start_over()) where what the runs do has changed (calls
 //   of another kind): samples of before and after must not be compared, nor a choice
 //   made on the old ones kept. Candidate 0 then runs for 20 ms before the next
@@ -64,6 +81,13 @@ public:
 
     ChoiceTuner() = default;
     explicit ChoiceTuner(size_t candidates) { reset(candidates); }
+
+    static constexpr unsigned max_switch_runs = 3;
+    /// The untimed runs a higher candidate takes in a measurement before its timed ones
+    /// (1 to max_switch_runs; 1 unless set). Kept by reset().
+    void set_switch_runs(unsigned runs) noexcept {
+        switch_runs_ = std::clamp(runs, 1u, max_switch_runs);
+    }
 
     /// Starts over with this many candidates (at least 1, at most MaxCandidates); the
     /// first is used until measured.
@@ -113,7 +137,12 @@ public:
                 return;
             }
         }
-        if (spent_ >= budget_) start_measuring();
+        if (spent_ >= budget_) {
+            // A higher choice that held for its budget, and long enough for its mean to
+            // count: a one-off against it may again be measured soon.
+            if (chosen_ > 0 && runs_ >= min_runs_for_mean) retried_ = false;
+            start_measuring();
+        }
     }
 
     /// The runs no longer do what the samples timed: drops the choice (back to candidate
@@ -145,6 +174,7 @@ private:
         runs_ = 0;
         usual_waste_ = 0;
         slow_runs_ = 0;
+        retried_ = false;
     }
 
     void start_measuring() {
@@ -158,16 +188,22 @@ private:
 
     void record(uint64_t ns) {
         const size_t c = current_;
-        if (!warm_[c]) {
-            // Its first run in this measurement is not timed (it may pay for the switch
-            // from another candidate: a thread woken, a work buffer made); it runs again,
-            // unless it took so long that no switch explains it (a thread that waited a
-            // time slice for a busy CPU): then the candidate is dropped at once, and the
-            // run counts as its sample, so that what it cost holds the choice.
-            // (Candidate 0 runs first and takes all its runs: a higher candidate always
-            // has its median to go by.)
-            warm_[c] = true;
-            if (c == 0 || ns <= far_slower_margin()) return;
+        const unsigned untimed = c == 0 ? 1 : switch_runs_;
+        if (warm_[c] < untimed) {
+            // Its first runs in this measurement are not timed (they may pay for the
+            // switch from another candidate: a thread woken, a work buffer made); then it
+            // runs on, unless they took so long that no switch explains it (each over the
+            // far-slower margin, or one beyond a one-off: a thread that waited a time
+            // slice for a busy CPU): then the candidate is dropped at once, and the run
+            // counts as its sample, so that what it cost holds the choice. (Candidate 0
+            // runs first and takes all its runs: a higher candidate always has its
+            // median to go by.)
+            ++warm_[c];
+            if (c == 0) return;
+            untimed_min_[c] = std::min(warm_[c] == 1 ? UINT64_MAX : untimed_min_[c], ns);
+            const bool each_far_slower =
+                warm_[c] == untimed && untimed_min_[c] > far_slower_margin();
+            if (!each_far_slower && ns <= one_off_limit()) return;
             dropped_[c] = true;
         }
         samples_[c][counts_[c]++] = ns;
@@ -192,9 +228,13 @@ private:
         // those, the lowest median.
         size_t best = 0;
         uint64_t best_median = median_of(0);
+        bool lost_by_one_off = false; // a higher candidate kept out by one run, a one-off
         for (size_t i = 1; i < n_; ++i) {
-            if (dropped_[i] || counts_[i] < samples_per_candidate || max_of(i) >= median_of(0))
-                continue;
+            if (dropped_[i] || counts_[i] < samples_per_candidate) continue;
+            const unsigned slower = runs_not_faster(i);
+            lost_by_one_off |=
+                slower == 1 && median_of(i) < median_of(0) && max_of(i) <= one_off_limit();
+            if (slower > 0) continue;
             const uint64_t m = median_of(i);
             if (m < best_median) best = i, best_median = m;
         }
@@ -210,9 +250,16 @@ private:
         // mean of the last ones, halving, counts too.
         usual_waste_ = usual_waste_ / 2 + waste / 2;
         waste = std::max(waste, usual_waste_);
-        budget_ =
-            hold_for(waste, best == chosen_ && has_choice_ ? std::min(2 * budget_, max_budget_ns)
-                                                           : first_budget_ns);
+        if (best == 0 && lost_by_one_off && !retried_) {
+            // One run among fast ones kept the higher candidates out, and it was no
+            // longer than one-offs take: measure again soon, once.
+            budget_ = first_budget_ns;
+            retried_ = true;
+        } else {
+            budget_ = hold_for(waste, best == chosen_ && has_choice_
+                                          ? std::min(2 * budget_, max_budget_ns)
+                                          : first_budget_ns);
+        }
         chosen_ = best;
         has_choice_ = true;
         measuring_ = false;
@@ -226,7 +273,13 @@ private:
     /// candidate 0 would have.
     void fall_back(uint64_t waste) {
         chosen_ = 0;
-        budget_ = hold_for(waste, first_budget_ns);
+        if (runs_ < min_runs_for_mean && waste <= one_off_limit() && !retried_) {
+            // Before the mean counts, on what a one-off costs: measure again soon, once.
+            budget_ = first_budget_ns;
+            retried_ = true;
+        } else {
+            budget_ = hold_for(waste, first_budget_ns);
+        }
         spent_ = 0;
         runs_ = 0;
         slow_runs_ = 0;
@@ -247,6 +300,13 @@ private:
         return std::max(at_least, waste * waste_factor);
     }
 
+    /// How many of a candidate's samples did not beat candidate 0's median.
+    [[nodiscard]] unsigned runs_not_faster(size_t i) const noexcept {
+        const uint64_t safe = median_of(0);
+        return static_cast<unsigned>(std::count_if(samples_[i].begin(),
+                                                   samples_[i].begin() + counts_[i],
+                                                   [&](uint64_t ns) { return ns >= safe; }));
+    }
     [[nodiscard]] uint64_t max_of(size_t i) const noexcept {
         return *std::max_element(samples_[i].begin(), samples_[i].begin() + counts_[i]);
     }
@@ -259,6 +319,10 @@ private:
     [[nodiscard]] uint64_t far_slower_margin() const noexcept {
         return std::max(mul(far_slower_factor, median_of(0)), far_slower_at_least_ns);
     }
+    /// What one slow run costs when its cause passes (a thread that shared a CPU with
+    /// another for a few ms until the scheduler moved it), at most: twice the far-slower
+    /// margin. Longer runs are a busy CPU's time slices.
+    [[nodiscard]] uint64_t one_off_limit() const noexcept { return mul(2, far_slower_margin()); }
 
     /// The median of a candidate's samples of the current measurement (or the last one).
     [[nodiscard]] uint64_t median_of(size_t i) const noexcept {
@@ -274,7 +338,9 @@ private:
     std::array<std::array<uint64_t, samples_per_candidate>, MaxCandidates> samples_{};
     std::array<uint8_t, MaxCandidates> counts_{};
     std::array<bool, MaxCandidates> dropped_{};
-    std::array<bool, MaxCandidates> warm_{}; ///< per candidate: has run in this measurement
+    std::array<uint8_t, MaxCandidates> warm_{};         ///< per candidate: untimed runs taken
+    std::array<uint64_t, MaxCandidates> untimed_min_{}; ///< the shortest of them
+    unsigned switch_runs_ = 1;
     size_t chosen_ = 0;
     bool has_choice_ = false; ///< a measurement chose since the start (or start_over())
     size_t current_ = 0;
@@ -283,6 +349,9 @@ private:
     uint64_t spent_ = 0;
     uint64_t runs_ = 0;        ///< with the choice since it was made
     uint64_t usual_waste_ = 0; ///< of the measurements, each weighing half the last
+    /// A verdict for candidate 0 on a one-off was measured again soon; cleared when a
+    /// higher choice holds for its budget and min_runs_for_mean runs.
+    bool retried_ = false;
     unsigned slow_runs_ = 0;
     unsigned measurements_ = 0;
     unsigned fallbacks_ = 0;

@@ -21,9 +21,17 @@
 //   thread that waited for a busy CPU), go back to it. That can cost more than those
 //   runs did when they are rare: 13-15 % in a simulation with one run in 300 at 35 ms
 //   (0.6 ms otherwise, 0.9 ms on the least floor).
-// - A measurement's first run at each floor is not timed: the graph's first makes the
-//   device's work buffer, a higher floor's may start or wake its threads. One that
-//   takes over 8 times the least floor's median and 10 ms drops its floor at once.
+// - A measurement's first run at the least floor is not timed (the graph's first makes
+//   the device's work buffer), nor are the first two at a higher floor: they start or
+//   wake its threads. A thread woken while the other CPUs look busy may be put on the
+//   CPU of the thread that woke it, and ggml-cpu's barriers then spin for milliseconds
+//   each until the scheduler moves it: 3-13 ms, in the first run or the second, in
+//   about half the measurements on a 2-vCPU virtual machine (traced with `perf sched`).
+//   Two such runs that each take over 8 times the least floor's median and 10 ms, or
+//   one over twice that, drop their floor at once.
+// - Such a run, or another process's thread woken on a compute thread's CPU, can also
+//   come later: a verdict for the least floor that rests on one run no longer than
+//   twice that margin is measured again after 20 ms, once (choice_tuner.hpp).
 //
 // Pure logic: the caller times each run and reports it; nothing here reads a clock.
 #pragma once
@@ -44,6 +52,8 @@ public:
     static constexpr size_t samples_per_candidate = Choice::samples_per_candidate;
     static constexpr uint64_t first_budget_ns = Choice::first_budget_ns;
     static constexpr uint64_t max_budget_ns = Choice::max_budget_ns;
+    /// Untimed runs at a higher floor in a measurement (see above).
+    static constexpr unsigned switch_runs = 2;
 
     /// The floors worth trying for a graph whose parts' work-based counts are at least
     /// `least` (threads_for_work), on up to `max_threads`: 1, then each of 2, 4, 8, ...
@@ -63,6 +73,7 @@ public:
     void reset(std::vector<int> floors) {
         floors_ = floors.empty() ? std::vector<int>{1} : std::move(floors);
         if (floors_.size() > max_floors) floors_.resize(max_floors);
+        choice_.set_switch_runs(switch_runs);
         choice_.reset(floors_.size());
     }
 

@@ -1179,8 +1179,8 @@ TEST_CASE("threads chosen per graph: a graph computed again is timed, a fixed co
     CHECK(log.find("context closed: 20 graphs computed, 19 of them reused") != std::string::npos);
     if (cpus >= 2) {
         CHECK(log.find("thread floors: 19 runs timed") != std::string::npos);
-        // The tuner's first measurement (an untimed first run and 3 timed ones per floor)
-        // is done within 20 runs.
+        // The tuner's first measurement (one thread: an untimed run and 3 timed ones; two
+        // threads: 2 untimed and 3 timed) is done within 20 runs.
         CHECK(log.find(", 0 measurements") == std::string::npos);
     } else {
         WARN("one CPU: no thread count to choose, the tuner is not made");
