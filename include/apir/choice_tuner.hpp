@@ -26,7 +26,8 @@
 //   over twice that, is dropped at once: a switch may cost that much once, a thread
 //   waiting a time slice or more for a busy CPU does each time, and each such run costs
 //   as much as many runs of the others. So on a busy machine a slow candidate costs one
-//   run. Candidate 0 always takes its three.
+//   run where its runs take over twice the margin, and its untimed runs where they take
+//   less. Candidate 0 always takes its three.
 // - The choice then holds for a budget of run time: 20 ms after a measurement that
 //   changed the choice, twice the last budget after one that confirmed it, and at least
 //   50 times what the other candidates' runs cost beyond the choice's median (so that
@@ -42,12 +43,14 @@
 //     5 s). The mean is taken after 32 runs; before that, runs that cost the far-slower
 //     margin beyond it (a wait for a CPU) go back at once.
 // - A verdict for candidate 0 that rests on a one-off holds only for 20 ms, once: a
-//   measurement whose higher candidates lost by one run each, no longer than a one-off,
-//   or a go-back before the mean counts that cost no more than one. A second such
-//   verdict holds as any other, until a higher choice has held for its budget and 32
-//   runs. Without this, one run slowed by another process while the choice was being
-//   made keeps the faster way out for 50 times its cost (on a 2-vCPU virtual machine,
-//   2 or 3 llama-bench runs in 12 kept one host thread throughout).
+//   measurement where a higher candidate whose median beat candidate 0's lost by one run
+//   (one that did not beat that median, by however little), no longer than a one-off; or
+//   a go-back before the mean counts that cost no more than one. A second such verdict
+//   holds as any other, until a higher choice has held for its budget and 32 runs (or
+//   the caller resets or starts over). Without this, one run slowed by another process
+//   while the choice was being made keeps the faster way out for 50 times its cost (on a
+//   2-vCPU virtual machine, 2 or 3 llama-bench runs in 12 kept one host thread
+//   throughout).
 // - The caller may start over (start_over()) where what the runs do has changed (calls
 //   of another kind): samples of before and after must not be compared, nor a choice
 //   made on the old ones kept. Candidate 0 then runs for 20 ms before the next
