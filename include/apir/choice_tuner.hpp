@@ -13,9 +13,8 @@
 //   pay for the switch from another candidate: a thread woken, a buffer made),
 //   candidate 0 first. Alternating would make every run pay for a switch. A caller whose
 //   switch can take longer than one run gives the higher candidates more untimed runs
-//   (set_switch_runs(): the host's thread floors take two, because a thread woken on a
-//   CPU that was idle can wait milliseconds for it, and the wait spills into the next
-//   run).
+//   (set_switch_runs(): the host's thread floors take two, because a woken thread can
+//   wait milliseconds for a CPU of its own, and the wait spills into the next run).
 //   It keeps candidate 0, or the higher candidate of the lowest median among those whose
 //   every run beat candidate 0's median: where runs scatter widely (a busy machine), a
 //   lucky median must not choose the riskier way. So one slow run keeps a higher
@@ -254,8 +253,8 @@ private:
         usual_waste_ = usual_waste_ / 2 + waste / 2;
         waste = std::max(waste, usual_waste_);
         if (best == 0 && lost_by_one_off && !retried_) {
-            // One run among fast ones kept the higher candidates out, and it was no
-            // longer than one-offs take: measure again soon, once.
+            // One run among fast ones kept a higher candidate out, and it was no longer
+            // than one-offs take: measure again soon, once.
             budget_ = first_budget_ns;
             retried_ = true;
         } else {
