@@ -253,11 +253,13 @@ TEST_CASE("thread tuner: a first run slowed by starting threads does not drop mo
     CHECK(at.at(2) == 5);
 }
 
-TEST_CASE("thread tuner: a thread woken on an idle CPU does not drop more threads") {
-    // Floor 2's first runs in a measurement wait for the CPU its woken thread runs on (on
-    // a virtual machine, an idle vCPU the hypervisor runs again): the first 12 ms (over 8
-    // times one thread's 0.9 ms and over 10 ms), or the second 8 ms, or the first 4 ms
-    // and the second 13 ms. Its later runs win: two threads are chosen each time.
+TEST_CASE("thread tuner: a woken thread waiting for a CPU of its own does not drop more "
+          "threads") {
+    // Floor 2's first runs in a measurement wake its second thread, which the scheduler
+    // may put on the first one's CPU until it moves it (ggml-cpu's barriers spin
+    // meanwhile): the first run 12 ms (over 8 times one thread's 0.9 ms and over 10 ms),
+    // or the second 8 ms, or the first 4 ms and the second 13 ms. Its later runs win: two
+    // threads are chosen each time.
     struct Start {
         uint64_t first, second;
     };
