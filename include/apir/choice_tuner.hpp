@@ -184,6 +184,7 @@ private:
         counts_ = {};
         dropped_ = {};
         warm_ = {};
+        untimed_min_.fill(UINT64_MAX);
         // Candidate 0 first: its median is what the others' runs are dropped against.
         current_ = 0;
     }
@@ -202,7 +203,7 @@ private:
             // median to go by.)
             ++warm_[c];
             if (c == 0) return;
-            untimed_min_[c] = std::min(warm_[c] == 1 ? UINT64_MAX : untimed_min_[c], ns);
+            untimed_min_[c] = std::min(untimed_min_[c], ns);
             const bool each_far_slower =
                 warm_[c] == untimed && untimed_min_[c] > far_slower_margin();
             if (!each_far_slower && ns <= one_off_limit()) return;
@@ -252,16 +253,12 @@ private:
         // mean of the last ones, halving, counts too.
         usual_waste_ = usual_waste_ / 2 + waste / 2;
         waste = std::max(waste, usual_waste_);
-        if (best == 0 && lost_by_one_off && !retried_) {
-            // One run among fast ones kept a higher candidate out, and it was no longer
-            // than one-offs take: measure again soon, once.
-            budget_ = first_budget_ns;
-            retried_ = true;
-        } else {
-            budget_ = hold_for(waste, best == chosen_ && has_choice_
-                                          ? std::min(2 * budget_, max_budget_ns)
-                                          : first_budget_ns);
-        }
+        // One run among fast ones kept a higher candidate out, and it was no longer than
+        // one-offs take: measure again soon, once.
+        hold(waste,
+             best == chosen_ && has_choice_ ? std::min(2 * budget_, max_budget_ns)
+                                            : first_budget_ns,
+             best == 0 && lost_by_one_off);
         chosen_ = best;
         has_choice_ = true;
         measuring_ = false;
@@ -275,13 +272,8 @@ private:
     /// candidate 0 would have.
     void fall_back(uint64_t waste) {
         chosen_ = 0;
-        if (runs_ < min_runs_for_mean && waste <= one_off_limit() && !retried_) {
-            // Before the mean counts, on what a one-off costs: measure again soon, once.
-            budget_ = first_budget_ns;
-            retried_ = true;
-        } else {
-            budget_ = hold_for(waste, first_budget_ns);
-        }
+        // Before the mean counts, on what a one-off costs: measure again soon, once.
+        hold(waste, first_budget_ns, runs_ < min_runs_for_mean && waste <= one_off_limit());
         spent_ = 0;
         runs_ = 0;
         slow_runs_ = 0;
@@ -294,6 +286,17 @@ private:
     }
     [[nodiscard]] static uint64_t mul(uint64_t a, uint64_t b) noexcept {
         return b != 0 && a > UINT64_MAX / b ? UINT64_MAX : a * b;
+    }
+
+    /// Sets the budget a verdict holds for: hold_for(waste, at_least), or, for a verdict
+    /// for candidate 0 that rests on a one-off, the first budget, once (retried_).
+    void hold(uint64_t waste, uint64_t at_least, bool on_one_off) {
+        if (on_one_off && !retried_) {
+            budget_ = first_budget_ns;
+            retried_ = true;
+        } else {
+            budget_ = hold_for(waste, at_least);
+        }
     }
 
     /// A budget of waste_factor times `waste`, at least `at_least`, at most max_budget_ns.

@@ -102,6 +102,10 @@ constexpr auto busy_cpus = [](int f) { return f == 1 ? 1 * ms : 35 * ms; };
 /// The runs of a first measurement of floors 1 and 2: one untimed and three timed runs
 /// on one thread, then two untimed and three timed on two.
 constexpr int measure_1_2 = 4 + 5;
+/// The same with floors 1, 2 and 4: two untimed and three timed runs on each higher one.
+constexpr int measure_1_2_4 = 4 + 5 + 5;
+/// Runs of 0.9 ms (one thread) in the first budget.
+constexpr int runs_in_first_budget = static_cast<int>(ThreadTuner::first_budget_ns / (900 * us));
 } // namespace
 
 TEST_CASE("thread tuner: the floors worth trying") {
@@ -181,8 +185,7 @@ TEST_CASE("thread tuner: more threads win only with every run faster; one slow r
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 1);
     CHECK(t.budget_ns() == ThreadTuner::first_budget_ns);
-    const int runs_in_budget = static_cast<int>(ThreadTuner::first_budget_ns / (900 * us));
-    auto at = drive(t, runs_in_budget + 1 + measure_1_2, cost);
+    auto at = drive(t, runs_in_first_budget + 1 + measure_1_2, cost);
     CHECK(t.measurements() == 2);
     CHECK(t.chosen() == 2);
     // A second such verdict in a row holds for 50 times what the slow run cost beyond one
@@ -192,7 +195,7 @@ TEST_CASE("thread tuner: more threads win only with every run faster; one slow r
     ThreadTuner u(ThreadTuner::floors_for(1, 2));
     drive(u, measure_1_2, cost);
     REQUIRE(u.budget_ns() == ThreadTuner::first_budget_ns);
-    drive(u, runs_in_budget + 1 + measure_1_2, cost);
+    drive(u, runs_in_first_budget + 1 + measure_1_2, cost);
     REQUIRE(u.measurements() == 2);
     CHECK(u.chosen() == 1);
     CHECK(u.budget_ns() >= 50 * (10 * ms - 900 * us));
@@ -391,8 +394,7 @@ TEST_CASE("thread tuner: a one-off on more threads sends it back to one for the 
     CHECK(t.fallbacks() == 1);
     CHECK(t.next() == 1);
     CHECK(t.budget_ns() == ThreadTuner::first_budget_ns);
-    const int runs_in_budget = static_cast<int>(ThreadTuner::first_budget_ns / (900 * us));
-    drive(t, runs_in_budget + 1 + measure_1_2, quiet);
+    drive(t, runs_in_first_budget + 1 + measure_1_2, quiet);
     REQUIRE(t.measurements() == 2);
     REQUIRE(t.chosen() == 2);
     // Another one-off before two threads have held for their budget and 32 runs: held
@@ -434,7 +436,7 @@ TEST_CASE("thread tuner: it follows the machine getting busy and quiet again") {
 TEST_CASE("thread tuner: a confirmed choice is measured less often, a changed one soon") {
     ThreadTuner t(ThreadTuner::floors_for(1, 4)); // floors 1, 2, 4
     const auto cost = [](int f) { return f == 4 ? 400 * us : f == 2 ? 500 * us : 700 * us; };
-    drive(t, 4 + 5 + 5, cost); // the least floor: 1 untimed run and 3 timed, others 2 and 3
+    drive(t, measure_1_2_4, cost);
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 4);
     // 50 times what floors 1 and 2 cost beyond floor 4's median: 3 x 300 and 3 x 100 us.
@@ -463,7 +465,7 @@ TEST_CASE("thread tuner: a floor that loses on one run does not take another out
         return 300 * us;
     };
     ThreadTuner t(ThreadTuner::floors_for(1, 4));
-    drive(t, 4 + 5 + 5, cost); // the least floor: 1 untimed run and 3 timed, others 2 and 3
+    drive(t, measure_1_2_4, cost);
     REQUIRE(t.measurements() == 1);
     CHECK(t.chosen() == 4);
     // The least floor takes all its runs, however slow against the others.
