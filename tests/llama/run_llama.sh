@@ -61,18 +61,11 @@ pass() {
     exit 0
 }
 
-# The peer's libraries, with any link that a copy flattened into a file holding the link's
-# target name (a 17-byte "libllama.so.0" that the loader rejects as "file too short")
-# turned back into a link; every program runs with this folder first on its search path.
+# The peer's libraries, loadable (peer.sh); every program runs with this folder first on
+# its search path.
+. "$(dirname "${BASH_SOURCE[0]}")/peer.sh"
 lib=$out/lib
-mkdir -p "$lib"
-for f in "$peer"/lib/*.so*; do
-    target=$f t=
-    IFS= read -r -n 64 t <"$f" 2>/dev/null
-    [[ $t == lib*.so* && $t != */* && -f $peer/lib/$t ]] && target=$peer/lib/$t
-    ln -sf "$target" "$lib/${f##*/}"
-done
-export LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+peer_libs "$peer" "$lib"
 host_lib=$lib/libggml-virtgpu-backend.so.0
 host_cpu=$lib/libggml-cpu.so.0
 host_config="ggml.library.path=$host_cpu;ggml.library.reg=ggml_backend_cpu_reg"
@@ -200,17 +193,10 @@ vtest)
     server=${APIR_VIRGL_PEER_DIR:-}/bin/virgl_test_server
     [ -x "$server" ] || skip "APIR_VIRGL_PEER_DIR does not name a virglrenderer build with bin/virgl_test_server"
     sock=$out/vtest.sock
-    # the server forks a child per connection: its own process group, stopped as a whole
-    setsid env VIRGL_APIR_BACKEND_LIBRARY="$host_lib" APIR_LLAMA_CPP_GGML_LIBRARY_PATH="$host_cpu" \
-        APIR_LLAMA_CPP_GGML_LIBRARY_REG=ggml_backend_cpu_reg GGML_NO_BACKTRACE=1 \
-        "$server" --no-virgl --socket-path "$sock" >"$out/server.log" 2>&1 &
-    server_pid=$!
-    trap 'kill -- -$server_pid 2>/dev/null; wait $server_pid 2>/dev/null' EXIT
-    for _ in $(seq 100); do
-        [ -S "$sock" ] && break
-        sleep 0.1
-    done
-    [ -S "$sock" ] || fail "virgl_test_server made no socket in 10 s (log: $out/server.log)"
+    started=0
+    start_vtest_server "$server" "$sock" "$out/server.log" "$host_lib" "$host_cpu" || started=$?
+    trap 'kill -- -$vtest_server_pid 2>/dev/null; wait $vtest_server_pid 2>/dev/null' EXIT
+    [ $started -eq 0 ] || fail "virgl_test_server made no socket in 10 s (log: $out/server.log)"
     export APIR_GGML_TRANSPORT=vtest APIR_GGML_VTEST_SOCKET=$sock
     check "[^)]*vtest"
     ;;
