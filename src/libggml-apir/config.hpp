@@ -13,7 +13,7 @@
 //   APIR_GGML_LOOPBACK_MODE    loopback: threaded (default) or inline
 //   APIR_GGML_TIMEOUT_MS       deadline of every call except graph_compute (default 30000)
 //   APIR_GGML_COMPUTE_TIMEOUT_MS  deadline of graph_compute (default: none, like ggml)
-//   APIR_GGML_LOG              debug, info, warn (default) or error: what apir itself logs
+//   APIR_GGML_LOG              debug, info, warn (default), error or off: what apir itself logs
 //   APIR_GGML_ZERO_COPY        auto (default): buffers in shared memory, set/get/memset
 //                              without a call, when the host offers it (apir's host
 //                              backend does; ggml's does not); off: every transfer staged
