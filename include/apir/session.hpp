@@ -253,7 +253,7 @@ private:
     template <class C>
     Expected<typename C::response> call_impl(const typename C::request& request,
                                              Deadline deadline) {
-        auto ch = core_.begin();
+        auto ch = core_.begin(deadline);
         if (!ch) return Unexpected{std::move(ch).error()};
         Channel& c = **ch;
         Encoder e(core_.command_buffer(c));

@@ -53,6 +53,14 @@ concept HasDiagnostics = requires(T& t) {
     { t.diagnostics() } -> std::same_as<TransportDiagnostics*>;
 };
 
+/// Whether T's create_shmem also takes a deadline (on the steady clock): a transport whose
+/// blob creation can wait for the host (vtest's, behind the answers the server owes).
+/// Without it, a caller's deadline does not reach create_shmem.
+template <class T>
+concept HasShmemDeadline = requires(T& t, size_t n, Deadline deadline) {
+    { t.create_shmem(n, deadline) } -> std::same_as<Expected<Shmem>>;
+};
+
 /// A transport: creates shared memory, submits command buffers, waits for replies.
 template <class T>
 concept Transport = requires(T& t, const T& ct, size_t n, std::span<const std::byte> cmd,
@@ -80,7 +88,8 @@ namespace detail {
 /// CallCore) reaches any transport type, and what AnyTransport holds.
 struct TransportOps {
     void* self = nullptr;
-    Expected<Shmem> (*create_shmem)(void* self, size_t n) = nullptr;
+    /// The deadline is on the steady clock; a transport without HasShmemDeadline ignores it.
+    Expected<Shmem> (*create_shmem)(void* self, size_t n, Deadline deadline) = nullptr;
     Expected<void> (*submit)(void* self, std::span<const std::byte> cmd, uint32_t reply_res_id,
                              Deadline deadline) = nullptr;
     Expected<uint32_t> (*wait_reply)(void* self, const Shmem& page, const WaitPolicy& policy,
@@ -93,7 +102,12 @@ struct TransportOps {
     static TransportOps of(T& t) {
         TransportOps o;
         o.self = &t;
-        o.create_shmem = [](void* x, size_t n) { return static_cast<T*>(x)->create_shmem(n); };
+        o.create_shmem = [](void* x, size_t n, Deadline d) {
+            if constexpr (HasShmemDeadline<T>)
+                return static_cast<T*>(x)->create_shmem(n, d);
+            else
+                return static_cast<T*>(x)->create_shmem(n);
+        };
         o.submit = [](void* x, std::span<const std::byte> cmd, uint32_t reply, Deadline d) {
             return static_cast<T*>(x)->submit(cmd, reply, d);
         };
@@ -137,8 +151,12 @@ public:
 
     // A moved-from AnyTransport fails every call with DISCONNECTED.
     [[nodiscard]] Expected<Shmem> create_shmem(size_t n) {
+        return create_shmem(n, Deadline::never());
+    }
+    /// The same, until a deadline (steady clock) where the held transport takes one.
+    [[nodiscard]] Expected<Shmem> create_shmem(size_t n, Deadline d) {
         if (!held_) return moved_from();
-        return ops_.create_shmem(ops_.self, n);
+        return ops_.create_shmem(ops_.self, n, d);
     }
     [[nodiscard]] Expected<void> submit(std::span<const std::byte> cmd, uint32_t reply_res_id,
                                         Deadline d) {
@@ -168,6 +186,7 @@ private:
     std::unique_ptr<void, void (*)(void*)> held_; // owns it
 };
 
-static_assert(Transport<AnyTransport> && HasDiagnostics<AnyTransport>);
+static_assert(Transport<AnyTransport> && HasDiagnostics<AnyTransport> &&
+              HasShmemDeadline<AnyTransport>);
 
 } // namespace apir

@@ -54,8 +54,10 @@ struct VtestOptions {
     std::string socket_path;
     /// How long open() may take: connect, version, capset and context creation.
     std::chrono::nanoseconds connect_timeout = std::chrono::seconds(5);
-    /// Deadline of the steps that have none of their own: a blob's creation (create_shmem)
-    /// and its release. Past it the connection is given up (DISCONNECTED).
+    /// The longest a blob's creation (create_shmem) waits for the server, and for the
+    /// answer to its request (past that the connection is given up: DISCONNECTED); a
+    /// blob's release never waits (its RESOURCE_UNREF goes out with the next message when
+    /// the server is not reading).
     std::chrono::nanoseconds io_timeout = std::chrono::seconds(10);
     /// The capset the context is created on (APIR, 10).
     uint32_t capset = capset_apir;
@@ -106,8 +108,13 @@ public:
     /// DISCONNECTED. Blobs stay mapped until released or the transport is destroyed.
     void close() noexcept;
 
-    /// A mappable HOST3D blob of at least size bytes (rounded to 16 KiB).
+    /// A mappable HOST3D blob of at least size bytes (rounded to 16 KiB). Its answer
+    /// comes after those the server owes (PINGs behind a long command): they and the
+    /// connection's lock are waited for until the deadline (steady clock) or
+    /// VtestOptions::io_timeout, the sooner (TIMEOUT, the connection intact); the
+    /// blob's own answer then within io_timeout (else DISCONNECTED).
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
+    [[nodiscard]] Expected<Shmem> create_shmem(size_t size, Deadline deadline);
     /// SUBMIT_CMD2 with one batch, no ring index, no sync objects. TIMEOUT when the
     /// server does not take the bytes (or the lock is not free) before the deadline.
     [[nodiscard]] Expected<void> submit(std::span<const std::byte> command, uint32_t reply_res_id,
@@ -136,6 +143,6 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-static_assert(Transport<VtestTransport>);
+static_assert(Transport<VtestTransport> && HasShmemDeadline<VtestTransport>);
 
 } // namespace apir

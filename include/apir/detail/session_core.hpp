@@ -74,7 +74,8 @@ public:
     StagingPool(const StagingPool&) = delete;
     StagingPool& operator=(const StagingPool&) = delete;
 
-    using Create = Expected<Shmem> (*)(void* ctx, size_t n);
+    /// Makes a blob of n bytes, until the deadline (on the steady clock).
+    using Create = Expected<Shmem> (*)(void* ctx, size_t n, Deadline deadline);
     struct Lent {
         size_t index;
         uint32_t res_id;
@@ -283,8 +284,10 @@ public:
     CallCore(const CallCore&) = delete;
     CallCore& operator=(const CallCore&) = delete;
 
-    /// A channel for one call: a free one, or one around a new reply page.
-    Expected<Channel*> begin();
+    /// A channel for one call: a free one, or one around a new reply page, made before the
+    /// call's deadline (on the wait's clock) where the transport takes one.
+    Expected<Channel*> begin(Deadline deadline);
+    Expected<Channel*> begin() { return begin(Deadline::never()); }
     /// The channel's command buffer, to encode the request into.
     [[nodiscard]] std::span<std::byte> command_buffer(Channel& c) const noexcept {
         return {c.cmd.get(), options_.command_buffer_size};

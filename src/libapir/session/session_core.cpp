@@ -15,6 +15,12 @@ namespace apir::detail {
 // --- StagingPool
 
 namespace {
+// A deadline on the wait's clock as one on the steady clock (what a transport's
+// create_shmem takes).
+Deadline on_steady_clock(Deadline d, const WaitClock& clock) {
+    return d.is_never() ? d : Deadline::after(d.time() - clock.now());
+}
+
 // A bound past which reserving the entries would be absurd (2 x this many entries).
 constexpr size_t max_staging_bound = 1024;
 } // namespace
@@ -125,7 +131,7 @@ Expected<StagingPool::Lent> StagingPool::lend(size_t n, Deadline deadline, const
     // A transport that throws (an allocation of its own) must not leave the entry held.
     auto blob = [&]() -> Expected<Shmem> {
         try {
-            return create(ctx, std::max(n, min_size));
+            return create(ctx, std::max(n, min_size), on_steady_clock(deadline, clock));
         } catch (const std::exception& x) {
             return fail(Errc::out_of_memory, fmt::format("a staging blob: {}", x.what()));
         }
@@ -401,10 +407,11 @@ CallCore::CallCore(TransportOps ops, SessionOptions options)
     : ops_(ops), options_(std::move(options)), channels_(options_.command_buffer_size),
       staging_(options_.staging_blobs, options_.staging_retain_bytes) {}
 
-Expected<Channel*> CallCore::begin() {
+Expected<Channel*> CallCore::begin(Deadline deadline) {
     auto c = channels_.acquire();
     if (!c || *c) return c;
-    auto page = ops_.create_shmem(ops_.self, reply_page_size);
+    auto page = ops_.create_shmem(ops_.self, reply_page_size,
+                                  on_steady_clock(deadline, options_.wait.time()));
     if (!page) return Unexpected{std::move(page).error()};
     return channels_.add(std::move(*page));
 }
@@ -443,9 +450,9 @@ Error CallCore::explain(CommandType type, Error e) {
 Expected<StagingPool::Lent> CallCore::lend(size_t n, Deadline deadline) {
     return staging_.lend(
         n, deadline, options_.wait.time(),
-        [](void* ops, size_t size) {
+        [](void* ops, size_t size, Deadline d) {
             auto* o = static_cast<TransportOps*>(ops);
-            return o->create_shmem(o->self, size);
+            return o->create_shmem(o->self, size, d);
         },
         &ops_);
 }

@@ -748,7 +748,9 @@ TEST_CASE("destroying a Session while a call is in flight stops with a message (
 TEST_CASE("a staging blob whose creation throws leaves no blob held: the pool serves on",
           "[bulk]") {
     apir::detail::StagingPool pool(1, 0);
-    auto throwing = [](void*, size_t) -> apir::Expected<apir::Shmem> { throw std::bad_alloc(); };
+    auto throwing = [](void*, size_t, apir::Deadline) -> apir::Expected<apir::Shmem> {
+        throw std::bad_alloc();
+    };
     auto r = pool.lend(4096, apir::Deadline::never(), apir::WaitClock::system(), throwing, nullptr);
     REQUIRE_FALSE(r);
     CHECK(r.error().code() == apir::Errc::out_of_memory);

@@ -236,6 +236,11 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     std::atomic<uint64_t> n_pings{0}, n_spin{0}, n_ping_replies{0}, n_dropped{0}, n_blocked{0};
     std::atomic<uint64_t> n_created{0}, n_released{0};
 
+    // RESOURCE_UNREFs of released blobs still to go (release never waits for io_mu or
+    // for room in the socket); sent before the next message.
+    std::mutex unref_mu;
+    std::vector<uint32_t> unref_pending;
+
     mutable std::mutex blobs_mu;
     std::unordered_map<uint32_t, Mapping> live;
     size_t live_bytes = 0;
@@ -266,15 +271,42 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         return break_connection(fmt::format("{} failed: {}", what, std::strerror(r.err)), r.err);
     }
 
-    // Caller holds io_mu. Sends one whole message; a message cut by the deadline breaks
-    // the stream (its rest cannot be taken back), one not begun leaves it intact.
+    // Caller holds io_mu. Sends one whole message, after the RESOURCE_UNREFs of released
+    // blobs still to go. A message not begun by the deadline leaves the stream intact
+    // (the UNREFs stay to go); one begun is finished until `finish_by` where given (a
+    // release, which sends only what the socket takes at once: io_timeout), and one cut
+    // breaks the stream (its rest cannot be taken back).
     Expected<void> send_message(std::span<const std::byte> msg, Deadline d, const WaitClock& clk,
-                                std::string_view what) {
+                                std::string_view what,
+                                std::optional<Deadline> finish_by = std::nullopt) {
         if (broken) return fail(*broken);
-        const IoResult r = send_all(fd.get(), msg, d, clk, &closing);
+        std::vector<uint32_t> unrefs;
+        {
+            std::lock_guard lk(unref_mu);
+            unrefs.swap(unref_pending);
+        }
+        std::vector<std::byte> joined;
+        std::span<const std::byte> out = msg;
+        if (!unrefs.empty()) {
+            for (uint32_t id : unrefs)
+                put_words(joined, {1, cmd::resource_unref, id});
+            joined.insert(joined.end(), msg.begin(), msg.end());
+            out = joined;
+        }
+        IoResult r = send_all(fd.get(), out, d, clk, &closing);
+        if (r.kind == Io::timeout && r.done > 0 && finish_by) {
+            IoResult rest = send_all(fd.get(), out.subspan(r.done), *finish_by, clk, &closing);
+            rest.done += r.done;
+            r = rest;
+        }
         if (r.kind == Io::ok) return {};
         if (r.kind == Io::timeout) {
-            if (r.done > 0) (void)break_connection(fmt::format("{} cut by its deadline", what));
+            if (r.done > 0) {
+                (void)break_connection(fmt::format("{} cut by its deadline", what));
+            } else if (!unrefs.empty()) {
+                std::lock_guard lk(unref_mu);
+                unref_pending.insert(unref_pending.end(), unrefs.begin(), unrefs.end());
+            }
             return fail(Errc::timeout,
                         fmt::format("vtest: the server at {} did not take {} before the deadline "
                                     "(it stopped reading)",
@@ -380,19 +412,25 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         calls_cv.wait(lk, [&] { return calls == 0; });
     }
 
-    Expected<Shmem> create_shmem(size_t size) {
+    Expected<Shmem> create_shmem(size_t size, Deadline caller) {
         if (size == 0) return fail(Errc::invalid_argument, "shared memory of 0 bytes");
         if (size > SIZE_MAX - shmem_alignment)
             return fail(Errc::out_of_memory, fmt::format("{} bytes of shared memory", size));
         const size_t rounded = (size + shmem_alignment - 1) & ~(shmem_alignment - 1);
         const WaitClock& clk = WaitClock::system();
-        const Deadline d = Deadline::after(options.io_timeout);
+        // The blob's answer comes after the PING answers owed, which may wait for a long
+        // command: the lock and those answers are waited for until the caller's deadline
+        // (or io_timeout, the sooner), and a wait cut there leaves the stream intact. Once
+        // the request is sent its answer must be read: io_timeout from then.
+        Deadline d = Deadline::after(options.io_timeout);
+        if (!caller.is_never() && caller.time() < d.time()) d = caller;
         PosixFd blob_fd;
         uint32_t res_id = 0;
         {
             auto lk = lock(d);
             if (!lk) return Unexpected{std::move(lk).error()};
             APIR_TRY(drain(d, clk));
+            d = Deadline::after(options.io_timeout);
             std::vector<std::byte> m;
             const uint64_t n = rounded;
             put_words(m, {6, cmd::resource_create_blob, blob_mem_host3d, blob_flag_mappable,
@@ -480,12 +518,21 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         return send_message(m, d, clk, "RESOURCE_UNREF");
     }
 
+    // Never waits for the server: the RESOURCE_UNREF goes out now where the connection is
+    // free and the socket has room, else with the next message sent (send_message). The
+    // server frees every blob of the context when the connection ends, so one still to go
+    // then is not lost.
     void release_remote(uint32_t res_id) noexcept {
         try {
-            const Deadline d = Deadline::after(options.io_timeout);
-            auto lk = lock(d);
-            if (!lk) return;
-            if (auto r = unref_locked(res_id, d, WaitClock::system()); !r)
+            {
+                std::lock_guard lk(unref_mu);
+                unref_pending.push_back(res_id);
+            }
+            std::unique_lock lk(io_mu, std::try_to_lock);
+            if (!lk.owns_lock() || broken || closing.load(std::memory_order_acquire)) return;
+            if (auto r = send_message({}, Deadline::at(Clock::now()), WaitClock::system(),
+                                      "RESOURCE_UNREF", Deadline::after(options.io_timeout));
+                !r && r.error() != Errc::timeout)
                 options.logger.debug("vtest: RESOURCE_UNREF {}: {}", res_id, r.error());
         } catch (...) { // allocation failure: the server frees the blob with the context
         }
@@ -787,6 +834,10 @@ Expected<VtestTransport> VtestTransport::open(VtestOptions options) {
     std::array<std::byte, 4> vw{};
     APIR_TRY(op.recv(vw, "PROTOCOL_VERSION"));
     const uint32_t version = word_at(vw, 0);
+    if (version > wanted_version)
+        return fail(Errc::decode_bad_value,
+                    fmt::format("vtest: the server at {} granted protocol {}, above the {} asked",
+                                options.socket_path, version, wanted_version));
     if (version < min_version)
         return fail(Errc::version_mismatch,
                     fmt::format("vtest: the server at {} speaks vtest protocol {}; apir needs {} "
@@ -812,7 +863,14 @@ Expected<VtestTransport> VtestTransport::open(VtestOptions options) {
         return fail(Errc::unsupported,
                     fmt::format("vtest: the server at {} does not offer capset {}: {}",
                                 options.socket_path, options.capset, cap_fix));
-    if (options.capset == capset_apir && *len >= 3 && word_at(caps, 2) == 0)
+    // The APIR capset's third word says whether blobs are supported: an answer too short
+    // to say is refused, not taken for a yes.
+    if (options.capset == capset_apir && *len < 3)
+        return fail(Errc::decode_bad_value,
+                    fmt::format("vtest: GET_CAPSET answered capset {} with {} words, too few to "
+                                "say whether blobs are supported",
+                                options.capset, *len));
+    if (options.capset == capset_apir && word_at(caps, 2) == 0)
         return fail(Errc::unsupported,
                     fmt::format("vtest: the server's capset {} has no blob resources: {}",
                                 options.capset, cap_fix));
@@ -830,6 +888,9 @@ Expected<VtestTransport> VtestTransport::open(VtestOptions options) {
                                     "(it closed the connection): its log says why",
                                     options.socket_path, options.capset));
         return fail(std::move(e));
+    } else if (*h != 0) {
+        return fail(Errc::decode_bad_value,
+                    "vtest: the PING after CONTEXT_INIT was answered with data");
     }
 
     auto impl = std::make_unique<Impl>(std::move(options), std::move(*fd));
@@ -864,9 +925,12 @@ Unexpected moved_from() {
 } // namespace
 
 Expected<Shmem> VtestTransport::create_shmem(size_t size) {
+    return create_shmem(size, Deadline::never());
+}
+Expected<Shmem> VtestTransport::create_shmem(size_t size, Deadline deadline) {
     if (!impl_) return moved_from();
     Impl::Call in(*impl_);
-    return impl_->create_shmem(size);
+    return impl_->create_shmem(size, deadline);
 }
 Expected<void> VtestTransport::submit(std::span<const std::byte> command, uint32_t,
                                       Deadline deadline) {

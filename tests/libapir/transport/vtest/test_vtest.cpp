@@ -81,10 +81,27 @@ double ms_since(apir::Clock::time_point t) {
 // kept in blob_fd() so the test can truncate it as a hostile server would).
 // stores_replies answers no PING and, for every SUBMIT_CMD2, stores code 0 in the
 // notification word of `page` (the test's own memory), as the real host does.
+// blobs_no_pings serves blobs and answers no PING. Every mode that reads on records the
+// ids of the RESOURCE_UNREFs it reads (unrefs()). `opening` bends the opening's answers
+// as a hostile server would.
+struct Opening {
+    uint32_t version = 4;           // the protocol version granted
+    uint32_t capset_words = 7;      // the APIR capset's answer, in words (blobs: its third)
+    bool context_ping_data = false; // the PING after CONTEXT_INIT answered with a word
+};
 class SilentServer {
 public:
-    enum Mode { silent, opens_then_silent, answers_pings, serves_blobs, stores_replies };
-    explicit SilentServer(Mode mode, bool allow_sealing = true, std::span<std::byte> page = {}) {
+    enum Mode {
+        silent,
+        opens_then_silent,
+        answers_pings,
+        serves_blobs,
+        stores_replies,
+        blobs_no_pings
+    };
+    using Opening = ::Opening;
+    explicit SilentServer(Mode mode, bool allow_sealing = true, std::span<std::byte> page = {},
+                          Opening opening = {}) {
         char tmpl[] = "/tmp/apir-vtest-silent-XXXXXX";
         REQUIRE(::mkdtemp(tmpl));
         dir_ = tmpl;
@@ -95,7 +112,7 @@ public:
         std::strncpy(a.sun_path, path_.c_str(), sizeof a.sun_path - 1);
         REQUIRE(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
         REQUIRE(::listen(listen_fd_, 4) == 0);
-        thread_ = std::thread([this, mode, allow_sealing, page] {
+        thread_ = std::thread([this, mode, allow_sealing, page, opening] {
             client_ = ::accept(listen_fd_, nullptr, nullptr);
             if (client_ < 0 || mode == silent) return;
             // CREATE_RENDERER (length in bytes), PING, PROTOCOL_VERSION, GET_CAPSET,
@@ -109,32 +126,46 @@ public:
                 if (len && !read_all(skip.data(), len)) return;
                 switch (h[1]) {
                 case 10:
-                    write_words({0, 10});
+                    if (i == 5 && opening.context_ping_data)
+                        write_words(std::vector<uint32_t>{1, 10, 0});
+                    else
+                        write_words({0, 10});
                     break;
                 case 11:
-                    write_words({1, 11, 4});
+                    write_words(std::vector<uint32_t>{1, 11, opening.version});
                     break;
-                case 16:
-                    write_words({7, 16, 1, 1, 1, 0, 0, 0, 0});
+                case 16: {
+                    std::vector<uint32_t> caps = {opening.capset_words, 16, 1, 1, 1, 0, 0, 0, 0};
+                    caps.resize(2 + opening.capset_words);
+                    write_words(caps);
                     break;
+                }
                 default:
                     break;
                 }
             }
-            while ((mode == answers_pings || mode == serves_blobs || mode == stores_replies) &&
-                   read_all(h, 8)) {
+            const bool blobs = mode == serves_blobs || mode == blobs_no_pings;
+            while ((mode == answers_pings || blobs || mode == stores_replies) && read_all(h, 8)) {
                 skip.resize(size_t{h[0]} * 4);
                 if (!skip.empty() && !read_all(skip.data(), skip.size())) return;
                 if (h[1] == 24 && mode == stores_replies) apir::notify_reply(page, 0, nullptr);
-                if (h[1] == 10 && mode != stores_replies) write_words({0, 10});
-                if (h[1] == 18 && mode == serves_blobs && skip.size() >= 24) {
+                if (h[1] == 10 && (mode == answers_pings || mode == serves_blobs))
+                    write_words({0, 10});
+                if (h[1] == 3 && skip.size() >= 4) {
+                    uint32_t id = 0;
+                    std::memcpy(&id, skip.data(), 4);
+                    std::lock_guard lk(mu_);
+                    unrefs_.push_back(id);
+                }
+                if (h[1] == 18 && blobs && skip.size() >= 24) {
                     uint64_t size = 0;
                     std::memcpy(&size, skip.data() + 8, 8);
                     const int m = ::memfd_create(
                         "fake-blob", MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0u));
                     if (m < 0 || ::ftruncate(m, static_cast<off_t>(size)) != 0) return;
+                    if (blob_fd_ >= 0) ::close(blob_fd_);
                     blob_fd_ = m;
-                    write_words({1, 18, 7});
+                    write_words({1, 18, next_id_++});
                     send_fd(m);
                 }
             }
@@ -152,6 +183,17 @@ public:
     [[nodiscard]] const std::string& path() const { return path_; }
     // The last blob's memfd (serves_blobs), valid once create_shmem returned.
     [[nodiscard]] int blob_fd() const { return blob_fd_; }
+    // The resource ids of the RESOURCE_UNREFs read so far.
+    [[nodiscard]] std::vector<uint32_t> unrefs() const {
+        std::lock_guard lk(mu_);
+        return unrefs_;
+    }
+    // Waits up to 5 s for the server to have read `n` RESOURCE_UNREFs.
+    [[nodiscard]] std::vector<uint32_t> unrefs_when(size_t n) const {
+        for (int i = 0; i < 500 && unrefs().size() < n; ++i)
+            std::this_thread::sleep_for(10ms);
+        return unrefs();
+    }
 
 private:
     bool read_all(void* p, size_t n) {
@@ -180,16 +222,28 @@ private:
         std::memcpy(CMSG_DATA(c), &f, sizeof f);
         (void)!::sendmsg(client_, &msg, MSG_NOSIGNAL);
     }
-    void write_words(std::initializer_list<uint32_t> w) {
-        std::vector<uint32_t> v(w);
+    void write_words(std::initializer_list<uint32_t> w) { write_words(std::vector<uint32_t>(w)); }
+    void write_words(const std::vector<uint32_t>& v) {
         (void)!::write(client_, v.data(), v.size() * 4);
     }
     std::string dir_, path_;
     int listen_fd_ = -1;
     int client_ = -1;
     std::atomic<int> blob_fd_{-1};
+    uint32_t next_id_ = 7; // the resource id of the next blob served
+    mutable std::mutex mu_;
+    std::vector<uint32_t> unrefs_;
     std::thread thread_;
 };
+
+// A connection to one of these servers, its blob steps bounded by io_timeout.
+apir::VtestTransport open_on(const SilentServer& s, std::chrono::nanoseconds io_timeout) {
+    auto o = options_for(s.path());
+    o.io_timeout = io_timeout;
+    auto t = apir::VtestTransport::open(o);
+    REQUIRE(t);
+    return std::move(*t);
+}
 
 std::vector<std::byte> raw_command(int32_t type, int32_t flags, uint32_t reply_id) {
     std::vector<std::byte> c(apir::command_header_size + 4);
@@ -606,4 +660,123 @@ int main(int argc, char** argv) {
         return 77;
     }
     return Catch::Session().run(argc, argv);
+}
+
+TEST_CASE("open: a server that bends the opening's answers is refused, each with its reason",
+          "[open]") {
+    struct Case {
+        const char* name;
+        SilentServer::Opening opening;
+        const char* says;
+    };
+    const Case cases[] = {
+        {"a version above the one asked", {.version = 0xffffffff}, "above the 4 asked"},
+        {"a capset answer too short to say whether blobs work",
+         {.capset_words = 2},
+         "too few to say whether blobs"},
+        {"data in the PING answer after CONTEXT_INIT",
+         {.context_ping_data = true},
+         "after CONTEXT_INIT was answered with data"},
+    };
+    for (const Case& c : cases) {
+        DYNAMIC_SECTION(c.name) {
+            SilentServer s(SilentServer::answers_pings, true, {}, c.opening);
+            auto t = apir::VtestTransport::open(options_for(s.path()));
+            REQUIRE_FALSE(t);
+            CHECK(t.error() == Errc::decode_bad_value);
+            INFO(t.error().message());
+            CHECK(t.error().message().find(c.says) != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("create_shmem waits for the answers the server owes only until its deadline, and "
+          "the connection stays up",
+          "[faults]") {
+    SilentServer s(SilentServer::opens_then_silent);
+    auto t = open_on(s, 600ms);
+    // A call whose PING is never answered: the blob's answer would come after it.
+    std::vector<std::byte> page_bytes(apir::reply_page_size);
+    apir::Shmem page(nullptr, 1, page_bytes);
+    auto cmd = raw_command(2, 0, 1);
+    REQUIRE(t.submit(cmd, 1, apir::Deadline::after(1s)));
+    auto r = t.wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(50ms));
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+
+    // The caller's deadline, sooner than io_timeout, holds.
+    auto start = apir::Clock::now();
+    auto b = t.create_shmem(4096, apir::Deadline::after(150ms));
+    double took = ms_since(start);
+    REQUIRE_FALSE(b);
+    CHECK(b.error() == Errc::timeout);
+    CHECK(took >= 150);
+    CHECK(took < 550);
+    // Without one, io_timeout.
+    start = apir::Clock::now();
+    b = t.create_shmem(4096);
+    took = ms_since(start);
+    REQUIRE_FALSE(b);
+    CHECK(b.error() == Errc::timeout);
+    CHECK(took >= 600);
+    CHECK(took < 5000);
+    // Nothing was cut: the connection is not given up.
+    CHECK(t.submit(cmd, 1, apir::Deadline::after(1s)));
+}
+
+TEST_CASE("a session's call that needs a new reply page ends at its deadline behind an "
+          "answer the server owes",
+          "[faults]") {
+    SilentServer s(SilentServer::blobs_no_pings);
+    auto t = open_on(s, 10s);
+    Session session(std::move(t), quiet_session());
+    apir::CallOptions co;
+    // The first call gets its reply page, and its PING is never answered: TIMEOUT, and
+    // its channel is set aside (the host may still answer into it).
+    co.deadline = apir::Deadline::after(200ms);
+    auto r = session.call<demo::Add>(demo::AddRequest{1, 2}, co);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+    // The next needs a new page, whose blob's answer comes after that PING's: it waits
+    // for it until its own deadline, not for io_timeout.
+    co.deadline = apir::Deadline::after(200ms);
+    const auto start = apir::Clock::now();
+    r = session.call<demo::Add>(demo::AddRequest{1, 2}, co);
+    const double took = ms_since(start);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+    CHECK(took >= 150);
+    CHECK(took < 3000);
+}
+
+TEST_CASE("a blob's release never waits for the server: its RESOURCE_UNREF goes with the next "
+          "message",
+          "[faults]") {
+    SilentServer s(SilentServer::blobs_no_pings);
+    auto t = open_on(s, 5s);
+    auto blob = t.create_shmem(4096);
+    REQUIRE(blob);
+    const uint32_t id = blob->res_id();
+
+    // Another thread waits for a reply in the PING barrier, which the server never
+    // answers: it holds the connection until its deadline.
+    std::vector<std::byte> page_bytes(apir::reply_page_size);
+    apir::Shmem page(nullptr, 1, page_bytes);
+    auto cmd = raw_command(2, 0, 1);
+    REQUIRE(t.submit(cmd, 1, apir::Deadline::after(1s)));
+    std::thread waiter([&] {
+        auto r = t.wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(1500ms));
+        CHECK_FALSE(r);
+    });
+    std::this_thread::sleep_for(300ms);
+    const auto start = apir::Clock::now();
+    blob->reset();
+    const double took = ms_since(start);
+    waiter.join();
+    CHECK(took < 200); // it waited for the lock's holder (1.2 s) before
+    CHECK(s.unrefs().empty());
+    // The next message takes it along.
+    REQUIRE(t.submit(cmd, 1, apir::Deadline::after(1s)));
+    CHECK(s.unrefs_when(1) == std::vector<uint32_t>{id});
+    CHECK(t.stats().blobs_released == 1);
 }
