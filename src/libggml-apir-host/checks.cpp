@@ -5,7 +5,10 @@
 
 #include <ggml-backend.h>
 
+#include <algorithm>
+#include <array>
 #include <bit>
+#include <cstring>
 
 namespace apir::ggml_host {
 
@@ -126,6 +129,30 @@ bool repeats_into(const ggml_tensor* b, const ggml_tensor* a) {
 }
 bool elem_stride(const ggml_tensor* t) {
     return t->nb[0] == ggml_type_size(t->type);
+}
+// Rows packed one after another in every dimension, a dimension of 1 included (where
+// ggml_is_contiguous lets its stride be anything): what a kernel that walks the rows as
+// one run, row i at i * nb1, needs.
+bool packed(const ggml_tensor* t) {
+    return elem_stride(t) && t->nb[1] == ggml_row_size(t->type, t->ne[0]) &&
+           t->nb[2] == t->nb[1] * static_cast<size_t>(t->ne[1]) &&
+           t->nb[3] == t->nb[2] * static_cast<size_t>(t->ne[2]);
+}
+// The `bytes` from t's start lie inside t's buffer (a kernel that reads past the tensor).
+// A tensor without a buffer is a supports_op question's, which reads nothing (a graph's
+// tensors all have one).
+bool reads_inside_buffer(const ggml_tensor* t, uint64_t bytes) {
+    if (!t->buffer) return true;
+    const auto base = reinterpret_cast<uintptr_t>(ggml_backend_buffer_get_base(t->buffer));
+    const uint64_t size = ggml_backend_buffer_get_size(t->buffer);
+    const auto at = reinterpret_cast<uintptr_t>(t->data);
+    if (base == 0 || at < base) return false;
+    const uint64_t offset = at - base;
+    return offset <= size && bytes <= size - offset;
+}
+bool same_strides(const ggml_tensor* a, const ggml_tensor* b) {
+    return a->nb[0] == b->nb[0] && a->nb[1] == b->nb[1] && a->nb[2] == b->nb[2] &&
+           a->nb[3] == b->nb[3];
 }
 bool is_float(ggml_type t) {
     return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
@@ -270,8 +297,9 @@ Code check_rope(const ggml_tensor* d) {
         return Code::bad_tensor;
     if (pos->type != GGML_TYPE_I32 || !is_vector(pos) || !elem_stride(pos)) return Code::bad_tensor;
     if (pos->ne[0] != (mrope ? a->ne[2] * 4 : a->ne[2])) return Code::bad_tensor;
-    if (n_dims <= 0 || n_dims % 2 != 0 || n_dims > a->ne[0] || n_offs < 0 || n_offs % 2 != 0 ||
-        n_offs + int64_t{n_dims} > a->ne[0])
+    // Rows of an even length: the part past n_dims is copied in pairs.
+    if (a->ne[0] % 2 != 0 || n_dims <= 0 || n_dims % 2 != 0 || n_dims > a->ne[0] || n_offs < 0 ||
+        n_offs % 2 != 0 || n_offs + int64_t{n_dims} > a->ne[0])
         return Code::bad_tensor;
     if (mrope) {
         // The sections (params 11..14): ggml divides by their sum, asserts it fits, and
@@ -286,7 +314,11 @@ Code check_rope(const ggml_tensor* d) {
     }
     if (mode == GGML_ROPE_TYPE_VISION && (n_dims != a->ne[0] / 2 || n_offs != 0))
         return Code::bad_tensor;
-    if (freq && (freq->type != GGML_TYPE_F32 || freq->ne[0] < n_dims / 2 || !elem_stride(freq)))
+    // ggml asserts n_dims / 2 factors, and ggml-cpu's rotation cache reads one per pair of
+    // the whole row: past the tensor where n_dims < ne0 (ggml's own tests make them so),
+    // so those reads must stay inside the factors' buffer, the guest's own memory.
+    if (freq && (freq->type != GGML_TYPE_F32 || freq->ne[0] < n_dims / 2 || !elem_stride(freq) ||
+                 !reads_inside_buffer(freq, static_cast<uint64_t>(a->ne[0] / 2) * 4)))
         return Code::bad_tensor;
     return Code::ok;
 }
@@ -328,8 +360,11 @@ Code check_copy(const ggml_tensor* d) {
     if (!a) return Code::bad_tensor;
     if (ggml_nelements(a) != ggml_nelements(d)) return Code::bad_tensor;
     if (d->op == GGML_OP_CPY) {
+        // The node is ggml's view of b (ggml_cpy): some of ggml-cpu's copies take the
+        // destination's strides from b, so b's layout must be the node's.
         const ggml_tensor* b = d->src[1];
-        if (!b || b->type != d->type || !same_shape(b, d)) return Code::bad_tensor;
+        if (!b || b->type != d->type || !same_shape(b, d) || !same_strides(b, d))
+            return Code::bad_tensor;
     }
     if (d->op == GGML_OP_CONT && !ggml_is_contiguous(d)) return Code::bad_tensor;
     const ggml_type ta = a->type, td = d->type;
@@ -338,10 +373,16 @@ Code check_copy(const ggml_tensor* d) {
     if (is_float(ta) && (is_float(td) || (ta == GGML_TYPE_F32 && td == GGML_TYPE_I32)))
         return Code::ok;
     if (ta == GGML_TYPE_I32 && td == GGML_TYPE_F32) return Code::ok;
+    // Into a quantized type, a source row at a time through a work row of the
+    // destination's length (ggml plans it so): the rows must be as long.
     if (is_float(ta) && qd)
-        return ok_if(cpu_writes_quantized(td) && ggml_is_contiguous(d) && elem_stride(a));
+        return ok_if(cpu_writes_quantized(td) && ggml_is_contiguous(d) && elem_stride(a) &&
+                     a->ne[0] == d->ne[0]);
+    // Out of a quantized type, ggml-cpu walks the destination by src[1]'s shape: CPY only
+    // (DUP and CONT have none; it would follow a null pointer).
     if (qa && td == GGML_TYPE_F32)
-        return ok_if(cpu_reads_quantized(ta) && ggml_is_contiguous(a) && ggml_is_contiguous(d));
+        return ok_if(d->op == GGML_OP_CPY && cpu_reads_quantized(ta) && ggml_is_contiguous(a) &&
+                     ggml_is_contiguous(d));
     return Code::bad_tensor;
 }
 
@@ -353,7 +394,8 @@ Code check_rows_f32(const ggml_tensor* d) {
     if (a->type != GGML_TYPE_F32 || d->type != GGML_TYPE_F32 || !same_shape(a, d) ||
         !elem_stride(a) || !elem_stride(d))
         return Code::bad_tensor;
-    if (d->op == GGML_OP_SCALE) return ok_if(ggml_is_contiguous(a) && ggml_is_contiguous(d));
+    // SCALE's kernel walks the rows as one run (row i at i * nb1).
+    if (d->op == GGML_OP_SCALE) return ok_if(packed(a) && packed(d));
     const float eps = param_f32(d, 0);
     return ok_if(eps >= 0.0f);
 }
@@ -513,18 +555,26 @@ bool indices_in_range(const IndexRule& rule) noexcept {
                 const size_t base = static_cast<size_t>(i1) * t->nb[1] +
                                     static_cast<size_t>(i2) * t->nb[2] +
                                     static_cast<size_t>(i3) * t->nb[3];
-                // Through the buffer's interface: the device may not be in host memory.
-                for (int64_t i0 = 0; i0 < t->ne[0]; ++i0) {
-                    int64_t v = 0;
+                // Through the buffer's interface (the device may not be in host memory),
+                // a run of a row at a time where its elements are packed.
+                const size_t es = i64 ? 8 : 4;
+                std::array<std::byte, 4096> run;
+                const int64_t per_run = t->nb[0] == es ? int64_t(run.size() / es) : 1;
+                for (int64_t i0 = 0; i0 < t->ne[0]; i0 += per_run) {
+                    const int64_t n = std::min(per_run, t->ne[0] - i0);
                     const size_t at = base + static_cast<size_t>(i0) * t->nb[0];
-                    if (i64) {
-                        ggml_backend_tensor_get(t, &v, at, 8);
-                    } else {
-                        int32_t v32 = 0;
-                        ggml_backend_tensor_get(t, &v32, at, 4);
-                        v = v32;
+                    ggml_backend_tensor_get(t, run.data(), at, static_cast<size_t>(n) * es);
+                    for (int64_t j = 0; j < n; ++j) {
+                        int64_t v = 0;
+                        if (i64) {
+                            std::memcpy(&v, run.data() + j * 8, 8);
+                        } else {
+                            int32_t v32 = 0;
+                            std::memcpy(&v32, run.data() + j * 4, 4);
+                            v = v32;
+                        }
+                        if (v < 0 || v >= rule.rows) return false;
                     }
-                    if (v < 0 || v >= rule.rows) return false;
                 }
             }
     return true;

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -255,7 +256,12 @@ std::pair<uint32_t, uint32_t> block_of(ggml_type type) {
     case GGML_TYPE_F64:
         return {1, 8};
     case GGML_TYPE_Q4_0:
+    case GGML_TYPE_IQ4_NL:
         return {32, 18};
+    case GGML_TYPE_Q8_0:
+        return {32, 34};
+    case GGML_TYPE_IQ4_XS:
+        return {256, 136};
     case GGML_TYPE_Q8_1:
         return {32, 36};
     case GGML_TYPE_Q8_K:
@@ -1038,6 +1044,92 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         CHECK(one_node(guest, {gappy}, d, GGML_OP_SCALE) == bad_tensor);
         CHECK(one_node(guest, {a}, gappy, GGML_OP_SCALE) == bad_tensor);
         CHECK(one_node(guest, {a}, d, GGML_OP_SCALE) == 0);
+    }
+    SECTION("SCALE: rows walked as one run, a dimension of 1 with a stride of its own "
+            "(found by a review: ggml_is_contiguous lets it be anything)") {
+        g::RpcTensor d = f32({8, 1, 4}, buf, k);
+        d.nb[1] = 2048; // row i at i * nb1 in the kernel: 6 KiB past a 128-byte tensor
+        CHECK(one_node(guest, {f32({8, 1, 4}, buf, 0)}, d, GGML_OP_SCALE) == bad_tensor);
+        g::RpcTensor a = f32({8, 1, 4}, buf, 0);
+        a.nb[1] = 2048;
+        CHECK(one_node(guest, {a}, f32({8, 1, 4}, buf, k), GGML_OP_SCALE) == bad_tensor);
+        CHECK(one_node(guest, {f32({8, 1, 4}, buf, 0)}, f32({8, 1, 4}, buf, k), GGML_OP_SCALE) ==
+              0);
+    }
+    SECTION("copies into and out of quantized types: the shapes and strides ggml-cpu's "
+            "kernels take them by (found by a review)") {
+        // Into Q8_0 a source row at a time, through a work row of the destination's length.
+        const g::RpcTensor q8 = typed(GGML_TYPE_Q8_0, {32, 128}, buf, 2 * k);
+        CHECK(one_node(guest, {f32({4096}, buf, 0), q8}, q8, GGML_OP_CPY) == bad_tensor);
+        const g::RpcTensor q8_rows = typed(GGML_TYPE_Q8_0, {256, 2}, buf, 2 * k);
+        CHECK(one_node(guest, {f32({256, 2}, buf, 0), q8_rows}, q8_rows, GGML_OP_CPY) == 0);
+        // IQ4_NL, IQ4_XS: rows of whole blocks in the destination, not in the source
+        // (ggml asserts, and aborts).
+        for (auto [t, blck] :
+             {std::pair{GGML_TYPE_IQ4_NL, 32u}, std::pair{GGML_TYPE_IQ4_XS, 256u}}) {
+            INFO("type " << static_cast<int>(t));
+            const g::RpcTensor dq = typed(t, {blck, 16}, buf, 2 * k);
+            CHECK(one_node(guest, {f32({16, blck}, buf, 0), dq}, dq, GGML_OP_CPY) == bad_tensor);
+            CHECK(one_node(guest, {f32({blck, 16}, buf, 0), dq}, dq, GGML_OP_CPY) == 0);
+        }
+        // Out of Q4_0 by src[1]'s strides, which must be the node's own.
+        const g::RpcTensor q4 = typed(GGML_TYPE_Q4_0, {32, 4}, buf, 0);
+        const g::RpcTensor out = f32({32, 4}, buf, 2 * k);
+        g::RpcTensor wide = out;
+        wide.nb[1] = 1024, wide.nb[2] = wide.nb[3] = 4096;
+        CHECK(one_node(guest, {q4, wide}, out, GGML_OP_CPY) == bad_tensor);
+        CHECK(one_node(guest, {q4, out}, out, GGML_OP_CPY) == 0);
+        // DUP and CONT have no src[1], which ggml-cpu's dequantizing copy follows.
+        CHECK(one_node(guest, {q4}, out, GGML_OP_DUP) == bad_tensor);
+        CHECK(one_node(guest, {q4}, out, GGML_OP_CONT) == bad_tensor);
+    }
+    SECTION("ROPE: rows of an odd length; frequency factors read past the buffer (found by a "
+            "review: the kernel reads one per pair of the whole row)") {
+        const g::RpcTensor pos = typed(GGML_TYPE_I32, {3}, buf, k);
+        auto rope = [&](uint32_t ne0, uint32_t n_dims, std::optional<uint32_t> factors) {
+            std::vector<g::RpcTensor> srcs{f32({ne0, 2, 3}, buf, 0), pos};
+            if (factors) srcs.push_back(f32({*factors}, buf, 3 * k));
+            return one_node(guest, srcs, f32({ne0, 2, 3}, buf, 2 * k), GGML_OP_ROPE,
+                            {{1, int32_t(n_dims)},
+                             {2, GGML_ROPE_TYPE_NEOX},
+                             {5, f32_bits(10000.0f)},
+                             {6, f32_bits(1.0f)},
+                             {8, f32_bits(1.0f)}});
+        };
+        CHECK(rope(9, 8, std::nullopt) == bad_tensor);
+        CHECK(rope(10, 8, std::nullopt) == 0);
+        // ggml asserts n_dims / 2 factors, the kernel reads ne0 / 2: past the tensor, inside
+        // the buffer is the guest's own memory (ggml's own tests do it), past the buffer not.
+        CHECK(rope(8, 2, 1) == 0);
+        CHECK(rope(8, 2, 0) == bad_tensor);
+        auto at_end = [&](uint32_t ne0) {
+            return one_node(guest, {f32({ne0, 2, 3}, buf, 0), pos, f32({1}, buf, 128 * 1024 - 4)},
+                            f32({ne0, 2, 3}, buf, 2 * k), GGML_OP_ROPE,
+                            {{1, 2},
+                             {2, GGML_ROPE_TYPE_NEOX},
+                             {5, f32_bits(10000.0f)},
+                             {6, f32_bits(1.0f)},
+                             {8, f32_bits(1.0f)}});
+        };
+        CHECK(at_end(2) == 0);          // one factor read, the buffer's last float
+        CHECK(at_end(8) == bad_tensor); // four read, three past the buffer
+    }
+    SECTION("GET_ROWS: a row of 3,000 indices, read in runs, each index checked") {
+        constexpr uint32_t n = 3000; // 12,000 bytes: past one 4 KiB run of the check
+        const g::RpcTensor idx = typed(GGML_TYPE_I32, {n}, buf, 0);
+        auto& bl = g_blobs[blob];
+        auto with_last = [&](int32_t last) {
+            std::vector<int32_t> v(n, 1);
+            v.back() = last;
+            bl.assign(n * 4, std::byte{0});
+            std::memcpy(bl.data(), v.data(), n * 4);
+            REQUIRE(guest.set(buf, idx, blob, 0, n * 4) == 0);
+            return one_node(guest, {f32({4, 2}, buf, k), idx}, f32({4, n}, buf, k + 64),
+                            GGML_OP_GET_ROWS);
+        };
+        CHECK(with_last(2) == bad_index); // the table has 2 rows
+        CHECK(with_last(-1) == bad_index);
+        CHECK(with_last(1) == 0);
     }
     // After every refusal the context goes on.
     const g::RpcTensor b = f32({4}, buf, 0), c = f32({4}, buf, k);
