@@ -527,15 +527,16 @@ Answer<g::BoolReply> cpy_tensor(Context& c, const g::CopyTensorRequest& r) {
     if (Code e = place(c, r.dst, dst); e != Code::ok) return Refusal{raw(e)};
     // ggml copies the source's bytes over the destination's.
     if (src.nbytes != dst.nbytes) return Refusal{raw(Code::bad_range)};
-    // Overlapping ranges of one buffer: ggml copies with memcpy (undefined for overlap;
-    // found by fuzz-ggml-host). The same range is a copy with nothing to do.
-    if (src.buffer == dst.buffer && r.src.data < r.dst.data + dst.nbytes &&
-        r.dst.data < r.src.data + src.nbytes) {
-        if (r.src.data == r.dst.data) return g::BoolReply{1};
-        return Refusal{raw(Code::bad_range)};
-    }
     ggml_tensor s = host_tensor(r.src, *src.buffer);
     ggml_tensor d = host_tensor(r.dst, *dst.buffer);
+    // Overlapping bytes: ggml copies with memcpy (undefined for overlap; found by
+    // fuzz-ggml-host), whether in one buffer or in two over the same guest memory (two
+    // zero-copy buffers over one blob range). The same bytes are a copy with nothing to do.
+    const auto from = reinterpret_cast<uintptr_t>(s.data), to = reinterpret_cast<uintptr_t>(d.data);
+    if (from < to + dst.nbytes && to < from + src.nbytes) {
+        if (from == to) return g::BoolReply{1};
+        return Refusal{raw(Code::bad_range)};
+    }
     const bool done = ggml_backend_buffer_copy_tensor(&s, &d);
     return g::BoolReply{static_cast<uint8_t>(done)};
 }

@@ -790,6 +790,21 @@ TEST_CASE("device_buffer_from_ptr: a buffer over a blob, checked and freed") {
         REQUIRE(guest.call<g::BufferClear>({own, 0}).code == 0); // indices 0
         CHECK(guest.compute(packed(1, nodes, 3, t)).code == 0);
     }
+    // Two buffers over the same guest memory: a copy between them whose bytes overlap is
+    // refused as one inside a buffer is (ggml copies with memcpy; found by a review).
+    {
+        auto twin = guest.call<g::DeviceBufferFromPtr>({60, 1 << 16, 1 << 16});
+        REQUIRE(twin.code == 0);
+        const g::BufferHandle a = r.reply.buffer, b = twin.reply.buffer;
+        auto copy = [&](uint64_t to) {
+            auto c = guest.call<g::BufferCpyTensor>({b, f32({64}, a, 0), f32({64}, b, to)});
+            return c.code != 0 ? c.code : c.reply.value ? 0u : 99u;
+        };
+        CHECK(copy(16) == bad_range);
+        CHECK(copy(0) == 0); // the same bytes: nothing to do
+        CHECK(copy(4096) == 0);
+        CHECK(guest.call<g::BufferFreeBuffer>({b}).code == 0);
+    }
     auto kept = std::move(g_blobs[60]);
     g_blobs.erase(60);
     CHECK(guest.set(r.reply.buffer, f32({4}, r.reply.buffer, 0), blob, 0, 16) == unknown_handle);
