@@ -374,10 +374,11 @@ Code check_copy(const ggml_tensor* d) {
         return Code::ok;
     if (ta == GGML_TYPE_I32 && td == GGML_TYPE_F32) return Code::ok;
     // Into a quantized type, a source row at a time through a work row of the
-    // destination's length (ggml plans it so): the rows must be as long.
+    // destination's length: the rows must be as long, and the op one ggml-cpu plans that
+    // work row for (CPY, DUP; not CONT, which in ggml never changes the type).
     if (is_float(ta) && qd)
-        return ok_if(cpu_writes_quantized(td) && ggml_is_contiguous(d) && elem_stride(a) &&
-                     a->ne[0] == d->ne[0]);
+        return ok_if(d->op != GGML_OP_CONT && cpu_writes_quantized(td) && ggml_is_contiguous(d) &&
+                     elem_stride(a) && a->ne[0] == d->ne[0]);
     // Out of a quantized type, ggml-cpu walks the destination by src[1]'s shape: CPY only
     // (DUP and CONT have none; it would follow a null pointer).
     if (qa && td == GGML_TYPE_F32)

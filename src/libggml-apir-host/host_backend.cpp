@@ -563,10 +563,11 @@ Answer<Empty> buffer_free(Context& c, const g::BufferRequest& r) {
 // ---------------------------------------------------------------------------
 // Graphs
 
+/// Whether two tensors' bytes overlap, by address: two zero-copy buffers may be made over
+/// the same guest memory.
 bool overlaps(const ggml_tensor* a, const ggml_tensor* b) {
-    if (a->buffer != b->buffer) return false;
-    const auto* a0 = static_cast<const char*>(a->data);
-    const auto* b0 = static_cast<const char*>(b->data);
+    const auto a0 = reinterpret_cast<uintptr_t>(a->data);
+    const auto b0 = reinterpret_cast<uintptr_t>(b->data);
     return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
 }
 

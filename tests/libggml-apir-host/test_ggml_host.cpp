@@ -803,6 +803,11 @@ TEST_CASE("device_buffer_from_ptr: a buffer over a blob, checked and freed") {
         CHECK(copy(16) == bad_range);
         CHECK(copy(0) == 0); // the same bytes: nothing to do
         CHECK(copy(4096) == 0);
+        // So is a graph's node over a source in the other buffer's bytes.
+        CHECK(one_node(guest, {f32({64}, a, 0)}, f32({64}, b, 4), GGML_OP_CONT) == bad_tensor);
+        CHECK(one_node(guest, {f32({8, 2}, a, 0)}, f32({8, 2}, b, 4), GGML_OP_RMS_NORM,
+                       {{0, f32_bits(1e-6f)}}) == bad_tensor);
+        CHECK(one_node(guest, {f32({64}, a, 0)}, f32({64}, b, 4096), GGML_OP_CONT) == 0);
         CHECK(guest.call<g::BufferFreeBuffer>({b}).code == 0);
     }
     auto kept = std::move(g_blobs[60]);
@@ -1097,6 +1102,10 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         // DUP and CONT have no src[1], which ggml-cpu's dequantizing copy follows.
         CHECK(one_node(guest, {q4}, out, GGML_OP_DUP) == bad_tensor);
         CHECK(one_node(guest, {q4}, out, GGML_OP_CONT) == bad_tensor);
+        // Into a quantized type, CONT gets no work row from ggml-cpu's planner (found by a
+        // review: a write through a null pointer); DUP does.
+        CHECK(one_node(guest, {f32({256, 2}, buf, 0)}, q8_rows, GGML_OP_CONT) == bad_tensor);
+        CHECK(one_node(guest, {f32({256, 2}, buf, 0)}, q8_rows, GGML_OP_DUP) == 0);
     }
     SECTION("ROPE: rows of an odd length; frequency factors read past the buffer (found by a "
             "review: the kernel reads one per pair of the whole row)") {
