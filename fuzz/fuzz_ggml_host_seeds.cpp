@@ -175,6 +175,46 @@ int main(int argc, char** argv) {
         session("rope", gr);
     }
     {
+        // With frequency factors (src[2]): the kernel reads ne0 / 2 of them.
+        g::Graph gr;
+        uint64_t a = gr.add(f32({8, 2, 3}, 0));
+        uint64_t p = gr.add(t(g::Type::i32, {3}, 512));
+        uint64_t f = gr.add(f32({4}, 768));
+        g::RpcTensor d = f32({8, 2, 3}, 1024);
+        d.op_params[1] = 8;
+        d.op_params[2] = 2; // NeoX
+        float base = 10000.0f, one = 1.0f;
+        std::memcpy(&d.op_params[5], &base, 4);
+        std::memcpy(&d.op_params[6], &one, 4);
+        std::memcpy(&d.op_params[8], &one, 4);
+        d.op = GGML_OP_ROPE, d.src[0] = a, d.src[1] = p, d.src[2] = f, d.flags = g::flag_compute;
+        gr.add_node(d);
+        session("rope_freq", gr);
+    }
+    {
+        // SCALE over a dimension of 1 (whose stride the kernel uses for every row).
+        g::Graph gr;
+        uint64_t a = gr.add(f32({8, 1, 4}, 0));
+        g::RpcTensor d = f32({8, 1, 4}, 1024);
+        float s2 = 2.0f;
+        std::memcpy(&d.op_params[0], &s2, 4);
+        d.op = GGML_OP_SCALE, d.src[0] = a, d.flags = g::flag_compute;
+        gr.add_node(d);
+        session("scale_rows", gr);
+    }
+    for (bool into : {true, false}) {
+        // Copies into and out of a quantized type (CPY: src[1] is the destination).
+        g::Graph gr;
+        const g::RpcTensor fl = f32({32, 2}, 0), q = t(g::Type::q8_0, {32, 2}, 512);
+        uint64_t a = gr.add(into ? fl : q);
+        g::RpcTensor dst = into ? q : f32({32, 2}, 1024);
+        uint64_t b = gr.add(dst);
+        dst.view_src = b;
+        dst.op = GGML_OP_CPY, dst.src[0] = a, dst.src[1] = b, dst.flags = g::flag_compute;
+        gr.add_node(dst);
+        session(into ? "cpy_to_q8_0" : "cpy_from_q8_0", gr);
+    }
+    {
         g::Graph gr;
         uint64_t a = gr.add(f32({4, 3}, 0));
         uint64_t i = gr.add(t(g::Type::i32, {2}, 512));
