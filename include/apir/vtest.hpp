@@ -54,10 +54,9 @@ struct VtestOptions {
     std::string socket_path;
     /// How long open() may take: connect, version, capset and context creation.
     std::chrono::nanoseconds connect_timeout = std::chrono::seconds(5);
-    /// The longest a blob's creation (create_shmem) waits for the server, and for the
-    /// answer to its request (past that the connection is given up: DISCONNECTED); a
-    /// blob's release never waits (its RESOURCE_UNREF goes out with the next message when
-    /// the server is not reading).
+    /// The longest a blob's creation (create_shmem) waits for the server (then TIMEOUT);
+    /// a blob's release never waits (its RESOURCE_UNREF goes out with the next message
+    /// when the server is not reading).
     std::chrono::nanoseconds io_timeout = std::chrono::seconds(10);
     /// The capset the context is created on (APIR, 10).
     uint32_t capset = capset_apir;
@@ -109,10 +108,10 @@ public:
     void close() noexcept;
 
     /// A mappable HOST3D blob of at least size bytes (rounded to 16 KiB). Its answer
-    /// comes after those the server owes (PINGs behind a long command): they and the
-    /// connection's lock are waited for until the deadline (steady clock) or
-    /// VtestOptions::io_timeout, the sooner (TIMEOUT, the connection intact); the
-    /// blob's own answer then within io_timeout (else DISCONNECTED).
+    /// comes after those the server owes (PINGs behind a long command): they, the
+    /// connection's lock and the blob's own answer are waited for until the deadline
+    /// (steady clock) or VtestOptions::io_timeout, the sooner (then TIMEOUT, the
+    /// connection intact: a later holder reads the late answer and releases its blob).
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size);
     [[nodiscard]] Expected<Shmem> create_shmem(size_t size, Deadline deadline);
     /// SUBMIT_CMD2 with one batch, no ring index, no sync objects. TIMEOUT when the

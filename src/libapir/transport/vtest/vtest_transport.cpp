@@ -225,11 +225,18 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     std::mutex calls_mu;
     std::condition_variable calls_cv;
     uint32_t calls = 0;
-    std::vector<std::byte> submit_buf;  // the SUBMIT_CMD2 being sent; under io_mu
-    uint64_t sent = 0;                  // SUBMIT_CMD2 fully sent
-    uint64_t completed = 0;             // submits the host is known to have executed
-    std::deque<uint64_t> pings_owed;    // per PING not yet answered: `sent` when it went out
-    std::array<std::byte, 8> partial{}; // a PING answer read in part by an earlier holder
+    std::vector<std::byte> submit_buf; // the SUBMIT_CMD2 being sent; under io_mu
+    uint64_t sent = 0;                 // SUBMIT_CMD2 fully sent
+    uint64_t completed = 0;            // submits the host is known to have executed
+    // The answers the server owes, in the order it sends them: a PING's (covering the
+    // submits sent before it) or a RESOURCE_CREATE_BLOB's (whose creator may have stopped
+    // waiting: the holder that reads it then releases the blob).
+    struct Owed {
+        bool blob = false;
+        uint64_t covers = 0; // a PING's: `sent` when it went out
+    };
+    std::deque<Owed> owed;
+    std::array<std::byte, 12> partial{}; // an answer read in part by an earlier holder
     size_t partial_len = 0;
 
     std::atomic<uint64_t> sent_count{0}; // `sent`, readable without the lock
@@ -315,27 +322,60 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         return fail(io_error(r, what));
     }
 
-    // Caller holds io_mu. Reads the answer to the oldest PING owed (kept across holders
-    // when the deadline cuts it). True when one was read.
-    Expected<void> read_ping_answer(Deadline d, const WaitClock& clk) {
+    // Caller holds io_mu. Reads the oldest answer owed (kept across holders when the
+    // deadline cuts it). A blob's answer goes to fd_out and id_out where given (its
+    // creator, which reads it first thing); else its creator stopped waiting, and the
+    // blob is released.
+    Expected<void> read_answer(Deadline d, const WaitClock& clk, PosixFd* fd_out = nullptr,
+                               uint32_t* id_out = nullptr) {
         if (broken) return fail(*broken);
-        std::span<std::byte> rest(partial.data() + partial_len, partial.size() - partial_len);
-        const IoResult r = recv_exact(fd.get(), rest, d, clk, nullptr, &closing);
-        partial_len += r.done;
-        if (r.kind == Io::timeout)
-            return fail(Errc::timeout, fmt::format("vtest: no answer from the server at {} "
-                                                   "before the deadline (the host is busy or "
-                                                   "stopped)",
-                                                   options.socket_path));
-        if (r.kind != Io::ok) return fail(io_error(r, "a PING"));
-        partial_len = 0;
+        const Owed o = owed.front();
+        const size_t want = o.blob ? 12 : 8;
+        const std::string_view what = o.blob ? "RESOURCE_CREATE_BLOB" : "a PING";
+        auto cut = [&] {
+            return fail(Errc::timeout,
+                        fmt::format("vtest: no answer to {} from the server at {} before the "
+                                    "deadline (the host is busy or stopped)",
+                                    what, options.socket_path));
+        };
+        if (partial_len < want) {
+            std::span<std::byte> rest(partial.data() + partial_len, want - partial_len);
+            const IoResult r = recv_exact(fd.get(), rest, d, clk, nullptr, &closing);
+            partial_len += r.done;
+            if (r.kind == Io::timeout) return cut();
+            if (r.kind != Io::ok) return fail(io_error(r, what));
+        }
         const uint32_t len = word_at(partial, 0), id = word_at(partial, 1);
-        if (len != 0 || id != cmd::ping_protocol_version)
+        if (!o.blob) {
+            partial_len = 0;
+            if (len != 0 || id != cmd::ping_protocol_version)
+                return fail(break_connection(
+                    fmt::format("answer ({} words, id {}) where a PING's (0 words, id {}) was due",
+                                len, id, cmd::ping_protocol_version)));
+            completed = std::max(completed, o.covers);
+            owed.pop_front();
+            return {};
+        }
+        if (len != 1 || id != cmd::resource_create_blob)
             return fail(break_connection(
-                fmt::format("answer ({} words, id {}) where a PING's (0 words, id {}) was due", len,
-                            id, cmd::ping_protocol_version)));
-        completed = std::max(completed, pings_owed.front());
-        pings_owed.pop_front();
+                fmt::format("answer ({} words, id {}) to RESOURCE_CREATE_BLOB", len, id)));
+        // Then exactly the one byte that carries the fd: a longer read could swallow it
+        // and lose the fd.
+        std::array<std::byte, 1> carrier{};
+        PosixFd got;
+        const IoResult r = recv_exact(fd.get(), carrier, d, clk, &got, &closing);
+        if (r.kind == Io::timeout) return cut();
+        if (r.kind != Io::ok) return fail(io_error(r, "RESOURCE_CREATE_BLOB's fd"));
+        partial_len = 0;
+        owed.pop_front();
+        const uint32_t res_id = word_at(partial, 2);
+        if (fd_out) {
+            *fd_out = std::move(got);
+            *id_out = res_id;
+        } else {
+            std::lock_guard lk(unref_mu); // sent before the next message; `got` closes
+            unref_pending.push_back(res_id);
+        }
         return {};
     }
 
@@ -344,15 +384,15 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         std::vector<std::byte> m;
         put_words(m, {0, cmd::ping_protocol_version});
         APIR_TRY(send_message(m, d, clk, "a PING"));
-        pings_owed.push_back(sent);
+        owed.push_back({false, sent});
         n_pings.fetch_add(1, std::memory_order_relaxed);
         return {};
     }
 
     // Caller holds io_mu. Reads the answers owed before a new request's.
     Expected<void> drain(Deadline d, const WaitClock& clk) {
-        while (!pings_owed.empty())
-            APIR_TRY(read_ping_answer(d, clk));
+        while (!owed.empty())
+            APIR_TRY(read_answer(d, clk));
         return {};
     }
 
@@ -418,10 +458,10 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
             return fail(Errc::out_of_memory, fmt::format("{} bytes of shared memory", size));
         const size_t rounded = (size + shmem_alignment - 1) & ~(shmem_alignment - 1);
         const WaitClock& clk = WaitClock::system();
-        // The blob's answer comes after the PING answers owed, which may wait for a long
-        // command: the lock and those answers are waited for until the caller's deadline
-        // (or io_timeout, the sooner), and a wait cut there leaves the stream intact. Once
-        // the request is sent its answer must be read: io_timeout from then.
+        // The blob's answer comes after the answers owed, which may wait for a long
+        // command. The lock, those answers and the blob's own are waited for until the
+        // caller's deadline (or io_timeout, the sooner); a wait cut there leaves the stream
+        // intact, and the holder that reads the blob's answer later releases it.
         Deadline d = Deadline::after(options.io_timeout);
         if (!caller.is_never() && caller.time() < d.time()) d = caller;
         PosixFd blob_fd;
@@ -430,32 +470,16 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
             auto lk = lock(d);
             if (!lk) return Unexpected{std::move(lk).error()};
             APIR_TRY(drain(d, clk));
-            d = Deadline::after(options.io_timeout);
             std::vector<std::byte> m;
             const uint64_t n = rounded;
             put_words(m, {6, cmd::resource_create_blob, blob_mem_host3d, blob_flag_mappable,
                           static_cast<uint32_t>(n), static_cast<uint32_t>(n >> 32), 0, 0});
             APIR_TRY(send_message(m, d, clk, "RESOURCE_CREATE_BLOB"));
-            // Exactly the 12 reply bytes, then the one byte that carries the fd: a longer
-            // read could swallow that byte and lose the fd.
-            std::array<std::byte, 12> reply{};
-            IoResult r = recv_exact(fd.get(), reply, d, clk, nullptr, &closing);
-            if (r.kind == Io::timeout)
-                return fail(break_connection(fmt::format(
-                    "no answer to RESOURCE_CREATE_BLOB within {}", ms_text(options.io_timeout))));
-            if (r.kind != Io::ok) return fail(io_error(r, "RESOURCE_CREATE_BLOB"));
-            if (word_at(reply, 0) != 1 || word_at(reply, 1) != cmd::resource_create_blob)
-                return fail(
-                    break_connection(fmt::format("answer ({} words, id {}) to RESOURCE_CREATE_BLOB",
-                                                 word_at(reply, 0), word_at(reply, 1))));
-            res_id = word_at(reply, 2);
-            std::array<std::byte, 1> carrier{};
-            r = recv_exact(fd.get(), carrier, d, clk, &blob_fd, &closing);
-            if (r.kind == Io::timeout)
-                return fail(break_connection("the blob's fd did not arrive"));
-            if (r.kind != Io::ok) return fail(io_error(r, "RESOURCE_CREATE_BLOB's fd"));
+            owed.push_back({true, 0});
+            APIR_TRY(read_answer(d, clk, &blob_fd, &res_id));
             if (!blob_fd) {
-                (void)unref_locked(res_id, d, clk);
+                std::lock_guard ul(unref_mu); // sent before the next message
+                unref_pending.push_back(res_id);
                 return fail(Errc::device_error,
                             fmt::format("vtest: blob {} came without its fd (SCM_RIGHTS)", res_id));
             }
@@ -509,13 +533,6 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         }
         n_created.fetch_add(1, std::memory_order_relaxed);
         return Shmem(shmem_link, res_id, bytes);
-    }
-
-    // Caller holds io_mu.
-    Expected<void> unref_locked(uint32_t res_id, Deadline d, const WaitClock& clk) {
-        std::vector<std::byte> m;
-        put_words(m, {1, cmd::resource_unref, res_id});
-        return send_message(m, d, clk, "RESOURCE_UNREF");
     }
 
     // Never waits for the server: the RESOURCE_UNREF goes out now where the connection is
@@ -684,11 +701,16 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
                                       "context fatal: reconnect)",
                                       res_id)));
             }
-            const uint64_t covered = pings_owed.empty() ? completed : pings_owed.back();
+            uint64_t covered = completed; // by the last PING sent
+            for (auto it = owed.rbegin(); it != owed.rend(); ++it)
+                if (!it->blob) {
+                    covered = std::max(covered, it->covers);
+                    break;
+                }
             if (covered < mine) {
                 if (auto s = send_ping(deadline, clk); !s) return dropped_or(bytes, s.error());
             }
-            if (auto r = read_ping_answer(deadline, clk); !r) return dropped_or(bytes, r.error());
+            if (auto r = read_answer(deadline, clk); !r) return dropped_or(bytes, r.error());
         }
     }
 
@@ -703,7 +725,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         if (!lk) return Unexpected{std::move(lk).error()};
         APIR_TRY(drain(d, clk));
         APIR_TRY(send_ping(d, clk));
-        return read_ping_answer(d, clk);
+        return read_answer(d, clk);
     }
 };
 

@@ -88,6 +88,7 @@ struct Opening {
     uint32_t version = 4;           // the protocol version granted
     uint32_t capset_words = 7;      // the APIR capset's answer, in words (blobs: its third)
     bool context_ping_data = false; // the PING after CONTEXT_INIT answered with a word
+    uint32_t blob_delay_ms = 0;     // later: each blob's answer sent this late
 };
 class SilentServer {
 public:
@@ -163,6 +164,9 @@ public:
                     const int m = ::memfd_create(
                         "fake-blob", MFD_CLOEXEC | (allow_sealing ? MFD_ALLOW_SEALING : 0u));
                     if (m < 0 || ::ftruncate(m, static_cast<off_t>(size)) != 0) return;
+                    if (opening.blob_delay_ms)
+                        std::this_thread::sleep_for(
+                            std::chrono::milliseconds(opening.blob_delay_ms));
                     if (blob_fd_ >= 0) ::close(blob_fd_);
                     blob_fd_ = m;
                     write_words({1, 18, next_id_++});
@@ -779,4 +783,25 @@ TEST_CASE("a blob's release never waits for the server: its RESOURCE_UNREF goes 
     REQUIRE(t.submit(cmd, 1, apir::Deadline::after(1s)));
     CHECK(s.unrefs_when(1) == std::vector<uint32_t>{id});
     CHECK(t.stats().blobs_released == 1);
+}
+
+TEST_CASE("a blob whose answer comes after its creator's deadline: TIMEOUT, the connection "
+          "stays up, and the late blob is released",
+          "[faults]") {
+    SilentServer s(SilentServer::serves_blobs, true, {}, {.blob_delay_ms = 400});
+    auto t = open_on(s, 10s);
+    auto start = apir::Clock::now();
+    auto late = t.create_shmem(4096, apir::Deadline::after(100ms));
+    double took = ms_since(start);
+    REQUIRE_FALSE(late);
+    CHECK(late.error() == Errc::timeout);
+    CHECK(took >= 100);
+    CHECK(took < 390); // not the server's 400 ms, nor io_timeout
+    // The next creation reads the late answer first, releases that blob, and gets its own.
+    auto next = t.create_shmem(4096, apir::Deadline::after(5s));
+    REQUIRE(next);
+    CHECK(next->res_id() == 8); // the server's first blob was 7
+    REQUIRE(t.submit(raw_command(2, 0, 0), 0, apir::Deadline::after(1s)));
+    CHECK(s.unrefs_when(1) == std::vector<uint32_t>{7});
+    CHECK(t.stats().blobs_created == 1);
 }
