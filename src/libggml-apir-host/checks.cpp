@@ -150,10 +150,6 @@ bool reads_inside_buffer(const ggml_tensor* t, uint64_t bytes) {
     const uint64_t offset = at - base;
     return offset <= size && bytes <= size - offset;
 }
-bool same_strides(const ggml_tensor* a, const ggml_tensor* b) {
-    return a->nb[0] == b->nb[0] && a->nb[1] == b->nb[1] && a->nb[2] == b->nb[2] &&
-           a->nb[3] == b->nb[3];
-}
 bool is_float(ggml_type t) {
     return t == GGML_TYPE_F32 || t == GGML_TYPE_F16 || t == GGML_TYPE_BF16;
 }
@@ -363,7 +359,7 @@ Code check_copy(const ggml_tensor* d) {
         // The node is ggml's view of b (ggml_cpy): some of ggml-cpu's copies take the
         // destination's strides from b, so b's layout must be the node's.
         const ggml_tensor* b = d->src[1];
-        if (!b || b->type != d->type || !same_shape(b, d) || !same_strides(b, d))
+        if (!b || b->type != d->type || !same_shape(b, d) || !ggml_are_same_stride(b, d))
             return Code::bad_tensor;
     }
     if (d->op == GGML_OP_CONT && !ggml_is_contiguous(d)) return Code::bad_tensor;

@@ -518,6 +518,14 @@ Answer<Empty> get_tensor(Context& c, const g::TensorTransferRequest& r) {
     return Empty{};
 }
 
+/// Whether two tensors' bytes overlap, by address: two zero-copy buffers may be made over
+/// the same guest memory.
+bool overlaps(const ggml_tensor* a, const ggml_tensor* b) {
+    const auto a0 = reinterpret_cast<uintptr_t>(a->data);
+    const auto b0 = reinterpret_cast<uintptr_t>(b->data);
+    return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
+}
+
 Answer<g::BoolReply> cpy_tensor(Context& c, const g::CopyTensorRequest& r) {
     Buffer* b = find_buffer(c, r.buffer.value());
     if (!b) return Refusal{raw(Code::unknown_handle)};
@@ -532,9 +540,8 @@ Answer<g::BoolReply> cpy_tensor(Context& c, const g::CopyTensorRequest& r) {
     // Overlapping bytes: ggml copies with memcpy (undefined for overlap; found by
     // fuzz-ggml-host), whether in one buffer or in two over the same guest memory (two
     // zero-copy buffers over one blob range). The same bytes are a copy with nothing to do.
-    const auto from = reinterpret_cast<uintptr_t>(s.data), to = reinterpret_cast<uintptr_t>(d.data);
-    if (from < to + dst.nbytes && to < from + src.nbytes) {
-        if (from == to) return g::BoolReply{1};
+    if (overlaps(&s, &d)) {
+        if (s.data == d.data) return g::BoolReply{1};
         return Refusal{raw(Code::bad_range)};
     }
     const bool done = ggml_backend_buffer_copy_tensor(&s, &d);
@@ -562,14 +569,6 @@ Answer<Empty> buffer_free(Context& c, const g::BufferRequest& r) {
 
 // ---------------------------------------------------------------------------
 // Graphs
-
-/// Whether two tensors' bytes overlap, by address: two zero-copy buffers may be made over
-/// the same guest memory.
-bool overlaps(const ggml_tensor* a, const ggml_tensor* b) {
-    const auto a0 = reinterpret_cast<uintptr_t>(a->data);
-    const auto b0 = reinterpret_cast<uintptr_t>(b->data);
-    return a0 < b0 + ggml_nbytes(b) && b0 < a0 + ggml_nbytes(a);
-}
 
 /// Whether a node computed over a source's memory does so in place, as ggml's allocator
 /// places a node only over a parent of the same layout: the same data, type, ne and nb,
