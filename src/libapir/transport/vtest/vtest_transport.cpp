@@ -247,6 +247,10 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     // for room in the socket); sent before the next message.
     std::mutex unref_mu;
     std::vector<uint32_t> unref_pending;
+    void defer_unref(uint32_t res_id) {
+        std::lock_guard lk(unref_mu);
+        unref_pending.push_back(res_id);
+    }
 
     mutable std::mutex blobs_mu;
     std::unordered_map<uint32_t, Mapping> live;
@@ -373,8 +377,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
             *fd_out = std::move(got);
             *id_out = res_id;
         } else {
-            std::lock_guard lk(unref_mu); // sent before the next message; `got` closes
-            unref_pending.push_back(res_id);
+            defer_unref(res_id); // `got` closes here
         }
         return {};
     }
@@ -478,8 +481,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
             owed.push_back({true, 0});
             APIR_TRY(read_answer(d, clk, &blob_fd, &res_id));
             if (!blob_fd) {
-                std::lock_guard ul(unref_mu); // sent before the next message
-                unref_pending.push_back(res_id);
+                defer_unref(res_id);
                 return fail(Errc::device_error,
                             fmt::format("vtest: blob {} came without its fd (SCM_RIGHTS)", res_id));
             }
@@ -541,10 +543,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     // then is not lost.
     void release_remote(uint32_t res_id) noexcept {
         try {
-            {
-                std::lock_guard lk(unref_mu);
-                unref_pending.push_back(res_id);
-            }
+            defer_unref(res_id);
             std::unique_lock lk(io_mu, std::try_to_lock);
             if (!lk.owns_lock() || broken || closing.load(std::memory_order_acquire)) return;
             if (auto r = send_message({}, Deadline::at(Clock::now()), WaitClock::system(),
