@@ -74,6 +74,19 @@ double ms_since(apir::Clock::time_point t) {
     return std::chrono::duration<double, std::milli>(apir::Clock::now() - t).count();
 }
 
+// Runs a call that must fail with TIMEOUT after at least `at_least_ms` and before
+// `under_ms` (the deadline held: not sooner, not much later).
+template <class Call>
+void times_out(Call&& call, double at_least_ms, double under_ms) {
+    const auto start = apir::Clock::now();
+    const auto r = call();
+    const double took = ms_since(start);
+    REQUIRE_FALSE(r);
+    CHECK(r.error() == Errc::timeout);
+    CHECK(took >= at_least_ms);
+    CHECK(took < under_ms);
+}
+
 // A Unix socket server of this test in a thread: accepts one client; answers the vtest
 // opening (version 4, the APIR capset) unless silent; then either does nothing (neither
 // reads nor answers again) or answers every PING and runs no command. serves_blobs
@@ -274,13 +287,7 @@ TEST_CASE("open: a server that accepts and never answers is TIMEOUT at the deadl
     SilentServer s(SilentServer::silent);
     auto o = options_for(s.path());
     o.connect_timeout = 200ms;
-    const auto start = apir::Clock::now();
-    auto t = apir::VtestTransport::open(o);
-    const double took = ms_since(start);
-    REQUIRE_FALSE(t);
-    CHECK(t.error() == Errc::timeout);
-    CHECK(took >= 200);
-    CHECK(took < 2000);
+    times_out([&] { return apir::VtestTransport::open(o); }, 200, 2000);
 }
 
 TEST_CASE("a server that stops answering and reading: calls end at their deadlines", "[faults]") {
@@ -294,22 +301,17 @@ TEST_CASE("a server that stops answering and reading: calls end at their deadlin
     apir::Shmem page(nullptr, 1, page_bytes);
     auto cmd = raw_command(2, 0, 1);
     REQUIRE(t->submit(cmd, 1, apir::Deadline::after(1s)));
-    auto start = apir::Clock::now();
-    auto r = t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(100ms));
-    double took = ms_since(start);
-    REQUIRE_FALSE(r);
-    CHECK(r.error() == Errc::timeout);
-    CHECK(took >= 100);
-    CHECK(took < 2000);
+    times_out([&] { return t->wait_reply(page, apir::WaitPolicy{}, apir::Deadline::after(100ms)); },
+              100, 2000);
 
     // submit: the server reads nothing, the socket buffer fills, the send waits for room
     // until the deadline.
     std::vector<std::byte> big(1 << 20);
-    start = apir::Clock::now();
+    const auto start = apir::Clock::now();
     apir::Expected<void> sent;
     for (int i = 0; i < 64 && sent; ++i)
         sent = t->submit(big, 0, apir::Deadline::after(100ms));
-    took = ms_since(start);
+    const double took = ms_since(start);
     REQUIRE_FALSE(sent);
     CHECK(sent.error() == Errc::timeout);
     CHECK(took < 10000);
@@ -534,24 +536,14 @@ TEST_CASE("a server that never answers a PING: a call with no deadline ends with
 
     // Another caller, with a deadline, while the waiter holds the connection: TIMEOUT at
     // its deadline, not later.
-    auto start = apir::Clock::now();
-    auto r = t->wait_reply(other, apir::WaitPolicy{}, apir::Deadline::after(200ms));
-    double took = ms_since(start);
-    REQUIRE_FALSE(r);
-    CHECK(r.error() == Errc::timeout);
-    CHECK(took >= 200);
-    CHECK(took < 1500);
-    start = apir::Clock::now();
-    auto p = t->ping(apir::Deadline::after(200ms));
-    took = ms_since(start);
-    REQUIRE_FALSE(p);
-    CHECK(p.error() == Errc::timeout);
-    CHECK(took >= 200);
-    CHECK(took < 1500);
+    times_out(
+        [&] { return t->wait_reply(other, apir::WaitPolicy{}, apir::Deadline::after(200ms)); }, 200,
+        1500);
+    times_out([&] { return t->ping(apir::Deadline::after(200ms)); }, 200, 1500);
     CHECK_FALSE(done.load());
 
     // Closing (or destroying) the transport ends the wait with DISCONNECTED.
-    start = apir::Clock::now();
+    const auto start = apir::Clock::now();
     if (destroy)
         t.reset(); // waits for the waiter to leave
     else
@@ -709,21 +701,9 @@ TEST_CASE("create_shmem waits for the answers the server owes only until its dea
     CHECK(r.error() == Errc::timeout);
 
     // The caller's deadline, sooner than io_timeout, holds.
-    auto start = apir::Clock::now();
-    auto b = t.create_shmem(4096, apir::Deadline::after(150ms));
-    double took = ms_since(start);
-    REQUIRE_FALSE(b);
-    CHECK(b.error() == Errc::timeout);
-    CHECK(took >= 150);
-    CHECK(took < 550);
+    times_out([&] { return t.create_shmem(4096, apir::Deadline::after(150ms)); }, 150, 550);
     // Without one, io_timeout.
-    start = apir::Clock::now();
-    b = t.create_shmem(4096);
-    took = ms_since(start);
-    REQUIRE_FALSE(b);
-    CHECK(b.error() == Errc::timeout);
-    CHECK(took >= 600);
-    CHECK(took < 5000);
+    times_out([&] { return t.create_shmem(4096); }, 600, 5000);
     // Nothing was cut: the connection is not given up.
     CHECK(t.submit(cmd, 1, apir::Deadline::after(1s)));
 }
@@ -744,13 +724,7 @@ TEST_CASE("a session's call that needs a new reply page ends at its deadline beh
     // The next needs a new page, whose blob's answer comes after that PING's: it waits
     // for it until its own deadline, not for io_timeout.
     co.deadline = apir::Deadline::after(200ms);
-    const auto start = apir::Clock::now();
-    r = session.call<demo::Add>(demo::AddRequest{1, 2}, co);
-    const double took = ms_since(start);
-    REQUIRE_FALSE(r);
-    CHECK(r.error() == Errc::timeout);
-    CHECK(took >= 150);
-    CHECK(took < 3000);
+    times_out([&] { return session.call<demo::Add>(demo::AddRequest{1, 2}, co); }, 150, 3000);
 }
 
 TEST_CASE("a blob's release never waits for the server: its RESOURCE_UNREF goes with the next "
@@ -790,13 +764,8 @@ TEST_CASE("a blob whose answer comes after its creator's deadline: TIMEOUT, the 
           "[faults]") {
     SilentServer s(SilentServer::serves_blobs, true, {}, {.blob_delay_ms = 400});
     auto t = open_on(s, 10s);
-    auto start = apir::Clock::now();
-    auto late = t.create_shmem(4096, apir::Deadline::after(100ms));
-    double took = ms_since(start);
-    REQUIRE_FALSE(late);
-    CHECK(late.error() == Errc::timeout);
-    CHECK(took >= 100);
-    CHECK(took < 390); // not the server's 400 ms, nor io_timeout
+    times_out([&] { return t.create_shmem(4096, apir::Deadline::after(100ms)); }, 100,
+              390); // not the server's 400 ms, nor io_timeout
     // The next creation reads the late answer first, releases that blob, and gets its own.
     auto next = t.create_shmem(4096, apir::Deadline::after(5s));
     REQUIRE(next);
