@@ -583,11 +583,12 @@ int main(int argc, char** argv) {
         for (const auto& n : names)
             for (const Config& c : configs)
                 if (n == c.name) fmt::print("  {:<10} {}\n", c.name, c.about);
-        fmt::print("medians [p10-p90] in us (MB/s for 1 MiB and up); apir/ggml: ratio of the "
-                   "median times;\ncmd: commands the host ran per operation; cpu: the calling "
-                   "thread's CPU per operation (median, us); g/a/h: ggml/apir/apir-host\n");
-        fmt::print("{:<38} {:>22} {:>22} {:>9} {:>22} {:>7} {:>16}\n", "line", "ggml", "apir",
-                   "apir/ggml", "apir-host", "cmd", "cpu");
+        fmt::print("medians [p10-p90] in us (MB/s for 1 MiB and up); apir/ggml, host/ggml: "
+                   "ratios of the median times of apir and apir-host to ggml's;\ncmd: commands "
+                   "the host ran per operation; cpu: the calling thread's CPU per operation "
+                   "(median, us); g/a/h: ggml/apir/apir-host\n");
+        fmt::print("{:<38} {:>22} {:>22} {:>9} {:>22} {:>9} {:>7} {:>16}\n", "line", "ggml", "apir",
+                   "apir/ggml", "apir-host", "host/ggml", "cmd", "cpu");
     }
     for (const Line& line : lines) {
         if (!only.empty() && only != line.key) continue;
@@ -601,7 +602,7 @@ int main(int argc, char** argv) {
                      v.commands, percentile(v.cpu, 0.5)};
         };
         const auto sg = stats("ggml"), sa = stats("apir"), sh = stats("apir-host");
-        const double ratio = sa.med / sg.med;
+        const double ratio = sa.med / sg.med, host_ratio = sh.med / sg.med;
         if (json) {
             apir_bench::Result r(std::string("frontend ") + line.key, line.title);
             r.number("ggml_us", sg.med, 2)
@@ -619,6 +620,7 @@ int main(int argc, char** argv) {
                 .number("ggml_cpu_us", sg.cpu, 2)
                 .number("apir_cpu_us", sa.cpu, 2)
                 .number("apir_host_cpu_us", sh.cpu, 2)
+                .number("apir_host_over_ggml", host_ratio, 2)
                 .integer("batches", uint64_t(batches))
                 .number("load_average", load[0], 2)
                 .target("apir_over_ggml", ratio, ratio <= 1.0,
@@ -633,14 +635,16 @@ int main(int argc, char** argv) {
                 return fmt::format("{:.0f} [{:.0f}-{:.0f}]", mb / (med / 1e6), mb / (p90 / 1e6),
                                    mb / (p10 / 1e6));
             }
+            // Below a microsecond, tenths would round a copy in place to 0.0 or 0.1.
+            if (p90 < 1.0) return fmt::format("{:.2f} [{:.2f}-{:.2f}]", med, p10, p90);
             return fmt::format("{:.1f} [{:.1f}-{:.1f}]", med, p10, p90);
         };
         auto num = [](double c, int d) {
             return std::isfinite(c) ? fmt::format("{:.{}f}", c, d) : std::string("-");
         };
-        fmt::print("{:<38} {:>22} {:>22} {:>8.2f}x {:>22} {:>7} {:>16}\n", line.title,
+        fmt::print("{:<38} {:>22} {:>22} {:>8.2f}x {:>22} {:>8}x {:>7} {:>16}\n", line.title,
                    cell(sg.med, sg.p10, sg.p90), cell(sa.med, sa.p10, sa.p90), ratio,
-                   cell(sh.med, sh.p10, sh.p90),
+                   cell(sh.med, sh.p10, sh.p90), num(host_ratio, 2),
                    num(sg.commands, 0) + "/" + num(sa.commands, 0) + "/" + num(sh.commands, 0),
                    num(sg.cpu, 0) + "/" + num(sa.cpu, 0) + "/" + num(sh.cpu, 0));
     }

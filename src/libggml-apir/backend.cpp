@@ -11,9 +11,13 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <chrono>
 #include <cstring>
+#include <ctime>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <unordered_map>
 #include <vector>
 
@@ -63,6 +67,7 @@ public:
     /// is as if it came after this call).
     [[nodiscard]] bool any() const noexcept { return count_.load(std::memory_order_acquire) != 0; }
     [[nodiscard]] bool overlaps(uint64_t begin, uint64_t end) const {
+        if (!any()) return false;
         std::lock_guard lk(mu_);
         for (auto [b, e] : ranges_)
             if (b < end && begin < e) return true;
@@ -75,12 +80,74 @@ private:
     std::atomic<size_t> count_{0}; ///< ranges_.size(), for any()
 };
 
+/// The host's last answer to get_memory, given again while it is younger than the
+/// configuration's max age, so that a program asking in a loop does not make a call each
+/// time. A buffer made or freed forgets it (and an answer asked for before that is not
+/// kept). Read without a lock: a sequence count, odd while a writer changes the fields,
+/// and the coarse monotonic clock (a few milliseconds' resolution), so that an answer
+/// given again costs about a copy.
+class MemoryCache {
+public:
+    /// The kept answer if it is younger than max_age; `generation` is what store() of a
+    /// fresh answer needs.
+    std::optional<ggml::Memory> get(std::chrono::milliseconds max_age,
+                                    uint64_t& generation) const noexcept {
+        for (int tries = 0; tries < 4; ++tries) {
+            generation = generation_.load(std::memory_order_acquire);
+            const uint64_t seq = seq_.load(std::memory_order_acquire);
+            if (seq & 1) continue;
+            const ggml::Memory m{free_.load(std::memory_order_relaxed),
+                                 total_.load(std::memory_order_relaxed)};
+            const int64_t at = at_ns_.load(std::memory_order_relaxed);
+            std::atomic_thread_fence(std::memory_order_acquire);
+            if (seq_.load(std::memory_order_relaxed) != seq) continue;
+            if (at < 0 || now_ns() - at >= std::chrono::nanoseconds(max_age).count())
+                return std::nullopt;
+            return m;
+        }
+        return std::nullopt;
+    }
+    /// Keeps m unless forget() came after get() gave `generation`.
+    void store(ggml::Memory m, uint64_t generation) noexcept {
+        std::lock_guard lk(mu_);
+        if (generation != generation_.load(std::memory_order_relaxed)) return;
+        write(m, now_ns());
+    }
+    void forget() noexcept {
+        std::lock_guard lk(mu_);
+        generation_.fetch_add(1, std::memory_order_release);
+        write({}, -1);
+    }
+
+private:
+    static int64_t now_ns() noexcept {
+        timespec ts{};
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+        return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+    }
+    void write(ggml::Memory m, int64_t at) noexcept {
+        seq_.fetch_add(1, std::memory_order_relaxed); // odd: changing
+        std::atomic_thread_fence(std::memory_order_release);
+        free_.store(m.free, std::memory_order_relaxed);
+        total_.store(m.total, std::memory_order_relaxed);
+        at_ns_.store(at, std::memory_order_relaxed);
+        seq_.fetch_add(1, std::memory_order_release); // even: stable
+    }
+
+    std::mutex mu_; // writers
+    std::atomic<uint64_t> generation_{0}, seq_{0}, free_{0}, total_{0};
+    std::atomic<int64_t> at_ns_{-1}; // -1: nothing kept
+};
+
 /// A buffer of the device. Shared: the device's table of live buffers holds one
 /// reference, and every call that uses the buffer holds another while it runs, so the
 /// host's buffer is freed (by the last holder) only after every call that named it.
 struct Buffer {
     Device* dev = nullptr;
     RemoteBuffer remote;
+    /// A zero-copy buffer's bytes in this process (the blob the host wraps), alive as
+    /// long as this Buffer is; empty for a buffer in the host's own memory.
+    std::span<std::byte> in_place;
     Untrusted untrusted;
     ~Buffer();
 };
@@ -132,6 +199,10 @@ struct Device {
     mutable std::mutex live_mu;
     std::unordered_map<const ggml_backend_buffer*, std::shared_ptr<Buffer>> live;
 
+    /// The host's last memory answer, given again while it is young enough.
+    MemoryCache memory_seen;
+    void forget_memory() { memory_seen.forget(); }
+
     const Logger& log() const { return remote->logger(); }
     /// The buffer behind a ggml buffer if it is a live one of this device's, held.
     std::shared_ptr<Buffer> hold(const ggml_backend_buffer* b) const {
@@ -150,6 +221,7 @@ Buffer::~Buffer() {
     const BufferHandle h = remote.buffer.handle;
     if (auto r = dev->remote->device().free_buffer(h); !r)
         dev->log().warn("free_buffer {:#x}: {}", h.value(), r.error().message());
+    dev->forget_memory();
 }
 
 /// Buffers a call resolved, held until the call is over.
@@ -230,13 +302,29 @@ uint64_t nbytes_or_zero(const ggml_tensor* t) {
 /// 0xff (NaN in f32, f16 and bf16; -1 in integer types).
 constexpr uint8_t failed_get_fill = 0xff;
 
-/// Runs f(device, rpc tensor), a transfer of t's bytes [offset, +size) of buffer b (a
-/// copy in place for a zero-copy buffer: apir::ggml::Device knows); logs what failed. A
-/// write (set, memset) that fails leaves those bytes untrusted; one that succeeds makes
-/// them trusted again. A read of untrusted bytes fails without a call.
-template <class F>
+/// t's bytes [offset, +size) in this process when buf is a zero-copy buffer and they
+/// lie inside the tensor and the tensor inside the buffer; nullopt otherwise (the
+/// buffer is the host's, or the request is bad and the checked path names why).
+std::optional<std::span<std::byte>> bytes_in_place(const Buffer& buf, const ggml_tensor* t,
+                                                   uint64_t offset, uint64_t size) {
+    if (buf.in_place.empty()) return std::nullopt;
+    const auto addr = reinterpret_cast<uintptr_t>(t->data);
+    const uint64_t limit = buf.in_place.size();
+    auto n = tensor_nbytes(t);
+    if (!n || addr < buf.remote.base) return std::nullopt;
+    const uint64_t at = addr - buf.remote.base;
+    if (at > limit || *n > limit - at || offset > *n || size > *n - offset) return std::nullopt;
+    return buf.in_place.subspan(static_cast<size_t>(at + offset), static_cast<size_t>(size));
+}
+
+/// Runs f(device, rpc tensor), a transfer of t's bytes [offset, +size) of buffer b, or,
+/// for a zero-copy buffer, local(bytes): a copy in place, with no call and no lock of
+/// the client's; logs what failed. A write (set, memset) that fails leaves those bytes
+/// untrusted; one that succeeds makes them trusted again. A read of untrusted bytes
+/// fails without a call.
+template <class F, class L>
 bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, bool write,
-              uint64_t offset, uint64_t size, F&& f) {
+              uint64_t offset, uint64_t size, F&& f, L&& local) {
     Device* dev = device_of(b);
     auto buf = dev->hold(b);
     if (!buf) {
@@ -249,6 +337,8 @@ bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, b
     if (!write && buf->untrusted.overlaps(begin, end)) {
         r = fail(Errc::invalid_argument,
                  "its bytes are untrusted: an earlier set, memset, copy or clear of them failed");
+    } else if (auto bytes = bytes_in_place(*buf, t, offset, size)) {
+        if (size > 0) local(*bytes);
     } else {
         auto rt = encode_rpc_tensor(t, buf->remote);
         r = rt ? f(dev->remote->device(), *rt) : Expected<void>(Unexpected{std::move(rt).error()});
@@ -268,18 +358,21 @@ bool transfer(ggml_backend_buffer_t b, const ggml_tensor* t, const char* what, b
 
 void buffer_memset_tensor(ggml_backend_buffer_t b, ggml_tensor* t, uint8_t value, size_t offset,
                           size_t size) {
-    transfer(b, t, "memset_tensor", true, offset, size,
-             [&](Remote::Device& d, const RpcTensor& rt) {
-                 return d.fill_tensor(rt, value, offset, size);
-             });
+    transfer(
+        b, t, "memset_tensor", true, offset, size,
+        [&](Remote::Device& d, const RpcTensor& rt) {
+            return d.fill_tensor(rt, value, offset, size);
+        },
+        [&](std::span<std::byte> bytes) { std::memset(bytes.data(), value, bytes.size()); });
 }
 
 void buffer_set_tensor(ggml_backend_buffer_t b, ggml_tensor* t, const void* data, size_t offset,
                        size_t size) {
     const Bytes bytes(static_cast<const std::byte*>(data), size);
-    transfer(b, t, "set_tensor", true, offset, size, [&](Remote::Device& d, const RpcTensor& rt) {
-        return d.set_tensor(rt, bytes, offset);
-    });
+    transfer(
+        b, t, "set_tensor", true, offset, size,
+        [&](Remote::Device& d, const RpcTensor& rt) { return d.set_tensor(rt, bytes, offset); },
+        [&](std::span<std::byte> to) { std::memcpy(to.data(), data, size); });
 }
 
 void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data, size_t offset,
@@ -287,7 +380,8 @@ void buffer_get_tensor(ggml_backend_buffer_t b, const ggml_tensor* t, void* data
     const std::span<std::byte> out(static_cast<std::byte*>(data), size);
     if (!transfer(
             b, t, "get_tensor", false, offset, size,
-            [&](Remote::Device& d, const RpcTensor& rt) { return d.get_tensor(rt, out, offset); }))
+            [&](Remote::Device& d, const RpcTensor& rt) { return d.get_tensor(rt, out, offset); },
+            [&](std::span<const std::byte> from) { std::memcpy(data, from.data(), size); }))
         std::memset(data, failed_get_fill, size);
 }
 
@@ -367,13 +461,16 @@ ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t siz
     Remote& remote = *dev->remote;
     // A zero-copy buffer is a host-pointer buffer: Device moves its bytes in place.
     Expected<ggml::Buffer> b = fail(Errc::invalid_argument, "no buffer");
+    std::span<std::byte> in_place;
     if (dev->zero_copy && size > 0) {
         auto z = remote.device().buffer_from_ptr(size, size);
-        if (z)
+        if (z) {
             b = z->buffer;
-        else
+            in_place = z->bytes;
+        } else {
             dev->log().info("a zero-copy buffer of {} bytes: {}; the host's own memory instead",
                             size, z.error().message());
+        }
     }
     if (!b) b = remote.device().alloc_buffer(dev->buft_handle, size);
     if (!b) {
@@ -396,9 +493,11 @@ ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t siz
         (void)remote.device().free_buffer(b->handle);
         return nullptr;
     }
+    dev->forget_memory();
     auto ctx = std::make_shared<Buffer>();
     ctx->dev = dev;
     ctx->remote = RemoteBuffer{*b, *base};
+    ctx->in_place = in_place;
     ggml_backend_buffer_t gb = ggml_backend_buffer_init(t, buffer_iface, ctx.get(), size);
     std::lock_guard lk(dev->live_mu);
     dev->live.emplace(gb, std::move(ctx));
@@ -554,11 +653,18 @@ const char* dev_get_description(ggml_backend_dev_t d) {
 
 void dev_get_memory(ggml_backend_dev_t d, size_t* free, size_t* total) {
     Device* dev = device_of(d);
-    auto m = dev->remote->device().memory();
+    const auto max_age = dev->remote->memory_max_age();
+    uint64_t generation = 0;
+    std::optional<ggml::Memory> m = dev->memory_seen.get(max_age, generation);
     if (!m) {
-        dev->log().warn("get_memory: {}", m.error().message());
-        *free = *total = 0;
-        return;
+        auto asked = dev->remote->device().memory();
+        if (!asked) {
+            dev->log().warn("get_memory: {}", asked.error().message());
+            *free = *total = 0;
+            return;
+        }
+        m = *asked;
+        if (max_age.count() > 0) dev->memory_seen.store(*m, generation);
     }
     *free = static_cast<size_t>(m->free);
     *total = static_cast<size_t>(m->total);

@@ -16,12 +16,15 @@ Expected<HostConfig> parse_config_string(std::string_view text) {
 
 namespace {
 
-Expected<std::chrono::milliseconds> parse_ms(const char* var, std::string_view v) {
+Expected<std::chrono::milliseconds> parse_ms(const char* var, std::string_view v,
+                                             bool zero_allowed = false) {
     uint64_t n = 0;
     auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
-    if (ec != std::errc{} || p != v.data() + v.size() || n == 0 || n > (uint64_t{1} << 40))
+    if (ec != std::errc{} || p != v.data() + v.size() || (n == 0 && !zero_allowed) ||
+        n > (uint64_t{1} << 40))
         return fail(Errc::invalid_argument,
-                    fmt::format("{}='{}': expected a positive number of milliseconds", var, v));
+                    fmt::format("{}='{}': expected a {} number of milliseconds", var, v,
+                                zero_allowed ? "whole" : "positive"));
     return std::chrono::milliseconds(static_cast<int64_t>(n));
 }
 
@@ -82,6 +85,11 @@ Expected<BackendConfig> config_from_environment(const EnvLookup& env) {
         auto ms = parse_ms("APIR_GGML_COMPUTE_TIMEOUT_MS", *v);
         if (!ms) return Unexpected{std::move(ms).error()};
         c.compute_timeout = *ms;
+    }
+    if (auto v = get("APIR_GGML_MEMORY_MAX_AGE_MS")) {
+        auto ms = parse_ms("APIR_GGML_MEMORY_MAX_AGE_MS", *v, true);
+        if (!ms) return Unexpected{std::move(ms).error()};
+        c.memory_max_age = *ms;
     }
     if (auto v = get("APIR_GGML_ZERO_COPY")) {
         if (*v == "auto")

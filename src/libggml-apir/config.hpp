@@ -14,6 +14,9 @@
 //   APIR_GGML_TIMEOUT_MS       deadline of every call except graph_compute (default 30000)
 //   APIR_GGML_COMPUTE_TIMEOUT_MS  deadline of graph_compute (default: none, like ggml)
 //   APIR_GGML_LOG              debug, info, warn (default), error or off: what apir itself logs
+//   APIR_GGML_MEMORY_MAX_AGE_MS  how old the host's free/total memory may be when
+//                              get_memory answers it again without a call (default 1000;
+//                              0: a call each time); a buffer made or freed renews it
 //   APIR_GGML_ZERO_COPY        auto (default): buffers in shared memory, set/get/memset
 //                              without a call, when the host offers it (apir's host
 //                              backend does; ggml's does not); off: every transfer staged
@@ -50,6 +53,9 @@ struct BackendConfig {
     LogLevel log_level = LogLevel::warn;
     /// Zero-copy buffers when the host offers them (APIR_GGML_ZERO_COPY=auto).
     bool zero_copy = true;
+    /// get_memory answers from the host's last answer while it is younger than this (and
+    /// no buffer of the device was made or freed since); 0: a call each time.
+    std::chrono::milliseconds memory_max_age{1000};
 };
 
 /// Reads one environment variable; null when unset.

@@ -62,7 +62,7 @@ ggml::DeviceOptions device_options(const BackendConfig& c) {
 Remote::Remote(AnyTransport transport, const BackendConfig& config, Logger logger)
     : session_(std::move(transport), session_options(logger)),
       device_(session_, device_options(config)), logger_(std::move(logger)),
-      zero_copy_allowed_(config.zero_copy) {}
+      zero_copy_allowed_(config.zero_copy), memory_max_age_(config.memory_max_age) {}
 
 Remote::~Remote() = default;
 

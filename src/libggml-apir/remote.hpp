@@ -49,12 +49,17 @@ public:
     [[nodiscard]] std::string_view transport_name() noexcept { return session_.transport().name(); }
     /// Whether the configuration lets buffers be zero-copy (APIR_GGML_ZERO_COPY).
     [[nodiscard]] bool zero_copy_allowed() const noexcept { return zero_copy_allowed_; }
+    /// How old a memory answer may be when it is given again (APIR_GGML_MEMORY_MAX_AGE_MS).
+    [[nodiscard]] std::chrono::milliseconds memory_max_age() const noexcept {
+        return memory_max_age_;
+    }
 
 private:
     Session<AnyTransport> session_;
     Device device_;
     Logger logger_;
     bool zero_copy_allowed_;
+    std::chrono::milliseconds memory_max_age_;
 };
 
 } // namespace apir::ggml_remote

@@ -184,6 +184,48 @@ TEST_CASE("the device describes the host's device and offers its buffer type") {
     CHECK(std::string(ggml_backend_buft_name(buft)).find(':') != std::string::npos);
 }
 
+TEST_CASE("get_memory answers again from the host's last answer while it is young; a buffer "
+          "made or freed, or its age, renews it") {
+    BackendConfig c = loopback_config();
+    const auto max_age = GENERATE(std::chrono::milliseconds(0), std::chrono::milliseconds(300));
+    CAPTURE(max_age.count());
+    c.memory_max_age = max_age;
+    Fixture f(c);
+    const uint64_t asked0 = f.forwards(5); // device_get_memory
+    size_t free = 0, total = 0;
+    auto memory = [&] {
+        free = total = 0;
+        ggml_backend_dev_memory(f.dev, &free, &total);
+        CHECK(total > 0);
+        CHECK(free <= total);
+    };
+    const auto t0 = std::chrono::steady_clock::now();
+    memory();
+    memory();
+    memory();
+    const bool young = std::chrono::steady_clock::now() - t0 < max_age;
+    // max age 0: a call each time; otherwise one call (unless this machine took longer
+    // than the max age over three queries).
+    if (max_age.count() == 0)
+        CHECK(f.forwards(5) == asked0 + 3);
+    else if (young)
+        CHECK(f.forwards(5) == asked0 + 1);
+    const uint64_t asked1 = f.forwards(5);
+    ggml_backend_buffer_t buf =
+        ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096);
+    REQUIRE(buf != nullptr);
+    memory();
+    CHECK(f.forwards(5) == asked1 + 1); // the new buffer renewed it
+    ggml_backend_buffer_free(buf);
+    memory();
+    CHECK(f.forwards(5) == asked1 + 2); // and so did its free
+    if (max_age.count() > 0) {
+        std::this_thread::sleep_for(max_age + std::chrono::milliseconds(50));
+        memory();
+        CHECK(f.forwards(5) == asked1 + 3); // too old: asked again
+    }
+}
+
 TEST_CASE("tensors round-trip and a graph computes on the host") {
     Fixture f;
     ggml_backend_t backend = ggml_backend_dev_init(f.dev, nullptr);

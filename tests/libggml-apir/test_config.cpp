@@ -99,7 +99,12 @@ TEST_CASE("timeouts, node and log level; a bad value names its variable") {
     CHECK(c->call_timeout == std::chrono::milliseconds(1500));
     CHECK(c->compute_timeout == std::chrono::milliseconds(600000));
     CHECK(c->log_level == LogLevel::debug);
-    CHECK(c->zero_copy); // auto by default
+    CHECK(c->zero_copy);                                         // auto by default
+    CHECK(c->memory_max_age == std::chrono::milliseconds(1000)); // the default
+    e.vars["APIR_GGML_MEMORY_MAX_AGE_MS"] = "0";
+    CHECK(config_from_environment(e.lookup())->memory_max_age.count() == 0);
+    e.vars["APIR_GGML_MEMORY_MAX_AGE_MS"] = "250";
+    CHECK(config_from_environment(e.lookup())->memory_max_age == std::chrono::milliseconds(250));
     e.vars["APIR_GGML_ZERO_COPY"] = "off";
     CHECK_FALSE(config_from_environment(e.lookup())->zero_copy);
     e.vars["APIR_GGML_ZERO_COPY"] = "auto";
@@ -109,7 +114,8 @@ TEST_CASE("timeouts, node and log level; a bad value names its variable") {
          {std::pair{"APIR_GGML_TIMEOUT_MS", "0"}, std::pair{"APIR_GGML_TIMEOUT_MS", "12ms"},
           std::pair{"APIR_GGML_COMPUTE_TIMEOUT_MS", "-1"}, std::pair{"APIR_GGML_LOG", "loud"},
           std::pair{"APIR_GGML_TRANSPORT", "tcp"}, std::pair{"APIR_GGML_LOOPBACK_MODE", "forked"},
-          std::pair{"APIR_GGML_ZERO_COPY", "on"}}) {
+          std::pair{"APIR_GGML_ZERO_COPY", "on"}, std::pair{"APIR_GGML_MEMORY_MAX_AGE_MS", "-1"},
+          std::pair{"APIR_GGML_MEMORY_MAX_AGE_MS", "1s"}}) {
         Env b = e;
         b.vars[var] = bad;
         auto r = config_from_environment(b.lookup());
