@@ -20,7 +20,8 @@
 #
 # Prints every run's figures, then per thread count and test the median [range] of each
 # column in tokens/s and the median [range] of its ratio to the local CPU's figure of the
-# same round. Exits non-zero when a run fails or a column has no figure, or when an APIR0
+# same round (the vtest column's: of a local CPU run in its own run.sh bench, just before
+# it, so that the machine's drift between the two does not count). Exits non-zero when a run fails or a column has no figure, or when an APIR0
 # run did not take the path it names (transport and zero-copy buffers, from its log).
 set -euo pipefail
 
@@ -99,7 +100,8 @@ import json, sys
 path, rnd, threads, via = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 for line in open(path):
     r = json.loads(line)
-    col = via if r["config"] == "apir" else r["config"]
+    # A local CPU run beside the vtest one is that column's own reference.
+    col = via if r["config"] == "apir" else r["config"] if via == "loopback" else r["config"] + "-" + via
     # An APIR0 run went over the transport its column names (the device's description).
     if col == via and "over APIR " + via not in r.get("gpu_info", ""):
         sys.exit("llama_bench.sh: the APIR0 run over %s was on '%s'" % (via, r.get("gpu_info")))
@@ -115,7 +117,7 @@ PY
         }
     done
     sed -n -e "s/^run 1 apir: /  round $round, $t threads, APIR0 $via: /p" \
-        -e "s/^run 1 cpu: /  round $round, $t threads, local CPU: /p" \
+        -e "s/^run 1 cpu: /  round $round, $t threads, local CPU ($via's run): /p" \
         -e "s/^run 1 rpc: /  round $round, $t threads, ggml-rpc: /p" "$dir.txt"
 }
 
@@ -123,7 +125,7 @@ for round in $(seq "$rounds"); do
     for t in $threads; do
         bench loopback "$round" "$t" PEER_BENCH="cpu apir rpc"
         if [ -n "$server" ]; then
-            bench vtest "$round" "$t" PEER_BENCH=apir APIR_GGML_TRANSPORT=vtest \
+            bench vtest "$round" "$t" PEER_BENCH="cpu apir" APIR_GGML_TRANSPORT=vtest \
                 APIR_GGML_VTEST_SOCKET="$out/vtest.sock"
         fi
     done
@@ -143,6 +145,8 @@ def span(v, f):
     return "%s [%s-%s]" % (f(statistics.median(v)), f(min(v)), f(max(v)))
 print()
 print("medians [ranges] over %d round(s): tokens/s; below each, its ratio to the local CPU in the same round" % len(rounds))
+if "vtest" in cols:
+    print("(the vtest column's ratio is to the local CPU run of its own run.sh bench, just before it)")
 print("| threads | test | " + " | ".join(names[c] for c in cols) + " |")
 print("| --- | --- |" + " --- |" * len(cols))
 missing = []
@@ -153,8 +157,10 @@ for t, test in keys:
         if len(v) != len(rounds):
             missing.append("%s %s at %d threads: %d of %d rounds" % (names[c], test, t, len(v), len(rounds)))
         cells.append(span(v, lambda x: "%.0f" % x) if v else "-")
-        q = [fig[(t, test, c, n)] / fig[(t, test, "cpu", n)] for n in rounds
-             if (t, test, c, n) in fig and fig.get((t, test, "cpu", n))]
+        # Each APIR0 column against the local CPU run of its own run.sh bench.
+        ref = "cpu-vtest" if c == "vtest" else "cpu"
+        q = [fig[(t, test, c, n)] / fig[(t, test, ref, n)] for n in rounds
+             if (t, test, c, n) in fig and fig.get((t, test, ref, n))]
         ratios.append(span(q, lambda x: "%.2f" % x) if q and c != "cpu" else "")
     print("| %d | %s | %s |" % (t, test, " | ".join(cells)))
     print("| | ratio | %s |" % " | ".join(ratios))
