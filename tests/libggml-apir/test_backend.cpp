@@ -224,6 +224,26 @@ TEST_CASE("get_memory answers again from the host's last answer while it is youn
         memory();
         CHECK(f.forwards(5) == asked1 + 3); // too old: asked again
     }
+    // Readers on many threads while another makes and frees buffers: every answer is
+    // one the host gave (total > 0, free <= total).
+    std::atomic<int> bad{0};
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> readers;
+    for (int i = 0; i < 4; ++i)
+        readers.emplace_back([&] {
+            for (int n = 0; n < 2000 && !stop; ++n) {
+                size_t fr = 0, to = 0;
+                ggml_backend_dev_memory(f.dev, &fr, &to);
+                if (to == 0 || fr > to) ++bad;
+            }
+        });
+    for (int n = 0; n < 20; ++n)
+        if (auto* b = ggml_backend_buft_alloc_buffer(ggml_backend_dev_buffer_type(f.dev), 4096))
+            ggml_backend_buffer_free(b);
+    stop = true;
+    for (auto& r : readers)
+        r.join();
+    CHECK(bad == 0);
 }
 
 TEST_CASE("tensors round-trip and a graph computes on the host") {
