@@ -43,7 +43,7 @@ public:
     }
     /// Written successfully: trusted again.
     void remove(uint64_t begin, uint64_t end) {
-        if (begin >= end) return;
+        if (begin >= end || !any()) return;
         std::lock_guard lk(mu_);
         if (ranges_.empty()) return;
         std::vector<std::pair<uint64_t, uint64_t>> kept;
@@ -83,9 +83,9 @@ private:
 /// The host's last answer to get_memory, given again while it is younger than the
 /// configuration's max age, so that a program asking in a loop does not make a call each
 /// time. A buffer made or freed forgets it (and an answer asked for before that is not
-/// kept). Read without a lock: a sequence count, odd while a writer changes the fields,
-/// and the coarse monotonic clock (a few milliseconds' resolution), so that an answer
-/// given again costs about a copy.
+/// kept); an answer's age counts from when it was asked for. Read without a lock: a
+/// sequence count, odd while a writer changes the fields, and the coarse monotonic clock
+/// (a few milliseconds' resolution), so that an answer given again costs about a copy.
 class MemoryCache {
 public:
     /// The kept answer if it is younger than max_age; `generation` is what store() of a
@@ -96,10 +96,10 @@ public:
             generation = generation_.load(std::memory_order_acquire);
             const uint64_t seq = seq_.load(std::memory_order_acquire);
             if (seq & 1) continue;
-            const ggml::Memory m{free_.load(std::memory_order_relaxed),
-                                 total_.load(std::memory_order_relaxed)};
-            const int64_t at = at_ns_.load(std::memory_order_relaxed);
-            std::atomic_thread_fence(std::memory_order_acquire);
+            // Acquire loads: the second look at seq_ cannot move before them.
+            const ggml::Memory m{free_.load(std::memory_order_acquire),
+                                 total_.load(std::memory_order_acquire)};
+            const int64_t at = at_ns_.load(std::memory_order_acquire);
             if (seq_.load(std::memory_order_relaxed) != seq) continue;
             if (at < 0 || now_ns() - at >= std::chrono::nanoseconds(max_age).count())
                 return std::nullopt;
@@ -107,30 +107,34 @@ public:
         }
         return std::nullopt;
     }
-    /// Keeps m unless forget() came after get() gave `generation`.
-    void store(ggml::Memory m, uint64_t generation) noexcept {
+    /// Keeps m, asked for at `asked_at` (now_ns()), unless forget() came after get() gave
+    /// `generation` or the answer kept was asked for later.
+    void store(ggml::Memory m, uint64_t generation, int64_t asked_at) noexcept {
         std::lock_guard lk(mu_);
         if (generation != generation_.load(std::memory_order_relaxed)) return;
-        write(m, now_ns());
+        if (at_ns_.load(std::memory_order_relaxed) > asked_at) return;
+        write(m, asked_at);
     }
     void forget() noexcept {
         std::lock_guard lk(mu_);
         generation_.fetch_add(1, std::memory_order_release);
         write({}, -1);
     }
-
-private:
+    /// The coarse monotonic clock, in nanoseconds.
     static int64_t now_ns() noexcept {
         timespec ts{};
         clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
         return int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
     }
+
+private:
+    // Release stores: the first increment of seq_ is seen before any of them, and they
+    // before the second.
     void write(ggml::Memory m, int64_t at) noexcept {
         seq_.fetch_add(1, std::memory_order_relaxed); // odd: changing
-        std::atomic_thread_fence(std::memory_order_release);
-        free_.store(m.free, std::memory_order_relaxed);
-        total_.store(m.total, std::memory_order_relaxed);
-        at_ns_.store(at, std::memory_order_relaxed);
+        free_.store(m.free, std::memory_order_release);
+        total_.store(m.total, std::memory_order_release);
+        at_ns_.store(at, std::memory_order_release);
         seq_.fetch_add(1, std::memory_order_release); // even: stable
     }
 
@@ -307,7 +311,7 @@ constexpr uint8_t failed_get_fill = 0xff;
 /// buffer is the host's, or the request is bad and the checked path names why).
 std::optional<std::span<std::byte>> bytes_in_place(const Buffer& buf, const ggml_tensor* t,
                                                    uint64_t offset, uint64_t size) {
-    if (buf.in_place.empty()) return std::nullopt;
+    if (buf.in_place.empty() || t->type < 0 || t->type >= GGML_TYPE_COUNT) return std::nullopt;
     const auto addr = reinterpret_cast<uintptr_t>(t->data);
     const uint64_t limit = buf.in_place.size();
     auto n = tensor_nbytes(t);
@@ -318,8 +322,8 @@ std::optional<std::span<std::byte>> bytes_in_place(const Buffer& buf, const ggml
 }
 
 /// Runs f(device, rpc tensor), a transfer of t's bytes [offset, +size) of buffer b, or,
-/// for a zero-copy buffer, local(bytes): a copy in place, with no call and no lock of
-/// the client's; logs what failed. A write (set, memset) that fails leaves those bytes
+/// for a zero-copy buffer, local(bytes): a copy in place, with no call and none of the
+/// client's lookups; logs what failed. A write (set, memset) that fails leaves those bytes
 /// untrusted; one that succeeds makes them trusted again. A read of untrusted bytes
 /// fails without a call.
 template <class F, class L>
@@ -459,6 +463,12 @@ const char* buft_get_name(ggml_backend_buffer_type_t t) {
 ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t size) {
     Device* dev = device_of(t);
     Remote& remote = *dev->remote;
+    // Whatever happens below made or freed host memory: a memory answer asked for
+    // before the function returns is not kept.
+    struct ForgetMemory {
+        Device* dev;
+        ~ForgetMemory() { dev->forget_memory(); }
+    } forget_memory{dev};
     // A zero-copy buffer is a host-pointer buffer: Device moves its bytes in place.
     Expected<ggml::Buffer> b = fail(Errc::invalid_argument, "no buffer");
     std::span<std::byte> in_place;
@@ -493,7 +503,6 @@ ggml_backend_buffer_t buft_alloc_buffer(ggml_backend_buffer_type_t t, size_t siz
         (void)remote.device().free_buffer(b->handle);
         return nullptr;
     }
-    dev->forget_memory();
     auto ctx = std::make_shared<Buffer>();
     ctx->dev = dev;
     ctx->remote = RemoteBuffer{*b, *base};
@@ -657,6 +666,7 @@ void dev_get_memory(ggml_backend_dev_t d, size_t* free, size_t* total) {
     uint64_t generation = 0;
     std::optional<ggml::Memory> m = dev->memory_seen.get(max_age, generation);
     if (!m) {
+        const int64_t asked_at = MemoryCache::now_ns();
         auto asked = dev->remote->device().memory();
         if (!asked) {
             dev->log().warn("get_memory: {}", asked.error().message());
@@ -664,7 +674,7 @@ void dev_get_memory(ggml_backend_dev_t d, size_t* free, size_t* total) {
             return;
         }
         m = *asked;
-        if (max_age.count() > 0) dev->memory_seen.store(*m, generation);
+        if (max_age.count() > 0) dev->memory_seen.store(*m, generation, asked_at);
     }
     *free = static_cast<size_t>(m->free);
     *total = static_cast<size_t>(m->total);
