@@ -29,6 +29,10 @@ public:
         return !is_never() && now >= at_;
     }
     [[nodiscard]] Clock::time_point time() const noexcept { return at_; }
+    /// The sooner of two deadlines (never() is the latest of all).
+    [[nodiscard]] static Deadline sooner(Deadline a, Deadline b) noexcept {
+        return a.at_ < b.at_ ? a : b;
+    }
 
 private:
     template <class Rep, class Period>

@@ -170,6 +170,16 @@ TEST_CASE("wait_for_reply: deadline, liveness and the notification word", "[wait
     }
 }
 
+TEST_CASE("the sooner of two deadlines; never is the latest", "[wait]") {
+    const auto now = apir::Clock::now();
+    const auto a = apir::Deadline::at(now), b = apir::Deadline::at(now + 1s);
+    CHECK(apir::Deadline::sooner(a, b).time() == now);
+    CHECK(apir::Deadline::sooner(b, a).time() == now);
+    CHECK(apir::Deadline::sooner(apir::Deadline::never(), b).time() == b.time());
+    CHECK(apir::Deadline::sooner(a, apir::Deadline::never()).time() == now);
+    CHECK(apir::Deadline::sooner(apir::Deadline::never(), apir::Deadline::never()).is_never());
+}
+
 TEST_CASE("a deadline beyond the clock's range means no deadline", "[wait]") {
     CHECK(apir::Deadline::after(std::chrono::nanoseconds::max()).is_never());
     CHECK(apir::Deadline::after(std::chrono::hours(24 * 365 * 1000)).is_never());

@@ -465,8 +465,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
         // command. The lock, those answers and the blob's own are waited for until the
         // caller's deadline (or io_timeout, the sooner); a wait cut there leaves the stream
         // intact, and the holder that reads the blob's answer later releases it.
-        Deadline d = Deadline::after(options.io_timeout);
-        if (!caller.is_never() && caller.time() < d.time()) d = caller;
+        const Deadline d = Deadline::sooner(caller, Deadline::after(options.io_timeout));
         PosixFd blob_fd;
         uint32_t res_id = 0;
         {
@@ -714,8 +713,7 @@ struct APIR_LOCAL VtestTransport::Impl final : ShmemOwner {
     }
 
     static Deadline detail_spin_deadline(const WaitClock& clk, nanoseconds window, Deadline d) {
-        const Deadline s = Deadline::after(window, clk);
-        return (!d.is_never() && d.time() < s.time()) ? d : s;
+        return Deadline::sooner(d, Deadline::after(window, clk));
     }
 
     Expected<void> ping(Deadline d) {
