@@ -312,13 +312,11 @@ constexpr uint8_t failed_get_fill = 0xff;
 std::optional<std::span<std::byte>> bytes_in_place(const Buffer& buf, const ggml_tensor* t,
                                                    uint64_t offset, uint64_t size) {
     if (buf.in_place.empty() || t->type < 0 || t->type >= GGML_TYPE_COUNT) return std::nullopt;
-    const auto addr = reinterpret_cast<uintptr_t>(t->data);
-    const uint64_t limit = buf.in_place.size();
     auto n = tensor_nbytes(t);
-    if (!n || addr < buf.remote.base) return std::nullopt;
-    const uint64_t at = addr - buf.remote.base;
-    if (at > limit || *n > limit - at || offset > *n || size > *n - offset) return std::nullopt;
-    return buf.in_place.subspan(static_cast<size_t>(at + offset), static_cast<size_t>(size));
+    if (!n || offset > *n || size > *n - offset) return std::nullopt;
+    const auto at = offset_inside(t, buf.remote.base, buf.in_place.size(), *n);
+    if (!at) return std::nullopt;
+    return buf.in_place.subspan(static_cast<size_t>(*at + offset), static_cast<size_t>(size));
 }
 
 /// Runs f(device, rpc tensor), a transfer of t's bytes [offset, +size) of buffer b, or,

@@ -81,6 +81,13 @@ const ggml_backend_buffer* tensor_buffer(const ggml_tensor* t) noexcept {
     return t->view_src ? t->view_src->buffer : t->buffer;
 }
 
+std::optional<uint64_t> offset_inside(const ggml_tensor* t, uint64_t base, uint64_t size,
+                                      uint64_t nbytes) noexcept {
+    const auto addr = reinterpret_cast<uintptr_t>(t->data);
+    if (addr < base || addr - base > size || nbytes > size - (addr - base)) return std::nullopt;
+    return addr - base;
+}
+
 Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& buf) {
     if (t->type < 0 || t->type >= GGML_TYPE_COUNT)
         return fail(Errc::invalid_argument,
@@ -96,15 +103,13 @@ Expected<RpcTensor> encode_rpc_tensor(const ggml_tensor* t, const RemoteBuffer& 
     if (t->data) {
         // ggml's host asserts (and aborts) unless the data lies inside the buffer; its
         // size is the checked one (ggml_nbytes can wrap to a small number).
-        const auto addr = reinterpret_cast<uintptr_t>(t->data);
         auto nb = tensor_nbytes(t);
         if (!nb) return Unexpected{std::move(nb).error()};
-        const uint64_t n = *nb;
-        const uint64_t size = buf.buffer.size;
-        if (addr < buf.base || addr - buf.base > size || n > size - (addr - buf.base))
+        if (!offset_inside(t, buf.base, buf.buffer.size, *nb))
             return fail(Errc::invalid_argument,
                         fmt::format("{}: {} bytes at {:#x} are outside its buffer [{:#x}, +{})",
-                                    tensor_label(t), n, addr, buf.base, size));
+                                    tensor_label(t), *nb, reinterpret_cast<uintptr_t>(t->data),
+                                    buf.base, buf.buffer.size));
     }
     return ggml::to_rpc_tensor(t, buf.buffer.handle, base);
 }

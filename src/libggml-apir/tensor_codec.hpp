@@ -9,6 +9,7 @@
 #include "ggml.h"
 
 #include <functional>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -25,6 +26,11 @@ using BufferResolver = std::function<const RemoteBuffer*(const ggml_backend_buff
 /// sum wraps 64 bits or a dimension is negative: ggml_nbytes wraps silently, and a tensor
 /// whose ne/nb fit the wire can still have a byte size past 2^64.
 [[nodiscard]] Expected<uint64_t> tensor_nbytes(const ggml_tensor* t);
+
+/// The offset of t's data from `base` when its `nbytes` bytes (tensor_nbytes) lie inside
+/// [base, base + size); nullopt otherwise.
+[[nodiscard]] std::optional<uint64_t> offset_inside(const ggml_tensor* t, uint64_t base,
+                                                    uint64_t size, uint64_t nbytes) noexcept;
 
 /// The rpc tensor of t, whose data lies in buf (data travels as an offset from the
 /// buffer's base). INVALID_ARGUMENT when a field does not fit the wire (ne or nb past
