@@ -1110,9 +1110,10 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
     SECTION("ROPE: rows of an odd length; frequency factors read past the buffer (found by a "
             "review: the kernel reads one per pair of the whole row)") {
         const g::RpcTensor pos = typed(GGML_TYPE_I32, {3}, buf, k);
-        auto rope = [&](uint32_t ne0, uint32_t n_dims, std::optional<uint32_t> factors) {
+        // factors: the frequency factors' tensor (src[2]), if any.
+        auto rope = [&](uint32_t ne0, uint32_t n_dims, std::optional<g::RpcTensor> factors) {
             std::vector<g::RpcTensor> srcs{f32({ne0, 2, 3}, buf, 0), pos};
-            if (factors) srcs.push_back(f32({*factors}, buf, 3 * k));
+            if (factors) srcs.push_back(*factors);
             return one_node(guest, srcs, f32({ne0, 2, 3}, buf, 2 * k), GGML_OP_ROPE,
                             {{1, int32_t(n_dims)},
                              {2, GGML_ROPE_TYPE_NEOX},
@@ -1124,19 +1125,11 @@ TEST_CASE("input types ggml-cpu's kernels abort on are refused, and the context 
         CHECK(rope(10, 8, std::nullopt) == 0);
         // ggml asserts n_dims / 2 factors, the kernel reads ne0 / 2: past the tensor, inside
         // the buffer is the guest's own memory (ggml's own tests do it), past the buffer not.
-        CHECK(rope(8, 2, 1) == 0);
-        CHECK(rope(8, 2, 0) == bad_tensor);
-        auto at_end = [&](uint32_t ne0) {
-            return one_node(guest, {f32({ne0, 2, 3}, buf, 0), pos, f32({1}, buf, 128 * 1024 - 4)},
-                            f32({ne0, 2, 3}, buf, 2 * k), GGML_OP_ROPE,
-                            {{1, 2},
-                             {2, GGML_ROPE_TYPE_NEOX},
-                             {5, f32_bits(10000.0f)},
-                             {6, f32_bits(1.0f)},
-                             {8, f32_bits(1.0f)}});
-        };
-        CHECK(at_end(2) == 0);          // one factor read, the buffer's last float
-        CHECK(at_end(8) == bad_tensor); // four read, three past the buffer
+        CHECK(rope(8, 2, f32({1}, buf, 3 * k)) == 0);
+        CHECK(rope(8, 2, f32({0}, buf, 3 * k)) == bad_tensor);
+        const g::RpcTensor last_float = f32({1}, buf, 128 * 1024 - 4);
+        CHECK(rope(2, 2, last_float) == 0);          // one factor read, the buffer's last float
+        CHECK(rope(8, 2, last_float) == bad_tensor); // four read, three past the buffer
     }
     SECTION("GET_ROWS: a row of 3,000 indices, read in runs, each index checked") {
         constexpr uint32_t n = 3000; // 12,000 bytes: past one 4 KiB run of the check
