@@ -650,14 +650,6 @@ TEST_CASE("a moved-from transport fails with DISCONNECTED", "[open]") {
     CHECK(moved.ping(apir::Deadline::after(5s)));
 }
 
-int main(int argc, char** argv) {
-    if (auto why = VtestServer::unavailable()) {
-        std::printf("skip: %s\n", why->c_str());
-        return 77;
-    }
-    return Catch::Session().run(argc, argv);
-}
-
 TEST_CASE("open: a server that bends the opening's answers is refused, each with its reason",
           "[open]") {
     struct Case {
@@ -773,4 +765,12 @@ TEST_CASE("a blob whose answer comes after its creator's deadline: TIMEOUT, the 
     REQUIRE(t.submit(raw_command(2, 0, 0), 0, apir::Deadline::after(1s)));
     CHECK(s.unrefs_when(1) == std::vector<uint32_t>{7});
     CHECK(t.stats().blobs_created == 1);
+}
+
+int main(int argc, char** argv) {
+    if (auto why = VtestServer::unavailable()) {
+        std::printf("skip: %s\n", why->c_str());
+        return 77;
+    }
+    return Catch::Session().run(argc, argv);
 }
